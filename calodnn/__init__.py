@@ -1,0 +1,1 @@
+"""calodnn: experiment package on dlkit."""

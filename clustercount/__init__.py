@@ -1,0 +1,1 @@
+"""clustercount: experiment package on dlkit."""

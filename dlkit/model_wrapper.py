@@ -1,0 +1,543 @@
+"""ModelWrapper: the bookkeeping around one Keras model - build, compile, train, save, resume, metadata.
+
+Subclass it, build ``self.Model`` in :meth:`Build`, and let the wrapper do the rest::
+
+    class Dense(ModelWrapper):
+        def Build(self):
+            inputs = keras.Input((10,))
+            x = keras.layers.Dense(self.Config["Width"], activation="relu")(inputs)
+            self.Model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+
+    wrapper = Dense("Dense_64", Config=resolved_config)
+    wrapper.Build()
+    wrapper.BuildOptimizer("SGD", lr=0.01, decay=0.001)
+    wrapper.Compile(Loss="categorical_crossentropy", Metrics=["accuracy"])
+    wrapper.Initialize()                 # claims TrainedModels/Dense_64[.n]/
+    wrapper.Train(x, y, Epochs=10, BatchSize=128, validation_data=(xv, yv))
+    wrapper.Save()
+
+On disk, ``<OutputBase>/<Name>[.<n>]/`` holds ``model.keras`` (architecture, weights and optimizer
+state) and ``MetaData.json``. Guarantees:
+
+- The directory is claimed with an atomic ``mkdir``: two processes starting the same name get two
+  directories, and a second run of a scan point never overwrites the first.
+- Every save writes beside the target and renames over it, so a process killed mid-save leaves the
+  previous save intact. With ``SaveEveryEpoch`` (default) a killed run is resumable from its last epoch.
+- ``Load`` restores the optimizer state and chains the metadata: the loaded run's metadata is appended
+  to ``MetaData["InputMetaData"]`` and training continues in a new directory, so the full loss curve
+  over resumes can be rebuilt (:func:`chained_history`).
+- ``Load`` keeps Keras' safe mode unless the caller passes ``safe_mode=False``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import keras
+
+import dlkit
+import dlkit.losses  # noqa: F401 - registers dlkit's losses so saved models load without custom_objects
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelWrapper",
+    "MetaDataError",
+    "to_jsonable",
+    "read_metadata",
+    "chained_history",
+    "MODEL_FILE",
+    "METADATA_FILE",
+]
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "MetaData.json"
+
+
+class MetaDataError(RuntimeError):
+    """A saved model directory is unreadable; the message names the file."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert ``value`` into plain JSON types.
+
+    numpy scalars and arrays become Python numbers and lists, tuples lists, paths strings, callables
+    their qualified name; NaN and infinities become None (JSON has no NaN); anything else its repr.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+    return repr(value)
+
+
+def _atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it over ``path``.
+
+    The temporary name starts with a dot and ends with ``suffix`` so it is never mistaken for a save.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """Read ``MetaData.json`` of a saved model directory; errors name the file."""
+    path = Path(directory) / METADATA_FILE
+    if not path.is_file():
+        raise MetaDataError(f"{path}: no metadata file (not a dlkit model directory, or never saved)")
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetaDataError(f"{path}: corrupt metadata JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise MetaDataError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def chained_history(metadata: Mapping) -> dict[str, list]:
+    """The training history over all resumes: earlier runs' ``History`` followed by this run's."""
+    runs = list(metadata.get("InputMetaData") or []) + [metadata]
+    history: dict[str, list] = {}
+    for run in runs:
+        run_history = run.get("History") or {}
+        n = max((len(v) for v in run_history.values()), default=0)
+        previous = max((len(v) for v in history.values()), default=0)
+        for key in set(history) | set(run_history):
+            values = history.setdefault(key, [None] * previous)
+            new = list(run_history.get(key, []))
+            values.extend(new + [None] * (n - len(new)))
+    return history
+
+
+def _provenance() -> dict:
+    return {
+        "dlkit_version": dlkit.__version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "backend_version": _backend_version(),
+        "python_version": platform.python_version(),
+        "numpy_version": np.__version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": list(sys.argv),
+    }
+
+
+def _backend_version() -> str | None:
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}.get(
+        keras.backend.backend()
+    )
+    mod = sys.modules.get(module) if module else None
+    return getattr(mod, "__version__", None)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _optimizer_names() -> list[str]:
+    return sorted(
+        name for name in dir(keras.optimizers)
+        if isinstance(getattr(keras.optimizers, name), type)
+        and issubclass(getattr(keras.optimizers, name), keras.optimizers.Optimizer)
+        and name not in ("Optimizer", "LossScaleOptimizer")
+    )
+
+
+class _Bookkeeping(keras.callbacks.Callback):
+    """Internal: records history and epoch times into the wrapper and saves after every epoch."""
+
+    def __init__(self, wrapper: "ModelWrapper", save_every_epoch: bool):
+        super().__init__()
+        self.wrapper = wrapper
+        self.save_every_epoch = save_every_epoch
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        w = self.wrapper
+        w.MetaData["EpochTime"].append(time.perf_counter() - self._t0)
+        logs = logs or {}
+        n_before = len(w.MetaData["EpochTime"]) - 1
+        for key, value in logs.items():
+            w.History.setdefault(key, [None] * n_before).append(to_jsonable(value))
+        for key, values in w.History.items():  # a metric missing this epoch keeps the columns aligned
+            if len(values) < n_before + 1:
+                values.append(None)
+        if self.save_every_epoch:
+            w.Save()
+
+
+class ModelWrapper:
+    """Bookkeeping of one model's build, compile, training, evaluation and saves.
+
+    Parameters
+    ----------
+    Name
+        The model name; the output directory is ``OutputBase/Name`` or, if taken, ``Name.1``, ...
+    Loss, Optimizer
+        Defaults for :meth:`Compile`: a loss name (dlkit physics losses included, see
+        :func:`dlkit.losses.get_loss`) or object, and a Keras optimizer object.
+    OutputBase
+        Directory holding the model directories (DLKit's ``TrainedModels``).
+    InDir
+        A saved model directory to :meth:`Load` from.
+    LoadPrevious
+        On :meth:`Initialize`, load the newest complete save of ``Name`` under ``OutputBase`` if any.
+    Config
+        The resolved configuration the model is built from; stored as ``MetaData["Configuration"]``.
+    ScanPoint, HyperParamSet, HyperParamHash
+        The scan point this run trains (stored, with each scanned value also as a top-level key, as
+        DLKit's scan tables expect).
+    """
+
+    def __init__(
+        self,
+        Name: str,
+        Loss: Any = None,
+        Optimizer: Any = None,
+        OutputBase: str | os.PathLike = "TrainedModels",
+        InDir: str | os.PathLike | None = None,
+        LoadPrevious: bool = False,
+        Config: Mapping | None = None,
+        ScanPoint: Mapping | None = None,
+        HyperParamSet: int | None = None,
+        HyperParamHash: str | None = None,
+    ):
+        if not Name or not isinstance(Name, str) or os.sep in Name or Name in (".", ".."):
+            raise ValueError(f"ModelWrapper Name must be a plain directory name, got {Name!r}")
+        self.Name = Name
+        self.Loss = Loss
+        self.Optimizer = Optimizer
+        self.OutputBase = Path(OutputBase)
+        self.InDir = Path(InDir) if InDir else None
+        self.LoadPrevious = LoadPrevious
+        self.Model: keras.Model | None = None
+        self.OutDir: Path | None = None
+        self.Metrics: list = []
+        self.History: dict[str, list] = {}
+        self.Config = dict(Config or {})
+        self.MetaData: dict[str, Any] = {
+            "Name": Name,
+            "Configuration": to_jsonable(self.Config),
+            "InputMetaData": [],
+            "InputDir": None,
+            "History": self.History,
+            "EpochTime": [],
+            "Status": "new",
+        }
+        self.set_scan_point(ScanPoint, HyperParamSet, HyperParamHash)
+
+    # -- building -------------------------------------------------------------------------------
+    def Build(self) -> keras.Model:  # noqa: N802 - DLKit's API
+        """Subclasses set ``self.Model`` here (and may return it)."""
+        raise NotImplementedError(f"{type(self).__name__}.Build() must set self.Model")
+
+    def set_scan_point(self, point: Mapping | None, index: int | None = None, hash_: str | None = None):
+        """Record the scan point; each scanned value also becomes a top-level metadata key (DLKit)."""
+        if point is None:
+            return
+        from dlkit.permutator import point_hash
+
+        point = to_jsonable(dict(point))
+        self.MetaData["ScanPoint"] = point
+        self.MetaData["HyperParamSet"] = index
+        self.MetaData["HyperParamHash"] = hash_ or point_hash(point)
+        for key, value in point.items():
+            self.MetaData.setdefault(key, value)
+
+    def BuildOptimizer(self, optimizer: str | keras.optimizers.Optimizer = "SGD", lr: float | None = None,
+                       decay: float = 0.0, **params) -> keras.optimizers.Optimizer:  # noqa: N802
+        """Make an optimizer from its Keras class name and parameters - no eval.
+
+        ``decay`` keeps DLKit's (Keras 2) meaning, ``lr_t = lr / (1 + decay * iterations)``, as a
+        :class:`keras.optimizers.schedules.InverseTimeDecay` schedule. Other keyword arguments are the
+        optimizer's own (``momentum``, ``rho``, ...); an unknown one is an error naming it.
+        """
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            self.Optimizer = optimizer
+            return optimizer
+        names = _optimizer_names()
+        cls = getattr(keras.optimizers, str(optimizer), None)
+        if cls is None or str(optimizer) not in names:
+            import difflib
+
+            close = difflib.get_close_matches(str(optimizer), names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"optimizer {optimizer!r} is not a Keras optimizer class{hint} (valid: {', '.join(names)})")
+        if decay is None or decay < 0:
+            raise ValueError(f"optimizer decay must be >= 0, got {decay!r}")
+        kwargs = dict(params)
+        if lr is not None:
+            kwargs["learning_rate"] = lr
+        if decay:
+            initial = kwargs.get("learning_rate", cls().get_config()["learning_rate"])
+            kwargs["learning_rate"] = keras.optimizers.schedules.InverseTimeDecay(
+                initial_learning_rate=float(initial), decay_steps=1, decay_rate=float(decay)
+            )
+        try:
+            self.Optimizer = cls(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"optimizer {optimizer}: invalid parameter ({exc})") from exc
+        return self.Optimizer
+
+    def Compile(self, Loss: Any = None, Optimizer: Any = None, Metrics: Sequence | None = None,
+                **compile_kwargs) -> None:  # noqa: N802
+        """Compile ``self.Model``; a loss name may be one of dlkit's physics losses."""
+        from dlkit.losses import get_loss
+
+        if self.Model is None:
+            raise RuntimeError(f"{self.Name}: Compile() before Build() set self.Model")
+        if Loss is not None:
+            self.Loss = Loss
+        if Optimizer is not None:
+            self.Optimizer = Optimizer
+        if self.Optimizer is None:
+            self.BuildOptimizer()
+        if self.Loss is None:
+            raise ValueError(f"{self.Name}: no loss given to Compile()")
+        if Metrics is not None:
+            self.Metrics = list(Metrics)
+        loss = get_loss(self.Loss) if isinstance(self.Loss, str) else self.Loss
+        self.Model.compile(optimizer=self.Optimizer, loss=loss, metrics=self.Metrics, **compile_kwargs)
+        self.MetaData["Loss"] = to_jsonable(self.Loss if isinstance(self.Loss, str) else getattr(
+            self.Loss, "name", self.Loss))
+        self.MetaData["Metrics"] = to_jsonable([m if isinstance(m, str) else getattr(m, "name", m)
+                                                for m in self.Metrics])
+        self._record_optimizer()
+
+    def _record_optimizer(self):
+        if self.Optimizer is not None:
+            self.MetaData["Optimizer"] = type(self.Optimizer).__name__
+            self.MetaData["OptimizerClass"] = type(self.Optimizer).__name__
+            self.MetaData["OptimizerConfig"] = to_jsonable(keras.optimizers.serialize(self.Optimizer)["config"])
+
+    # -- output directory -----------------------------------------------------------------------
+    def _candidate_dirs(self) -> list[tuple[int, Path]]:
+        """Existing ``Name`` / ``Name.<n>`` directories under OutputBase, numbered (bare name = 0)."""
+        if not self.OutputBase.is_dir():
+            return []
+        pattern = re.compile(re.escape(self.Name) + r"(?:\.(\d+))?")
+        found = []
+        for entry in self.OutputBase.iterdir():
+            m = pattern.fullmatch(entry.name)
+            if m and entry.is_dir():
+                found.append((int(m.group(1) or 0), entry))
+        return sorted(found)
+
+    def MakeOutputDir(self) -> Path:  # noqa: N802
+        """Claim a fresh ``OutputBase/Name[.n]``: ``mkdir`` is atomic, so no two processes share one."""
+        self.OutputBase.mkdir(parents=True, exist_ok=True)
+        taken = [n for n, _ in self._candidate_dirs()]
+        n = 0 if not taken else max(taken) + 1
+        for _ in range(100000):
+            candidate = self.OutputBase / (self.Name if n == 0 else f"{self.Name}.{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                n += 1
+                continue
+            return candidate
+        raise RuntimeError(f"could not claim an output directory for {self.Name} under {self.OutputBase}")
+
+    def Initialize(self) -> Path:  # noqa: N802
+        """Claim the output directory (loading the previous save first if ``LoadPrevious``)."""
+        if self.LoadPrevious and self.Model is None:
+            previous = self.find_previous()
+            if previous is not None:
+                self.Load(previous)
+            else:
+                log.info("%s: no previous save under %s; starting fresh", self.Name, self.OutputBase)
+        elif self.InDir is not None and self.Model is None:
+            self.Load(self.InDir)
+        self.OutDir = self.MakeOutputDir()
+        self.MetaData["OutDir"] = str(self.OutDir)
+        self.MetaData["Status"] = "initialized"
+        self.MetaData["Provenance"] = _provenance()
+        self.MetaData["StartTime"] = _now()
+        self._write_metadata()  # a run killed before its first save is still visible (and flagged)
+        log.info("%s: output directory %s", self.Name, self.OutDir)
+        return self.OutDir
+
+    def find_previous(self) -> Path | None:
+        """The newest directory of this Name holding a complete save, or None."""
+        for _, directory in reversed(self._candidate_dirs()):
+            if (directory / MODEL_FILE).is_file():
+                try:
+                    read_metadata(directory)
+                except MetaDataError as exc:
+                    log.warning("skipping %s: %s", directory, exc)
+                    continue
+                return directory
+        return None
+
+    # -- training -------------------------------------------------------------------------------
+    def Train(self, x=None, y=None, Epochs: int = 1, BatchSize: int | None = None, Callbacks: Sequence = (),
+              validation_data=None, SaveEveryEpoch: bool = True, **fit_kwargs):  # noqa: N802
+        """``Model.fit`` with bookkeeping: history, epoch times, why it stopped, a save every epoch.
+
+        ``Callbacks`` run in the given order (put dlkit's AUC callback before checkpoints that
+        monitor it). Returns the Keras History. The status becomes ``"completed"`` or, if a callback
+        stopped training early, ``"stopped"`` (``StopReason`` says which and why); an exception
+        marks the run ``"failed"`` (saved metadata says so) and is re-raised.
+        """
+        if self.Model is None:
+            raise RuntimeError(f"{self.Name}: Train() before Build()/Load()")
+        if self.OutDir is None:
+            self.Initialize()
+        callbacks = list(Callbacks)
+        bookkeeping = _Bookkeeping(self, SaveEveryEpoch)
+        self.MetaData["Status"] = "training"
+        self.MetaData.setdefault("TrainStartTime", _now())
+        try:
+            history = self.Model.fit(x, y, batch_size=BatchSize, epochs=Epochs, callbacks=[bookkeeping, *callbacks],
+                                     validation_data=validation_data, **fit_kwargs)
+        except BaseException as exc:
+            self.MetaData["Status"] = "failed"
+            self.MetaData["StopReason"] = f"{type(exc).__name__}: {exc}"
+            self.MetaData["EndTime"] = _now()
+            self._write_metadata()
+            raise
+        reason = None
+        for cb in callbacks:
+            reason = reason or getattr(cb, "stop_reason", None)
+            if reason is None and getattr(cb, "stopped_epoch", 0):  # keras EarlyStopping
+                reason = f"{type(cb).__name__} at epoch {cb.stopped_epoch + 1}"
+        ran = len(self.MetaData["EpochTime"])
+        self.MetaData["Epochs"] = ran
+        self.MetaData["StopReason"] = reason or f"completed {Epochs} epochs"
+        if reason is None:
+            self.MetaData["Status"] = "completed"
+        else:
+            self.MetaData["Status"] = "interrupted" if reason.startswith("signal") else "stopped"
+        self.MetaData["EndTime"] = _now()
+        self.MetaData["TotalEpochs"] = ran + sum(len(m.get("EpochTime") or []) for m in self.MetaData["InputMetaData"])
+        return history
+
+    @property
+    def Interrupted(self) -> bool:  # noqa: N802
+        """True if the last Train() was stopped by a signal (GracefulExit)."""
+        return self.MetaData.get("Status") == "interrupted"
+
+    # -- saving and loading ---------------------------------------------------------------------
+    def _write_metadata(self) -> None:
+        self.MetaData["History"] = self.History
+        self.MetaData["Configuration"] = to_jsonable(self.Config or self.MetaData.get("Configuration"))
+        text = json.dumps(to_jsonable(self.MetaData), indent=1)
+
+        def write(tmp):
+            Path(tmp).write_text(text)
+
+        _atomic_write(self.OutDir / METADATA_FILE, write)
+
+    def Save(self, OutDir: str | os.PathLike | None = None) -> Path:  # noqa: N802
+        """Save the model (with optimizer state) and metadata atomically; returns the directory."""
+        if OutDir is not None:
+            self.OutDir = Path(OutDir)
+            self.OutDir.mkdir(parents=True, exist_ok=True)
+            self.MetaData["OutDir"] = str(self.OutDir)
+        if self.OutDir is None:
+            self.Initialize()
+        if self.Model is None:
+            raise RuntimeError(f"{self.Name}: nothing to save, no model built or loaded")
+        self._record_optimizer()
+        self.MetaData["SaveTime"] = _now()
+        # Keras insists on a .keras suffix, hence the temporary name's.
+        _atomic_write(self.OutDir / MODEL_FILE, lambda tmp: self.Model.save(str(tmp)), suffix=".tmp.keras")
+        self._write_metadata()
+        return self.OutDir
+
+    def Load(self, InDir: str | os.PathLike, MetaDataOnly: bool = False, safe_mode: bool = True,
+             compile: bool = True) -> "ModelWrapper":  # noqa: N802
+        """Load a saved model directory to continue from it.
+
+        The optimizer state is restored with the model. The loaded run's metadata becomes the base
+        of this run's, and is appended (without its own chain) to ``InputMetaData``; history and
+        epoch times start afresh for the new run. ``safe_mode=False`` allows models with Python
+        lambdas to load: only for files you trust.
+        """
+        InDir = Path(InDir)
+        previous = read_metadata(InDir)
+        if not MetaDataOnly:
+            model_path = InDir / MODEL_FILE
+            if not model_path.is_file():
+                raise MetaDataError(f"{model_path}: model file missing; the run in {InDir} never saved a model")
+            try:
+                self.Model = keras.saving.load_model(str(model_path), compile=compile, safe_mode=safe_mode)
+            except Exception as exc:
+                raise MetaDataError(f"{model_path}: cannot load model: {type(exc).__name__}: {exc}") from exc
+            if compile and getattr(self.Model, "optimizer", None) is not None:
+                self.Optimizer = self.Model.optimizer
+        chain = list(previous.get("InputMetaData") or [])
+        previous_run = dict(previous)
+        previous_run["InputMetaData"] = []
+        self.History = {}
+        self.MetaData = dict(previous)
+        self.MetaData.update(
+            {
+                "InputMetaData": chain + [previous_run],
+                "InputDir": str(InDir),
+                "History": self.History,
+                "EpochTime": [],
+                "Status": "loaded",
+            }
+        )
+        for key in ("OutDir", "StopReason", "EndTime", "TrainStartTime", "SaveTime", "Epochs"):
+            self.MetaData.pop(key, None)
+        if not self.Config:
+            self.Config = dict(previous.get("Configuration") or {})
+        self.Loss = previous.get("Loss", self.Loss)
+        self.Metrics = list(previous.get("Metrics") or self.Metrics)
+        self.InDir = InDir
+        self.OutDir = None
+        log.info("%s: loaded %s (%d earlier run(s))", self.Name, InDir, len(self.MetaData["InputMetaData"]))
+        return self
+
+    def finish(self, Status: str | None = None) -> None:
+        """Mark the run finished (e.g. after analysis) and write the metadata once more."""
+        if Status is not None:
+            self.MetaData["Status"] = Status
+        self.MetaData["EndTime"] = _now()
+        if self.OutDir is not None:
+            self._write_metadata()
+

@@ -1,0 +1,1 @@
+"""lartpcdnn: experiment package on dlkit."""

@@ -1,0 +1,117 @@
+"""dlkit.config: plain-Python config files, layered resolution and validation."""
+
+import textwrap
+
+import pytest
+
+from dlkit.config import ConfigError, check_value, load_config, resolve_config
+
+DEFAULTS = {"Epochs": 10, "BatchSize": 1024, "optimizer": "RMSprop", "lr": 0.01, "Width": 64,
+            "BatchNormLayers": False, "Particles": ["Ele", "Gamma"], "RunningTime": None, "Shape": (25, 25)}
+
+
+def write(tmp_path, text, name="cfg.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_load_config_real_python_values(tmp_path):
+    path = write(tmp_path, """
+        import math
+        Config = {"optimizer": "SGD", "lr": 0.1, "BatchNormLayers": True, "Width": int(math.sqrt(1024))}
+        Params = {"Width": [32, 64], "Depth": range(1, 3)}
+        """)
+    config, params = load_config(path)
+    assert config == {"optimizer": "SGD", "lr": 0.1, "BatchNormLayers": True, "Width": 32}
+    assert params == {"Width": [32, 64], "Depth": [1, 2]}
+
+
+def test_load_config_runs_in_own_namespace(tmp_path):
+    path = write(tmp_path, "Config = {}\nleaked_name = 1\n")
+    config, params = load_config(path)
+    assert config == {} and params is None
+    assert "leaked_name" not in globals()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("X = 1\n", "defines no 'Config'"),
+        ("Config = [1]\n", "'Config' must be a dict"),
+        ("Config = {}\nParams = {'Width': 32}\n", r"Params\['Width'\] must be a list"),
+        ("Config = {}\nParams = {'Width': []}\n", r"Params\['Width'\] is empty"),
+        ("Config = {1: 2}\n", "is not a string"),
+        ("Config = {'a': undefined_name}\n", "failed to load: NameError"),
+    ],
+)
+def test_load_config_errors_name_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.py")
+
+
+def test_layer_order_defaults_config_flags_scan_point():
+    resolved = resolve_config(
+        DEFAULTS,
+        ("config file c.py", {"lr": 0.1, "Width": 128, "Epochs": 3}),
+        ("command line", {"Epochs": 2, "Width": 256}),
+        ("scan point 5", {"Width": 512}),
+    )
+    assert resolved["lr"] == 0.1          # config over default
+    assert resolved["Epochs"] == 2        # flags over config
+    assert resolved["Width"] == 512       # scan point last
+    assert resolved["BatchSize"] == 1024  # untouched default
+    assert DEFAULTS["Width"] == 64        # defaults not mutated
+
+
+def test_unknown_key_names_key_source_and_closest():
+    with pytest.raises(ConfigError) as info:
+        resolve_config(DEFAULTS, ("config file scan.py", {"Widht": 32}))
+    msg = str(info.value)
+    assert "'Widht'" in msg and "scan.py" in msg and "did you mean 'Width'" in msg
+
+
+def test_unknown_key_case_insensitive_hint():
+    with pytest.raises(ConfigError, match="did you mean 'BatchNormLayers'"):
+        resolve_config(DEFAULTS, ("command line", {"batchnormlayers": True}))
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [("Width", "64", "int"), ("lr", "0.1", "float"), ("BatchNormLayers", 1, "bool"), ("Width", True, "int"),
+     ("optimizer", 3, "str"), ("Particles", "Ele", "list")],
+)
+def test_wrong_type_names_key_value_and_type(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(DEFAULTS, ("config file c.py", {key: value}))
+    msg = str(info.value)
+    assert repr(key) in msg and repr(value) in msg and f"expected {expected}" in msg
+
+
+def test_type_coercions():
+    resolved = resolve_config(DEFAULTS, ("c", {"lr": 1, "Shape": [5, 5], "Particles": ("Ele",),
+                                                "RunningTime": 3600}))
+    assert resolved["lr"] == 1.0 and isinstance(resolved["lr"], float)
+    assert resolved["Shape"] == (5, 5)
+    assert resolved["Particles"] == ["Ele"]
+    assert resolved["RunningTime"] == 3600  # default None accepts any value
+
+
+def test_declared_types_for_none_defaults():
+    with pytest.raises(ConfigError, match="expected int or float"):
+        resolve_config(DEFAULTS, ("flags", {"RunningTime": "1h"}), types={"RunningTime": (int, float)})
+    assert resolve_config(DEFAULTS, ("flags", {"RunningTime": None}), types={"RunningTime": (int, float)})[
+        "RunningTime"] is None
+
+
+def test_check_value_numpy_scalars():
+    np = pytest.importorskip("numpy")
+    assert check_value("lr", np.float32(0.5), 0.1) == 0.5
+    assert check_value("Width", np.int64(3), 1) == 3
