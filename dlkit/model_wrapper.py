@@ -317,7 +317,7 @@ class ModelWrapper:
             )
         try:
             self.Optimizer = cls(**kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"optimizer {optimizer}: invalid parameter ({exc})") from exc
         return self.Optimizer
 
