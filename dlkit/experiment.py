@@ -1,0 +1,248 @@
+"""The shell every experiment CLI shares: DLKit's flags, config resolution, scan selection, the run.
+
+An experiment module (e.g. ``calodnn.ClassificationExperiment``) reads like the steps a physicist lists::
+
+    def run(argv=None):
+        args = make_parser("CaloDNN classification", DEFAULT_CONFIG).parse_args(argv)
+        configure_device(args)                       # before Keras is imported
+        setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST)
+        data = setup_data(setup.config)
+        wrapper = load_or_build(args, setup, make_wrapper)
+        train(wrapper, setup, data.train, data.validation)
+        ...analysis...
+        return finish(wrapper)
+
+    def main():
+        sys.exit(run_main(run))
+
+Exit codes: 0 success; 2 a configuration, data or usage error (one line on stderr, no traceback);
+75 (:data:`dlkit.callbacks.EXIT_CODE_INTERRUPTED`) stopped by a signal after saving - resume with ``-p``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlkit.config import ConfigError, load_config, resolve_config
+from dlkit.permutator import Permutator
+
+log = logging.getLogger(__name__)
+
+__all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "train",
+           "finish", "run_main", "UserError", "EXIT_USER_ERROR"]
+
+#: Exit status for configuration, data and usage errors.
+EXIT_USER_ERROR = 2
+
+
+class UserError(RuntimeError):
+    """An error in what the user asked for (files, flags, data): reported in one line, exit code 2."""
+
+
+def make_parser(description: str, default_config: str | os.PathLike | None = None) -> argparse.ArgumentParser:
+    """An argument parser with DLKit's experiment flags (same names, same meaning)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("-C", "--config", default=None,
+                   help=f"config file: plain Python defining Config (dict) and optionally Params (the scan grid); "
+                        f"default: {default_config}")
+    p.add_argument("-s", "--hyperparamset", type=int, default=None, metavar="N",
+                   help="scan point to run (DLKit order: keys sorted, last varies fastest); default: "
+                        "$SLURM_ARRAY_TASK_ID or $PBS_ARRAYID, else 0")
+    p.add_argument("-L", "--LoadModel", default=None, metavar="DIR",
+                   help="load the model saved in DIR and continue from it (new directory, history chained)")
+    p.add_argument("-p", "--LoadPrevious", action="store_true",
+                   help="continue from the newest complete save of this scan point's model name, if any")
+    p.add_argument("--gpu", type=int, default=None, metavar="ID",
+                   help="use GPU ID only (sets CUDA_VISIBLE_DEVICES before Keras is imported)")
+    p.add_argument("--cpu", action="store_true", help="hide all GPUs; run on the CPU")
+    p.add_argument("--NoTrain", action="store_true", help="skip training (e.g. analyse a loaded model)")
+    p.add_argument("--NoAnalysis", action="store_true", help="skip the analysis after training")
+    p.add_argument("--Test", action="store_true",
+                   help="quick test: few events, 2 epochs, output under <OutputBase>.Test/")
+    p.add_argument("--nopremix", action="store_true", help="mix the per-class files on the fly instead of premixing")
+    p.add_argument("--preload", action="store_true", help="keep the whole dataset in memory")
+    p.add_argument("--nocache", action="store_true", help="do not write or use the generator's on-disk cache")
+    p.add_argument("-r", "--runningtime", type=float, default=None, metavar="SECONDS",
+                   help="stop training cleanly (and save) once SECONDS of wall time are spent")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset directory (one sub-directory per class); default: simulate one into the cache")
+    p.add_argument("--OutputBase", default=None, metavar="DIR", help="where model directories go (TrainedModels)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config entry; VALUE is JSON (3, 0.1, true, \"SGD\", [1,2]) or a bare string")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.set_defaults(default_config=default_config)
+    return p
+
+
+def configure_device(args: argparse.Namespace) -> None:
+    """Apply ``--cpu``/``--gpu`` and logging; must run before Keras is imported."""
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "keras" in sys.modules and (args.cpu or args.gpu is not None):
+        log.warning("Keras was imported before --gpu/--cpu were applied; the device choice may not take effect")
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw  # a bare string, e.g. --set optimizer=Adam
+    return out
+
+
+@dataclass
+class RunSetup:
+    """Everything resolved before any data or model is touched."""
+
+    config: dict
+    index: int | None
+    point: dict
+    hash: str | None
+    name: str
+    output_base: Path
+    scan_size: int
+    flags: dict = field(default_factory=dict)
+
+
+def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: str,
+                test_overrides: Mapping[str, Any] | None = None, types: Mapping[str, Any] | None = None,
+                flag_keys: Mapping[str, str] | None = None) -> RunSetup:
+    """Resolve defaults < config file < ``--Test`` < flags < scan point, and name the run.
+
+    ``flag_keys`` maps argparse destinations to config keys (e.g. ``{"runningtime": "RunningTime"}``);
+    only flags given on the command line override. The model name is ``prefix`` followed by the scan
+    point's ``_<key><value>`` in scan-key order, so it is stable across processes and Python versions.
+    """
+    config_path = args.config or args.default_config
+    file_config, params = load_config(config_path) if config_path else ({}, None)
+    flag_keys = dict(flag_keys or {})
+    flags = {}
+    for dest, key in flag_keys.items():
+        value = getattr(args, dest, None)
+        if value not in (None, False):
+            flags[key] = value
+    flags.update(_parse_set(args.set))
+    if args.nopremix and "Premix" in defaults:
+        flags["Premix"] = False
+    if args.preload and "Preload" in defaults:
+        flags["Preload"] = True
+    if args.nocache and "Cache" in defaults:
+        flags["Cache"] = False
+    scan = Permutator(params) if params else None
+    index, point = scan.select(args.hyperparamset) if scan else (None, {})
+    if scan is None and args.hyperparamset not in (None, 0):
+        raise ConfigError(f"-s {args.hyperparamset}: config {config_path} defines no Params scan grid")
+    layers = [(f"config file {config_path}", file_config)]
+    if args.Test:
+        layers.append(("--Test", test_overrides or {}))
+    layers.append(("command line", flags))
+    if scan:
+        layers.append((f"scan point {index} of {config_path}", point))
+    config = resolve_config(defaults, *layers, types=types)
+    if args.Test and "OutputBase" in config and "OutputBase" not in flags:
+        config["OutputBase"] = str(config["OutputBase"]) + ".Test"
+    name = prefix + "".join(f"_{k}{point[k]}" for k in (scan.keys if scan else []))
+    output_base = Path(config.get("OutputBase", "TrainedModels"))
+    return RunSetup(config=config, index=index, point=point, hash=scan.hash(index) if scan else None, name=name,
+                    output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+
+
+def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Callable[..., Any],
+                  compile_model: Callable[[Any], None]):
+    """Give the run its ModelWrapper: ``-L DIR`` loads DIR, ``-p`` the newest save, else build fresh.
+
+    ``make_wrapper(name, **wrapper_kwargs)`` constructs the experiment's ModelWrapper subclass;
+    ``compile_model(wrapper)`` builds the optimizer and compiles a freshly built model (a loaded
+    model keeps its compiled optimizer and state).
+    """
+    common = dict(OutputBase=setup.output_base, Config=setup.config, ScanPoint=setup.point or None,
+                  HyperParamSet=setup.index, HyperParamHash=setup.hash)
+    if args.LoadModel:
+        from dlkit.model_wrapper import read_metadata
+
+        directory = Path(args.LoadModel)
+        if not directory.is_dir():
+            raise UserError(f"-L {args.LoadModel}: no such model directory")
+        name = read_metadata(directory).get("Name") or setup.name
+        wrapper = make_wrapper(name, **common)
+        wrapper.Load(directory)
+    else:
+        wrapper = make_wrapper(setup.name, LoadPrevious=bool(args.LoadPrevious), **common)
+        if args.LoadPrevious:
+            previous = wrapper.find_previous()
+            if previous is not None:
+                wrapper.Load(previous)
+    if wrapper.Model is None:
+        wrapper.Build()
+        compile_model(wrapper)
+    wrapper.Config = dict(setup.config)  # what this run resolved, also when continuing a loaded model
+    wrapper.set_scan_point(setup.point or None, setup.index, setup.hash)
+    wrapper.LoadPrevious = False  # already handled above
+    wrapper.Initialize()
+    return wrapper
+
+
+def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=(), **fit_kwargs):
+    """Train with the callbacks every run gets: GracefulExit always, TimeStopping if ``RunningTime``."""
+    from dlkit.callbacks import GracefulExit, TimeStopping
+
+    graceful = GracefulExit()
+    all_callbacks = [graceful, *callbacks]
+    if setup.config.get("RunningTime"):
+        all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
+    try:
+        wrapper.Train(train_data, Epochs=setup.config["Epochs"], validation_data=validation_data,
+                      Callbacks=all_callbacks, **fit_kwargs)
+    finally:
+        graceful.restore()
+    wrapper.Save()
+    return graceful
+
+
+def finish(wrapper) -> int:
+    """Write the final metadata and return the process exit code (75 if a signal stopped training)."""
+    from dlkit.callbacks import EXIT_CODE_INTERRUPTED
+
+    interrupted = wrapper.Interrupted
+    wrapper.finish()
+    if interrupted:
+        log.warning("%s: stopped by a signal; saved in %s - resume with -p (exit code %d)", wrapper.Name,
+                    wrapper.OutDir, EXIT_CODE_INTERRUPTED)
+        return EXIT_CODE_INTERRUPTED
+    return 0
+
+
+def run_main(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call ``run(argv)``; user errors become one line on stderr and exit code 2."""
+    from dlkit.model_wrapper import MetaDataError
+
+    errors: tuple[type[BaseException], ...] = (ConfigError, UserError, MetaDataError, FileNotFoundError)
+    try:
+        from dlkit.generators import GeneratorError  # the pipeline's file/key errors are user errors too
+
+        errors += (GeneratorError,)
+    except ImportError:
+        pass
+    try:
+        return run(argv)
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
