@@ -53,7 +53,8 @@ class TimeStopping(keras.callbacks.Callback):
     Parameters
     ----------
     seconds : float or None
-        Time budget in seconds; ``None`` means no limit. Must not be negative.
+        Time budget in seconds; ``None`` means no limit, ``0`` stops after the first batch.
+        Negative values raise ``ValueError``.
     verbose : bool, default False
         Log the duration of every epoch at INFO level. The stop itself is always logged.
     predict_next_epoch : bool, default True
@@ -133,12 +134,16 @@ class TimeStopping(keras.callbacks.Callback):
         duration = now - (self._epoch_start if self._epoch_start is not None else now)
         self.epoch_times.append(duration)
         if self.verbose:
-            logger.info("TimeStopping: epoch %d took %.1f s (%.1f s elapsed)", epoch + 1, duration, self.elapsed)
+            logger.info(
+                "TimeStopping: epoch %d took %.1f s (%.1f s elapsed)", epoch + 1, duration, self.elapsed
+            )
         if self.seconds is None or self.stop_reason is not None:
             return
         elapsed = self.elapsed
         if elapsed >= self.seconds:
-            self._stop(f"time limit of {self.seconds:g} s reached after {elapsed:.1f} s (end of epoch {epoch + 1})")
+            self._stop(
+                f"time limit of {self.seconds:g} s reached after {elapsed:.1f} s (end of epoch {epoch + 1})"
+            )
             return
         if self.predict_next_epoch:
             estimate = float(np.mean(self.epoch_times))
@@ -156,7 +161,11 @@ class TimeStopping(keras.callbacks.Callback):
         logger.info("TimeStopping: %s; stopping training", reason)
 
     def get_config(self):
-        return {"seconds": self.seconds, "verbose": self.verbose, "predict_next_epoch": self.predict_next_epoch}
+        return {
+            "seconds": self.seconds,
+            "verbose": self.verbose,
+            "predict_next_epoch": self.predict_next_epoch,
+        }
 
 
 def _default_signals():
@@ -291,12 +300,16 @@ class GracefulExit(keras.callbacks.Callback):
                 logger.warning("GracefulExit: second %s received, forcing exit", name)
                 self.restore()
                 raise KeyboardInterrupt(f"second {name} received while stopping")
-            logger.warning("GracefulExit: %s received while already stopping after %s", name, self.signal_name)
+            logger.warning(
+                "GracefulExit: %s received while already stopping after %s", name, self.signal_name
+            )
             return
         self.received_signal = int(signum)
         self.signal_name = name
         self.stop_reason = f"signal {name}"
-        logger.warning("GracefulExit: %s received, stopping after the current batch (send it again to force quit)", name)
+        logger.warning(
+            "GracefulExit: %s received, stopping after the current batch (send it again to force quit)", name
+        )
         if self._model is not None:  # not self.model: no JAX state sync inside a signal handler
             self._model.stop_training = True
 
@@ -332,7 +345,8 @@ class AUCCallback(keras.callbacks.Callback):
     before the callbacks that monitor its values.
 
     Binary models with a single sigmoid output get one AUC, named after the positive class
-    (``class_names[-1]``, default ``"1"``) and no mean. A class absent from (or the only class
+    (``class_names[-1]``, e.g. ``["Pi0", "Gamma"]`` gives ``val_auc_Gamma``; default ``"1"``)
+    and no mean. A class absent from (or the only class
     in) the labels gets NaN and a logged warning.
 
     Parameters
@@ -342,7 +356,8 @@ class AUCCallback(keras.callbacks.Callback):
         integer class indices ``(N,)``; or a ``keras.utils.PyDataset``/iterable yielding
         ``(x, y)`` (or ``(x, y, sample_weight)``) batches. Exactly ``steps`` batches are used
         each epoch if given, else ``len()`` batches if the dataset has a length, else all it
-        yields (an endless generator needs ``steps``).
+        yields (an endless generator needs ``steps``). It is iterated again every epoch, so pass
+        a re-iterable (a PyDataset, a list, a ``tf.data.Dataset``), not a one-shot generator.
     class_names : sequence of str, optional
         Names for the output columns; default ``"0"`` .. ``"C-1"``.
     batch_size : int, default 1024
@@ -369,7 +384,8 @@ class AUCCallback(keras.callbacks.Callback):
         super().__init__()
         if isinstance(validation_data, tuple) and len(validation_data) not in (2, 3):
             raise ValueError(
-                f"AUCCallback: validation_data must be (x, y) or a dataset, got a tuple of {len(validation_data)}"
+                "AUCCallback: validation_data must be (x, y) or a dataset, "
+                f"got a tuple of {len(validation_data)}"
             )
         self.validation_data = validation_data
         self.class_names = None if class_names is None else [str(c) for c in class_names]
@@ -385,11 +401,11 @@ class AUCCallback(keras.callbacks.Callback):
         if self.steps is not None:
             return self.steps
         data = self.validation_data
-        if hasattr(data, "__len__"):
-            return len(data)
         try:
+            if hasattr(data, "__len__"):
+                return len(data)
             return getattr(data, "num_batches", None)  # PyDataset defining num_batches only
-        except NotImplementedError:
+        except (TypeError, NotImplementedError):  # e.g. a tf.data.Dataset of unknown length
             return None
 
     def _predict(self):
@@ -433,6 +449,10 @@ class AUCCallback(keras.callbacks.Callback):
 
     def _names(self, n_columns):
         if n_columns == 1:
+            if self.class_names and len(self.class_names) > 2:
+                raise ValueError(
+                    f"AUCCallback: {len(self.class_names)} class_names for a single-column (binary) output"
+                )
             return [self.class_names[-1] if self.class_names else "1"]
         names = self.class_names or [str(i) for i in range(n_columns)]
         if len(names) != n_columns:

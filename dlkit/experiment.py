@@ -208,12 +208,10 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     all_callbacks = [graceful, *callbacks]
     if setup.config.get("RunningTime"):
         all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
-    try:
+    with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
         wrapper.Train(train_data, Epochs=setup.config["Epochs"], validation_data=validation_data,
                       Callbacks=all_callbacks, **fit_kwargs)
-    finally:
-        graceful.restore()
-    wrapper.Save()
+        wrapper.Save()
     return graceful
 
 
