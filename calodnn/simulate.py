@@ -1,0 +1,959 @@
+"""Fast parametric simulation of the LCD (CLIC) calorimeter dataset, written in its HDF5 layout.
+
+Why: the real LCD files cannot be downloaded here, yet the experiment needs data with the same layout and
+the same physics trends (e/gamma/pi0/pi separation, energy resolution, pi0 merging at high energy). Nothing is
+transported: each event is a handful of parametrised showers (Gamma-function longitudinal profiles, core +
+halo Gaussian transverse profiles integrated analytically over the cells) plus MIP tracks, then sampling
+fluctuations, calibration non-uniformity, cell noise and a zero-suppression threshold. Every geometry and
+physics parameter lives in :class:`CaloSimConfig`; ``calodnn/README.md`` ("Simulator") says what is left out.
+
+Layout written by :func:`write_dataset`: ``<out>/<Particle>/<Particle>_<i>.h5`` with datasets ``ECAL``
+(N, X, Y, L), ``HCAL`` (N, X, Y, L) float32 (calibrated deposited energy in GeV per cell), ``energy`` (N,)
+float32 GeV, ``pdgID`` (N,) int32 and the scalar features of :func:`compute_features`.
+
+>>> import numpy as np
+>>> ev = simulate_events("Ele", 3, np.random.default_rng(1))
+>>> ev["ECAL"].shape, ev["HCAL"].shape, ev["ECAL"].dtype.name
+((3, 25, 25, 25), (3, 5, 5, 60), 'float32')
+"""
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import typing
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy.special import erf, gammainc, ndtri
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CaloSimConfig",
+    "PARTICLES",
+    "FEATURE_NAMES",
+    "PDG_IDS",
+    "DEFAULT_EVENTS_PER_CLASS",
+    "TEST_EVENTS_PER_CLASS",
+    "simulate_events",
+    "compute_features",
+    "file_seed_sequence",
+    "write_file",
+    "write_dataset",
+    "dataset_key",
+    "default_dataset",
+    "main",
+]
+
+#: Particle directory names of the LCD layout, in the canonical order.
+PARTICLES = ("Ele", "Gamma", "Pi0", "ChPi")
+#: |PDG id| per particle; the charged ones get a random sign per event.
+PDG_IDS = {"Ele": 11, "Gamma": 22, "Pi0": 111, "ChPi": 211}
+#: Events per class of the default dataset (4 x 5000) and of a ``--Test``-size one (4 x 1000).
+DEFAULT_EVENTS_PER_CLASS = 5000
+TEST_EVENTS_PER_CLASS = 1000
+#: Bumped whenever the same config + seed would give different events (part of the cache key).
+FORMAT_VERSION = 1
+#: Name of the marker file written last into a complete dataset directory.
+COMPLETE_MARKER = "COMPLETE.json"
+#: Moments 1..N_MOMENTS of the energy-weighted x, y and layer distributions.
+N_MOMENTS = 6
+
+
+def _f(default, doc):
+    """A dataclass field whose documentation travels with it (``--help``, ``describe()``)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class CaloSimConfig:
+    """Every geometry and physics parameter of the simulator, in one place (defaults: physics.md).
+
+    Coordinates: x, y transverse (mm, 0 on the grid centre), depth along the particle direction from the
+    ECAL front face. Stored cell values are calibrated energies in GeV (the sampling fraction is divided
+    out), so the ECAL+HCAL sum of an electron is its energy minus leakage and threshold losses. Frozen and
+    hashable: the geometry derived from it is cached, and its JSON goes into every file.
+    """
+
+    # --- geometry -------------------------------------------------------------------------------------
+    ecal_shape: tuple = _f((25, 25, 25), "ECAL cells (x, y, layers).")
+    hcal_shape: tuple = _f((5, 5, 60), "HCAL cells (x, y, layers).")
+    ecal_cell_mm: float = _f(5.1, "ECAL cell pitch [mm] (silicon pads).")
+    hcal_cell_mm: float = _f(30.6, "HCAL cell pitch [mm] (scintillator tiles, 6x the ECAL's).")
+    ecal_thin_layers: int = _f(17, "Number of front ECAL layers with thin absorber; the rest are thick.")
+    ecal_thin_layer_x0: float = _f(0.686, "Thin ECAL layer thickness [X0] (2.4 mm W, X0(W)=3.5 mm).")
+    ecal_thick_layer_x0: float = _f(1.371, "Thick ECAL layer thickness [X0] (4.8 mm W).")
+    ecal_lambda_total: float = _f(1.0, "Total ECAL depth [lambda_int]; shared over layers like X0.")
+    ecal_depth_mm: float = _f(200.0, "Total ECAL depth [mm] (absorber + sensors + gaps); sets the "
+                              "effective lambda_int in mm and the lateral drift of inclined tracks.")
+    hcal_layer_x0: float = _f(1.1, "HCAL layer thickness [X0] (19 mm steel + scintillator).")
+    hcal_lambda_total: float = _f(7.5, "Total HCAL depth [lambda_int], equal per layer.")
+    hcal_depth_mm: float = _f(1590.0, "Total HCAL depth [mm] (60 x 26.5 mm).")
+    ecal_moliere_mm: float = _f(9.3, "Moliere radius of the ECAL [mm] (W: 9.3 mm ~ 1.8 cells).")
+    hcal_moliere_mm: float = _f(24.0, "Effective Moliere radius of the steel/scintillator HCAL [mm].")
+    calo_distance_mm: float = _f(1500.0, "Distance from the pi0 decay (beam line) to the ECAL face [mm].")
+    # --- beam ------------------------------------------------------------------------------------------
+    energy_min_gev: float = _f(10.0, "Lowest true energy [GeV] (flat spectrum).")
+    energy_max_gev: float = _f(510.0, "Highest true energy [GeV] (flat spectrum).")
+    impact_spread_cells: float = _f(1.0, "Impact point uniform in a square of this side [ECAL cells] "
+                                    "around the grid centre (1.0 = within the central cell).")
+    incidence_sigma_rad: float = _f(0.005, "Gaussian spread of the incidence angle per axis [rad].")
+    pi0_mass_gev: float = _f(0.1349768, "pi0 mass [GeV].")
+    # --- EM showers ------------------------------------------------------------------------------------
+    em_critical_energy_gev: float = _f(0.008, "Critical energy E_c of the ECAL [GeV] (W: ~8 MeV).")
+    em_b: float = _f(0.5, "Gamma-profile slope b [1/X0]; a = 1 + b t_max.")
+    em_c_electron: float = _f(-0.5, "t_max = ln(E/E_c) + C: C for electrons (start at the face).")
+    em_c_photon: float = _f(0.5, "t_max = ln(E/E_c) + C: C for photons (from the conversion point).")
+    em_tmax_fluct: float = _f(0.1, "Event-by-event Gaussian spread of ln t_max (EM).")
+    em_b_fluct: float = _f(0.05, "Event-by-event Gaussian spread of ln b (EM).")
+    photon_conversion_x0: float = _f(9.0 / 7.0, "Mean photon conversion depth [X0] (exponential).")
+    em_track_x0: float = _f(1.0, "Length [X0] over which the primary e (or the converted e+e- pair) is "
+                            "drawn as MIP deposits before its shower takes over.")
+    em_core_sigma_rm: float = _f(0.12, "EM core Gaussian sigma at the shower start [R_M].")
+    em_core_growth_rm: float = _f(0.12, "EM core sigma growth per unit tau = depth / t_max [R_M].")
+    em_halo_sigma_rm: float = _f(0.5, "EM halo Gaussian sigma at the shower start [R_M].")
+    em_halo_growth_rm: float = _f(0.15, "EM halo sigma growth per unit tau [R_M].")
+    em_core_fraction: float = _f(0.85, "EM core energy fraction at the shower start.")
+    em_core_fraction_slope: float = _f(0.1, "Decrease of the EM core fraction per unit tau.")
+    tau_cap: float = _f(3.0, "tau (depth / t_max) beyond which showers stop broadening.")
+    # --- charged pions ---------------------------------------------------------------------------------
+    pion_interaction_lambda: float = _f(1.0, "Mean depth of the first hadronic interaction [lambda_int].")
+    had_tmax_slope: float = _f(0.2, "Hadronic t_max = slope ln(E/GeV) + offset [lambda_int].")
+    had_tmax_offset: float = _f(0.7, "Hadronic t_max offset [lambda_int].")
+    had_b: float = _f(0.9, "Hadronic Gamma-profile slope b [1/lambda_int].")
+    had_tmax_fluct: float = _f(0.2, "Event-by-event Gaussian spread of ln t_max (hadronic).")
+    had_b_fluct: float = _f(0.1, "Event-by-event Gaussian spread of ln b (hadronic).")
+    had_em_tmax_scale: float = _f(0.6, "t_max of the EM (pi0) part / t_max of the hadronic part: the "
+                                  "pi0s come from the first interactions.")
+    had_k: float = _f(0.82, "Mean EM fraction f_em = 1 - (E/E0)^(k-1).")
+    had_e0_gev: float = _f(1.0, "E0 of the f_em formula [GeV].")
+    had_fem_concentration: float = _f(12.0, "f_em ~ Beta(m nu, (1-m) nu) around its mean m: nu (smaller = "
+                                      "larger event-by-event fluctuations).")
+    had_e_over_h: float = _f(1.3, "e/h: the non-EM part is seen with response 1/(e/h) (non-compensating).")
+    had_response_fluct: float = _f(0.1, "Relative Gaussian spread of the non-EM visible energy "
+                                   "(nuclear binding losses), per event.")
+    had_core_sigma_lambda: float = _f(0.08, "Hadronic core sigma at the interaction [lambda_int].")
+    had_core_growth_lambda: float = _f(0.04, "Hadronic core sigma growth per unit tau [lambda_int].")
+    had_halo_sigma_lambda: float = _f(0.3, "Hadronic halo sigma at the interaction [lambda_int].")
+    had_halo_growth_lambda: float = _f(0.1, "Hadronic halo sigma growth per unit tau [lambda_int].")
+    had_core_fraction: float = _f(0.6, "Energy fraction of the hadronic core.")
+    # --- MIP -------------------------------------------------------------------------------------------
+    ecal_mip_gev_per_x0: float = _f(0.0115, "Calibrated MIP deposit (most probable) per X0 of ECAL "
+                                    "[GeV] (~8 MeV per thin layer: 5.3 MeV in 2.4 mm W / e:mip ~0.7).")
+    hcal_mip_gev: float = _f(0.025, "Calibrated MIP deposit (most probable) per HCAL layer [GeV].")
+    mip_landau_width: float = _f(0.1, "Landau (Moyal) width of MIP deposits, relative to the MPV.")
+    # --- detector response -----------------------------------------------------------------------------
+    ecal_spot_gev: float = _f(0.03, "ECAL sampling: variance per cell = spot * E (compound-Poisson "
+                              "'spots'); stochastic term ~ sqrt(spot) = 17 %/sqrt(E) [GeV].")
+    hcal_spot_gev: float = _f(0.15, "HCAL sampling spot energy [GeV] (sqrt = 39 %/sqrt(E)).")
+    ecal_noise_gev: float = _f(0.001, "ECAL Gaussian cell noise sigma [GeV] (~1/8 MIP).")
+    hcal_noise_gev: float = _f(0.003, "HCAL Gaussian cell noise sigma [GeV].")
+    noise_threshold_sigma: float = _f(3.0, "Zero suppression: cells below this many noise sigmas -> 0.")
+    calib_spread: float = _f(0.015, "Per-cell calibration non-uniformity (relative Gaussian sigma).")
+    detector_seed: int = _f(20160, "Seed of the fixed calibration maps, independent of the event seed.")
+    # --- numerics --------------------------------------------------------------------------------------
+    chunk_events: int = _f(100, "Events simulated per vectorised batch. It fixes how the random stream is "
+                           "consumed, so changing it changes the events (not their distributions).")
+
+    def __post_init__(self):
+        for name in ("ecal_shape", "hcal_shape"):
+            shape = getattr(self, name)
+            if isinstance(shape, list):
+                object.__setattr__(self, name, tuple(shape))
+                shape = getattr(self, name)
+            if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
+                raise ValueError(f"{name} must be three positive ints, got {shape!r}")
+            object.__setattr__(self, name, tuple(int(s) for s in shape))
+        if not 0 < self.energy_min_gev <= self.energy_max_gev:
+            raise ValueError("need 0 < energy_min_gev <= energy_max_gev")
+        if self.chunk_events < 1 or self.ecal_thin_layers < 0:
+            raise ValueError("chunk_events must be >= 1 and ecal_thin_layers >= 0")
+        positive = ("ecal_cell_mm", "hcal_cell_mm", "ecal_thin_layer_x0", "ecal_thick_layer_x0",
+                    "ecal_lambda_total", "ecal_depth_mm", "hcal_layer_x0", "hcal_lambda_total",
+                    "hcal_depth_mm", "ecal_moliere_mm", "hcal_moliere_mm", "em_critical_energy_gev", "em_b",
+                    "photon_conversion_x0", "pion_interaction_lambda", "had_b", "had_e_over_h",
+                    "had_fem_concentration", "em_core_sigma_rm", "em_halo_sigma_rm",
+                    "had_core_sigma_lambda", "had_halo_sigma_lambda", "calo_distance_mm")
+        bad = [p for p in positive if not getattr(self, p) > 0]
+        if bad:
+            raise ValueError(f"these must be > 0: {bad}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: typing.Mapping) -> "CaloSimConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown CaloSimConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "CaloSimConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> "CaloSimConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per field: name, default, documentation (used by ``--help``)."""
+        return "\n".join(f"  {f.name} = {f.default!r}: {f.metadata.get('doc', '')}"
+                         for f in dataclasses.fields(cls))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Geometry derived from the config (cached: the config is frozen and hashable)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Geometry:
+    n_ecal: int  # ECAL layers; the combined layer axis is ECAL layers then HCAL layers
+    x0_edges: np.ndarray  # (Ltot+1,) depth of layer boundaries [X0]
+    lam_edges: np.ndarray  # (Ltot+1,) depth of layer boundaries [lambda_int]
+    x0_centers: np.ndarray  # (Ltot,)
+    lam_centers: np.ndarray  # (Ltot,)
+    depth_mm: np.ndarray  # (Ltot,) depth of layer centres [mm]
+    moliere_mm: np.ndarray  # (Ltot,) R_M of the section a layer belongs to
+    lambda_mm: np.ndarray  # (Ltot,) effective lambda_int [mm] of the section
+    mip_gev: np.ndarray  # (Ltot,) most probable MIP deposit per layer [GeV]
+    ecal_edges_mm: np.ndarray  # (X+1,) ECAL cell boundaries, x and y share the pitch
+    ecal_edges_y_mm: np.ndarray
+    hcal_edges_mm: np.ndarray
+    hcal_edges_y_mm: np.ndarray
+    ecal_calib: np.ndarray  # (X, Y, L) float32 per-cell calibration factors
+    hcal_calib: np.ndarray
+
+
+def _cell_edges(n: int, pitch: float) -> np.ndarray:
+    return (np.arange(n + 1, dtype=np.float64) - n / 2.0) * pitch
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry(cfg: CaloSimConfig) -> _Geometry:
+    ex, ey, el = cfg.ecal_shape
+    hx, hy, hl = cfg.hcal_shape
+    n_thin = min(cfg.ecal_thin_layers, el)
+    ecal_x0 = np.array([cfg.ecal_thin_layer_x0] * n_thin + [cfg.ecal_thick_layer_x0] * (el - n_thin))
+    ecal_lam = ecal_x0 * (cfg.ecal_lambda_total / ecal_x0.sum())
+    ecal_mm = ecal_x0 * (cfg.ecal_depth_mm / ecal_x0.sum())
+    hcal_x0 = np.full(hl, cfg.hcal_layer_x0)
+    hcal_lam = np.full(hl, cfg.hcal_lambda_total / hl)
+    hcal_mm = np.full(hl, cfg.hcal_depth_mm / hl)
+
+    def edges(th):
+        return np.concatenate([[0.0], np.cumsum(th)])
+
+    x0_edges = edges(np.concatenate([ecal_x0, hcal_x0]))
+    lam_edges = edges(np.concatenate([ecal_lam, hcal_lam]))
+    mm_edges = edges(np.concatenate([ecal_mm, hcal_mm]))
+    sec = np.r_[np.zeros(el, bool), np.ones(hl, bool)]
+    # Calibration maps: a fixed property of "the detector", so seeded apart from the events.
+    crng = np.random.default_rng(np.random.SeedSequence(cfg.detector_seed))
+    ecal_calib = (1.0 + cfg.calib_spread * crng.standard_normal(cfg.ecal_shape)).astype(np.float32)
+    hcal_calib = (1.0 + cfg.calib_spread * crng.standard_normal(cfg.hcal_shape)).astype(np.float32)
+    geo = _Geometry(
+        n_ecal=el,
+        x0_edges=x0_edges,
+        lam_edges=lam_edges,
+        x0_centers=0.5 * (x0_edges[1:] + x0_edges[:-1]),
+        lam_centers=0.5 * (lam_edges[1:] + lam_edges[:-1]),
+        depth_mm=0.5 * (mm_edges[1:] + mm_edges[:-1]),
+        moliere_mm=np.where(sec, cfg.hcal_moliere_mm, cfg.ecal_moliere_mm),
+        lambda_mm=np.where(sec, cfg.hcal_depth_mm / cfg.hcal_lambda_total,
+                           cfg.ecal_depth_mm / cfg.ecal_lambda_total),
+        mip_gev=np.concatenate([ecal_x0 * cfg.ecal_mip_gev_per_x0, np.full(hl, cfg.hcal_mip_gev)]),
+        ecal_edges_mm=_cell_edges(ex, cfg.ecal_cell_mm),
+        ecal_edges_y_mm=_cell_edges(ey, cfg.ecal_cell_mm),
+        hcal_edges_mm=_cell_edges(hx, cfg.hcal_cell_mm),
+        hcal_edges_y_mm=_cell_edges(hy, cfg.hcal_cell_mm),
+        ecal_calib=ecal_calib,
+        hcal_calib=hcal_calib,
+    )
+    for f in dataclasses.fields(geo):
+        value = getattr(geo, f.name)
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)  # cached and shared: nobody may modify it
+    return geo
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Showers: each returns Gaussian "terms" (energy per layer, centre, sigma) and MIP "tracks", all over the
+# combined ECAL+HCAL layer axis, shape (n, Ltot)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Deposits:
+    """Collects transverse Gaussian terms and point-like track deposits of a batch of events."""
+
+    def __init__(self):
+        self.terms = []  # (energy, cx, cy, sigma_mm), each (n, Ltot)
+        self.tracks = []  # (energy, cx, cy), each (n, Ltot)
+
+    def add_term(self, energy, cx, cy, sigma):
+        self.terms.append((energy, cx, cy, sigma))
+
+    def add_track(self, energy, cx, cy):
+        self.tracks.append((energy, cx, cy))
+
+
+def _gamma_profile(energy, a, b, t0, edges):
+    """Energy per layer of E b (b t)^(a-1) e^(-bt) / Gamma(a) started at t0: exact layer integrals."""
+    x = np.clip(edges[None, :] - t0[:, None], 0.0, None) * b[:, None]
+    cdf = gammainc(a[:, None], x)
+    return energy[:, None] * np.diff(cdf, axis=1)
+
+
+def _overlap(edges, start, stop):
+    """Fraction of each layer (edges) covered by [start, stop) per event: (n, Ltot)."""
+    lo = np.maximum(edges[None, :-1], start[:, None])
+    hi = np.minimum(edges[None, 1:], stop[:, None])
+    return np.clip(hi - lo, 0.0, None) / np.diff(edges)[None, :]
+
+
+def _landau(rng, shape, width):
+    """Landau-like factor (Moyal: -ln z^2, z normal) with its most probable value at 1."""
+    z = rng.standard_normal(shape)
+    return np.clip(1.0 + width * -np.log(z * z + 1e-300), 0.0, None)
+
+
+def _axis(x, slope, geo):
+    """Transverse position (n, Ltot) of a straight line crossing the face at x with slope dx/dz."""
+    return x[:, None] + slope[:, None] * geo.depth_mm[None, :]
+
+
+def _em_shower(dep, energy, t0, c, multiplicity, x, y, sx, sy, rng, cfg, geo):
+    """An e/gamma shower starting at depth t0 [X0], preceded by `multiplicity` MIP tracks."""
+    n = energy.shape[0]
+    track = multiplicity * _overlap(geo.x0_edges, t0, t0 + cfg.em_track_x0) * geo.mip_gev[None, :]
+    shower_e = np.clip(energy - track.sum(axis=1), 0.0, None)
+    track = track * _landau(rng, track.shape, cfg.mip_landau_width)
+    # Guard against t_max <= 0 for sub-critical photons (soft pi0 photons): numerics, not physics.
+    tmax = np.maximum(np.log(np.maximum(energy, 1e-6) / cfg.em_critical_energy_gev) + c, 0.1)
+    tmax = tmax * np.exp(cfg.em_tmax_fluct * rng.standard_normal(n))
+    b = cfg.em_b * np.exp(cfg.em_b_fluct * rng.standard_normal(n))
+    w = _gamma_profile(shower_e, 1.0 + b * tmax, b, t0, geo.x0_edges)
+    tau = np.clip((geo.x0_centers[None, :] - t0[:, None]) / tmax[:, None], 0.0, cfg.tau_cap)
+    p_core = np.clip(cfg.em_core_fraction - cfg.em_core_fraction_slope * tau, 0.0, 1.0)
+    rm = geo.moliere_mm[None, :]
+    cx, cy = _axis(x, sx, geo), _axis(y, sy, geo)
+    dep.add_term(w * p_core, cx, cy, (cfg.em_core_sigma_rm + cfg.em_core_growth_rm * tau) * rm)
+    dep.add_term(w * (1.0 - p_core), cx, cy, (cfg.em_halo_sigma_rm + cfg.em_halo_growth_rm * tau) * rm)
+    dep.add_track(track, cx, cy)
+
+
+def _hadron_shower(dep, energy, x, y, sx, sy, rng, cfg, geo):
+    """A charged pion: MIP track to an exponential interaction depth, then a non-compensating shower."""
+    n = energy.shape[0]
+    t_int = rng.exponential(cfg.pion_interaction_lambda, n)
+    track = _overlap(geo.lam_edges, np.zeros(n), t_int) * geo.mip_gev[None, :]
+    shower_e = np.clip(energy - track.sum(axis=1), 0.0, None)
+    track = track * _landau(rng, track.shape, cfg.mip_landau_width)
+    mean_fem = np.clip(1.0 - (np.maximum(shower_e, 1e-3) / cfg.had_e0_gev) ** (cfg.had_k - 1.0), 0.02, 0.98)
+    nu = cfg.had_fem_concentration
+    f_em = rng.beta(mean_fem * nu, (1.0 - mean_fem) * nu)
+    response = np.clip(1.0 + cfg.had_response_fluct * rng.standard_normal(n), 0.05, None)
+    e_em = f_em * shower_e
+    e_had = (1.0 - f_em) * shower_e * response / cfg.had_e_over_h
+    tmax = cfg.had_tmax_slope * np.log(np.maximum(shower_e, 1.0)) + cfg.had_tmax_offset
+    tmax = tmax * np.exp(cfg.had_tmax_fluct * rng.standard_normal(n))
+    b = cfg.had_b * np.exp(cfg.had_b_fluct * rng.standard_normal(n))
+    tmax_em = cfg.had_em_tmax_scale * tmax
+    w_had = _gamma_profile(e_had, 1.0 + b * tmax, b, t_int, geo.lam_edges)
+    w_em = _gamma_profile(e_em, 1.0 + b * tmax_em, b, t_int, geo.lam_edges)
+    depth = geo.lam_centers[None, :] - t_int[:, None]
+    cx, cy = _axis(x, sx, geo), _axis(y, sy, geo)
+    # EM part: the e/gamma transverse shape of the section.
+    tau = np.clip(depth / tmax_em[:, None], 0.0, cfg.tau_cap)
+    p_core = np.clip(cfg.em_core_fraction - cfg.em_core_fraction_slope * tau, 0.0, 1.0)
+    rm = geo.moliere_mm[None, :]
+    dep.add_term(w_em * p_core, cx, cy, (cfg.em_core_sigma_rm + cfg.em_core_growth_rm * tau) * rm)
+    dep.add_term(w_em * (1.0 - p_core), cx, cy, (cfg.em_halo_sigma_rm + cfg.em_halo_growth_rm * tau) * rm)
+    # Non-EM part: broader, in units of the section's lambda_int.
+    tau = np.clip(depth / tmax[:, None], 0.0, cfg.tau_cap)
+    lam = geo.lambda_mm[None, :]
+    pc = cfg.had_core_fraction
+    core = (cfg.had_core_sigma_lambda + cfg.had_core_growth_lambda * tau) * lam
+    halo = (cfg.had_halo_sigma_lambda + cfg.had_halo_growth_lambda * tau) * lam
+    dep.add_term(w_had * pc, cx, cy, core)
+    dep.add_term(w_had * (1 - pc), cx, cy, halo)
+    dep.add_track(track, cx, cy)
+
+
+def _pi0_photons(energy, rng, cfg):
+    """pi0 -> gamma gamma, isotropic in the pi0 frame: photon energies and lab angles to the pi0 axis."""
+    n = energy.shape[0]
+    m = cfg.pi0_mass_gev
+    beta = np.sqrt(np.clip(1.0 - (m / energy) ** 2, 0.0, 1.0))
+    z = 0.5 * (1.0 + beta * rng.uniform(-1.0, 1.0, n))  # flat in cos(theta*)
+    e1, e2 = z * energy, (1.0 - z) * energy
+    cos_open = np.clip(1.0 - m * m / (2.0 * np.maximum(e1 * e2, 1e-300)), -1.0, 1.0)
+    opening = np.arccos(cos_open)
+    # Transverse momentum balance: tan(theta1) = E2 sin(theta) / (E1 + E2 cos(theta)).
+    th1 = np.arctan2(e2 * np.sin(opening), e1 + e2 * np.cos(opening))
+    th2 = opening - th1
+    phi = rng.uniform(0.0, 2.0 * np.pi, n)
+    return e1, e2, th1, th2, phi, opening
+
+
+def _cell_fractions(edges, center, sigma):
+    """Fraction of a 1-D Gaussian in each cell: erf differences, (n, L, X) float32."""
+    z = (edges[None, None, :] - center[:, :, None]) / (math.sqrt(2.0) * sigma[:, :, None])
+    c = erf(z)
+    return (0.5 * (c[:, :, 1:] - c[:, :, :-1])).astype(np.float32)
+
+
+def _render(dep, layers, edges_x, edges_y, shape, n):
+    """Noise-free energy image (n, X, Y, L) of the deposits that fall on the given layer slice.
+
+    Separable Gaussians make each term an outer product of per-axis cell fractions; summed over terms with
+    one batched matmul per (event, layer), then put into the (x, y, layer) order of the files.
+    """
+    nx, ny, nl = shape
+    ax = np.empty((n, nl, nx, len(dep.terms)), np.float32)
+    by = np.empty((n, nl, len(dep.terms), ny), np.float32)
+    for k, (w, cx, cy, sig) in enumerate(dep.terms):
+        ax[..., k] = _cell_fractions(edges_x, cx[:, layers], sig[:, layers]) * w[:, layers, None]
+        by[:, :, k, :] = _cell_fractions(edges_y, cy[:, layers], sig[:, layers])
+    img = np.ascontiguousarray(np.matmul(ax, by).transpose(0, 2, 3, 1))
+    flat_idx, values = [], []
+    for w, cx, cy in dep.tracks:
+        w, cx, cy = w[:, layers], cx[:, layers], cy[:, layers]
+        ix = np.searchsorted(edges_x, cx) - 1
+        iy = np.searchsorted(edges_y, cy) - 1
+        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (w > 0)
+        ev, lay = np.nonzero(ok)
+        flat_idx.append(((ev * nx + ix[ok]) * ny + iy[ok]) * nl + lay)
+        values.append(w[ok])
+    flat_idx = np.concatenate(flat_idx) if flat_idx else np.zeros(0, np.int64)
+    values = np.concatenate(values) if values else np.zeros(0)
+    flat_idx, inverse = np.unique(flat_idx, return_inverse=True)  # two tracks may share a cell
+    values = np.bincount(inverse, weights=values, minlength=flat_idx.size).astype(np.float32)
+    return img, (flat_idx, values)
+
+
+def _respond(shower, tracks, calib, spot, noise, threshold, rng):
+    """Detector response, in place on `shower` (n, X, Y, L): sampling, calibration, noise, zero suppression.
+
+    Sampling fluctuations: per cell a lognormal factor with mean 1 and variance spot/E, i.e. the first two
+    moments of a compound Poisson of "spots" of energy `spot`, positive and skewed like it in cells with
+    little energy (where a Gaussian would fake hits through the threshold). MIP track deposits (`tracks`:
+    flat indices, energies) carry their own Landau fluctuation and are added after it.
+
+    Speed: only cells with signal above 1e-3 noise sigmas (~20 % of the ECAL) are treated one by one; in
+    the others the signal is negligible, and the pure-noise cells that pass the threshold are drawn
+    directly: a binomial count, uniform positions, values from the Gaussian tail above the threshold. That
+    is the same distribution as noise in every cell, for a fraction of the random numbers.
+    """
+    flat = shower.reshape(-1)
+    cells = int(np.prod(shower.shape[1:]))
+    t_idx, t_val = tracks
+    p_tail = 0.5 * math.erfc(threshold / (math.sqrt(2.0) * noise)) if noise > 0 else 0.0
+    sparse = p_tail < 0.01
+    if sparse:
+        mask = flat > np.float32(1e-3 * noise)
+        mask[t_idx] = True
+        idx = np.flatnonzero(mask)
+    else:  # a low threshold: noise everywhere
+        idx = np.arange(flat.size)
+    e = flat[idx]
+    var = np.maximum(e, np.float32(1e-30))
+    np.divide(np.float32(spot), var, out=var)
+    np.log1p(var, out=var)  # sigma^2 of ln(factor)
+    factor = np.sqrt(var)
+    factor *= rng.standard_normal(e.shape, dtype=np.float32)
+    var *= np.float32(-0.5)
+    factor += var
+    np.exp(factor, out=factor)
+    e *= factor
+    e[np.searchsorted(idx, t_idx)] += t_val
+    e *= calib.reshape(-1)[idx % cells]
+    e += np.float32(noise) * rng.standard_normal(e.shape, dtype=np.float32)
+    keep = e >= np.float32(threshold)
+    flat[:] = 0.0
+    flat[idx[keep]] = e[keep]
+    if sparse and p_tail > 0:
+        n_fake = rng.binomial(flat.size - idx.size, p_tail)
+        pos = np.zeros(0, np.int64)
+        while pos.size < n_fake:  # uniform positions among the cells without signal, no repeats
+            cand = rng.integers(0, flat.size, size=2 * (n_fake - pos.size) + 16)
+            cand = np.concatenate([pos, cand[~mask[cand]]])
+            _, first = np.unique(cand, return_index=True)
+            pos = cand[np.sort(first)][:n_fake]
+        u = rng.random(n_fake)
+        flat[pos] = (noise * -ndtri(p_tail * u)).astype(np.float32)
+    return shower
+
+
+def _simulate_chunk(particle, energy, rng, cfg):
+    """One vectorised batch: the events of `energy` (n,) for one particle."""
+    geo = _geometry(cfg)
+    n = energy.shape[0]
+    x = (rng.random(n) - 0.5) * cfg.impact_spread_cells * cfg.ecal_cell_mm
+    y = (rng.random(n) - 0.5) * cfg.impact_spread_cells * cfg.ecal_cell_mm
+    sx, sy = cfg.incidence_sigma_rad * rng.standard_normal((2, n))
+    dep = _Deposits()
+    if particle == "Ele":
+        _em_shower(dep, energy, np.zeros(n), cfg.em_c_electron, 1, x, y, sx, sy, rng, cfg, geo)
+    elif particle == "Gamma":
+        t0 = rng.exponential(cfg.photon_conversion_x0, n)
+        _em_shower(dep, energy, t0, cfg.em_c_photon, 2, x, y, sx, sy, rng, cfg, geo)
+    elif particle == "Pi0":
+        e1, e2, th1, th2, phi, _ = _pi0_photons(energy, rng, cfg)
+        cphi, sphi = np.cos(phi), np.sin(phi)
+        d = cfg.calo_distance_mm
+        for e_g, th, sign in ((e1, th1, 1.0), (e2, th2, -1.0)):
+            tx, ty = sign * np.tan(th) * cphi, sign * np.tan(th) * sphi
+            t0 = rng.exponential(cfg.photon_conversion_x0, n)
+            _em_shower(dep, e_g, t0, cfg.em_c_photon, 2, x + d * tx, y + d * ty, sx + tx, sy + ty,
+                       rng, cfg, geo)
+    elif particle == "ChPi":
+        _hadron_shower(dep, energy, x, y, sx, sy, rng, cfg, geo)
+    else:
+        raise ValueError(f"unknown particle {particle!r}; expected one of {PARTICLES}")
+    sign = rng.choice(np.array([-1, 1], np.int32), n) if particle in ("Ele", "ChPi") else 1
+    out = {
+        "energy": energy.astype(np.float32),
+        "pdgID": (np.full(n, PDG_IDS[particle], np.int32) * sign).astype(np.int32),
+    }
+    ne = geo.n_ecal
+    for name, layers, ex, ey, shape, calib, spot, noise in (
+        ("ECAL", slice(0, ne), geo.ecal_edges_mm, geo.ecal_edges_y_mm, cfg.ecal_shape, geo.ecal_calib,
+         cfg.ecal_spot_gev, cfg.ecal_noise_gev),
+        ("HCAL", slice(ne, None), geo.hcal_edges_mm, geo.hcal_edges_y_mm, cfg.hcal_shape, geo.hcal_calib,
+         cfg.hcal_spot_gev, cfg.hcal_noise_gev),
+    ):
+        img, tracks = _render(dep, layers, ex, ey, shape, n)
+        out[name] = _respond(img, tracks, calib, spot, noise, cfg.noise_threshold_sigma * noise, rng)
+    out.update(compute_features(out["ECAL"], out["HCAL"]))
+    return out
+
+
+def _iter_chunks(particle, n, rng, cfg, energies=None):
+    """Yield the event dicts of n events in batches of cfg.chunk_events (the reproducibility unit)."""
+    if particle not in PDG_IDS:
+        raise ValueError(f"unknown particle {particle!r}; expected one of {PARTICLES}")
+    if energies is not None:
+        energies = np.asarray(energies, dtype=np.float64)
+        if energies.shape != (n,):
+            raise ValueError(f"energies must have shape ({n},), got {energies.shape}")
+    for start in range(0, n, cfg.chunk_events):
+        m = min(cfg.chunk_events, n - start)
+        if energies is None:
+            e = rng.uniform(cfg.energy_min_gev, cfg.energy_max_gev, m)
+        else:
+            e = energies[start:start + m]
+        yield _simulate_chunk(particle, e, rng, cfg)
+
+
+def simulate_events(particle: str, n: int, rng: np.random.Generator, config: CaloSimConfig | None = None,
+                    *, energies: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Simulate n events of one particle; a pure function of (particle, n, rng state, config).
+
+    ``energies`` (n,) [GeV] replaces the flat spectrum (for resolution studies). Returns the file's
+    datasets: ``ECAL``, ``HCAL``, ``energy``, ``pdgID`` and the features of :func:`compute_features`.
+    """
+    cfg = config or CaloSimConfig()
+    out = None
+    start = 0
+    for chunk in _iter_chunks(particle, n, rng, cfg, energies):
+        if out is None:
+            out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in chunk.items()}
+        m = chunk["energy"].shape[0]
+        for k, v in chunk.items():
+            out[k][start:start + m] = v
+        start += m
+    if out is None:  # n == 0
+        out = _simulate_chunk(particle, np.zeros(0), rng, cfg)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _feature_names():
+    names = []
+    for det in ("ECAL", "HCAL"):
+        names += [f"{det}_E", f"{det}_nHits", f"{det}_ratioFirstLayerToTotalE",
+                  f"{det}_ratioFirstLayerToSecondLayerE"]
+        names += [f"{det}moment{ax}{k}" for ax in "XYZ" for k in range(1, N_MOMENTS + 1)]
+    return tuple(names + ["HCAL_ECAL_ERatio", "HCAL_ECAL_nHitsRatio"])
+
+
+#: The scalar features written next to the images, in file order.
+FEATURE_NAMES = _feature_names()
+
+
+def _ratio(num, den):
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def compute_features(ecal: np.ndarray, hcal: np.ndarray) -> dict[str, np.ndarray]:
+    """The LCD scalar features of images (N, X, Y, L), float32 (N,) each.
+
+    ``<det>_E``: sum of the cells; ``<det>_nHits``: cells != 0; ``ratioFirstLayerToTotalE`` = layer 0 / total,
+    ``ratioFirstLayerToSecondLayerE`` = layer 0 / layer 1; ``<det>moment{X,Y,Z}{k}``: for k = 1 the
+    energy-weighted mean of the cell index along x, y or the layer index (z), for k >= 2 the k-th central
+    moment of that energy-weighted distribution, in cell (layer) units^k. ``HCAL_ECAL_ERatio`` and
+    ``HCAL_ECAL_nHitsRatio`` = HCAL / ECAL. Any ratio or moment with an empty denominator is 0.
+    Works on real files as well as simulated ones.
+    """
+    out = {}
+    sums = {}
+    for det, img in (("ECAL", ecal), ("HCAL", hcal)):
+        img = np.asarray(img)
+        xl = img.sum(axis=2, dtype=np.float64)  # (n, X, L)
+        proj = {"X": xl.sum(axis=2), "Y": img.sum(axis=(1, 3), dtype=np.float64), "Z": xl.sum(axis=1)}
+        total = proj["Z"].sum(axis=1)
+        nhits = np.count_nonzero(img, axis=(1, 2, 3))
+        sums[det] = (total, nhits)
+        out[f"{det}_E"] = total
+        out[f"{det}_nHits"] = nhits
+        out[f"{det}_ratioFirstLayerToTotalE"] = _ratio(proj["Z"][:, 0], total)
+        second = proj["Z"][:, 1] if proj["Z"].shape[1] > 1 else np.zeros_like(total)
+        out[f"{det}_ratioFirstLayerToSecondLayerE"] = _ratio(proj["Z"][:, 0], second)
+        for ax, p in proj.items():
+            coord = np.arange(p.shape[1], dtype=np.float64)
+            mean = _ratio(p @ coord, total)
+            out[f"{det}moment{ax}1"] = mean
+            dev = coord[None, :] - mean[:, None]
+            powk = dev * dev
+            for k in range(2, N_MOMENTS + 1):
+                out[f"{det}moment{ax}{k}"] = _ratio((p * powk).sum(axis=1), total)
+                powk = powk * dev
+    out["HCAL_ECAL_ERatio"] = _ratio(sums["HCAL"][0], sums["ECAL"][0])
+    out["HCAL_ECAL_nHitsRatio"] = _ratio(sums["HCAL"][1], sums["ECAL"][1])
+    return {k: np.asarray(out[k], dtype=np.float32) for k in FEATURE_NAMES}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files and datasets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def file_seed_sequence(seed: int, particle: str, file_index: int) -> np.random.SeedSequence:
+    """The seed of one file: independent of every other file, so files can be made in any order."""
+    return np.random.SeedSequence(entropy=int(seed), spawn_key=(PDG_IDS[particle], int(file_index)))
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove `<path>.tmp-<pid>` leftovers of killed runs (only those whose process is gone)."""
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing stale %s", tmp)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+def _dataset_kwargs(shape, dtype, compression):
+    """Uncompressed: contiguous (a slice of events is one read). gzip: chunks of ~1 MiB of whole events,
+    which fit h5py's default 1 MiB chunk cache."""
+    if compression is None:
+        return {}
+    event_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    rows = int(max(1, min(shape[0], (1 << 20) // max(event_bytes, 1))))
+    return {"compression": compression, "chunks": (rows, *shape[1:]), "shuffle": True}
+
+
+def write_file(path, particle: str, n: int, seed: int, file_index: int, config: CaloSimConfig | None = None,
+               compression: str | None = None, progress=None) -> Path:
+    """Simulate and write one file atomically (temporary name, then ``os.replace``).
+
+    ``progress``: optional callable(n_events_done) called after each batch.
+    """
+    import dlkit
+
+    cfg = config or CaloSimConfig()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
+    shapes = {"ECAL": ((n, *cfg.ecal_shape), np.float32), "HCAL": ((n, *cfg.hcal_shape), np.float32),
+              "energy": ((n,), np.float32), "pdgID": ((n,), np.int32)}
+    shapes.update({k: ((n,), np.float32) for k in FEATURE_NAMES})
+    try:
+        with h5py.File(tmp, "w") as f:
+            dsets = {k: f.create_dataset(k, shape=s, dtype=d, **_dataset_kwargs(s, d, compression))
+                     for k, (s, d) in shapes.items()}
+            f.attrs["simulation_config"] = cfg.to_json()
+            f.attrs["seed"] = int(seed)
+            f.attrs["particle"] = particle
+            f.attrs["file_index"] = int(file_index)
+            f.attrs["dlkit_version"] = dlkit.__version__
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["generator"] = "calodnn.simulate"
+            start = 0
+            for chunk in _iter_chunks(particle, n, rng, cfg):
+                m = chunk["energy"].shape[0]
+                for k, ds in dsets.items():
+                    ds[start:start + m] = chunk[k]
+                start += m
+                if progress is not None:
+                    progress(m)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_file_task(args):
+    """Top-level (picklable) worker of the process pool."""
+    path, particle, n, seed, file_index, cfg_dict, compression = args
+    write_file(path, particle, n, seed, file_index, CaloSimConfig.from_dict(cfg_dict), compression)
+    return path, n
+
+
+def _plan(out_dir, particles, events_per_class, events_per_file):
+    jobs = []
+    for particle in particles:
+        if particle not in PDG_IDS:
+            raise ValueError(f"unknown particle {particle!r}; expected some of {PARTICLES}")
+        for i, start in enumerate(range(0, events_per_class, events_per_file)):
+            jobs.append((Path(out_dir) / particle / f"{particle}_{i}.h5", particle,
+                         min(events_per_file, events_per_class - start), i))
+    return jobs
+
+
+def _auto_workers(n_jobs, total_events):
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    # Spawning a worker costs ~1 s of imports: only worth it for a few thousand events.
+    return 1 if total_events < 3000 else max(1, min(cores, n_jobs))
+
+
+def write_dataset(out_dir, particles=PARTICLES, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
+                  events_per_file: int = 1000, seed: int = 0, config: CaloSimConfig | None = None,
+                  compression: str | None = None, progress: bool = True, workers: int | None = None
+                  ) -> list[Path]:
+    """Write ``<out_dir>/<Particle>/<Particle>_<i>.h5`` for each particle; returns the paths written.
+
+    Each file is seeded from (seed, particle, file index), so the result does not depend on ``workers``
+    or on the order files are made in. ``workers`` processes (spawned, default: the available cores for
+    big datasets, 1 for small ones) each write whole files.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or CaloSimConfig()
+    if compression not in (None, "gzip", "lzf"):
+        raise ValueError("compression must be None, 'gzip' or 'lzf'")
+    if events_per_class < 1 or events_per_file < 1:
+        raise ValueError("events_per_class and events_per_file must be >= 1")
+    jobs = _plan(out_dir, particles, events_per_class, events_per_file)
+    total = sum(j[2] for j in jobs)
+    workers = _auto_workers(len(jobs), total) if workers is None else max(1, min(int(workers), len(jobs)))
+    logger.info("simulating %d events into %d files under %s with %d worker(s)", total, len(jobs), out_dir,
+                workers)
+    t0 = time.perf_counter()
+    paths = []
+    with tqdm(total=total, unit="ev", desc="calodnn.simulate", disable=not progress) as bar:
+        if workers == 1:
+            for path, particle, n, i in jobs:
+                paths.append(write_file(path, particle, n, seed, i, cfg, compression, progress=bar.update))
+        else:
+            cfg_dict = cfg.to_dict()
+            tasks = [(p, part, n, seed, i, cfg_dict, compression) for p, part, n, i in jobs]
+            ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Keras)
+            with ctx.Pool(workers) as pool:
+                for path, n in pool.imap_unordered(_write_file_task, tasks):
+                    paths.append(path)
+                    bar.update(n)
+            order = {j[0]: k for k, j in enumerate(jobs)}
+            paths.sort(key=order.__getitem__)
+    dt = time.perf_counter() - t0
+    logger.info("wrote %d events in %.1f s (%.0f events/s)", total, dt, total / max(dt, 1e-9))
+    return paths
+
+
+def _cache_root() -> Path:
+    if os.environ.get("DLKIT_DATA"):
+        return Path(os.environ["DLKIT_DATA"]) / "calodnn"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlkit" / "calodnn"
+
+
+def dataset_key(config: CaloSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,
+                compression: str | None = None) -> str:
+    """Hash naming a cached dataset: everything that changes its bytes."""
+    blob = json.dumps({"config": config.to_dict(), "seed": int(seed), "particles": list(particles),
+                       "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
+                       "compression": compression, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS, events_per_file: int = 1000,
+                    seed: int = 0, config: CaloSimConfig | None = None, particles=PARTICLES,
+                    compression: str | None = None, progress: bool = True,
+                    workers: int | None = None) -> Path:
+    """Path of a complete simulated dataset, made if missing.
+
+    Default location: ``$DLKIT_DATA/calodnn/<key>`` or ``~/.cache/dlkit/calodnn/<key>``, the key a hash of
+    config, seed and sizes (:func:`dataset_key`). A directory counts as complete only with its
+    ``COMPLETE.json`` marker; it is written in a temporary sibling directory and renamed into place, so a
+    killed run never leaves a partial dataset that a later call would reuse.
+    """
+    cfg = config or CaloSimConfig()
+    key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression)
+    path = Path(path) if path is not None else _cache_root() / f"lcd-{key}"
+    marker = path / COMPLETE_MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text()).get("key")
+        if found != key:
+            raise ValueError(f"{path} holds another simulated dataset (key {found}, wanted {key})")
+        logger.info("reusing simulated dataset %s", path)
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    tmp = _tmp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        files = write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression,
+                              progress, workers)
+        meta = {"key": key, "seed": int(seed), "particles": list(particles),
+                "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
+                "compression": compression, "format": FORMAT_VERSION, "config": cfg.to_dict(),
+                "files": [str(f.relative_to(tmp)) for f in files]}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if path.exists():  # an empty directory (or a concurrent run that finished first)
+            if (path / COMPLETE_MARKER).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return path
+            path.rmdir()
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / COMPLETE_MARKER).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to an identical dataset
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _parse_set(items) -> dict:
+    """``key=value`` overrides of CaloSimConfig, typed by the field (ints, floats, comma tuples; no eval)."""
+    fields = {f.name: f for f in dataclasses.fields(CaloSimConfig)}
+    out = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of the config fields, got {item!r}")
+        default = fields[key].default
+        try:
+            if isinstance(default, tuple):
+                parts = text.replace("(", "").replace(")", "").split(",")
+                out[key] = tuple(int(v) for v in parts if v.strip())
+            elif isinstance(default, bool):
+                out[key] = text.strip().lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                out[key] = int(text)
+            else:
+                out[key] = float(text)
+        except ValueError as exc:
+            raise ValueError(f"bad value for {key}: {text!r} ({exc})") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m calodnn.simulate",
+        description="Simulate LCD-layout calorimeter HDF5 files: <out>/<Particle>/<Particle>_<i>.h5.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config fields for --set (name = default: meaning):\n" + CaloSimConfig.describe(),
+    )
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--events-per-class", type=int, default=DEFAULT_EVENTS_PER_CLASS,
+                        help="events per particle (default %(default)s)")
+    parser.add_argument("--events-per-file", type=int, default=1000,
+                        help="events per file (default %(default)s)")
+    parser.add_argument("--particles", nargs="+", default=list(PARTICLES), choices=PARTICLES,
+                        help="particles to simulate (default: all four)")
+    parser.add_argument("--seed", type=int, default=0, help="event seed; each file derives its own from "
+                        "(seed, particle, file index) (default %(default)s)")
+    parser.add_argument("--emin", type=float, default=None, help="lowest energy [GeV] (default 10)")
+    parser.add_argument("--emax", type=float, default=None, help="highest energy [GeV] (default 510)")
+    parser.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
+                        help="HDF5 compression (default none: contiguous, fastest to read)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set ecal_shape=51,51,25 "
+                        "--set ecal_noise_gev=0.002 (repeatable; fields listed below)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes writing files in parallel (default: cores, 1 for small runs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        changes = _parse_set(args.set)
+        if args.emin is not None:
+            changes["energy_min_gev"] = args.emin
+        if args.emax is not None:
+            changes["energy_max_gev"] = args.emax
+        cfg = CaloSimConfig(**changes)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))  # exits with status 2 and the usage line
+    compression = None if args.compression == "none" else args.compression
+    paths = write_dataset(args.out, tuple(args.particles), args.events_per_class, args.events_per_file,
+                          args.seed, cfg, compression, progress=not args.no_progress, workers=args.workers)
+    logger.info("wrote %d files under %s", len(paths), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module, not a second copy named __main__, so spawned workers and pickles agree.
+    from calodnn.simulate import main as _main
+
+    sys.exit(_main())
