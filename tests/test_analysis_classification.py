@@ -79,3 +79,34 @@ def test_plots_render_headless(sample, tmp_path):
     for stem, fig in figures.items():
         for path in save_figure(fig, tmp_path, stem):
             assert path.stat().st_size > 1000
+
+
+def test_dlkit_multiclassification_analysis(sample, tmp_path):
+    from dlkit.analysis import BinMultiClassificationAnalysis, MultiClassificationAnalysis
+
+    truth, onehot, scores, energy = sample
+
+    class FakeWrapper:  # ModelWrapper's duck type: .Model.predict and .OutDir
+        OutDir = tmp_path
+
+        class Model:
+            @staticmethod
+            def predict(x, batch_size=None, verbose=0):
+                return scores[x]
+
+    index_map = {"Ele": 0, "Gamma": 1, "Pi0": 2, "ChPi": 3}  # name -> index is inverted, as in DLKit
+    result, metadata = MultiClassificationAnalysis(FakeWrapper(), np.arange(len(truth)), onehot, 512,
+                                                   PDFFileName="ROC", IndexMap=index_map)
+    assert np.array_equal(result, scores)
+    for i, name in enumerate(NAMES):
+        assert metadata[f"{name}_AUC"] == pytest.approx(roc_auc_score(truth == i, scores[:, i]), abs=1e-12)
+    assert (tmp_path / "ROC.pdf").stat().st_size > 1000 and (tmp_path / "ROC.png").exists()
+    _, by_scores = MultiClassificationAnalysis(scores, Test_Y=truth, IndexMap=dict(enumerate(NAMES)))
+    assert by_scores == metadata
+
+    indices, edges = bin_data_index(energy, 10, 510, 5)
+    aucs = BinMultiClassificationAnalysis(None, onehot, edges, indices, result=scores, IndexMap=index_map)
+    frame = binned_auc(truth, scores, energy, edges, NAMES)
+    assert list(aucs) == [f"{n}_AUC" for n in NAMES]
+    for name in NAMES:
+        assert aucs[f"{name}_AUC"] == pytest.approx(list(frame[name]))

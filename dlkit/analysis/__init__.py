@@ -1,18 +1,65 @@
-"""Analysis: classification (ROC/AUC, binned AUC, rejection, confusion) and plots returning figures.
+"""Analysis: classification, regression, scan comparison, and plots returning figures.
 
 Functions return numbers, DataFrames and matplotlib figures; saving and printing are the caller's job.
+
+- :mod:`~dlkit.analysis.classification`: one-vs-rest ROC/AUC (``<Class>_AUC``), AUC in bins, rejection,
+  confusion matrix, and DLKit's ``MultiClassificationAnalysis`` / ``BinMultiClassificationAnalysis``.
+- :mod:`~dlkit.analysis.regression`: response and resolution vs energy (Gaussian core fits) and the
+  ``a/sqrt(E) (+) b/E (+) c`` resolution fit; ``RegressionAnalysis``.
+- :mod:`~dlkit.analysis.scan`: DLKit's notebook API to compare the runs of a scan (``LoadModels``,
+  ``ScanTable``, ``GetHistorical``, ``PlotMetaDataMany``, ...); ``python -m dlkit.ScanAnalysis`` prints it.
+- :mod:`~dlkit.analysis.plots`: ROC, binned values, confusion, history (over resumes), resolution,
+  response, scan plots; :func:`save_figure` writes PNG and PDF.
 """
 
 from dlkit.analysis.classification import (
+    BinMultiClassificationAnalysis,
+    MultiClassificationAnalysis,
     bin_data_index,
     binned_auc,
     confusion,
     multiclass_roc,
     rejection_at_efficiency,
 )
-from dlkit.analysis.plots import plot_binned, plot_confusion, plot_history, plot_roc, save_figure
+from dlkit.analysis.plots import (
+    history_boundaries,
+    plot_binned,
+    plot_chained_history,
+    plot_confusion,
+    plot_history,
+    plot_resolution,
+    plot_response,
+    plot_roc,
+    plot_scan,
+    save_figure,
+)
+from dlkit.analysis.regression import (
+    RegressionAnalysis,
+    fit_resolution,
+    gaussian_core,
+    resolution_function,
+    resolution_vs_energy,
+)
+from dlkit.analysis.scan import (
+    GetEpochs,
+    GetGoodParams,
+    GetHistorical,
+    LoadModels,
+    PlotMetaData,
+    PlotMetaDataMany,
+    ResetNames,
+    ScanModel,
+    ScanTable,
+    SelectModels,
+    format_table,
+)
 
 __all__ = [
     "multiclass_roc", "bin_data_index", "binned_auc", "rejection_at_efficiency", "confusion",
-    "plot_roc", "plot_binned", "plot_confusion", "plot_history", "save_figure",
+    "MultiClassificationAnalysis", "BinMultiClassificationAnalysis",
+    "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "RegressionAnalysis",
+    "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",
+    "ResetNames", "SelectModels", "PlotMetaData", "PlotMetaDataMany",
+    "plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries", "plot_chained_history",
+    "plot_resolution", "plot_response", "plot_scan", "save_figure",
 ]

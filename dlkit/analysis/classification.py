@@ -9,7 +9,7 @@ Labels may be one-hot ``(N, C)`` or class indices ``(N,)``; scores are the model
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from sklearn.metrics import auc, confusion_matrix, roc_curve
 log = logging.getLogger(__name__)
 
 __all__ = ["class_indices", "multiclass_roc", "bin_data_index", "binned_auc", "rejection_at_efficiency",
-           "confusion"]
+           "confusion", "MultiClassificationAnalysis", "BinMultiClassificationAnalysis"]
 
 
 def class_indices(y) -> np.ndarray:
@@ -116,3 +116,84 @@ def confusion(y, scores, class_names: Sequence[str] | None = None, normalize: st
     matrix = confusion_matrix(class_indices(y), scores.argmax(axis=1), labels=range(len(names)),
                               normalize=normalize)
     return pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted"))
+
+
+# -- DLKit's names ---------------------------------------------------------------------------------
+
+def _index_names(n_classes: int, IndexMap: Mapping | None) -> list[str]:  # noqa: N803
+    """Class names from DLKit's IndexMap (index -> name, or name -> index, which is inverted)."""
+    if not IndexMap:
+        return [str(i) for i in range(n_classes)]
+    if all(isinstance(k, str) for k in IndexMap):
+        IndexMap = {int(v): k for k, v in IndexMap.items()}  # noqa: N806
+    return [str(IndexMap.get(i, i)) for i in range(n_classes)]
+
+
+def _predict(MyModel, Test_X, BatchSize: int):  # noqa: N803
+    model = getattr(MyModel, "Model", None)  # a ModelWrapper, or else a Keras model
+    model = MyModel if model is None else model
+    if not hasattr(model, "predict"):
+        raise TypeError(f"cannot predict with {type(MyModel).__name__}; pass scores as result=")
+    return np.asarray(model.predict(Test_X, batch_size=BatchSize, verbose=0))
+
+
+def MultiClassificationAnalysis(MyModel=None, Test_X=None, Test_Y=None, BatchSize: int = 1024,
+                                PDFFileName: str | None = None, IndexMap: Mapping | None = None,
+                                MakePlot: bool = True, result=None, OutDir=None):  # noqa: N802, N803
+    """DLKit's classification analysis: scores, then one-vs-rest ROC and ``<Class>_AUC`` per class.
+
+    ``result`` (the ``(N, C)`` scores) is predicted with ``MyModel`` (a ModelWrapper or Keras model) on
+    ``Test_X`` unless given; ``MyModel`` may also be the scores array itself. ``IndexMap`` maps column
+    index -> class name (or name -> index). With ``MakePlot`` and ``PDFFileName`` the ROC curves are
+    saved as ``<OutDir>/<PDFFileName>.png/.pdf`` (``OutDir`` defaults to the wrapper's).
+
+    Returns ``(result, metadata)`` with ``metadata = {"<Class>_AUC": auc}``.
+
+    >>> result, md = MultiClassificationAnalysis(wrapper, [x_ecal, x_hcal], y, 1024,
+    ...                                          IndexMap={0: "Pi0", 1: "Ele", 2: "ChPi", 3: "Gamma"})
+    >>> wrapper.MetaData.update(md)
+    """
+    if result is None:
+        is_scores = isinstance(MyModel, np.ndarray)
+        result = MyModel if is_scores else _predict(MyModel, Test_X, BatchSize)
+    result = np.asarray(result)
+    curves, metadata = multiclass_roc(Test_Y, result, _index_names(result.shape[1], IndexMap))
+    if MakePlot and PDFFileName:
+        from dlkit.analysis.plots import plot_roc, save_figure
+
+        directory = OutDir if OutDir is not None else getattr(MyModel, "OutDir", None)
+        if directory is None:
+            log.warning("MultiClassificationAnalysis: no OutDir to save %s in; plot skipped", PDFFileName)
+        else:
+            save_figure(plot_roc(curves), directory, PDFFileName)
+    return result, metadata
+
+
+def BinMultiClassificationAnalysis(Model=None, Test_Y=None, Y_binning=None, bin_indecies=None, result=None,
+                                   IndexMap: Mapping | None = None, Test_X=None,
+                                   BatchSize: int = 1024) -> dict[str, list[float]]:  # noqa: N802, N803
+    """DLKit's AUC in bins: ``{"<Class>_AUC": [AUC per bin]}`` for the events in each ``bin_indecies``.
+
+    ``bin_indecies`` is :func:`bin_data_index`'s list (``Y_binning``, its edges, is accepted for DLKit's
+    signature and not needed); ``result`` as in :func:`MultiClassificationAnalysis`. A bin without both
+    signal and background events gives NaN. :func:`binned_auc` returns the same as a DataFrame.
+
+    >>> indices, edges = bin_data_index(energy, 10, 510, 50)
+    >>> aucs = BinMultiClassificationAnalysis(wrapper, y, edges, indices, result=result, IndexMap=names)
+    """
+    if result is None:
+        result = np.asarray(Model) if isinstance(Model, np.ndarray) else _predict(Model, Test_X, BatchSize)
+    scores = np.asarray(result)
+    names = _index_names(scores.shape[1], IndexMap)
+    truth = class_indices(Test_Y)
+    out: dict[str, list[float]] = {f"{name}_AUC": [] for name in names}
+    for idx in bin_indecies:
+        idx = np.asarray(idx, dtype=int)
+        for i, name in enumerate(names):
+            positive = truth[idx] == i
+            if positive.all() or not positive.any():
+                out[f"{name}_AUC"].append(np.nan)
+            else:
+                fpr, tpr, _ = roc_curve(positive, scores[idx, i])
+                out[f"{name}_AUC"].append(float(auc(fpr, tpr)))
+    return out

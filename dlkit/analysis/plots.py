@@ -5,14 +5,15 @@ Every function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["plot_roc", "plot_binned", "plot_confusion", "plot_history", "save_figure"]
+__all__ = ["plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries",
+           "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "save_figure"]
 
 
 def plot_roc(curves: Mapping[str, Mapping], title: str | None = None, log_rejection: bool = False) -> Figure:
@@ -84,6 +85,162 @@ def plot_history(history: Mapping[str, list], keys=None, title: str | None = Non
         ax.axvline(b + 0.5, color="grey", ls=":", lw=1)
     ax.set(xlabel="epoch", ylabel="value")
     ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def history_boundaries(metadata: Mapping) -> list[int]:
+    """Epochs after which each resumed run began (for :func:`plot_history`'s ``boundaries``).
+
+    Each earlier run in ``metadata["InputMetaData"]`` contributes its number of epochs (the longest
+    list in its ``History``, as :func:`dlkit.model_wrapper.chained_history` counts them).
+
+    >>> history_boundaries({"InputMetaData": [{"History": {"loss": [1, 2, 3]}}], "History": {"loss": [4]}})
+    [3]
+    """
+    boundaries, total = [], 0
+    for run in metadata.get("InputMetaData") or []:
+        history = run.get("History") if isinstance(run, Mapping) else None
+        if not isinstance(history, Mapping):
+            history = {}
+        total += max((len(v) for v in history.values() if isinstance(v, list)), default=0)
+        if total and (not boundaries or boundaries[-1] != total):
+            boundaries.append(total)
+    return boundaries
+
+
+def plot_chained_history(metadata: Mapping, keys=None, title: str | None = None) -> Figure:
+    """Training curves over all resumes of a run, with dotted lines where each resume began.
+
+    >>> fig = plot_chained_history(read_metadata("TrainedModels/Dense_64.2"), ["loss", "val_loss"])
+    """
+    from dlkit.metadata import chained_history
+
+    history = chained_history(metadata)
+    return plot_history(history, keys=keys, title=title if title is not None else metadata.get("Name"),
+                        boundaries=history_boundaries(metadata))
+
+
+def _as_series(tables, extra=None) -> list[tuple[str | None, pd.DataFrame, object]]:
+    """Normalise one table, a list of tables or a {label: table} mapping, with matching extras."""
+    if isinstance(tables, pd.DataFrame):
+        return [(None, tables, extra)]
+    if isinstance(tables, Mapping):
+        extras = extra if isinstance(extra, Mapping) else {}
+        return [(str(label), t, extras.get(label)) for label, t in tables.items()]
+    tables = list(tables)
+    listed = isinstance(extra, Sequence) and not isinstance(extra, (str, Mapping))
+    extras = list(extra) if listed else [None] * len(tables)
+    return [(None, t, e) for t, e in zip(tables, extras)]
+
+
+def _energy(table: pd.DataFrame) -> np.ndarray:
+    return np.asarray(table["e_mean"] if "e_mean" in table else table.index, dtype=float)
+
+
+def _fit_label(fit: Mapping) -> str:
+    parts = []
+    for p in ("a", "b", "c"):
+        value, error = fit.get(p, np.nan), fit.get(f"{p}_err", np.nan)
+        parts.append(f"{p}={value:.3g}" + (f"\u00b1{error:.2g}" if error and np.isfinite(error) else ""))
+    return ", ".join(parts)
+
+
+def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, title: str | None = None,
+                    xlabel: str = "true energy [GeV]", logx: bool = False) -> Figure:
+    """Relative resolution sigma/E vs true energy, with the fitted curve and a, b, c in the legend.
+
+    ``tables`` is one :func:`~dlkit.analysis.resolution_vs_energy` table, a list of them, or a
+    ``{label: table}`` mapping (several models or particles overlaid); ``fits`` matches it (one
+    :func:`~dlkit.analysis.fit_resolution` dict, a list or a mapping) and defaults to each table's
+    ``attrs["fit"]`` (set by :func:`~dlkit.analysis.RegressionAnalysis`). Points are drawn at each bin's
+    mean true energy; bins that fell back to mean/std are drawn hollow.
+
+    >>> table, md = RegressionAnalysis(e_true, e_pred, np.geomspace(10, 500, 21))
+    >>> save_figure(plot_resolution({"Ele": table}), wrapper.OutDir, "Resolution")
+    """
+    from dlkit.analysis.regression import resolution_function
+
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.add_subplot()
+    series = _as_series(tables, fits)
+    for i, (label, table, fit) in enumerate(series):
+        label = labels[i] if labels is not None else label
+        fit = fit if fit is not None else table.attrs.get("fit")
+        x = _energy(table)
+        color = f"C{i % 10}"
+        fallback = np.asarray(table["fallback"], bool) if "fallback" in table else np.zeros(len(table), bool)
+        ax.errorbar(x[~fallback], table["resolution"].to_numpy()[~fallback],
+                    yerr=table["resolution_err"].to_numpy()[~fallback], fmt="o", ms=4, color=color,
+                    label=label if fit is None else None)
+        if fallback.any():
+            ax.errorbar(x[fallback], table["resolution"].to_numpy()[fallback],
+                        yerr=table["resolution_err"].to_numpy()[fallback], fmt="o", ms=4, color=color,
+                        mfc="none")
+        if fit is not None and np.isfinite([fit.get(p, np.nan) for p in "abc"]).all():
+            finite = x[np.isfinite(x) & (x > 0)]
+            grid = np.geomspace(finite.min(), finite.max(), 200) if finite.size else np.array([])
+            text = _fit_label(fit)
+            ax.plot(grid, resolution_function(grid, fit["a"], fit["b"], fit["c"]), color=color,
+                    label=f"{label}: {text}" if label else text)
+    ax.set(xlabel=xlabel, ylabel="\u03c3/E")
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_response(tables, labels: Sequence[str] | None = None, title: str | None = None,
+                  xlabel: str = "true energy [GeV]", logx: bool = False) -> Figure:
+    """Response (core mean of e_pred/e_true) vs true energy with errors; a dashed line marks 1.
+
+    ``tables`` as in :func:`plot_resolution`.
+
+    >>> save_figure(plot_response({"Ele": ele_table, "Gamma": gamma_table}), out_dir, "Response")
+    """
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for i, (label, table, _) in enumerate(_as_series(tables)):
+        label = labels[i] if labels is not None else label
+        ax.errorbar(_energy(table), table["response"], yerr=table["response_err"], fmt="o-", ms=4,
+                    color=f"C{i % 10}", label=label)
+    ax.axhline(1.0, color="grey", ls="--", lw=1)
+    ax.set(xlabel=xlabel, ylabel="response  E$_{pred}$/E$_{true}$")
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_scan(frame: pd.DataFrame, x: str, y: str, group: str | None = None, title: str | None = None,
+              logx: bool = False) -> Figure:
+    """A metadata value across a scan: ``y`` vs ``x`` from a scan table, one line per ``group`` value.
+
+    >>> table = ScanTable("TrainedModels/")
+    >>> fig = plot_scan(table, "Width", "Ele_AUC", group="Depth", logx=True)
+    """
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    data = frame[[c for c in dict.fromkeys([x, y, group]) if c is not None]].dropna(subset=[x, y])
+    groups = data.groupby(group, sort=True) if group is not None else [(None, data)]
+    for value, part in groups:
+        part = part.sort_values(x)
+        ax.plot(part[x], part[y], marker="o", label=None if group is None else f"{group}={value}")
+    ax.set(xlabel=x, ylabel=y)
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if group is not None and len(data):
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     return fig

@@ -1,0 +1,101 @@
+"""Saved-run metadata without Keras: the file names, JSON conversion, atomic writes, reading, chains.
+
+Kept apart from :mod:`dlkit.model_wrapper` so scan tables and notebooks read thousands of
+``MetaData.json`` files without importing Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MODEL_FILE", "METADATA_FILE", "MetaDataError", "to_jsonable", "atomic_write", "read_metadata",
+           "chained_history"]
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "MetaData.json"
+
+
+class MetaDataError(RuntimeError):
+    """A saved model directory is unreadable; the message names the file."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert ``value`` into plain JSON types.
+
+    numpy scalars and arrays become Python numbers and lists, tuples lists, paths strings, callables
+    their qualified name; NaN and infinities become None (JSON has no NaN); anything else its repr.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if callable(value):
+        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+    return repr(value)
+
+
+def atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it over ``path``.
+
+    The temporary name starts with a dot and ends with ``suffix`` so it is never mistaken for a save.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """Read ``MetaData.json`` of a saved model directory; errors name the file."""
+    path = Path(directory) / METADATA_FILE
+    if not path.is_file():
+        raise MetaDataError(f"{path}: no metadata file (not a dlkit model directory, or never saved)")
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetaDataError(f"{path}: corrupt metadata JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise MetaDataError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def chained_history(metadata: Mapping) -> dict[str, list]:
+    """The training history over all resumes: earlier runs' ``History`` followed by this run's."""
+    runs = list(metadata.get("InputMetaData") or []) + [metadata]
+    history: dict[str, list] = {}
+    for run in runs:
+        run_history = run.get("History") or {}
+        n = max((len(v) for v in run_history.values()), default=0)
+        previous = max((len(v) for v in history.values()), default=0)
+        for key in set(history) | set(run_history):
+            values = history.setdefault(key, [None] * previous)
+            new = list(run_history.get(key, []))
+            values.extend(new + [None] * (n - len(new)))
+    return history
