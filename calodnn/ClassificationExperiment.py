@@ -1,0 +1,139 @@
+"""Particle classification in the LCD calorimeter (Ele, Gamma, Pi0, ChPi) from ECAL and HCAL cells.
+
+    python -m calodnn.ClassificationExperiment -s 12          # scan point 12 of the default config
+    python -m calodnn.ClassificationExperiment --Test         # a quick check: few events, 2 epochs
+    python -m calodnn.ClassificationExperiment -C my_scan.py -s 3 --data /data/LCD/V2/MLDataset
+
+With no data configured the first run simulates the default dataset into the cache
+(``$DLKIT_DATA/calodnn`` or ``~/.cache/dlkit/calodnn``; ``--data DIR`` points at real files instead).
+Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
+
+from calodnn.configs import CONFIG_DIR
+
+log = logging.getLogger("calodnn.ClassificationExperiment")
+
+DEFAULT_CONFIG = CONFIG_DIR / "Dense_4Class.py"
+
+#: Every valid config entry with its default; config files, flags and scan points override these.
+DEFAULTS = {
+    # data
+    "DataDir": None,            # one sub-directory per particle; None: the simulated default dataset
+    "Particles": ["Ele", "Gamma", "Pi0", "ChPi"],
+    "MaxEvents": 0,             # events used in total (all classes); 0: all
+    "ValidationFraction": 0.1,
+    "TestFraction": 0.2,
+    "SimEventsPerClass": 5000,  # size of the simulated default dataset
+    "ECAL": True,
+    "HCAL": True,
+    "ECALNorm": "NonLinear",    # "NonLinear" (DLKit's tanh(log)), a number to divide by, or None
+    "HCALNorm": "NonLinear",
+    "Balanced": False,          # True: equal class counts per batch; False: natural proportions
+    "Premix": True,             # DLKit's default: read from a premixed file made once
+    "Preload": False,
+    "Cache": True,
+    "Workers": 0,               # reader processes; 0: from the CPU count
+    "Seed": 0,
+    # model
+    "Model": "Dense",
+    "Width": 64,
+    "Depth": 2,
+    "activation": "relu",
+    "Dropout": 0.0,
+    "BatchNormalization": False,
+    "WeightInitialization": "glorot_uniform",
+    "CNNFilters": 8,
+    # training
+    "loss": "categorical_crossentropy",
+    "optimizer": "SGD",
+    "lr": 0.01,
+    "decay": 0.0,
+    "momentum": 0.0,
+    "Epochs": 10,
+    "BatchSize": 128,
+    "RunningTime": None,
+    "LoadPreviousModel": False,
+    "EarlyStopping": False,
+    "EarlyStopping_patience": 3,
+    "EarlyStopping_min_delta": 0.0,
+    "monitor": "val_loss",
+    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
+    "OutputBase": "TrainedModels",
+    # analysis
+    "EnergyBins": [10.0, 510.0, 10],
+}
+TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
+#: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
+FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
+             "LoadPrevious": "LoadPreviousModel"}
+
+
+def make_wrapper(name, data, **kwargs):
+    from calodnn.models import CaloClassifier
+
+    return CaloClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
+
+
+def compile_model(wrapper):
+    c = wrapper.Config
+    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
+    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
+    wrapper.Compile(Loss=c["loss"], Metrics=["accuracy"])
+
+
+def training_callbacks(wrapper, config):
+    import keras
+
+    callbacks = []
+    if config["EarlyStopping"]:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
+                                                       patience=config["EarlyStopping_patience"],
+                                                       min_delta=config["EarlyStopping_min_delta"]))
+    if config["ModelCheckpoint"]:
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
+                                                         monitor=config["monitor"], save_best_only=True))
+    return callbacks
+
+
+def run(argv=None) -> int:
+    """The experiment, step by step; returns the exit code."""
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    configure_device(args)
+    setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
+                        flag_keys=FLAG_KEYS)
+    args.LoadPrevious = setup.config["LoadPreviousModel"]
+    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+
+    from calodnn.analysis import classification_analysis, summary_table
+    from calodnn.data import setup_data
+
+    with setup_data(setup.config) as data:
+        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
+        if not args.NoTrain:
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+        if not args.NoAnalysis and not wrapper.Interrupted:
+            results = classification_analysis(wrapper, data, setup.config)
+            wrapper.MetaData.update(results.metadata)
+            results.save(wrapper.OutDir)
+            if args.NoTrain:
+                wrapper.Save()
+        code = finish(wrapper)
+    print(summary_table(wrapper))
+    return code
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""calodnn's analysis steps on the test set: per-class AUC, AUC vs energy, gamma/pi0, confusion, plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from dlkit.analysis import binned_auc, confusion, multiclass_roc, plot_binned, plot_confusion, plot_history, plot_roc
+from dlkit.analysis import save_figure
+from dlkit.metadata import chained_history
+
+__all__ = ["ClassificationResults", "classification_analysis", "pairwise_scores", "summary_table"]
+
+
+@dataclass
+class ClassificationResults:
+    """What the analysis found: metadata entries, tables and figures (saved by :meth:`save`)."""
+
+    metadata: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+
+    def save(self, directory) -> list[Path]:
+        directory = Path(directory)
+        paths = []
+        for stem, fig in self.figures.items():
+            paths += save_figure(fig, directory, stem)
+        for stem, table in self.tables.items():
+            path = directory / f"{stem}.csv"
+            table.to_csv(path)
+            paths.append(path)
+        return paths
+
+
+def pairwise_scores(y_index, scores, signal: int, background: int):
+    """Restrict to two classes and score ``p_s / (p_s + p_b)``: the two-class discriminant of a softmax."""
+    keep = np.isin(y_index, [signal, background])
+    s = scores[keep, signal]
+    b = scores[keep, background]
+    return (y_index[keep] == signal).astype(int), s / np.maximum(s + b, 1e-12), keep
+
+
+def classification_analysis(wrapper, data, config) -> ClassificationResults:
+    """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix."""
+    names = list(data.class_names)
+    x, y, energy = data.read_test()
+    scores = np.asarray(wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 1024), verbose=0))
+    y_index = y.argmax(axis=1)
+    curves, metadata = multiclass_roc(y, scores, names)
+    metadata["Accuracy"] = float(np.mean(scores.argmax(axis=1) == y_index))
+    metadata["NTestEvents"] = int(len(y_index))
+    lo, hi, nbins = config["EnergyBins"]
+    edges = np.linspace(lo, hi, int(nbins) + 1)
+    tables = {"AUCvsEnergy": binned_auc(y, scores, energy, edges, names), "Confusion": confusion(y, scores, names)}
+    figures = {
+        "ROC": plot_roc(curves, title=wrapper.Name),
+        "AUCvsEnergy": plot_binned(tables["AUCvsEnergy"], title=f"{wrapper.Name}: one-vs-rest AUC"),
+        "Confusion": plot_confusion(tables["Confusion"], title=wrapper.Name),
+    }
+    if "Gamma" in names and "Pi0" in names:  # the hard pair of the paper
+        g, p = names.index("Gamma"), names.index("Pi0")
+        labels, pair_scores, keep = pairwise_scores(y_index, scores, g, p)
+        pair = np.stack([1 - pair_scores, pair_scores], axis=1)
+        pair_curves, pair_md = multiclass_roc(labels, pair, ["Pi0", "Gamma"])
+        metadata["GammaPi0_AUC"] = pair_md["Gamma_AUC"]
+        table = binned_auc(labels, pair, energy[keep], edges, ["Pi0", "Gamma"])[["n_events", "Gamma"]]
+        tables["GammaPi0_AUCvsEnergy"] = table.rename(columns={"Gamma": "GammaPi0_AUC"})
+        figures["GammaPi0_AUCvsEnergy"] = plot_binned(tables["GammaPi0_AUCvsEnergy"], ["GammaPi0_AUC"],
+                                                      title=f"{wrapper.Name}: gamma vs pi0")
+    history = chained_history(wrapper.MetaData)
+    if history:
+        bounds, total = [], 0
+        for run in wrapper.MetaData.get("InputMetaData") or []:
+            total += len(run.get("EpochTime") or [])
+            bounds.append(total)
+        figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
+    return ClassificationResults(metadata=metadata, tables=tables, figures=figures)
+
+
+def summary_table(wrapper) -> str:
+    """A short human summary of the run: where it is, how it stopped, the AUCs."""
+    md = wrapper.MetaData
+    rows = [["model", md.get("Name")], ["directory", md.get("OutDir")], ["scan point", md.get("HyperParamSet")],
+            ["status", md.get("Status")], ["stopped", md.get("StopReason")],
+            ["epochs (all runs)", md.get("TotalEpochs", md.get("Epochs"))]]
+    history = md.get("History") or {}
+    for key in ("loss", "val_loss", "val_accuracy"):
+        if history.get(key):
+            rows.append([f"final {key}", history[key][-1]])
+    rows += [[key, value] for key, value in md.items() if key.endswith("_AUC")]
+    if "Accuracy" in md:
+        rows.append(["test accuracy", md["Accuracy"]])
+    return tabulate(rows, tablefmt="simple", floatfmt=".4f")

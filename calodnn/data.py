@@ -1,0 +1,228 @@
+"""calodnn data: LCD-layout files -> train/validation generators and the test set.
+
+One directory per particle (``<DataDir>/<Particle>/*.h5`` with ``ECAL``, ``HCAL``, ``energy``); with no
+``DataDir`` the simulated default dataset is made on first use (:func:`calodnn.simulate.default_dataset`).
+Events are split reproducibly by events per class (train / validation / test). Two ways to mix classes:
+
+- premix (DLKit's default): each split's events are mixed and shuffled once into one file (kept in the
+  cache directory, reused by every later run on the same data) which the generator then reads;
+- on the fly (``--nopremix``): the generator mixes the per-particle files in every batch.
+
+ECAL/HCAL normalisation runs in the generator's reader processes (:class:`Normalize`), so this module
+must stay importable without Keras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlkit.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Normalize", "OneHotSelect", "CaloData", "setup_data", "premix"]
+
+
+def _check_norm(key, norm):
+    if norm is None:
+        return None
+    if isinstance(norm, str):
+        if norm.lower() != "nonlinear":
+            raise ConfigError(f"config entry {key!r} = {norm!r}; expected 'NonLinear', a positive number or None")
+        return "nonlinear"
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm > 0:
+        # DLKit silently dropped a tensor for a norm of 0 and ignored integer norms
+        raise ConfigError(f"config entry {key!r} = {norm!r}; expected 'NonLinear', a positive number or None")
+    return float(norm)
+
+
+class Normalize:
+    """Worker pre-process: ECAL/HCAL divided by a scale, or DLKit's ``tanh(sign(x) log(|x|+1) / 2)``."""
+
+    def __init__(self, norms: dict):
+        self.norms = {k: _check_norm(f"{k}Norm", v) for k, v in norms.items()}
+
+    def __call__(self, arrays):
+        for key, norm in self.norms.items():
+            if norm is None or key not in arrays:
+                continue
+            x = arrays[key]
+            if norm == "nonlinear":
+                arrays[key] = np.tanh(np.sign(x) * np.log1p(np.abs(x)) / 2).astype(x.dtype, copy=False)
+            else:
+                arrays[key] = (x / norm).astype(x.dtype, copy=False)
+        return arrays
+
+    def __repr__(self):
+        return f"Normalize({self.norms!r})"
+
+
+class OneHotSelect:
+    """Consumer post-process for premixed files: inputs by name, one-hot targets from a stored label."""
+
+    def __init__(self, inputs, n_classes: int, label: str = "label"):
+        self.inputs, self.n_classes, self.label = tuple(inputs), n_classes, label
+
+    def __call__(self, arrays):
+        labels = np.asarray(arrays[self.label]).astype(np.int64).reshape(-1)
+        return tuple(arrays[k] for k in self.inputs), np.eye(self.n_classes, dtype=np.float32)[labels]
+
+
+def _samples_identity(samples) -> str:
+    """A hash of which events of which files (with their sizes and times) a split holds."""
+    items = []
+    for s in samples:
+        st = os.stat(s.file)
+        items.append([os.path.abspath(s.file), st.st_size, st.st_mtime_ns, s.start, s.stop, s.class_name,
+                      list(s.paths)])
+    return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int = 1024, n_workers=None) -> Path:
+    """Mix and shuffle ``samples`` once into ``out_dir/premix-<hash>.h5``; reuse it if it exists.
+
+    The file holds the datasets ``keys`` plus ``label`` (class index in ``class_names`` order). It is
+    written under a temporary name and renamed when complete, so a killed premix is never reused.
+    """
+    import h5py
+
+    from dlkit.generators import MultiClassGenerator
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"premix-{_samples_identity(samples)}-{seed}.h5"
+    if path.exists():
+        log.info("premixed file %s exists; reusing it", path)
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    class_map = {name: i for i, name in enumerate(class_names)}
+    try:
+        with MultiClassGenerator(samples, batch_size, class_index_map=class_map, onehot=False, shuffle=True,
+                                 seed=seed, n_workers=n_workers) as gen, h5py.File(tmp, "w") as f:
+            n = gen.events_per_epoch
+            shapes, dtypes = gen.shapes, gen.dtypes
+            for key in keys:
+                f.create_dataset(key, shape=(n, *shapes[key][1:]), dtype=dtypes[key])
+            f.create_dataset("label", shape=(n,), dtype="int32")
+            f.attrs["class_names"] = json.dumps(list(class_names))
+            pos = 0
+            for batch in gen:  # one epoch: every event once, mixed and shuffled
+                m = len(batch["class_index"])
+                for key in keys:
+                    f[key][pos:pos + m] = batch[key]
+                f["label"][pos:pos + m] = batch["class_index"]
+                pos += m
+            if pos != n:
+                raise RuntimeError(f"premix of {len(samples)} entries wrote {pos} of {n} events")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("premixed %d events into %s", n, path)
+    return path
+
+
+@dataclass
+class CaloData:
+    """The generators and test-set access of one run. Close it (or use ``with``) to stop the readers."""
+
+    train: object
+    validation: object
+    test_samples: list
+    class_names: list[str]
+    input_shapes: dict[str, tuple]
+    inputs: list[str]
+    normalize: Normalize
+    data_dir: Path
+    options: dict = field(default_factory=dict)
+
+    def read_test(self):
+        """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
+        from dlkit.generators import MultiClassGenerator
+
+        class_map = {name: i for i, name in enumerate(self.class_names)}
+        with MultiClassGenerator(self.test_samples, 1024, class_index_map=class_map, shuffle=False,
+                                 preprocess=self.normalize, **self.options) as gen:
+            arrays = gen.read_all()
+        return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
+
+    def close(self):
+        for gen in (self.train, self.validation):
+            if gen is not None:
+                gen.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def setup_data(config: dict) -> CaloData:
+    """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
+    from dlkit.generators import MultiClassGenerator, make_samples_from_dirs, split_samples
+    from dlkit.generators import count_events, default_cache_dir
+
+    inputs = [k for k in ("ECAL", "HCAL") if config["ECAL" if k == "ECAL" else "HCAL"]]
+    if not inputs:
+        raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
+    normalize = Normalize({"ECAL": config["ECALNorm"], "HCAL": config["HCALNorm"]})
+    if config["DataDir"]:
+        data_dir = Path(config["DataDir"])
+    else:
+        from calodnn.simulate import default_dataset
+
+        data_dir = default_dataset(events_per_class=config["SimEventsPerClass"])
+    particles = list(config["Particles"])
+    keys = [*inputs, "energy"]
+    samples = make_samples_from_dirs(data_dir, keys, classes=particles)
+    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
+    fractions = [1.0 - val_f - test_f, val_f, test_f]
+    if min(fractions) < 0:
+        raise ConfigError(f"ValidationFraction + TestFraction = {val_f + test_f} > 1")
+    if config["MaxEvents"]:
+        total = sum(count_events(s) for s in samples)
+        scale = min(1.0, config["MaxEvents"] / total)
+        fractions = [f * scale for f in fractions]
+    train_s, val_s, test_s = split_samples(samples, fractions, seed=config["Seed"])
+    class_map = {name: i for i, name in enumerate(particles)}
+    workers = config["Workers"] or None
+    cache = bool(config["Cache"])
+    options = dict(n_workers=workers)
+    batch = config["BatchSize"]
+    if config["Premix"]:
+        from dlkit.generators import SampleSpec
+
+        premix_dir = default_cache_dir() / "calodnn-premix"
+        gens = []
+        for part, name in ((train_s, "train"), (val_s, "validation")):
+            path = premix(part, keys, particles, premix_dir, seed=config["Seed"], n_workers=workers)
+            spec = [SampleSpec(str(path), {**{k: k for k in inputs}, "label": "label"}, "mixed")]
+            gens.append(MultiClassGenerator(spec, batch, onehot=False, class_index=False, shuffle=name == "train",
+                                            seed=config["Seed"], preprocess=normalize, cache=cache,
+                                            preload=config["Preload"],
+                                            postprocess=OneHotSelect(inputs, len(particles)), **options))
+        train_gen, val_gen = gens
+    else:
+        from dlkit.generators import Select
+
+        select = Select(tuple(inputs), "onehot")
+        rates = "balanced" if config["Balanced"] else None
+        train_gen = MultiClassGenerator(train_s, batch, class_index_map=class_map, rates=rates, seed=config["Seed"],
+                                        preprocess=normalize, postprocess=select, cache=cache,
+                                        preload=config["Preload"], **options)
+        val_gen = MultiClassGenerator(val_s, batch, class_index_map=class_map, shuffle=False, seed=config["Seed"],
+                                      preprocess=normalize, postprocess=select, cache=cache,
+                                      preload=config["Preload"], **options)
+    shapes = {k: tuple(train_gen.shapes[k][1:]) for k in inputs}
+    log.info("data %s: %d train / %d validation batches of %d; inputs %s", data_dir, len(train_gen), len(val_gen),
+             batch, shapes)
+    return CaloData(train=train_gen, validation=val_gen, test_samples=test_s, class_names=particles,
+                    input_shapes=shapes, inputs=inputs, normalize=normalize, data_dir=data_dir, options=options)
