@@ -1,0 +1,57 @@
+"""dlkit.generators: the data pipeline - many HDF5 files, several classes, batches ready for Keras.
+
+DLKit's design, rebuilt: a sample specification (:class:`SampleSpec`, built from a directory per class
+with :func:`make_samples_from_dirs` and split by events with :func:`split_samples`) feeds a
+:class:`MultiClassGenerator`, a ``keras.utils.PyDataset`` whose reader processes read contiguous runs of
+events straight into shared memory (``preadv`` scattering rows into their shuffled places), label them,
+run the pre-process in parallel, and write the first pass into a cache that later epochs and later runs
+read instead (:mod:`dlkit.generators.cache`).
+
+>>> from dlkit.generators import MultiClassGenerator, Select, make_samples_from_dirs, split_samples
+>>> samples = make_samples_from_dirs("/data/LCD", {"ECAL": "ECAL", "HCAL": "HCAL", "energy": "energy"},
+...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])             # doctest: +SKIP
+>>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)                  # doctest: +SKIP
+>>> to_keras = Select(["ECAL", "HCAL"], "onehot")
+>>> with MultiClassGenerator(train, 1024, postprocess=to_keras, cache=True) as tgen, \\
+...      MultiClassGenerator(val, 1024, postprocess=to_keras, cache=True) as vgen:      # doctest: +SKIP
+...     model.fit(tgen, validation_data=vgen, epochs=10)
+>>> with MultiClassGenerator(test, 1024) as g:                                          # doctest: +SKIP
+...     data = g.read_all()          # {"ECAL", "HCAL", "energy", "class_index", "onehot"}
+
+Only this package's light modules load eagerly; :class:`MultiClassGenerator` (which imports Keras) loads
+on first use, and reader processes never import Keras or TensorFlow.
+"""
+
+import importlib
+
+from dlkit.generators.errors import DataError, GeneratorError, GeneratorTimeoutError, WorkerDiedError
+
+_LAZY = {
+    "MultiClassGenerator": "dlkit.generators.generator",
+    "Select": "dlkit.generators.generator",
+    "default_workers": "dlkit.generators.generator",
+    "SampleSpec": "dlkit.generators.samples",
+    "as_samples": "dlkit.generators.samples",
+    "make_samples_from_dirs": "dlkit.generators.samples",
+    "make_samples_from_globs": "dlkit.generators.samples",
+    "split_samples": "dlkit.generators.samples",
+    "count_events": "dlkit.generators.samples",
+    "EnergyCut": "dlkit.generators.samples",
+    "read_cache": "dlkit.generators.cache",
+    "default_cache_dir": "dlkit.generators.cache",
+    "callable_identity": "dlkit.generators.cache",
+}
+
+__all__ = ["DataError", "GeneratorError", "GeneratorTimeoutError", "WorkerDiedError", *_LAZY]
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dlkit.generators' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

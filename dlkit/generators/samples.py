@@ -1,0 +1,304 @@
+"""Sample specifications: which events of which HDF5 files feed a generator, and reproducible splits.
+
+A sample specification is a list of :class:`SampleSpec` entries, DLKit's ``[file, [keys], class, rate]``
+made explicit: one entry per file and class, the datasets (keys) to read, an optional mixing rate and
+per-event weight, an optional event filter and an event range. Splits are made by *events*, not by
+whole files: each class's files are sorted, their order shuffled with a seed, and the resulting event
+sequence cut by the requested fractions, so a file can be shared by train and test (disjoint ranges).
+
+>>> samples = make_samples_from_dirs("/data/LCD", ["ECAL", "HCAL", "energy"],
+...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])     # doctest: +SKIP
+>>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)           # doctest: +SKIP
+>>> hot = [s.with_filter(EnergyCut(10.0)) for s in train]                        # doctest: +SKIP
+
+Filters are callables ``filter(h5py.File) -> bool mask or integer indices`` over the *whole file*
+(absolute event numbers); the generator intersects them with the entry's range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import re
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlkit.generators.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SampleSpec",
+    "as_samples",
+    "make_samples_from_dirs",
+    "make_samples_from_globs",
+    "split_samples",
+    "count_events",
+    "EnergyCut",
+]
+
+
+def _normalize_keys(keys) -> tuple[tuple[str, str], ...]:
+    """Keys as ((array name, dataset path), ...); a mapping renames, e.g. {"ECAL": "ECAL/ECAL"}."""
+    if isinstance(keys, str):
+        keys = [keys]
+    if isinstance(keys, Mapping):
+        pairs = [(str(name), str(path)) for name, path in keys.items()]
+    else:
+        pairs = []
+        for k in keys:
+            if isinstance(k, (tuple, list)) and len(k) == 2:
+                pairs.append((str(k[0]), str(k[1])))
+            else:
+                pairs.append((str(k), str(k)))
+    if not pairs:
+        raise ValueError("a sample needs at least one dataset key")
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate array names in keys {names}")
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One file of one class: the unit of a sample specification.
+
+    Parameters
+    ----------
+    file : path of the HDF5 file.
+    keys : dataset paths to read; a mapping ``{array_name: dataset_path}`` renames (e.g. grouped
+        LCD V4 files: ``{"ECAL": "ECAL/ECAL"}``). All entries of a generator must give the same names.
+    class_name : the label; class indices follow first appearance unless a ``class_index_map`` is given.
+    rate : relative mixing rate of this entry's class (all entries of a class must agree); None means
+        natural proportions.
+    weight : per-event sample weight for this entry's events (emitted as array ``"weight"``).
+    filter : ``filter(h5py.File) -> bool mask | int indices`` selecting events by absolute event number.
+    start, stop : event range of the file used by this entry (set by :func:`split_samples`).
+    """
+
+    file: str
+    keys: tuple = ()
+    class_name: str = ""
+    rate: float | None = None
+    weight: float | None = None
+    filter: Callable | None = field(default=None, compare=False)
+    start: int = 0
+    stop: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "file", os.fspath(self.file))
+        object.__setattr__(self, "keys", _normalize_keys(self.keys))
+        if not self.class_name:
+            raise ValueError(f"sample {self.file!r} has no class name")
+        object.__setattr__(self, "class_name", str(self.class_name))
+        if self.rate is not None and not (float(self.rate) >= 0):
+            raise ValueError(f"sample {self.file!r}: rate must be >= 0, got {self.rate!r}")
+        if self.start < 0 or (self.stop is not None and self.stop < self.start):
+            raise ValueError(f"sample {self.file!r}: bad event range [{self.start}, {self.stop})")
+        if self.filter is not None and not callable(self.filter):
+            raise TypeError(f"sample {self.file!r}: filter must be callable")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Array names, in order."""
+        return tuple(n for n, _ in self.keys)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Dataset paths inside the file, in order."""
+        return tuple(p for _, p in self.keys)
+
+    def with_range(self, start: int, stop: int | None) -> SampleSpec:
+        """The same entry restricted to events [start, stop)."""
+        return dataclasses.replace(self, start=int(start), stop=None if stop is None else int(stop))
+
+    def with_filter(self, filter: Callable | None) -> SampleSpec:  # noqa: A002 - DLKit's word
+        """The same entry with an event filter."""
+        return dataclasses.replace(self, filter=filter)
+
+    @classmethod
+    def from_any(cls, obj) -> SampleSpec:
+        """A SampleSpec from DLKit forms: ``(file, [keys], class[, rate])`` or ``(file, key)``."""
+        if isinstance(obj, SampleSpec):
+            return obj
+        if isinstance(obj, Mapping):
+            return cls(**obj)
+        if isinstance(obj, (tuple, list)):
+            if len(obj) == 2:
+                return cls(obj[0], obj[1], obj[1] if isinstance(obj[1], str) else str(obj[1][0]))
+            if len(obj) in (3, 4):
+                return cls(obj[0], obj[1], obj[2], None if len(obj) == 3 else obj[3])
+        raise TypeError(f"cannot make a SampleSpec from {obj!r}")
+
+
+def as_samples(samples) -> list[SampleSpec]:
+    """Normalize a sample specification (SampleSpecs, DLKit tuples or dicts) to a list of SampleSpec."""
+    if isinstance(samples, (SampleSpec, str)):
+        samples = [samples]
+    out = [SampleSpec.from_any(s) for s in samples]
+    if not out:
+        raise ValueError("empty sample specification")
+    return out
+
+
+def _natural_key(path: str):
+    """Sort key that puts file_9 before file_10, so 'sorted' is the order a person expects."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _files(pattern: str) -> list[str]:
+    return sorted((p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)), key=_natural_key)
+
+
+def make_samples_from_globs(patterns, keys, *, class_from_path: Callable[[str], str] | None = None,
+                            rate=None, weight=None, filter=None) -> list[SampleSpec]:  # noqa: A002
+    """Samples from glob patterns: ``{class_name: pattern or [patterns]}``, or patterns plus a namer.
+
+    With a plain pattern (or list), the class of each file is ``class_from_path(path)``; the default is the
+    name of the file's directory (DLKit's directory-per-class layout). ``rate``/``weight`` may be a
+    number or a ``{class_name: value}`` mapping. Files are sorted naturally within each class.
+    """
+    if isinstance(patterns, Mapping):
+        groups = {}
+        for name, pats in patterns.items():
+            pats = [pats] if isinstance(pats, (str, os.PathLike)) else list(pats)
+            files = []
+            for p in pats:
+                found = _files(os.fspath(p))
+                if not found:
+                    raise DataError(f"no files match pattern {os.fspath(p)!r} for class {name!r}", file=p)
+                files.extend(found)
+            groups[str(name)] = sorted(dict.fromkeys(files), key=_natural_key)
+    else:
+        pats = [patterns] if isinstance(patterns, (str, os.PathLike)) else list(patterns)
+        namer = class_from_path or (lambda p: os.path.basename(os.path.dirname(os.path.abspath(p))))
+        groups = {}
+        for p in pats:
+            found = _files(os.fspath(p))
+            if not found:
+                raise DataError(f"no files match pattern {os.fspath(p)!r}", file=p)
+            for f in found:
+                groups.setdefault(str(namer(f)), []).append(f)
+        groups = {k: sorted(dict.fromkeys(v), key=_natural_key) for k, v in groups.items()}
+
+    def pick(value, name):
+        return value.get(name) if isinstance(value, Mapping) else value
+
+    out = []
+    for name, files in groups.items():
+        for f in files:
+            out.append(SampleSpec(f, keys, name, rate=pick(rate, name), weight=pick(weight, name),
+                                  filter=pick(filter, name) if isinstance(filter, Mapping) else filter))
+    return out
+
+
+def make_samples_from_dirs(root, keys, classes=None, pattern: str = "*.h5", *, rate=None, weight=None,
+                           filter=None) -> list[SampleSpec]:  # noqa: A002
+    """Samples from a directory per class: ``root/<class>/<pattern>``.
+
+    ``classes`` is None (every sub-directory with matching files, sorted), a list of sub-directory names,
+    or a mapping ``{class_name: sub-directory or glob relative to root}`` (e.g. ``{"Ele": "EleEscan"}``).
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError("sample directory not found", file=root)
+    if classes is None:
+        names = sorted((d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), key=_natural_key)
+        mapping = {d: d for d in names if _files(os.path.join(root, d, pattern))}
+        if not mapping:
+            raise DataError(f"no sub-directory with files matching {pattern!r}", file=root)
+    elif isinstance(classes, Mapping):
+        mapping = {str(k): v for k, v in classes.items()}
+    else:
+        mapping = {str(c): str(c) for c in classes}
+    patterns = {}
+    for name, sub in mapping.items():
+        sub = os.fspath(sub)
+        full = os.path.join(root, sub)
+        patterns[name] = os.path.join(full, pattern) if os.path.isdir(full) else full
+        if not glob.has_magic(sub) and not os.path.isdir(full):
+            raise DataError(f"class directory for {name!r} not found", file=full)
+    return make_samples_from_globs(patterns, keys, rate=rate, weight=weight, filter=filter)
+
+
+def count_events(sample: SampleSpec) -> int:
+    """Events in ``sample``'s range (before any filter), from the length of its first dataset."""
+    import h5py
+
+    if not os.path.exists(sample.file):
+        raise DataError("file not found", file=sample.file)
+    path = sample.paths[0]
+    try:
+        with h5py.File(sample.file, "r") as f:
+            if path not in f:
+                raise DataError(f"dataset not found (file has {sorted(f.keys())})", file=sample.file, key=path)
+            n = int(f[path].shape[0]) if f[path].shape else 0
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"cannot read as HDF5 (truncated or corrupt?): {exc}", file=sample.file) from None
+    stop = n if sample.stop is None else min(sample.stop, n)
+    return max(0, stop - min(sample.start, stop))
+
+
+def split_samples(samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True
+                  ) -> list[list[SampleSpec]]:
+    """Split a specification into disjoint parts by *events*, reproducibly.
+
+    For each class, files are sorted (naturally, by path), their order is shuffled with ``seed`` (unless
+    ``shuffle_files`` is False), and the concatenated event sequence is cut at the cumulative
+    ``fractions`` (e.g. ``[0.8, 0.1, 0.1]``; a sum below 1 leaves the rest unused). Each part is a list of
+    entries with event ranges; a file may appear in two parts with disjoint ranges. Filters and rates are
+    kept; filters then select inside each range.
+    """
+    samples = as_samples(samples)
+    fractions = [float(f) for f in fractions]
+    if not fractions or any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise ValueError(f"fractions must be >= 0 and sum to at most 1, got {fractions}")
+    by_class: dict[str, list[SampleSpec]] = {}
+    for s in samples:
+        by_class.setdefault(s.class_name, []).append(s)
+    parts: list[list[SampleSpec]] = [[] for _ in fractions]
+    for name, entries in by_class.items():
+        entries = sorted(entries, key=lambda s: (_natural_key(s.file), s.start))
+        counts = np.array([count_events(s) for s in entries], dtype=np.int64)
+        order = np.arange(len(entries))
+        if shuffle_files:
+            rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+            order = rng.permutation(len(entries))
+        total = int(counts.sum())
+        cuts = np.floor(np.cumsum([0.0] + fractions) * total + 1e-9).astype(np.int64)
+        cuts[-1] = min(cuts[-1], total)
+        pos = 0
+        pieces: list[list[tuple[int, SampleSpec]]] = [[] for _ in fractions]
+        for i in order:
+            s, n = entries[i], int(counts[i])
+            lo, hi = pos, pos + n
+            for p in range(len(fractions)):
+                a, b = max(lo, cuts[p]), min(hi, cuts[p + 1])
+                if b > a:
+                    pieces[p].append((i, s.with_range(s.start + (a - lo), s.start + (b - lo))))
+            pos = hi
+        for p in range(len(fractions)):
+            parts[p].extend(s for _, s in sorted(pieces[p], key=lambda t: t[0]))
+        logger.debug("split class %s: %d events in %d files -> %s", name, total, len(entries),
+                     [int(cuts[p + 1] - cuts[p]) for p in range(len(fractions))])
+    return parts
+
+
+@dataclass(frozen=True)
+class EnergyCut:
+    """A picklable event filter: ``low <= file[key] < high`` (DLKit's FilterEnergy, applied right)."""
+
+    low: float = -np.inf
+    high: float = np.inf
+    key: str = "energy"
+
+    def __call__(self, f) -> np.ndarray:
+        e = np.asarray(f[self.key][...]).reshape(f[self.key].shape[0], -1)[:, 0]
+        return (e >= self.low) & (e < self.high)
