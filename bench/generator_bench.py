@@ -21,6 +21,7 @@ Measured, each as events/s and MB/s, median of ``--repeats`` epochs over all eve
   d  dlkit with a ~50 ms/batch pre-process, 2 readers: first (cache-writing) epoch vs cached epoch
   e  training a dense 17125 -> 128 -> 128 -> 4 model: dlkit-fed vs in-memory numpy (after 1 warm-up epoch)
   cache: reading the cache format (raw preadv) vs the same layout as contiguous HDF5 datasets (h5py)
+  limit: the machine's copy limit: 1 and 2 processes doing nothing but preadv into shared memory
   startup: reader start-up time, spawn vs forkserver
 """
 
@@ -213,33 +214,41 @@ def bench_pydataset(root, batch, use_mp):
 
 # --------------------------------------------------------------------------- (c)/(d) dlkit
 class SlowPreprocess:
-    """A CPU-bound pre-process of about ``ms`` milliseconds per 1024-event batch (scales the ECAL)."""
+    """A CPU-bound pre-process of ~50 ms per batch: normalises the ECAL, then ``passes`` rounds of
+    transcendental math on a cache-resident block (so its cost does not depend on memory bandwidth)."""
 
     def __init__(self, passes: int):
         self.passes = passes
 
     def __call__(self, arrays):
         x = arrays["ECAL"]
+        x *= np.float32(1.0 / 480.4)
+        block = np.array(x[:4])
         for _ in range(self.passes):
-            np.multiply(x, 1.0000001, out=x)
+            np.sin(block, out=block)
         return arrays
 
 
 def calibrate_preprocess(batch, target_ms=50.0):
-    x = np.random.rand(batch, *SHAPES["ECAL"]).astype(np.float32)
-    one = SlowPreprocess(1)
-    one({"ECAL": x})
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        one({"ECAL": x})
-        ts.append(time.perf_counter() - t)
-    per = statistics.median(ts)
-    passes = max(1, int(round(target_ms / 1e3 / per)))
-    p = SlowPreprocess(passes)
-    t = time.perf_counter()
-    p({"ECAL": x})
-    return passes, (time.perf_counter() - t) * 1e3
+    """Passes for ~target_ms per batch on one core (least of several timings, refined twice)."""
+    arrays = {"ECAL": np.random.rand(batch, *SHAPES["ECAL"]).astype(np.float32)}
+
+    def cost(passes):
+        f = SlowPreprocess(passes)
+        f(arrays)
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f(arrays)
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    t0 = cost(0)
+    passes = 100
+    for _ in range(3):
+        t = cost(passes)
+        passes = max(1, int(round(passes * (target_ms / 1e3 - t0) / max(1e-6, t - t0))))
+    return passes
 
 
 def dlkit_epoch(gen):
@@ -251,30 +260,42 @@ def dlkit_epoch(gen):
     return events, time.perf_counter() - t0
 
 
-def bench_dlkit(root, batch, workers, repeats, cache_root, preprocess=None, plain_epochs=True):
-    """Returns dict of lists of (events, seconds): plain, first (cache-writing), cached."""
+def open_dlkit(root, batch, workers, **kw):
+    """A generator over the LCD dataset. Pure data-loading runs pass nice=0: the readers then compete on
+    equal terms with the reference (nice 0) for the CPU other users of the machine leave."""
     from dlkit.generators import MultiClassGenerator, make_samples_from_dirs
 
     samples = make_samples_from_dirs(root, KEYS, classes=list(CLASSES))
-    out = {"plain": [], "first": [], "cached": [], "startup": []}
-    if plain_epochs:
-        with MultiClassGenerator(samples, batch, n_workers=workers, preprocess=preprocess, seed=1) as gen:
+    return MultiClassGenerator(samples, batch, n_workers=workers, seed=1, **kw)
+
+
+def bench_dlkit_cache(root, batch, workers, cache_root, preprocess=None):
+    """(events, s) of the first epoch (reading, pre-processing, writing the cache) and of a cached epoch.
+
+    Cache files are deleted at the very end: deleting GBs on the ext4 test disk (mounted with
+    ``discard``) slows down the writes that follow.
+    """
+    cdir = tempfile.mkdtemp(prefix="dlkit-bench-cache-", dir=cache_root)
+    try:
+        with open_dlkit(root, batch, workers, preprocess=preprocess, cache=cdir, nice=0) as gen:
             gen.start()
-            out["startup"].append(gen.startup_seconds)
-            dlkit_epoch(gen)  # first touch of the slots
-            for _ in range(repeats):
-                out["plain"].append(dlkit_epoch(gen))
-    for r in range(repeats):
-        cdir = tempfile.mkdtemp(prefix="dlkit-bench-cache-", dir=cache_root)
-        try:
-            with MultiClassGenerator(samples, batch, n_workers=workers, preprocess=preprocess, seed=1,
-                                     cache=cdir) as gen:
-                gen.start()
-                out["first"].append(dlkit_epoch(gen))
-                out["cached"].append(dlkit_epoch(gen))
-        finally:
-            shutil.rmtree(cdir, ignore_errors=True)
-    return out
+            first = dlkit_epoch(gen)
+            st = gen.stats
+            dlkit_epoch(gen)  # the epoch during which the cache is finished
+            cached = dlkit_epoch(gen)
+            assert gen.cache_path.exists()
+    finally:
+        settle(cdir)
+    return first, cached, st
+
+
+def settle(path=None):
+    """Delete a cache directory and wait until the disk has caught up (writeback, discards), so that
+    the next measurement does not pay for this one's I/O and the page cache keeps the dataset."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+    time.sleep(1.0)
 
 
 # --------------------------------------------------------------------------- (e) training
@@ -312,32 +333,37 @@ class EpochTimer:
 
 
 def bench_training(root, batch, epochs, cache_root, workers):
-    from dlkit.generators import MultiClassGenerator, Select, make_samples_from_dirs
+    """Epochs of two identical models, one fed by dlkit, one by in-memory arrays, alternated epoch by epoch
+    (so drifting load on the shared machine hits both alike); the first (tracing) epoch of each is excluded."""
+    from dlkit.generators import Select
 
-    samples = make_samples_from_dirs(root, KEYS, classes=list(CLASSES))
-    res = {}
+    with open_dlkit(root, batch, workers, nice=0) as g:
+        data = g.read_all()  # the same events, in memory (not timed)
+    x = [np.ascontiguousarray(data["ECAL"]), np.ascontiguousarray(data["HCAL"])]
+    y = np.ascontiguousarray(data["onehot"])
+    del data
     cdir = tempfile.mkdtemp(prefix="dlkit-bench-train-", dir=cache_root)
-    try:
-        with MultiClassGenerator(samples, batch, n_workers=workers, seed=1, cache=cdir,
-                                 postprocess=Select(["ECAL", "HCAL"], "onehot")) as gen:
-            n_events = gen.events_per_epoch
-            m = build_model()
+    res = {"dlkit": [], "memory": []}
+    with open_dlkit(root, batch, workers, cache=cdir, postprocess=Select(["ECAL", "HCAL"], "onehot")) as gen:
+        m_dl, m_mem = build_model(), build_model()
+
+        def fit_dl():
             t = EpochTimer()
-            m.fit(gen, epochs=1 + epochs, verbose=0, callbacks=[t.cb])
-            res["dlkit"] = [(n_events, s) for s in t.cb.times[1:]]
-            res["dlkit_first"] = t.cb.times[0]
-            # the in-memory arrays: the same events, read with dlkit's read_all (not timed)
-            data = gen.read_all()
-        x = [np.ascontiguousarray(data["ECAL"]), np.ascontiguousarray(data["HCAL"])]
-        y = np.ascontiguousarray(data["onehot"])
-        del data
-        m = build_model()
-        t = EpochTimer()
-        m.fit(x, y, batch_size=batch, epochs=1 + epochs, verbose=0, callbacks=[t.cb], shuffle=True)
-        res["memory"] = [(len(y), s) for s in t.cb.times[1:]]
-        res["memory_first"] = t.cb.times[0]
-    finally:
-        shutil.rmtree(cdir, ignore_errors=True)
+            m_dl.fit(gen, epochs=1, verbose=0, callbacks=[t.cb])
+            return gen.events_per_epoch, t.cb.times[0]
+
+        def fit_mem():
+            t = EpochTimer()
+            m_mem.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[t.cb], shuffle=True)
+            return len(y), t.cb.times[0]
+
+        res["dlkit_first"] = fit_dl()[1]  # tracing, and the cache is written
+        res["memory_first"] = fit_mem()[1]
+        for _ in range(epochs):
+            res["memory"].append(fit_mem())
+            res["dlkit"].append(fit_dl())
+        res["slots"] = len(gen._engine.slots)
+    settle(cdir)
     return res
 
 
@@ -407,8 +433,50 @@ def bench_cache_format(root, batch, cache_root, repeats):
                     ev += n
                 out["hdf5"].append((ev, time.perf_counter() - t0))
     finally:
-        shutil.rmtree(cdir, ignore_errors=True)
+        settle(cdir)
     return out
+
+
+def _copy_worker(paths, q, reps, barrier):
+    from multiprocessing import shared_memory
+
+    fds = []
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            fds.append((os.open(p, os.O_RDONLY), f["ECAL"].id.get_offset(), f["ECAL"].shape[0] * 62500))
+    n = min(size for _, _, size in fds)
+    shms = [shared_memory.SharedMemory(create=True, size=n) for _ in range(4)]
+    views = [s.buf[:n] for s in shms]
+    for v in views:
+        os.preadv(fds[0][0], [v], fds[0][1])
+    barrier.wait()
+    t = time.perf_counter()
+    for i in range(reps):
+        fd, off, _ = fds[i % len(fds)]
+        os.preadv(fd, [views[i % len(views)]], off)
+    q.put((n * reps, time.perf_counter() - t))
+    for v in views:
+        v.release()
+    for s in shms:
+        s.close()
+        s.unlink()
+
+
+def bench_copy_limit(root, nproc, reps=40):
+    """The machine's limit: nproc processes doing nothing but preadv of page-cached ECAL into shm."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    files = [p for fl in class_files(root).values() for p in fl]
+    q, barrier = ctx.Queue(), ctx.Barrier(nproc)
+    procs = [ctx.Process(target=_copy_worker, args=(files[i::nproc], q, reps, barrier)) for i in range(nproc)]
+    for p in procs:
+        p.start()
+    res = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    total = sum(b for b, _ in res)
+    return total / max(s for _, s in res) / 1e9
 
 
 def bench_startup(root, batch, repeats):
@@ -459,7 +527,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-epochs", type=int, default=3)
-    ap.add_argument("--only", default="a,b,c,d,e,cache,startup")
+    ap.add_argument("--only", default="a,b,c,d,e,cache,limit,startup")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     parts = set(args.only.split(","))
@@ -480,10 +548,33 @@ def main(argv=None):
         rows.append((name, ev, mb))
         print(f"{name:70s} {ev:10,.0f} ev/s {mb:8,.0f} MB/s", flush=True)
 
-    if "a" in parts:
+    refs = []
+    if "a" in parts or "c" in parts:
         bench_reference(args.data, args.batch)
-        add("(a) reference: h5py read_direct, contiguous slices, 1 process",
-            [bench_reference(args.data, args.batch) for _ in range(args.repeats)], "a")
+    if "c" in parts:
+        # interleaved, so that drifting load on the shared machine hits all of them alike
+        gens = {w: open_dlkit(args.data, args.batch, w, nice=0) for w in (1, 2)}
+        plain = {1: [], 2: []}
+        for w, g in gens.items():
+            g.start()
+            R[f"c{w}_startup_s"] = g.startup_seconds
+            for _ in range(2):
+                dlkit_epoch(g)  # warm-up: every reader maps every slot
+        for _ in range(args.repeats):
+            refs.append(bench_reference(args.data, args.batch))
+            for w, g in gens.items():
+                plain[w].append(dlkit_epoch(g))
+        for g in gens.values():
+            g.close()
+        cache_runs = {1: [], 2: []}
+        for _ in range(args.repeats):
+            refs.append(bench_reference(args.data, args.batch))
+            for w in (1, 2):
+                cache_runs[w].append(bench_dlkit_cache(args.data, args.batch, w, cache_root))
+    elif "a" in parts:
+        refs = [bench_reference(args.data, args.batch) for _ in range(args.repeats)]
+    if refs:
+        add("(a) reference: h5py read_direct, contiguous slices, 1 process", refs, "a")
     if "b" in parts:
         add("(b) keras PyDataset over h5py, workers=2, threads",
             [bench_pydataset(args.data, args.batch, False) for _ in range(args.repeats)], "b_threads")
@@ -491,21 +582,22 @@ def main(argv=None):
             [bench_pydataset(args.data, args.batch, True) for _ in range(args.repeats)], "b_processes")
     if "c" in parts:
         for w in (1, 2):
-            r = bench_dlkit(args.data, args.batch, w, args.repeats, cache_root)
-            add(f"(c) dlkit {w} reader(s), epochs without cache", r["plain"], f"c{w}_plain")
-            add(f"(c) dlkit {w} reader(s), first epoch writing the cache", r["first"], f"c{w}_first")
-            add(f"(c) dlkit {w} reader(s), cached epoch", r["cached"], f"c{w}_cached")
-            R[f"c{w}_startup"] = r["startup"]
+            add(f"(c) dlkit {w} reader(s): mixed, shuffled, labelled epochs", plain[w], f"c{w}_plain")
+            add(f"(c) dlkit {w} reader(s): first epoch, writing the cache", [r[0] for r in cache_runs[w]],
+                f"c{w}_first")
+            add(f"(c) dlkit {w} reader(s): cached epoch", [r[1] for r in cache_runs[w]], f"c{w}_cached")
     if "d" in parts:
-        passes, ms = calibrate_preprocess(args.batch)
-        R["d_preprocess_ms"] = ms
-        print(f"# pre-process: {passes} passes, {ms:.1f} ms per batch of {args.batch} (one core)", flush=True)
-        r = bench_dlkit(args.data, args.batch, 2, args.repeats, cache_root, preprocess=SlowPreprocess(passes),
-                        plain_epochs=False)
-        add(f"(d) dlkit 2 readers, {ms:.0f} ms/batch pre-process, first epoch", r["first"], "d_first")
-        add(f"(d) dlkit 2 readers, {ms:.0f} ms/batch pre-process, cached epoch", r["cached"], "d_cached")
+        passes = calibrate_preprocess(args.batch)
+        runs = [bench_dlkit_cache(args.data, args.batch, 2, cache_root, preprocess=SlowPreprocess(passes))
+                for _ in range(args.repeats)]
+        ms = statistics.median(1e3 * r[2]["preprocess"] / r[2]["tasks"] for r in runs)
+        R["d_preprocess_ms_in_readers"] = ms
+        print(f"# pre-process: {passes} passes; {ms:.0f} ms per batch measured inside the readers", flush=True)
+        add(f"(d) dlkit 2 readers, {ms:.0f} ms/batch pre-process: first epoch", [r[0] for r in runs], "d_first")
+        add(f"(d) dlkit 2 readers, {ms:.0f} ms/batch pre-process: cached epoch", [r[1] for r in runs], "d_cached")
     if "e" in parts:
         r = bench_training(args.data, args.batch, args.train_epochs, cache_root, 2)
+        R["e_slots"] = r["slots"]
         add("(e) training dense 17125-128-128-4, fed by dlkit (2 readers, cached)", r["dlkit"], "e_dlkit")
         add("(e) training dense 17125-128-128-4, from in-memory numpy", r["memory"], "e_memory")
         R["e_first_epoch_s"] = {"dlkit": r["dlkit_first"], "memory": r["memory_first"]}
@@ -513,12 +605,18 @@ def main(argv=None):
         r = bench_cache_format(args.data, args.batch, cache_root, args.repeats)
         add("cache format: raw file, preadv scatter (1 process)", r["raw"], "fmt_raw")
         add("cache format: same layout as HDF5, h5py read_direct + permute (1 process)", r["hdf5"], "fmt_hdf5")
+    if "limit" in parts:
+        lim = {n: statistics.median(bench_copy_limit(args.data, n) for _ in range(args.repeats)) for n in (1, 2)}
+        R["copy_limit_GBps"] = lim
+        print(f"# machine limit, preadv page cache -> shm: 1 process {lim[1]:.1f} GB/s, 2 processes {lim[2]:.1f} GB/s "
+              f"({lim[2] / lim[1]:.2f}x)", flush=True)
     if "startup" in parts:
         r = bench_startup(args.data, args.batch, args.repeats)
         R["startup"] = r
         for k, v in r.items():
             print(f"# start-up of 2 readers + slots, {k}: median {statistics.median(v):.2f} s", flush=True)
     R["loadavg_end"] = os.getloadavg()
+
 
     def ratio(a, b):
         return R[a]["events_per_s"] / R[b]["events_per_s"] if a in R and b in R else float("nan")

@@ -226,3 +226,47 @@ def setup_data(config: dict) -> CaloData:
              batch, shapes)
     return CaloData(train=train_gen, validation=val_gen, test_samples=test_s, class_names=particles,
                     input_shapes=shapes, inputs=inputs, normalize=normalize, data_dir=data_dir, options=options)
+
+
+def read_splits(data_dir, particles, keys, fractions=(0.6, 0.1, 0.3), seed: int = 0,
+                events_per_class: int | None = None, names=("train", "validation", "test")) -> dict[str, dict]:
+    """Whole splits in memory, for studies that need no generator (baselines, closed-form calibrations).
+
+    The events are split exactly as the experiments split them (:func:`dlkit.generators.split_samples`, by
+    events, seeded); with ``events_per_class`` only that many events per particle are used (the same
+    fractions of them). Returns ``{split: {key: array, ..., "particle": index into particles}}``. Missing files
+    or keys raise :class:`dlkit.generators.DataError` naming them.
+    """
+    import h5py
+
+    from dlkit.generators import DataError, count_events, make_samples_from_dirs, split_samples
+
+    particles = list(particles)
+    keys = list(keys)
+    samples = make_samples_from_dirs(data_dir, keys, classes=particles)
+    fractions = [float(f) for f in fractions]
+    if events_per_class:
+        per_class: dict[str, int] = {}
+        for s in samples:
+            per_class[s.class_name] = per_class.get(s.class_name, 0) + count_events(s)
+        scale = min(1.0, events_per_class / max(1, min(per_class.values())))
+        fractions = [f * scale for f in fractions]
+    out = {}
+    for name, part in zip(names, split_samples(samples, fractions, seed=seed)):
+        arrays: dict[str, list] = {k: [] for k in keys}
+        index = []
+        for s in part:
+            stop = s.stop if s.stop is not None else s.start + count_events(s)
+            try:
+                with h5py.File(s.file, "r") as f:
+                    for k in keys:
+                        if k not in f:
+                            raise DataError(f"dataset not found (file has {sorted(f.keys())})", file=s.file, key=k)
+                        arrays[k].append(np.asarray(f[k][s.start:stop]))
+            except OSError as exc:
+                raise DataError(f"cannot read as HDF5: {exc}", file=s.file) from None
+            index.append(np.full(stop - s.start, particles.index(s.class_name), np.int32))
+        split = {k: np.concatenate(v) for k, v in arrays.items() if v}
+        split["particle"] = np.concatenate(index) if index else np.zeros(0, np.int32)
+        out[name] = split
+    return out

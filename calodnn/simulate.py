@@ -81,8 +81,9 @@ class CaloSimConfig:
 
     Coordinates: x, y transverse (mm, 0 on the grid centre), depth along the particle direction from the
     ECAL front face. Stored cell values are calibrated energies in GeV (the sampling fraction is divided
-    out), so the ECAL+HCAL sum of an electron is its energy minus leakage and threshold losses. Frozen and
-    hashable: the geometry derived from it is cached, and its JSON goes into every file.
+    out), so the ECAL+HCAL sum of an electron is its energy minus leakage and threshold losses; with
+    ``raw_visible_energy`` they are the visible energies instead (deposit x the layer's sampling fraction).
+    Frozen and hashable: the geometry derived from it is cached, and its JSON goes into every file.
     """
 
     # --- geometry -------------------------------------------------------------------------------------
@@ -161,6 +162,23 @@ class CaloSimConfig:
     noise_threshold_sigma: float = _f(3.0, "Zero suppression: cells below this many noise sigmas -> 0.")
     calib_spread: float = _f(0.015, "Per-cell calibration non-uniformity (relative Gaussian sigma).")
     detector_seed: int = _f(20160, "Seed of the fixed calibration maps, independent of the event seed.")
+    # --- raw (visible) energy: off by default (calibrated cells) ------------------------------------------
+    raw_visible_energy: bool = _f(False, "Store the *visible* energy (what the sensors see, GeV) instead of "
+                                  "the calibrated deposit: each layer's deposit times its sampling fraction "
+                                  "(thin/thick ECAL, HCAL), noise and threshold in visible units. A plain sum "
+                                  "of cells then mis-weights the thick layers and the HCAL, as real raw "
+                                  "data do; a per-layer calibration undoes it.")
+    ecal_sampling_fraction_thin: float = _f(0.0353, "Visible fraction of the deposit in a thin ECAL layer "
+                                            "(0.5 mm Si behind 2.4 mm W: MIP dE/dx ratio 0.19/5.5 MeV); used "
+                                            "with raw_visible_energy.")
+    ecal_sampling_fraction_thick: float = _f(0.0180, "Visible fraction in a thick ECAL layer (0.5 mm Si "
+                                             "behind 4.8 mm W); used with raw_visible_energy.")
+    hcal_sampling_fraction: float = _f(0.027, "Visible fraction in an HCAL layer (3 mm scintillator behind "
+                                       "19 mm steel); used with raw_visible_energy.")
+    ecal_thick_spot_gev: typing.Optional[float] = _f(None, "Sampling spot [calibrated GeV] of the thick ECAL "
+                                                     "layers; None: ecal_spot_gev. Thicker absorber samples "
+                                                     "worse (sigma/E ~ 2.7 % sqrt(d[mm]/f): up to 4x the "
+                                                     "variance for twice the tungsten).")
     # --- numerics --------------------------------------------------------------------------------------
     chunk_events: int = _f(100, "Events simulated per vectorised batch. It fixes how the random stream is "
                            "consumed, so changing it changes the events (not their distributions).")
@@ -184,9 +202,12 @@ class CaloSimConfig:
                     "photon_conversion_x0", "pion_interaction_lambda", "had_b", "had_e_over_h",
                     "had_fem_concentration", "em_core_sigma_rm", "em_halo_sigma_rm",
                     "had_core_sigma_lambda", "had_halo_sigma_lambda", "calo_distance_mm")
+        positive += ("ecal_sampling_fraction_thin", "ecal_sampling_fraction_thick", "hcal_sampling_fraction")
         bad = [p for p in positive if not getattr(self, p) > 0]
         if bad:
             raise ValueError(f"these must be > 0: {bad}")
+        if self.ecal_thick_spot_gev is not None and not self.ecal_thick_spot_gev >= 0:
+            raise ValueError("ecal_thick_spot_gev must be >= 0 (or None)")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
@@ -240,6 +261,8 @@ class _Geometry:
     hcal_edges_y_mm: np.ndarray
     ecal_calib: np.ndarray  # (X, Y, L) float32 per-cell calibration factors
     hcal_calib: np.ndarray
+    sampling_fraction: np.ndarray  # (Ltot,) visible / deposited energy per layer (raw_visible_energy)
+    spot_gev: np.ndarray  # (Ltot,) sampling spot per layer [calibrated GeV]
 
 
 def _cell_edges(n: int, pitch: float) -> np.ndarray:
@@ -286,6 +309,13 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
         hcal_edges_y_mm=_cell_edges(hy, cfg.hcal_cell_mm),
         ecal_calib=ecal_calib,
         hcal_calib=hcal_calib,
+        sampling_fraction=np.concatenate([
+            np.where(np.arange(el) < n_thin, cfg.ecal_sampling_fraction_thin, cfg.ecal_sampling_fraction_thick),
+            np.full(hl, cfg.hcal_sampling_fraction)]),
+        spot_gev=np.concatenate([
+            np.where(np.arange(el) < n_thin, cfg.ecal_spot_gev,
+                     cfg.ecal_spot_gev if cfg.ecal_thick_spot_gev is None else cfg.ecal_thick_spot_gev),
+            np.full(hl, cfg.hcal_spot_gev)]),
     )
     for f in dataclasses.fields(geo):
         value = getattr(geo, f.name)
@@ -475,7 +505,10 @@ def _respond(shower, tracks, calib, spot, noise, threshold, rng):
         idx = np.arange(flat.size)
     e = flat[idx]
     var = np.maximum(e, np.float32(1e-30))
-    np.divide(np.float32(spot), var, out=var)
+    if np.ndim(spot):  # one spot per layer (the last axis)
+        np.divide(np.asarray(spot, np.float32)[idx % shower.shape[-1]], var, out=var)
+    else:
+        np.divide(np.float32(spot), var, out=var)
     np.log1p(var, out=var)  # sigma^2 of ln(factor)
     factor = np.sqrt(var)
     factor *= rng.standard_normal(e.shape, dtype=np.float32)
@@ -534,13 +567,26 @@ def _simulate_chunk(particle, energy, rng, cfg):
         "pdgID": (np.full(n, PDG_IDS[particle], np.int32) * sign).astype(np.int32),
     }
     ne = geo.n_ecal
-    for name, layers, ex, ey, shape, calib, spot, noise in (
+    per_layer_spot = cfg.raw_visible_energy or cfg.ecal_thick_spot_gev is not None
+    for name, layers, ex, ey, shape, calib, spot, noise, f_ref in (
         ("ECAL", slice(0, ne), geo.ecal_edges_mm, geo.ecal_edges_y_mm, cfg.ecal_shape, geo.ecal_calib,
-         cfg.ecal_spot_gev, cfg.ecal_noise_gev),
+         cfg.ecal_spot_gev, cfg.ecal_noise_gev, cfg.ecal_sampling_fraction_thin),
         ("HCAL", slice(ne, None), geo.hcal_edges_mm, geo.hcal_edges_y_mm, cfg.hcal_shape, geo.hcal_calib,
-         cfg.hcal_spot_gev, cfg.hcal_noise_gev),
+         cfg.hcal_spot_gev, cfg.hcal_noise_gev, cfg.hcal_sampling_fraction),
     ):
         img, tracks = _render(dep, layers, ex, ey, shape, n)
+        if per_layer_spot:
+            spot = geo.spot_gev[layers]
+        if cfg.raw_visible_energy:
+            # Visible = f * deposit; its sampling variance f^2 spot E = (f spot) E_visible. The electronics
+            # noise is the same in every sensor: the calibrated noise of the section's reference layers
+            # times their f (so noise / MIP is unchanged there).
+            frac = geo.sampling_fraction[layers].astype(np.float32)
+            img *= frac
+            flat_idx, values = tracks
+            tracks = (flat_idx, values * frac[flat_idx % shape[2]])
+            spot = spot * geo.sampling_fraction[layers]
+            noise = noise * f_ref
         out[name] = _respond(img, tracks, calib, spot, noise, cfg.noise_threshold_sigma * noise, rng)
     out.update(compute_features(out["ECAL"], out["HCAL"]))
     return out
@@ -811,10 +857,19 @@ def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlkit" / "calodnn"
 
 
+#: Fields added after FORMAT_VERSION 1: at their defaults they do not enter :func:`dataset_key`, so datasets
+#: cached before they existed keep their key (their events are unchanged).
+_KEY_OPTIONAL_FIELDS = ("raw_visible_energy", "ecal_sampling_fraction_thin", "ecal_sampling_fraction_thick",
+                        "hcal_sampling_fraction", "ecal_thick_spot_gev")
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CaloSimConfig)}
+
+
 def dataset_key(config: CaloSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,
                 compression: str | None = None) -> str:
     """Hash naming a cached dataset: everything that changes its bytes."""
-    blob = json.dumps({"config": config.to_dict(), "seed": int(seed), "particles": list(particles),
+    cfg = {k: v for k, v in config.to_dict().items()
+           if not (k in _KEY_OPTIONAL_FIELDS and v == _FIELD_DEFAULTS[k])}
+    blob = json.dumps({"config": cfg, "seed": int(seed), "particles": list(particles),
                        "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
                        "compression": compression, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

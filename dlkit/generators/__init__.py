@@ -7,16 +7,23 @@ events straight into shared memory (``preadv`` scattering rows into their shuffl
 run the pre-process in parallel, and write the first pass into a cache that later epochs and later runs
 read instead (:mod:`dlkit.generators.cache`).
 
->>> from dlkit.generators import MultiClassGenerator, Select, make_samples_from_dirs, split_samples
->>> samples = make_samples_from_dirs("/data/LCD", {"ECAL": "ECAL", "HCAL": "HCAL", "energy": "energy"},
-...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])             # doctest: +SKIP
->>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)                  # doctest: +SKIP
->>> to_keras = Select(["ECAL", "HCAL"], "onehot")
->>> with MultiClassGenerator(train, 1024, postprocess=to_keras, cache=True) as tgen, \\
-...      MultiClassGenerator(val, 1024, postprocess=to_keras, cache=True) as vgen:      # doctest: +SKIP
-...     model.fit(tgen, validation_data=vgen, epochs=10)
->>> with MultiClassGenerator(test, 1024) as g:                                          # doctest: +SKIP
-...     data = g.read_all()          # {"ECAL", "HCAL", "energy", "class_index", "onehot"}
+>>> from dlkit.generators import (MultiClassGenerator, Normalize, Select, make_samples_from_dirs,
+...                               split_samples)
+>>> samples = make_samples_from_dirs("/data/LCD", ["ECAL", "HCAL", "energy"],
+...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])           # doctest: +SKIP
+>>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)                # doctest: +SKIP
+>>> norm = Normalize({"ECAL": 480.4, "HCAL": 1235.5})   # runs in the readers, result cached
+>>> to_keras = Select(["ECAL", "HCAL"], "onehot")        # runs in the consumer
+>>> with MultiClassGenerator(train, 1024, preprocess=norm, postprocess=to_keras, cache=True) as tgen, \
+...         MultiClassGenerator(val, 1024, preprocess=norm, postprocess=to_keras, cache=True) as vgen:
+...     model.fit(tgen, validation_data=vgen, epochs=10)                                 # doctest: +SKIP
+>>> with MultiClassGenerator(test, 1024, preprocess=norm) as g:                         # doctest: +SKIP
+...     data = g.read_all()          # ECAL, HCAL, energy, class_index, onehot: every test event
+
+Main pieces: :class:`SampleSpec`, :func:`make_samples_from_dirs`, :func:`make_samples_from_globs`,
+:func:`split_samples`, :class:`EnergyCut` (samples); :class:`MultiClassGenerator`, :class:`Select`
+(generator); :class:`Normalize`, :class:`Chain` (pre-processes); :func:`read_cache` (cache files);
+:class:`DataError`, :class:`WorkerDiedError`, :class:`GeneratorTimeoutError`, :class:`GeneratorError`.
 
 Only this package's light modules load eagerly; :class:`MultiClassGenerator` (which imports Keras) loads
 on first use, and reader processes never import Keras or TensorFlow.
@@ -37,6 +44,8 @@ _LAZY = {
     "split_samples": "dlkit.generators.samples",
     "count_events": "dlkit.generators.samples",
     "EnergyCut": "dlkit.generators.samples",
+    "Normalize": "dlkit.generators.preprocess",
+    "Chain": "dlkit.generators.preprocess",
     "read_cache": "dlkit.generators.cache",
     "default_cache_dir": "dlkit.generators.cache",
     "callable_identity": "dlkit.generators.cache",

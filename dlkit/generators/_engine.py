@@ -3,7 +3,7 @@
 No Keras here; :mod:`dlkit.generators.generator` wraps this in a ``keras.utils.PyDataset``.
 
 Flow control: the engine hands a reader a task only when a slot is free, so memory is bounded by the
-slots (``n_workers * queue_depth + 2``). A served batch's slot is reused only after the consumer has
+slots (``n_workers * queue_depth + 3``). A served batch's slot is reused only after the consumer has
 asked for a later batch *and* nothing references the batch's arrays any more (a weak reference to the
 memoryview under the arrays): TensorFlow wraps 64-byte-aligned numpy arrays without copying, so a batch
 sitting in tf.data's prefetch buffer stays intact. If the consumer keeps batches, the ring grows to a
@@ -160,7 +160,7 @@ class Engine:
     """Runs the readers and serves batches by stream index (epoch * n_batches + batch)."""
 
     def __init__(self, *, entries, inputs, outputs, slot_arrays, planner, preprocess, n_workers, queue_depth,
-                 start_method, timeout, cache_dir, cache_key, preload, seed, meta):
+                 start_method, timeout, cache_dir, cache_key, preload, seed, meta, nice=0):
         self.entries = entries
         self.inputs = inputs
         self.outputs = outputs
@@ -175,6 +175,7 @@ class Engine:
         self.preload = bool(preload)
         self.seed = int(seed)
         self.meta = meta
+        self.nice = int(nice or 0)
         self.slot_layout = BlockLayout.build(slot_arrays, planner.batch_size)
         self.n_canonical = planner.n_canonical
         self.res = _Resources()
@@ -182,7 +183,8 @@ class Engine:
         self.failed: BaseException | None = None
         self.workers: list[_WorkerHandle] = []
         self.slots: list[_Slot] = []
-        self.base_slots = self.n_workers * self.queue_depth + 2
+        # readers' queues, the batch being served, and up to two held by tf.data's prefetch (zero-copy)
+        self.base_slots = self.n_workers * self.queue_depth + 3
         self.max_slots = max(2 * self.base_slots, self.base_slots + 8)
         self.inflight: dict[int, _Task] = {}
         self.ready: dict[int, _Slot] = {}
@@ -236,7 +238,7 @@ class Engine:
                    if any(o.name == a.name and o.dtype == a.dtype and tuple(o.shape) == tuple(a.shape)
                           for o in self.outputs)]
         cfg = {"entries": self.entries, "inputs": self.inputs, "outputs": self.outputs, "inplace": inplace,
-               "preprocess": self.preprocess, "n_classes": self.planner.n_classes}
+               "preprocess": self.preprocess, "n_classes": self.planner.n_classes, "nice": self.nice}
         try:
             cfg_bytes = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -257,7 +259,7 @@ class Engine:
         pending = {w.index for w in self.workers}
         deadline = time.monotonic() + max(120.0, self.timeout)
         while pending:
-            self._poll(min(1.0, max(0.0, deadline - time.monotonic())), expect="ready", pending=pending)
+            self._poll(min(1.0, max(0.0, deadline - time.monotonic())), pending=pending)
             if time.monotonic() > deadline and pending:
                 raise GeneratorTimeoutError(f"reader processes {sorted(pending)} did not start within "
                                             f"{max(120.0, self.timeout):.0f} s")
@@ -365,17 +367,28 @@ class Engine:
             return "disk"
         return "source"
 
-    def _write_mask(self, runs) -> np.ndarray | None:
-        """Which runs this task writes to the cache(s): those no earlier task has taken."""
+    def _write_runs(self, runs):
+        """``(runs, mask)``: the runs, split where the cache already has (or is getting) the events, and which
+        of them this task writes; those are marked as taken. ``mask`` is None when nothing is written."""
         if not self.building or len(runs) == 0:
-            return None
+            return runs, None
         g = self.planner.canonical_start(runs)
-        mask = np.zeros(len(runs), dtype=bool)
-        for i, (a, c) in enumerate(zip(g.tolist(), runs[:, 2].tolist())):
-            if not self.planned[a:a + c].any():
-                self.planned[a:a + c] = True
-                mask[i] = True
-        return mask if mask.any() else None
+        out, mask = [], []
+        for (e, p, c, o), a in zip(runs.tolist(), g.tolist()):
+            seg = self.planned[a:a + c]
+            if not seg.any() or seg.all():
+                out.append((e, p, c, o))
+                mask.append(not seg.any())
+                continue
+            bounds = [0, *(np.flatnonzero(np.diff(seg.astype(np.int8))) + 1).tolist(), c]
+            for x, y in zip(bounds[:-1], bounds[1:]):
+                out.append((e, p + x, y - x, o + x))
+                mask.append(not seg[x])
+        runs = np.asarray(out, dtype=np.int64).reshape(-1, 4)
+        mask = np.asarray(mask, dtype=bool)
+        for a, c in zip(self.planner.canonical_start(runs[mask]).tolist(), runs[mask, 2].tolist()):
+            self.planned[a:a + c] = True
+        return runs, (mask if mask.any() else None)
 
     def _written(self, n: int):
         if n <= 0:
@@ -418,7 +431,7 @@ class Engine:
         if self.fills:
             logger.debug("%d tasks to complete the cache with events unused in the first epoch", len(self.fills))
 
-    def _fill_spec(self, pieces, i):
+    def _fill_spec(self, pieces):
         runs, off = [], 0
         for a, z in pieces:
             r = self.planner.canonical_runs(a, z)
@@ -497,8 +510,8 @@ class Engine:
                 self._generate_fills()
             if self.fills and (s is None or s >= nb):
                 pieces = self.fills.popleft()
-                runs, n = self._fill_spec(pieces, 0)
-                write = self._write_mask(runs)
+                runs, n = self._fill_spec(pieces)
+                runs, write = self._write_runs(runs)
                 if write is None:
                     continue
                 task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
@@ -512,7 +525,9 @@ class Engine:
             epoch, b = divmod(s, nb)
             runs = self._plan(epoch).batch_runs(b)
             src = self._source()
-            write = self._write_mask(runs) if src == "source" and epoch == 0 else None
+            write = None
+            if src == "source" and epoch == 0:
+                runs, write = self._write_runs(runs)
             written = 0 if write is None else int(runs[write, 2].sum())
             task = _Task("stream", stream=s, slot=slot, written=written, desc=f"epoch {epoch} batch {b}")
             slot.state, slot.stream = BUSY, s
@@ -538,7 +553,7 @@ class Engine:
         msg = f"reader process {w.index} (pid {w.pid}) {how}" + (f" while working on {', '.join(doing)}" if doing else "")
         self._fail(WorkerDiedError(msg))
 
-    def _handle(self, w: _WorkerHandle, msg, expect=None, pending=None):
+    def _handle(self, w: _WorkerHandle, msg, pending=None):
         kind = msg[0]
         if kind == "done":
             self.last_progress = time.monotonic()
@@ -587,7 +602,7 @@ class Engine:
             exc.worker_traceback = msg[1].get("traceback")
             self._fail(exc)
 
-    def _poll(self, timeout, expect=None, pending=None):
+    def _poll(self, timeout, pending=None):
         by_conn = {w.conn: w for w in self.workers}
         by_sentinel = {w.proc.sentinel: w for w in self.workers}
         try:
@@ -603,7 +618,7 @@ class Engine:
                         msg = w.conn.recv()
                     except (EOFError, OSError):
                         self._dead(w)
-                    self._handle(w, msg, expect, pending)
+                    self._handle(w, msg, pending)
                     try:
                         if not w.conn.poll():
                             break
@@ -615,7 +630,7 @@ class Engine:
                 # drain what it said before dying (e.g. an error report), then report the death
                 try:
                     while w.conn.poll():
-                        self._handle(w, w.conn.recv(), expect, pending)
+                        self._handle(w, w.conn.recv(), pending)
                 except (EOFError, OSError):
                     pass
                 self._dead(w)
@@ -636,12 +651,12 @@ class Engine:
             return
         if len(self.slots) < self.max_slots:
             if not self._grow_warned:
-                logger.warning("all %d batch slots are still referenced by earlier batches; adding slots "
-                               "(keep copies, np.array(batch), if you store batches)", len(self.slots))
+                logger.info("all %d batch slots are still referenced by earlier batches (tf.data prefetch, or "
+                            "batches kept by the caller); adding slots, at most %d", len(self.slots), self.max_slots)
                 self._grow_warned = True
             self._add_slot()
             return
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 2.0  # TensorFlow releases aliased arrays with a short delay
         while time.monotonic() < deadline:
             time.sleep(0.01)
             self._reclaim()
@@ -713,7 +728,9 @@ class Engine:
         src = self._source()
         B = self.planner.batch_size
         for i, (row0, runs) in enumerate(self.planner.canonical_tasks(B)):
-            write = self._write_mask(runs) if src == "source" else None
+            write = None
+            if src == "source":
+                runs, write = self._write_runs(runs)
             written = 0 if write is None else int(runs[write, 2].sum())
             t = _Task("dest", group=group, written=written, desc=f"read_all rows {row0}..")
             self._groups[group] += 1
@@ -721,7 +738,8 @@ class Engine:
                                       "n": int(runs[:, 2].sum()), "perm": None, "write": write,
                                       "pseed": (self.seed, -1, i)}))
         self.last_progress = time.monotonic()
-        while self._groups[group] > 0:
+        # wait for our tasks, and for tasks still writing the cache (so that it can be complete now)
+        while self._groups[group] > 0 or any(t.written for t in self.inflight.values()):
             self._pump()
             self._wait_progress("read_all")
         del self._groups[group]

@@ -118,7 +118,6 @@ class Worker:
         self.entry_class = np.array([e.class_index for e in self.entries], np.int64)
         self.entry_weight = np.array([e.weight for e in self.entries], np.float32)
         self.entry_base = np.concatenate([[0], np.cumsum([e.n for e in self.entries])]).astype(np.int64)
-        self.in_paths = {a.name: None for a in self.inputs}
         self.segments: dict[str, _Segment] = {}
         self.fds: OrderedDict[str, int] = OrderedDict()
         self.h5: OrderedDict[str, object] = OrderedDict()
@@ -380,7 +379,7 @@ class Worker:
         for name, x in vals.items():
             d = dests[name]
             same = x.__array_interface__["data"][0] == d.__array_interface__["data"][0] and x.strides == d.strides
-            if not same and any(np.shares_memory(x, dests[o]) for o in dests if o != name):
+            if not same and any(np.may_share_memory(x, dests[o]) for o in dests if o != name):
                 vals[name] = x.copy()
         for name, x in vals.items():
             d = dests[name]
@@ -461,6 +460,8 @@ def worker_main(worker_id, conn, cfg_bytes):
     try:
         try:
             cfg = pickle.loads(cfg_bytes)
+            if cfg.get("nice"):
+                os.nice(int(cfg["nice"]))
             worker = Worker(worker_id, cfg)
         except BaseException as exc:  # e.g. the pre-process function cannot be unpickled here
             conn.send(("fatal", {"message": f"reader {worker_id} could not start: {type(exc).__name__}: {exc}",

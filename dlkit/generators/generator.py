@@ -1,13 +1,17 @@
 """MultiClassGenerator: DLKit's DLMultiClassGenerator as a ``keras.utils.PyDataset``.
 
->>> from dlkit.generators import MultiClassGenerator, Select, make_samples_from_dirs, split_samples
->>> samples = make_samples_from_dirs("/data/LCD", ["ECAL", "HCAL", "energy"])          # doctest: +SKIP
+>>> from dlkit.generators import (MultiClassGenerator, Normalize, Select, make_samples_from_dirs,
+...                               split_samples)
+>>> samples = make_samples_from_dirs("/data/LCD", ["ECAL", "HCAL", "energy"],
+...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])           # doctest: +SKIP
 >>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)                # doctest: +SKIP
->>> gen = MultiClassGenerator(train, 1024, preprocess=Normalize(480.4, 1235.5),
-...                           postprocess=Select(["ECAL", "HCAL"], "onehot"), cache=True)   # doctest: +SKIP
->>> with gen, MultiClassGenerator(val, 1024, postprocess=gen.postprocess) as vgen:        # doctest: +SKIP
-...     model.fit(gen, validation_data=vgen, epochs=10)
->>> data = MultiClassGenerator(test, 1024).read_all()      # every test event + labels  # doctest: +SKIP
+>>> norm = Normalize({"ECAL": 480.4, "HCAL": 1235.5})   # in the readers, before the cache
+>>> to_keras = Select(["ECAL", "HCAL"], "onehot")        # in the consumer: ((ECAL, HCAL), onehot)
+>>> with MultiClassGenerator(train, 1024, preprocess=norm, postprocess=to_keras, cache=True) as tgen, \
+...         MultiClassGenerator(val, 1024, preprocess=norm, postprocess=to_keras, cache=True) as vgen:
+...     model.fit(tgen, validation_data=vgen, epochs=10)                                 # doctest: +SKIP
+>>> with MultiClassGenerator(test, 1024, preprocess=norm) as g:                         # doctest: +SKIP
+...     data = g.read_all()          # ECAL, HCAL, energy, class_index, onehot: every test event
 
 Batches are dicts of numpy arrays (dataset arrays with their file dtypes, plus ``class_index`` (int32),
 ``onehot`` (float32), ``weight`` if any entry has one, ``_entry``/``_event`` with ``provenance=True``),
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import weakref
 from collections.abc import Mapping
@@ -232,6 +237,9 @@ class MultiClassGenerator:
         does not show).
     preload : keep every selected, pre-processed event in RAM after the first pass (DLKit's --preload).
     start_method : ``"spawn"`` (default, safe with TensorFlow loaded), ``"forkserver"`` or ``"fork"``.
+    nice : CPU priority offset of the readers (default 19, the lowest): they use the cycles the training
+        process leaves idle instead of pre-empting its threads, which made CPU training ~10 % faster
+        (BENCHMARKS.md); pass 0 when the readers must compete equally with other busy processes.
     timeout : seconds without any reader progress before raising.
     """
 
@@ -240,7 +248,7 @@ class MultiClassGenerator:
                  shuffle: bool = True, seed: int = 0, chunk_size: int = 256, shuffle_window: int | None = None,
                  last_batch: str = "keep", max_events: int | None = None, preprocess=None, postprocess=None,
                  n_workers: int | None = None, queue_depth: int = 2, cache=False, cache_tag: str | None = None,
-                 preload: bool = False, start_method: str = "spawn", timeout: float = 300.0):
+                 preload: bool = False, start_method: str = "spawn", nice: int = 19, timeout: float = 300.0):
         import keras
 
         keras.utils.PyDataset.__init__(self, workers=1, use_multiprocessing=False)
@@ -250,6 +258,13 @@ class MultiClassGenerator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if start_method not in ("spawn", "forkserver", "fork"):
             raise ValueError(f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}")
+        if preprocess is not None:
+            try:
+                pickle.dumps(preprocess)
+            except Exception as exc:
+                raise TypeError(f"preprocess {preprocess!r} must be picklable to run in the reader processes: define "
+                                "it at module level (in a module that does not import Keras), or use "
+                                f"functools.partial or a callable class ({exc})") from None
         self.samples = as_samples(samples)
         self.batch_size = int(batch_size)
         self.preprocess = preprocess
@@ -298,7 +313,8 @@ class MultiClassGenerator:
                               slot_arrays=list(self._outputs) + labels, planner=self._planner, preprocess=preprocess,
                               n_workers=default_workers() if n_workers is None else n_workers,
                               queue_depth=queue_depth, start_method=start_method, timeout=timeout,
-                              cache_dir=self.cache_dir, cache_key=key, preload=preload, seed=self.seed, meta=meta)
+                              cache_dir=self.cache_dir, cache_key=key, preload=preload, seed=self.seed, meta=meta,
+                              nice=nice)
         self._finalizer = weakref.finalize(self, self._engine.res.cleanup)
         self._pos = 0
         self._in_epoch = False

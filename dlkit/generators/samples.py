@@ -193,7 +193,7 @@ def make_samples_from_globs(patterns, keys, *, class_from_path: Callable[[str], 
     for name, files in groups.items():
         for f in files:
             out.append(SampleSpec(f, keys, name, rate=pick(rate, name), weight=pick(weight, name),
-                                  filter=pick(filter, name) if isinstance(filter, Mapping) else filter))
+                                  filter=pick(filter, name)))
     return out
 
 

@@ -1,0 +1,263 @@
+"""Regenerate the two tables of the calorimetry paper on calodnn's simulated data, plus MSRE vs MRSE.
+
+Belayneh et al., "Calorimetry with deep learning", EPJC 80 (2020) 688 (numbers quoted in seed 003):
+
+1. classification, gamma vs pi0 and e vs pi+-: accuracy, AUC, signal-efficiency gain and background-rejection
+   gain over the BDT, for a BDT on the scalar features, a DNN on the same features and a DNN on the cells
+   (:mod:`calodnn.baselines`);
+2. energy resolution sigma/E = a/sqrt(E) (+) b/E (+) c per particle for the simple linear calibration (sum
+   of the cells times a fitted scale) and the learned calibrations (:mod:`calodnn.calibration`), on the
+   raw-visible-energy regression dataset (:data:`calodnn.regression.REGRESSION_SIM_CONFIG`);
+3. seed 001's loss study: the mean bias of the reconstructed energy trained with MSE, MSRE and MRSE.
+
+Everything is trained here, small and on the CPU (a few minutes on 2 cores), from the cached simulated
+datasets (made on first use under $DLKIT_DATA/calodnn or ~/.cache/dlkit/calodnn)::
+
+    python bench/paper_tables.py                                  # writes bench/results/paper_tables.md
+    python bench/paper_tables.py --events-per-class 2000 --out /tmp/tables.md     # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+log = logging.getLogger("paper_tables")
+
+PAPER_CLASSIFICATION = {  # (acc, AUC, d_eff_sig, R ratio) in %, %, %, x
+    "GammaPi0": {"BDT": (83.1, 89.8, None, None), "FeatureDNN": (82.8, 90.2, 0.9, 0.95),
+                 "CellDNN": (87.2, 93.5, 9.4, 1.63)},
+    "EPi": {"BDT": (93.8, 98.0, None, None), "FeatureDNN": (93.6, 98.0, -0.1, 0.95),
+            "CellDNN": (99.4, 99.9, 4.9, 151)},
+}
+PAPER_RESOLUTION = {  # a, b, c "in their units"
+    "Linear": {"Gamma": (55.5, 1.85, 1245), "Ele": (42.3, 1.51, 1037), "Pi0": (55.3, 1.71, 1222),
+               "ChPi": (442, 25, 11706)},
+    "CNN": {"Gamma": (18.3, 0.75, 131), "Ele": (18.7, 0.574, 111), "Pi0": (19.3, 0.45, 231),
+            "ChPi": (114, 1.02, 893)},
+}
+PARTICLE_NAMES = {"Gamma": "Photons", "Ele": "Electrons", "Pi0": "Neutral pions", "ChPi": "Charged pions"}
+MODEL_NAMES = {"BDT": "BDT", "FeatureDNN": "DNN (features)", "CellDNN": "DNN (cells)"}
+REGRESSION_MODELS = ("Linear", "PerChannel", "LayerMLP", "Dense")
+REGRESSION_LABELS = {"Linear": "simple linear (sum x scale)", "PerChannel": "per-channel (CALICE)",
+                     "LayerMLP": "layer-sum MLP (BHCal)", "Dense": "DNN on cells"}
+BIAS_PARTICLES = ("Ele", "ChPi")
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import keras
+    import sklearn
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{platform.node()}: {cpu}, {cores} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+            f"keras {keras.__version__} ({keras.backend.backend()}), scikit-learn {sklearn.__version__}")
+
+
+# ------------------------------------------------------------------------------------------------ classification
+
+def classification(data_dir, events_per_class: int, seed: int, cell_epochs: int):
+    from calodnn.baselines import load_task, run_task
+
+    tables, seconds, n_test = {}, {}, {}
+    for task in ("GammaPi0", "EPi"):
+        t0 = time.perf_counter()
+        splits = load_task(data_dir, task, events_per_class, seed=seed)
+        n_test[task] = len(splits["test"])
+        table, _, secs = run_task(splits, epochs=40, cell_epochs=cell_epochs, seed=seed)
+        tables[task], seconds[task] = table, secs
+        log.info("%s done in %.0f s: %s", task, time.perf_counter() - t0, table.round(4).to_dict("index"))
+        del splits
+    return tables, seconds, n_test
+
+
+def classification_markdown(tables, n_test) -> str:
+    rows = []
+    for model in ("BDT", "FeatureDNN", "CellDNN"):
+        row = [MODEL_NAMES[model]]
+        for task in ("GammaPi0", "EPi"):
+            t = tables[task].loc[model]
+            p = PAPER_CLASSIFICATION[task][model]
+            deps = "-" if not np.isfinite(t.d_eff_sig) else f"{100 * t.d_eff_sig:+.1f}%"
+            dr = "-" if not np.isfinite(t.r_bkg_ratio) else (">" if t.r_bkg_lower_bound else "") + f"{t.r_bkg_ratio:.3g}"
+            row += [f"{100 * t.accuracy:.1f}% ({p[0]}%)", f"{100 * t.auc:.1f}% ({p[1]}%)",
+                    f"{deps} ({'-' if p[2] is None else f'{p[2]}%'})", f"{dr} ({'-' if p[3] is None else p[3]})"]
+        rows.append(row)
+    headers = ["model", "γ/π0 acc.", "γ/π0 AUC", "γ/π0 Δε_sig", "γ/π0 ΔR_bkg",
+               "e/π acc.", "e/π AUC", "e/π Δε_sig", "e/π ΔR_bkg"]
+    return (tabulate(rows, headers=headers, tablefmt="github")
+            + f"\n\nTest events: γ/π0 {n_test['GammaPi0']}, e/π {n_test['EPi']} (half signal).")
+
+
+# ------------------------------------------------------------------------------------------------ regression
+
+def _normalized(split):
+    return (split["ECAL"] / np.float32(3.53), split["HCAL"] / np.float32(2.7))
+
+
+def train_regressor(model_name, train, val, loss="MRSE", epochs=25, seed=0):
+    import keras
+
+    from calodnn.calibration import build_regressor, n_outputs
+    from dlkit.losses import get_loss
+
+    keras.utils.set_random_seed(seed)
+    x, xv = _normalized(train), _normalized(val)
+    model = build_regressor({"ECAL": x[0].shape[1:], "HCAL": x[1].shape[1:]}, Model=model_name, Width=64, Depth=2,
+                            n_out=n_outputs(loss))
+    lr = 0.01 if model_name == "PerChannel" else 1e-3  # one weight per cell moves by ~lr per step with Adam
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=get_loss(loss))
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
+    model.fit(x, train["energy"], validation_data=(xv, val["energy"]), epochs=epochs, batch_size=128,
+              callbacks=[stop], verbose=0)
+    return model
+
+
+def regression(data_dir, events_per_class: int, seed: int, edges):
+    from calodnn.calibration import fit_linear_scale
+    from calodnn.data import read_splits
+    from calodnn.regression import predict_energy
+    from dlkit.analysis import RegressionAnalysis
+
+    results, tables, bias, seconds = {}, {}, {}, {}
+    for particle in ("Gamma", "Ele", "Pi0", "ChPi"):
+        splits = read_splits(data_dir, [particle], ["ECAL", "HCAL", "energy"], (0.6, 0.1, 0.3), seed, events_per_class)
+        train, val, test = splits["train"], splits["validation"], splits["test"]
+        e_test = test["energy"].astype(float)
+        preds = {}
+        t0 = time.perf_counter()
+        cell_sum = lambda s: sum(a.reshape(len(a), -1).sum(axis=1, dtype=np.float64) for a in _normalized(s))  # noqa: E731
+        k = fit_linear_scale(cell_sum(train), train["energy"], "MSE")
+        preds["Linear"] = k * cell_sum(test)
+        seconds[(particle, "Linear")] = time.perf_counter() - t0
+        for name in REGRESSION_MODELS[1:]:
+            t0 = time.perf_counter()
+            model = train_regressor(name, train, val, "MRSE", seed=seed)
+            preds[name] = predict_energy(model, _normalized(test))[0]
+            seconds[(particle, name)] = time.perf_counter() - t0
+            if name == "Dense" and particle in BIAS_PARTICLES:
+                bias[(particle, "MRSE")] = preds[name]
+                for loss in ("MSE", "MSRE"):
+                    t0 = time.perf_counter()
+                    m = train_regressor("Dense", train, val, loss, seed=seed)
+                    bias[(particle, loss)] = predict_energy(m, _normalized(test))[0]
+                    seconds[(particle, f"Dense-{loss}")] = time.perf_counter() - t0
+        for name, pred in preds.items():
+            table, md = RegressionAnalysis(e_test, pred, edges)
+            tables[(particle, name)] = table
+            results[(particle, name)] = md
+        for key in [k for k in bias if k[0] == particle]:
+            bias[key] = (e_test, bias[key])
+        log.info("%s: %s", particle, {n: round(results[(particle, n)]["Resolution_c"], 4) for n in preds})
+        del splits, train, val, test
+    return results, tables, bias, seconds
+
+
+def resolution_markdown(results, tables) -> str:
+    rows = []
+    for name in REGRESSION_MODELS:
+        for particle in ("Gamma", "Ele", "Pi0", "ChPi"):
+            md = results[(particle, name)]
+            t = tables[(particle, name)]
+            paper = PAPER_RESOLUTION["Linear" if name == "Linear" else "CNN"][particle] if name in ("Linear", "Dense") \
+                else None
+            at = {int(round(c)): r for c, r in zip(t.index, t.resolution)}
+            rows.append([REGRESSION_LABELS[name], PARTICLE_NAMES[particle],
+                         f"{100 * md['Resolution_a']:.1f}", f"{md['Resolution_b']:.2f}", f"{100 * md['Resolution_c']:.2f}",
+                         *(f"{100 * at[e]:.2f}" for e in (35, 135, 485)),
+                         f"{100 * md['MeanRelativeBias']:+.2f}",
+                         "" if paper is None else f"{paper[0]} / {paper[1]} / {paper[2]}"])
+    headers = ["calibration", "particle", "a [%·√GeV]", "b [GeV]", "c [%]", "σ/E@35 GeV [%]", "σ/E@135 [%]",
+               "σ/E@485 [%]", "mean (E_pred−E)/E [%]", "paper a / b / c (their units)"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def bias_markdown(bias) -> str:
+    from dlkit.analysis import resolution_vs_energy
+
+    rows = []
+    for particle in BIAS_PARTICLES:
+        for loss in ("MSE", "MSRE", "MRSE"):
+            e, pred = bias[(particle, loss)]
+            table = resolution_vs_energy(e, pred, np.linspace(10, 510, 11))
+            rel = (pred - e) / e
+            rows.append([PARTICLE_NAMES[particle], loss, f"{np.mean(pred - e):+.2f}", f"{100 * np.mean(rel):+.2f}",
+                         f"{100 * (np.median(pred / e) - 1):+.2f}", f"{100 * (table.response.iloc[0] - 1):+.2f}",
+                         f"{100 * (table.response.mean() - 1):+.2f}"])
+    headers = ["particle", "loss", "mean E_pred−E [GeV]", "mean (E_pred−E)/E [%]", "median E_pred/E − 1 [%]",
+               "response−1 @35 GeV [%]", "response−1, mean of bins [%]"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events-per-class", type=int, default=8000,
+                        help="simulated events per particle of each dataset (default %(default)s)")
+    parser.add_argument("--cell-epochs", type=int, default=20, help="epochs of the cell classifier")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "paper_tables.md"))
+    parser.add_argument("--skip", choices=("classification", "regression"), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("dlkit.analysis.regression", "calodnn.simulate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from calodnn.regression import REGRESSION_SIM_CONFIG
+    from calodnn.simulate import CaloSimConfig, default_dataset
+
+    t_start = time.perf_counter()
+    n = args.events_per_class
+    sections = [f"# The paper's tables on calodnn's simulated data\n\nGenerated by `python bench/paper_tables.py"
+                f"{'' if n == 8000 else f' --events-per-class {n}'}` on "
+                f"{datetime.date.today().isoformat()}.\nMachine: {machine()}.\n"]
+    secs_all = {}
+    if args.skip != "classification":
+        cls_dir = default_dataset(events_per_class=n, progress=False)
+        tables, secs, n_test = classification(cls_dir, n, args.seed, args.cell_epochs)
+        secs_all.update({f"{task} {m}": s for task, d in secs.items() for m, s in d.items()})
+        sections.append("## Table 1: classification (ours, paper in brackets)\n\n"
+                        + classification_markdown(tables, n_test))
+    if args.skip != "regression":
+        reg_dir = default_dataset(events_per_class=n, config=CaloSimConfig(**REGRESSION_SIM_CONFIG), progress=False)
+        results, rtables, bias, secs = regression(reg_dir, n, args.seed, np.linspace(10, 510, 11))
+        secs_all.update({f"{p} {m}": s for (p, m), s in secs.items()})
+        sections.append("## Table 2: energy resolution σ/E = a/√E ⊕ b/E ⊕ c (ours; paper: linear vs CNN)\n\n"
+                        + resolution_markdown(results, rtables))
+        sections.append("## MSRE vs MRSE (seed 001): bias of the reconstructed energy, DNN on cells\n\n"
+                        + bias_markdown(bias))
+    total = time.perf_counter() - t_start
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in secs_all.items())
+    sections.append(f"Total {total:.0f} s (training: {timing}).")
+    text = "\n\n".join(sections) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

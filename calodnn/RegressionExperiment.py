@@ -1,0 +1,155 @@
+"""Energy regression in the LCD calorimeter from ECAL and HCAL cells, per particle type or mixed.
+
+    python -m calodnn.RegressionExperiment -s 5                      # scan point 5 of the default config
+    python -m calodnn.RegressionExperiment --Test                    # a quick check: few events, 2 epochs
+    python -m calodnn.RegressionExperiment --set 'Particles=["Gamma"]' --set loss=GaussianNLL
+    python -m calodnn.RegressionExperiment --set Model=Linear        # the "simple calibration" baseline
+    python -m calodnn.RegressionExperiment -C my_scan.py -s 3 --data /data/LCD/V2/MLDataset --set ECALNorm=100
+
+Models (config ``Model``): ``Linear`` (sum of cells x fitted scale), ``PerChannel`` (CALICE: one weight per
+cell), ``LayerMLP`` (BHCal: MLP on per-layer sums), ``Dense`` (DNN on the cells, default), ``CNN``. The loss
+is named by config ``loss``: MSE, MAE, MSRE, MRSE, GaussianNLL (2 outputs: mu and log sigma^2), ResolutionChi2
+or any Keras loss. With no data configured the first run simulates the regression dataset (raw visible
+energies, see :mod:`calodnn.regression`) into the cache. The analysis fits sigma/E = a/sqrt(E) (+) b/E (+) c
+per particle and stores ``<Particle>_Resolution_a`` ... in the metadata (``python -m dlkit.ScanAnalysis``).
+Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
+
+from calodnn.ClassificationExperiment import training_callbacks
+from calodnn.configs import CONFIG_DIR
+from calodnn.regression import REGRESSION_SIM_CONFIG
+
+log = logging.getLogger("calodnn.RegressionExperiment")
+
+DEFAULT_CONFIG = CONFIG_DIR / "Regression.py"
+
+#: Every valid config entry with its default; config files, flags and scan points override these.
+DEFAULTS = {
+    # data
+    "DataDir": None,            # one sub-directory per particle; None: the simulated regression dataset
+    "Particles": ["Ele", "Gamma", "Pi0", "ChPi"],  # trained together (mixed); analysed one by one
+    "MaxEvents": 0,             # events used in total (all particles); 0: all
+    "ValidationFraction": 0.1,
+    "TestFraction": 0.2,
+    "SimEventsPerClass": 5000,  # size of the simulated default dataset
+    "SimConfig": dict(REGRESSION_SIM_CONFIG),  # CaloSimConfig overrides of the simulated dataset
+    "ECAL": True,
+    "HCAL": True,
+    "ECALNorm": 3.53,           # cells / norm: visible GeV / (thin-layer sampling fraction x EnergyScale)
+    "HCALNorm": 2.7,            # (linear norms keep calibrations linear; for calibrated data use EnergyScale)
+    "EnergyScale": 100.0,       # the network works in units of this many GeV
+    "Augment": False,           # flips and rotations in the readers: true (all 8), "flips" or "rotations"
+    "Premix": True,
+    "Preload": False,
+    "Cache": True,
+    "Workers": 0,               # reader processes; 0: from the CPU count
+    "Seed": 0,
+    # model
+    "Model": "Dense",           # Linear, PerChannel, LayerMLP, Dense or CNN (calodnn.calibration)
+    "Width": 64,
+    "Depth": 2,
+    "activation": "relu",
+    "Dropout": 0.0,
+    "BatchNormalization": False,
+    "WeightInitialization": "glorot_uniform",
+    "CNNFilters": 8,
+    # training
+    "loss": "MRSE",
+    "optimizer": "Adam",
+    "lr": 0.001,
+    "decay": 0.0,
+    "momentum": 0.0,
+    "Epochs": 10,
+    "BatchSize": 128,
+    "RunningTime": None,
+    "LoadPreviousModel": False,
+    "EarlyStopping": False,
+    "EarlyStopping_patience": 3,
+    "EarlyStopping_min_delta": 0.0,
+    "monitor": "val_loss",
+    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
+    "OutputBase": "TrainedModels",
+    # analysis
+    "EnergyBins": [10.0, 510.0, 10],
+}
+TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float),
+         "Augment": (bool, str)}
+#: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
+FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
+             "LoadPrevious": "LoadPreviousModel"}
+
+
+def make_wrapper(name, data, **kwargs):
+    from calodnn.calibration import CaloRegressor
+
+    return CaloRegressor(name, data.input_shapes, **kwargs)
+
+
+def check_config(config):
+    """Entries a type check cannot validate, before any data is made or read."""
+    from calodnn.calibration import REGRESSION_MODELS
+    from dlkit.config import ConfigError
+    from dlkit.losses import get_loss
+
+    if config["Model"] not in REGRESSION_MODELS:
+        raise ConfigError(f"config entry 'Model' = {config['Model']!r}; expected one of {REGRESSION_MODELS}")
+    try:
+        get_loss(config["loss"])
+    except ValueError as exc:
+        raise ConfigError(f"config entry 'loss': {exc}") from None
+    if config["Augment"] not in (False, True, "flips", "rotations"):
+        raise ConfigError(f"config entry 'Augment' = {config['Augment']!r}; expected false, true, 'flips' or "
+                          "'rotations'")
+
+
+def compile_model(wrapper):
+    from dlkit.losses import get_metric
+
+    c = wrapper.Config
+    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
+    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
+    metrics = [] if wrapper.Model.outputs[0].shape[-1] == 2 else [get_metric("MBE")]
+    wrapper.Compile(Loss=c["loss"], Metrics=metrics)
+
+
+def run(argv=None) -> int:
+    """The experiment, step by step; returns the exit code."""
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    configure_device(args)
+    setup = resolve_run(args, DEFAULTS, prefix="CaloReg", test_overrides=TEST_OVERRIDES, types=TYPES,
+                        flag_keys=FLAG_KEYS)
+    args.LoadPrevious = setup.config["LoadPreviousModel"]
+    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+
+    check_config(setup.config)
+    from calodnn.regression import regression_analysis, regression_summary, setup_regression_data
+
+    with setup_regression_data(setup.config) as data:
+        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
+        if not args.NoTrain:
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+        if not args.NoAnalysis and not wrapper.Interrupted:
+            results = regression_analysis(wrapper, data, setup.config)
+            wrapper.MetaData.update(results.metadata)
+            results.save(wrapper.OutDir)
+            if args.NoTrain:
+                wrapper.Save()
+        code = finish(wrapper)
+    print(regression_summary(wrapper))
+    return code
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

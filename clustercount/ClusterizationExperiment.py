@@ -1,0 +1,124 @@
+"""Clusterization of drift-chamber waveforms: a 1D CNN counts the primary clusters from the detected peak times.
+
+    python -m clustercount.ClusterizationExperiment -s 0          # scan point 0 of the default config
+    python -m clustercount.ClusterizationExperiment --Test        # a quick check: few waveforms, 2 epochs
+    python -m clustercount.ClusterizationExperiment -C my_scan.py -s 3 --data /data/waveforms
+
+Step 2 of seed 004's two-step reconstruction. The derivative algorithm's peak times of each waveform,
+encoded as counts in 1024 time bins (shape (1024, 1)), are regressed to the true number of primary clusters
+(MAE by default) and compared with the derivative + time-proximity baseline: the spread of
+``N_pred - N_true`` (``NclResidualRMS`` vs ``BaselineResidualRMS`` and ``BaselineCalibratedRMS``). Then, with
+``PID`` on, the pi/K separation power of dN/dx from the trained counter against dE/dx over tracks of
+``PIDCells`` cells, vs momentum (``PID_RatioMean``; :mod:`clustercount.pid`).
+
+With no data configured the first run simulates the default waveform dataset into the cache
+(``$DLKIT_DATA/clustercount`` or ``~/.cache/dlkit/clustercount``) and derives the peak-time inputs from it.
+Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
+
+from clustercount.common import DATA_DEFAULTS, FLAG_KEYS, TRAINING_DEFAULTS, TYPES, compile_model, training_callbacks
+from clustercount.configs import CONFIG_DIR
+
+log = logging.getLogger("clustercount.ClusterizationExperiment")
+
+DEFAULT_CONFIG = CONFIG_DIR / "CNN_Clusterization.py"
+
+#: Every valid config entry with its default; config files, flags and scan points override these.
+DEFAULTS = {
+    **DATA_DEFAULTS,
+    "TimeBins": 1024,           # time bins of the peak-time encoding over the window
+    "PeakModel": None,          # a trained PeakFindingExperiment model directory: encode its peaks (the
+                                # two-step pipeline); None: the derivative algorithm's peaks
+    "PeakThreshold": None,      # its score cut; None: its ThresholdAtDerivFake (the derivative's fake rate)
+    # model (and "Neurons", "activation", "Dropout" below)
+    "Filters": 16,
+    "KernelSize": 5,
+    "ConvLayers": 3,
+    "Pooling": "flatten",       # "flatten" (keeps drift-time positions) or "average"
+    # training
+    **TRAINING_DEFAULTS,
+    "Neurons": 64,
+    "loss": "mae",
+    "optimizer": "RMSprop",
+    "Epochs": 30,
+    # particle identification (clustercount.pid)
+    "PID": True,
+    "PIDMomenta": [4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+    "PIDParticles": ["pi", "K"],
+    "PIDTracks": 100,
+    "PIDCells": 100,
+    "PIDSeed": 1,
+}
+#: --Test: a small simulated dataset, 2 epochs, a small PID study, output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimWaveforms": 4000, "Epochs": 2, "PIDMomenta": [5.0, 20.0], "PIDTracks": 20, "PIDCells": 50}
+#: Results shown in the summary (and worth a ScanAnalysis column).
+RESULT_KEYS = ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "BaselineCalibratedRMS", "BaselineGapNs",
+               "NclSpreadRatio", "MeanTrueNcl", "MeanPredictedNcl", "MeanDetectedPeaks", "PID_RatioMean",
+               "PID_RatioMin", "PID_TruthRatioMean", "PID_BaselineRatioMean")
+
+
+def make_wrapper(name, data, **kwargs):
+    from clustercount.data import input_shape
+    from clustercount.models import ClusterCounterModel
+
+    return ClusterCounterModel(name, input_shape(data.train, "times"), **kwargs)
+
+
+def pid_analysis(wrapper, config, baseline_gap_ns, scorer=None):
+    """The PID study of :mod:`clustercount.pid` with this run's counter, peak finder and simulation settings."""
+    from clustercount.data import DerivationOptions
+    from clustercount.pid import PIDOptions, pid_dataset, pid_study
+    from clustercount.simulate import DriftSimConfig
+
+    options = PIDOptions.from_config(config)
+    sim = DriftSimConfig.from_dict(config["SimConfig"] or {})
+    samples = pid_dataset(sim, options, DerivationOptions.from_config(config), scorer=scorer)
+    return pid_study(samples, options, lambda x: wrapper.Model.predict(x, batch_size=2048, verbose=0),
+                     baseline_gap_ns, title=wrapper.Name)
+
+
+def run(argv=None) -> int:
+    """The experiment, step by step; returns the exit code."""
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    configure_device(args)
+    setup = resolve_run(args, DEFAULTS, prefix="Clusterization", test_overrides=TEST_OVERRIDES,
+                        types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float)},
+                        flag_keys=FLAG_KEYS)
+    args.LoadPrevious = setup.config["LoadPreviousModel"]
+    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+
+    from clustercount.analysis import clusterization_analysis, summary_table
+    from clustercount.data import setup_cluster_data
+
+    with setup_cluster_data(setup.config) as data:
+        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
+                                lambda w: compile_model(w, ["mae", "mse"]))
+        if not args.NoTrain:
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+        if not args.NoAnalysis and not wrapper.Interrupted:
+            results = clusterization_analysis(wrapper, data, setup.config)
+            if setup.config["PID"]:
+                results = results.merge(pid_analysis(wrapper, setup.config, results.metadata["BaselineGapNs"],
+                                                          data.scorer))
+            wrapper.MetaData.update(results.metadata)
+            results.save(wrapper.OutDir)
+            if args.NoTrain:
+                wrapper.Save()
+        code = finish(wrapper)
+    print(summary_table(wrapper, RESULT_KEYS))
+    return code
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Peak finding in drift-chamber waveforms: an LSTM classifies candidate peaks as ionisation signal or noise.
+
+    python -m clustercount.PeakFindingExperiment -s 0          # scan point 0 of the default config
+    python -m clustercount.PeakFindingExperiment --Test        # a quick check: few waveforms, 2 epochs
+    python -m clustercount.PeakFindingExperiment -C my_scan.py -s 3 --data /data/waveforms
+
+Step 1 of seed 004's two-step reconstruction. Candidates are the local maxima of each waveform above
+``CandidateThreshold`` noise RMS (plus the derivative algorithm's peaks); the network sees 15 samples around
+each, shape (15, 1), and is compared with the derivative algorithm on the same candidates: ``Peak_AUC`` and
+the efficiency at the derivative's fake rate (``EffAtDerivFake`` vs ``DerivEfficiency``).
+
+With no data configured the first run simulates the default waveform dataset into the cache
+(``$DLKIT_DATA/clustercount`` or ``~/.cache/dlkit/clustercount``) and derives the candidate windows from it.
+Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
+
+from clustercount.common import DATA_DEFAULTS, FLAG_KEYS, TRAINING_DEFAULTS, TYPES, compile_model, training_callbacks
+from clustercount.configs import CONFIG_DIR
+
+log = logging.getLogger("clustercount.PeakFindingExperiment")
+
+DEFAULT_CONFIG = CONFIG_DIR / "LSTM_PeakFinding.py"
+
+#: Every valid config entry with its default; config files, flags and scan points override these.
+DEFAULTS = {
+    **DATA_DEFAULTS,
+    "MaxEvents": 500000,        # candidates used in total (~75 per waveform); 0: all
+    "CandidateThreshold": 2.0,  # local maxima above this many noise RMS are candidates
+    "WindowBefore": 7,          # samples before the candidate peak (window = 7 + 1 + 7 = 15)
+    "WindowAfter": 7,
+    "MatchTolerance": 2.0,      # samples between a candidate and a true pulse peak for "signal"
+    "WindowScale": 10.0,        # mV: windows are divided by it
+    # model (and "Neurons", "activation", "Dropout" below)
+    "LSTMLayers": 1,
+    "DenseLayers": 1,
+    # training
+    **TRAINING_DEFAULTS,
+    "loss": "binary_crossentropy",
+}
+#: --Test: a small simulated dataset, 60k candidates, 2 epochs, output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimWaveforms": 4000, "MaxEvents": 60000, "Epochs": 2}
+#: Results shown in the summary (and worth a ScanAnalysis column).
+RESULT_KEYS = ("Peak_AUC", "Primary_AUC", "Secondary_AUC", "DerivEfficiency", "DerivFakeRate", "EffAtDerivFake",
+               "FakeAtDerivEff", "Accuracy", "NTestCandidates")
+
+
+def make_wrapper(name, data, **kwargs):
+    from clustercount.data import input_shape
+    from clustercount.models import PeakFinderModel
+
+    return PeakFinderModel(name, input_shape(data.train, "window"), **kwargs)
+
+
+def run(argv=None) -> int:
+    """The experiment, step by step; returns the exit code."""
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    configure_device(args)
+    setup = resolve_run(args, DEFAULTS, prefix="PeakFinding", test_overrides=TEST_OVERRIDES, types=TYPES,
+                        flag_keys=FLAG_KEYS)
+    args.LoadPrevious = setup.config["LoadPreviousModel"]
+    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+
+    from clustercount.analysis import peak_finding_analysis, summary_table
+    from clustercount.data import setup_peak_data
+
+    with setup_peak_data(setup.config) as data:
+        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
+                                lambda w: compile_model(w, ["accuracy"]))
+        if not args.NoTrain:
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+        if not args.NoAnalysis and not wrapper.Interrupted:
+            results = peak_finding_analysis(wrapper, data, setup.config)
+            wrapper.MetaData.update(results.metadata)
+            results.save(wrapper.OutDir)
+            if args.NoTrain:
+                wrapper.Save()
+        code = finish(wrapper)
+    print(summary_table(wrapper, RESULT_KEYS))
+    return code
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

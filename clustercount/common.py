@@ -1,0 +1,110 @@
+"""What the two clustercount experiments share: config entries, compiling, callbacks, saving results.
+
+Kept Keras-free at import (Keras is imported inside the functions that need it), so the data modules and the
+analysis can import from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks",
+           "Results"]
+
+#: Data entries common to both experiments (their defaults; each experiment adds its own).
+DATA_DEFAULTS = {
+    "DataDir": None,            # directory of waveform files (clustercount.simulate layout); None: simulate
+    "SimWaveforms": 24000,      # size of the simulated default dataset
+    "SimSeed": 0,
+    "SimConfig": {},            # DriftSimConfig overrides for the simulated dataset, e.g. {"gain_mv": 8.0}
+    "MaxEvents": 0,             # events (candidates or waveforms) used in total; 0: all
+    "ValidationFraction": 0.1,
+    "TestFraction": 0.2,
+    "DerivK1": 3.0,             # derivative algorithm: first-derivative threshold [noise RMS]
+    "DerivK2": 2.0,             # second-derivative threshold [noise RMS]
+    "DerivSmooth": 2,           # running mean before differentiating [samples]
+    "DerivMaxRise": 6,          # samples from the leading edge to the peak
+    "Preload": False,
+    "Cache": True,
+    "Workers": 0,               # reader processes; 0: from the CPU count
+    "Seed": 0,
+}
+
+#: Training entries common to both experiments.
+TRAINING_DEFAULTS = {
+    "activation": "relu",
+    "Neurons": 32,
+    "Dropout": 0.0,
+    "WeightInitialization": "glorot_uniform",
+    "optimizer": "Adam",
+    "lr": None,                 # None: the optimizer's Keras default (Adam/RMSprop 0.001, SGD 0.01)
+    "decay": 0.0,
+    "momentum": 0.0,
+    "Epochs": 10,
+    "BatchSize": 250,
+    "RunningTime": None,
+    "LoadPreviousModel": False,
+    "EarlyStopping": False,
+    "EarlyStopping_patience": 3,
+    "EarlyStopping_min_delta": 0.0,
+    "monitor": "val_loss",
+    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
+    "OutputBase": "TrainedModels",
+}
+
+TYPES = {"DataDir": str, "RunningTime": (int, float), "lr": (int, float)}
+FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
+             "LoadPrevious": "LoadPreviousModel"}
+
+
+def compile_model(wrapper, metrics) -> None:
+    """Optimizer (name, lr, DLKit's decay, momentum) and loss from the wrapper's Config, then compile."""
+    c = wrapper.Config
+    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
+    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
+    wrapper.Compile(Loss=c["loss"], Metrics=list(metrics))
+
+
+def training_callbacks(wrapper, config) -> list:
+    """Optional EarlyStopping (restoring the best weights) and best-epoch checkpoint, from the config."""
+    import keras
+
+    callbacks = []
+    if config["EarlyStopping"]:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
+                                                       patience=config["EarlyStopping_patience"],
+                                                       min_delta=config["EarlyStopping_min_delta"],
+                                                       restore_best_weights=True))
+    if config["ModelCheckpoint"]:
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
+                                                         monitor=config["monitor"], save_best_only=True))
+    return callbacks
+
+
+@dataclass
+class Results:
+    """What an analysis step found: metadata entries, tables and figures (written by :meth:`save`)."""
+
+    metadata: dict
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+
+    def save(self, directory) -> list[Path]:
+        from dlkit.analysis import save_figure
+
+        directory = Path(directory)
+        paths = []
+        for stem, fig in self.figures.items():
+            paths += save_figure(fig, directory, stem)
+        for stem, table in self.tables.items():
+            path = directory / f"{stem}.csv"
+            table.to_csv(path)
+            paths.append(path)
+        return paths
+
+    def merge(self, other: Results) -> Results:
+        return Results({**self.metadata, **other.metadata}, {**self.tables, **other.tables},
+                       {**self.figures, **other.figures})

@@ -1,0 +1,5 @@
+"""Default scan configs of clustercount (plain Python files defining ``Config`` and ``Params``)."""
+
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent

@@ -1,0 +1,137 @@
+"""Particle classification in the LArIAT liquid-argon TPC from the two wire-plane images.
+
+    python -m lartpcdnn.ClassificationExperiment -s 0          # scan point 0: the default siamese CNN
+    python -m lartpcdnn.ClassificationExperiment --Test        # a quick check: tiny dataset, 2 epochs
+    python -m lartpcdnn.ClassificationExperiment -C lartpcdnn/configs/Dense_7Class.py -s 0   # dense baseline
+    python -m lartpcdnn.ClassificationExperiment -s 3 --data /data/LArIAT/2D   # real files: <dir>/<class>/*.2d.h5
+
+With no data configured the first run simulates the default dataset into the cache
+(``$DLKIT_DATA/lartpcdnn`` or ``~/.cache/dlkit/lartpcdnn``). Raw events (2 x 240 x 4096) are down-sampled,
+cropped and normalised in the generator's reader processes; the processed events are cached, so epochs
+after the first read 16x fewer bytes and do no processing.
+Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
+
+from lartpcdnn.configs import CONFIG_DIR
+
+log = logging.getLogger("lartpcdnn.ClassificationExperiment")
+
+DEFAULT_CONFIG = CONFIG_DIR / "SiameseCNN_7Class.py"
+
+#: Every valid config entry with its default; config files, flags and scan points override these.
+DEFAULTS = {
+    # data
+    "DataDir": None,            # one sub-directory per class (LArIAT names); None: the simulated default dataset
+    "FilePattern": "*.2d.h5",   # the 2D files in each class directory
+    "FeaturesKey": "features",  # dataset of the (N, 2, wires, ticks) images (newer LArIAT files: "images")
+    "Particles": ["electron", "muon", "pionPlus", "photon", "pion0", "proton", "kaonPlus"],
+    "EnergyMin": None,          # keep events with Energy >= EnergyMin [GeV] (DLKit: Energy > 0.61); None: all
+    "MaxEvents": 0,             # events used in total (all classes); 0: all
+    "ValidationFraction": 0.1,
+    "TestFraction": 0.2,
+    "SimEventsPerClass": 300,   # size of the simulated default dataset
+    "SimEventsPerFile": 100,
+    "SimSeed": 0,
+    "DownSampleFactor": 8,      # ticks summed into one (4096 -> 512)
+    "ScanWindowSize": 256,      # down-sampled ticks kept around the most charge; None: all
+    "NormScale": 50.0,          # tanh-log scale [ADC sum]: x -> tanh(sign(x) log(1 + |x|/scale) / 2); None: off
+    "ImageDtype": "float16",    # dtype of the processed, cached images
+    "Balanced": False,          # True: equal class counts per batch; False: natural proportions
+    "Preload": False,
+    "Cache": True,
+    "Workers": 0,               # reader processes per generator; 0: from the CPU count
+    "Seed": 0,
+    # model
+    "Model": "CNN",             # "CNN" (two-view siamese) or "Dense" (baseline)
+    "Width": 64,
+    "Depth": 3,                 # CNN: conv blocks after the stem; Dense: hidden layers per view
+    "Filters": 8,
+    "SharedTrunk": True,        # siamese: one trunk for both planes
+    "DensePool": 4,             # Dense: average-pool each view by this before flattening
+    "activation": "relu",
+    "Dropout": 0.0,
+    "BatchNormalization": False,
+    "WeightInitialization": "glorot_uniform",
+    # training
+    "loss": "categorical_crossentropy",
+    "optimizer": "Adam",
+    "lr": 0.001,
+    "decay": 0.0,
+    "momentum": 0.0,
+    "Epochs": 10,
+    "BatchSize": 32,
+    "RunningTime": None,
+    "LoadPreviousModel": False,
+    "EarlyStopping": False,
+    "EarlyStopping_patience": 3,
+    "EarlyStopping_min_delta": 0.0,
+    "monitor": "val_loss",
+    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
+    "OutputBase": "TrainedModels",
+    # analysis
+    "EnergyBins": [0.1, 1.0, 6],
+    "FakeRate": 0.01,           # working point of the efficiency tables (DUNE: ~90 % at 1 %)
+}
+# (dlkit.config.check_value accepts None only for entries whose default is None, although its docstring
+# says declaring a type suffices: NoneType is listed explicitly where a non-None default may be switched off.)
+TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float),
+         "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
+#: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
+FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
+             "LoadPrevious": "LoadPreviousModel"}
+
+
+def make_wrapper(name, data, **kwargs):
+    from lartpcdnn.models import LArClassifier
+
+    return LArClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
+
+
+def compile_model(wrapper):
+    from calodnn.ClassificationExperiment import compile_model as calo_compile
+
+    calo_compile(wrapper)  # the same optimizer/loss bookkeeping as calodnn
+
+
+def run(argv=None) -> int:
+    """The experiment, step by step; returns the exit code."""
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    configure_device(args)
+    setup = resolve_run(args, DEFAULTS, prefix="LArTPCDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
+                        flag_keys=FLAG_KEYS)
+    args.LoadPrevious = setup.config["LoadPreviousModel"]
+    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+
+    from calodnn.ClassificationExperiment import training_callbacks
+    from lartpcdnn.analysis import classification_analysis, summary_table
+    from lartpcdnn.data import setup_data
+
+    with setup_data(setup.config) as data:
+        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
+        if not args.NoTrain:
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+        if not args.NoAnalysis and not wrapper.Interrupted:
+            results = classification_analysis(wrapper, data, setup.config)
+            wrapper.MetaData.update(results.metadata)
+            results.save(wrapper.OutDir)
+            if args.NoTrain:
+                wrapper.Save()
+        code = finish(wrapper)
+    print(summary_table(wrapper, setup.config["FakeRate"]))
+    return code
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""lartpcdnn's analysis steps on the test set: per-class AUC, efficiency at 1 % fake rate, confusion, vs energy.
+
+The talks' figure of merit is DUNE's requirement: ~90 % signal efficiency at a 1 % fake rate for single
+particles. :func:`efficiency_at_fake_rate` computes it one-vs-rest per class: the selection "softmax
+output of the class above a threshold", the threshold set so that at most 1 % of the other classes'
+events pass, and the fraction of the class's own events that pass. With ``n_b`` background events the
+smallest fake rate that can be resolved is ``1 / n_b``; the tables say how many there were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from calodnn.analysis import ClassificationResults, pairwise_scores
+from dlkit.analysis import binned_auc, confusion, multiclass_roc, plot_binned, plot_confusion, plot_history, plot_roc
+from dlkit.analysis.classification import class_indices
+from dlkit.metadata import chained_history
+
+__all__ = ["efficiency_at_fake_rate", "efficiency_table", "binned_efficiency", "classification_analysis",
+           "summary_table", "FAKE_RATE", "HARD_PAIRS"]
+
+#: The DUNE working point of the talks.
+FAKE_RATE = 0.01
+#: Pairs whose separation the physics makes hard: e/gamma (trunk dE/dx, conversion gap), mu/pi (interactions,
+#: Michel), gamma/pi0 (second shower), K/pi and p/pi (dE/dx, Bragg peak).
+HARD_PAIRS = (("electron", "photon"), ("photon", "pion0"), ("muon", "pionPlus"), ("kaonPlus", "pionPlus"),
+              ("proton", "pionPlus"))
+
+
+def efficiency_at_fake_rate(signal_scores, background_scores, fake_rate: float = FAKE_RATE) -> float:
+    """Fraction of signal with score above the threshold that lets at most ``fake_rate`` of the background pass.
+
+    The threshold is the ``k+1``-th highest background score with ``k = floor(fake_rate * n_b)`` (the
+    strictest cut with at most ``k`` background events above it); NaN without signal or background.
+    """
+    s = np.asarray(signal_scores, np.float64).reshape(-1)
+    b = np.sort(np.asarray(background_scores, np.float64).reshape(-1))[::-1]
+    if not s.size or not b.size:
+        return float("nan")
+    if not 0 <= fake_rate < 1:
+        raise ValueError(f"fake_rate must be in [0, 1), got {fake_rate}")
+    k = int(np.floor(fake_rate * b.size + 1e-9))
+    return float(np.mean(s > b[k]))
+
+
+def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = FAKE_RATE):
+    """Per class: AUC, efficiency at ``fake_rate`` (one vs rest), event counts; and metadata entries.
+
+    Returns ``(table, curves, metadata)`` with ``metadata`` holding ``<Class>_AUC`` (DLKit's keys) and
+    ``<Class>_Eff<percent>pctFake``, ``curves`` as :func:`dlkit.analysis.multiclass_roc` gives them.
+    """
+    scores = np.asarray(scores)
+    truth = class_indices(y)
+    curves, metadata = multiclass_roc(y, scores, class_names)
+    tag = f"Eff{fake_rate * 100:g}pctFake"
+    rows = []
+    for i, name in enumerate(class_names):
+        sig = truth == i
+        eff = efficiency_at_fake_rate(scores[sig, i], scores[~sig, i], fake_rate)
+        metadata[f"{name}_{tag}"] = eff
+        rows.append({"class": name, "AUC": metadata[f"{name}_AUC"], f"efficiency at {fake_rate:.0%} fake": eff,
+                     "n_signal": int(sig.sum()), "n_background": int((~sig).sum())})
+    return pd.DataFrame(rows).set_index("class"), curves, metadata
+
+
+def binned_efficiency(y, scores, values, edges, class_names: Sequence[str], fake_rate: float = FAKE_RATE
+                      ) -> pd.DataFrame:
+    """Efficiency at ``fake_rate`` per class in bins of ``values`` (e.g. true energy), one vs rest in each bin."""
+    scores = np.asarray(scores)
+    truth = class_indices(y)
+    values = np.asarray(values).reshape(-1)
+    edges = np.asarray(edges, dtype=float)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (values >= lo) & (values < hi)
+        row = {"bin_low": lo, "bin_high": hi, "n_events": int(sel.sum())}
+        for i, name in enumerate(class_names):
+            sig = sel & (truth == i)
+            row[name] = efficiency_at_fake_rate(scores[sig, i], scores[sel & (truth != i), i], fake_rate)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.index = pd.Index(0.5 * (edges[:-1] + edges[1:]), name="bin_centre")
+    return frame
+
+
+def classification_analysis(wrapper, data, config) -> ClassificationResults:
+    """Predict the test set; ``<Class>_AUC``, ``<Class>_Eff1pctFake``, pair AUCs, confusion, vs energy, plots."""
+    names = list(data.class_names)
+    x, y, energy = data.read_test()
+    scores = np.asarray(wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 128), verbose=0))
+    y_index = y.argmax(axis=1)
+    fake = float(config.get("FakeRate", FAKE_RATE))
+    table, curves, metadata = efficiency_table(y, scores, names, fake)
+    metadata["Accuracy"] = float(np.mean(scores.argmax(axis=1) == y_index))
+    metadata["NTestEvents"] = int(len(y_index))
+    lo, hi, nbins = config["EnergyBins"]
+    edges = np.linspace(lo, hi, int(nbins) + 1)
+    tables = {"Efficiency": table, "AUCvsEnergy": binned_auc(y, scores, energy, edges, names),
+              "EfficiencyvsEnergy": binned_efficiency(y, scores, energy, edges, names, fake),
+              "Confusion": confusion(y, scores, names)}
+    pairs = []
+    for a, b in HARD_PAIRS:
+        if a in names and b in names:
+            labels, pair_scores, _ = pairwise_scores(y_index, scores, names.index(a), names.index(b))
+            _, md = multiclass_roc(labels, np.stack([1 - pair_scores, pair_scores], axis=1), [b, a])
+            metadata[f"{a}_{b}_AUC"] = md[f"{a}_AUC"]
+            pairs.append({"signal": a, "background": b, "AUC": md[f"{a}_AUC"]})
+    if pairs:
+        tables["PairAUC"] = pd.DataFrame(pairs)
+    elabel = "true kinetic energy [GeV]"
+    roc = plot_roc(curves, title=wrapper.Name, log_rejection=True)
+    roc.axes[0].axhline(1.0 / fake, ls="--", color="grey", lw=1)  # the DUNE working point
+    roc.axes[0].text(0.02, 1.1 / fake, f"{fake:.0%} fake rate", color="grey", fontsize=8)
+    figures = {
+        "ROC": roc,
+        "AUCvsEnergy": plot_binned(tables["AUCvsEnergy"], xlabel=elabel, title=f"{wrapper.Name}: one-vs-rest AUC"),
+        "EfficiencyvsEnergy": plot_binned(tables["EfficiencyvsEnergy"], xlabel=elabel,
+                                          ylabel=f"efficiency at {fake:.0%} fake rate",
+                                          title=f"{wrapper.Name}: efficiency at {fake:.0%} fake"),
+        "Confusion": plot_confusion(tables["Confusion"], title=wrapper.Name),
+    }
+    history = chained_history(wrapper.MetaData)
+    if history:
+        bounds, total = [], 0
+        for run in wrapper.MetaData.get("InputMetaData") or []:
+            total += len(run.get("EpochTime") or [])
+            bounds.append(total)
+        figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
+    return ClassificationResults(metadata=metadata, tables=tables, figures=figures)
+
+
+def summary_table(wrapper, fake_rate: float = FAKE_RATE) -> str:
+    """A short human summary: where the run is, how it stopped, then per class AUC and efficiency at 1 % fake."""
+    md = wrapper.MetaData
+    rows = [["model", md.get("Name")], ["directory", md.get("OutDir")], ["scan point", md.get("HyperParamSet")],
+            ["status", md.get("Status")], ["stopped", md.get("StopReason")],
+            ["epochs (all runs)", md.get("TotalEpochs", md.get("Epochs"))]]
+    history = md.get("History") or {}
+    for key in ("loss", "val_loss", "val_accuracy"):
+        if history.get(key):
+            rows.append([f"final {key}", history[key][-1]])
+    if "Accuracy" in md:
+        rows.append(["test accuracy", md["Accuracy"]])
+    text = tabulate(rows, tablefmt="simple", floatfmt=".4f")
+    tag = f"_Eff{fake_rate * 100:g}pctFake"
+    classes = [k[:-4] for k in md if k.endswith("_AUC") and f"{k[:-4]}{tag}" in md]
+    if classes:
+        per = [[c, md[f"{c}_AUC"], md[f"{c}{tag}"]] for c in classes]
+        text += "\n\n" + tabulate(per, headers=["class", "AUC", f"eff @ {fake_rate:.0%} fake"], floatfmt=".3f")
+    pairs = [[k[:-4].replace("_", " vs "), v] for k, v in md.items() if k.endswith("_AUC") and k.count("_") == 2]
+    if pairs:
+        text += "\n\n" + tabulate(pairs, headers=["pair", "AUC"], floatfmt=".3f")
+    return text

@@ -1,0 +1,169 @@
+"""lartpcdnn data: LArIAT-layout files -> train/validation generators and the test set.
+
+One directory per particle (``<DataDir>/<particle>/*.2d.h5`` with ``features`` and ``Energy``); with no
+``DataDir`` the simulated default dataset is made on first use (:func:`lartpcdnn.simulate.default_dataset`).
+Events are split reproducibly by events per class (train / validation / test) and mixed on the fly: the
+generator draws every batch from all classes' files. There is no premixing (``--nopremix`` is accepted and
+changes nothing): a premixed copy of 3.9 MB events would double the disk use, while the generator's cache
+already holds the processed 0.25 MB events in one file that later epochs and runs read.
+
+The heavy per-event work, :class:`lartpcdnn.preprocess.ProcessWireData` (down-sample, crop, normalise,
+split views), runs in the generator's reader processes; this module therefore stays importable without
+Keras.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlkit.config import ConfigError
+from lartpcdnn.preprocess import ProcessWireData
+from lartpcdnn.simulate import VIEW_NAMES
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LArData", "setup_data", "make_preprocess"]
+
+
+def make_preprocess(config: dict) -> ProcessWireData:
+    """The worker pre-process of a resolved configuration (config errors name the entry)."""
+    factor, window, scale = config["DownSampleFactor"], config["ScanWindowSize"], config["NormScale"]
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"config entry 'DownSampleFactor' = {factor!r}; expected a positive integer (8)")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ConfigError(f"config entry 'ScanWindowSize' = {window!r}; expected a positive integer or None")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ConfigError(f"config entry 'NormScale' = {scale!r}; expected a positive number (ADC) or None")
+    if config["ImageDtype"] not in ("float16", "float32"):
+        raise ConfigError(f"config entry 'ImageDtype' = {config['ImageDtype']!r}; expected 'float16' or 'float32'")
+    return ProcessWireData(factor=factor, window=window, scale=scale, key="features", views=VIEW_NAMES,
+                           dtype=config["ImageDtype"])
+
+
+@dataclass
+class LArData:
+    """The generators and test-set access of one run. Close it (or use ``with``) to stop the readers."""
+
+    train: object
+    validation: object
+    test_samples: list
+    class_names: list[str]
+    input_shapes: dict[str, tuple]
+    inputs: list[str]
+    preprocess: ProcessWireData
+    data_dir: Path
+    options: dict = field(default_factory=dict)
+
+    def read_test(self):
+        """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
+        from dlkit.generators import MultiClassGenerator
+
+        class_map = {name: i for i, name in enumerate(self.class_names)}
+        with MultiClassGenerator(self.test_samples, 64, class_index_map=class_map, shuffle=False,
+                                 preprocess=self.preprocess, **self.options) as gen:
+            arrays = gen.read_all()
+        return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["Energy"]).reshape(-1)
+
+    def close(self):
+        for gen in (self.train, self.validation):
+            if gen is not None:
+                gen.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _check_image_config(sample, config):
+    """Check DownSampleFactor and ScanWindowSize against the ticks of the first file (a clear config error
+    instead of a failure inside the readers)."""
+    import h5py
+
+    from dlkit.generators import DataError
+
+    key = config["FeaturesKey"]
+    try:
+        with h5py.File(sample.file, "r") as f:
+            if key not in f:
+                raise DataError(f"dataset not found (file has {sorted(f.keys())}; config entry 'FeaturesKey')",
+                                file=sample.file, key=key)
+            shape = f[key].shape
+    except OSError as exc:
+        raise DataError(f"cannot read as HDF5: {exc}", file=sample.file) from None
+    if len(shape) != 4:
+        raise DataError(f"expected (events, views, wires, ticks), got shape {shape}", file=sample.file, key=key)
+    ticks, factor, window = shape[-1], config["DownSampleFactor"], config["ScanWindowSize"]
+    if ticks % factor:
+        raise ConfigError(f"config entry 'DownSampleFactor' = {factor}: {ticks} ticks in {sample.file} are not a "
+                          "multiple of it")
+    if window is not None and window > ticks // factor:
+        raise ConfigError(f"config entry 'ScanWindowSize' = {window}: the window {window} is longer than the "
+                          f"{ticks // factor} down-sampled ticks ({ticks} / DownSampleFactor {factor})")
+
+
+def _fractions(config, samples):
+    from dlkit.generators import count_events
+
+    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
+    fractions = [1.0 - val_f - test_f, val_f, test_f]
+    if min(fractions) < 0 or val_f <= 0 or test_f <= 0:
+        raise ConfigError(f"config entries 'ValidationFraction' ({val_f}) and 'TestFraction' ({test_f}) must be "
+                          "> 0 and sum to less than 1")
+    if config["MaxEvents"]:
+        total = sum(count_events(s) for s in samples)
+        scale = min(1.0, config["MaxEvents"] / total)
+        fractions = [f * scale for f in fractions]
+    return fractions
+
+
+def setup_data(config: dict) -> LArData:
+    """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
+    from dlkit.generators import EnergyCut, MultiClassGenerator, Select, make_samples_from_dirs, split_samples
+
+    particles = list(config["Particles"])
+    if len(particles) < 2 or len(set(particles)) != len(particles):
+        raise ConfigError(f"config entry 'Particles' = {particles!r}; expected two or more distinct class names")
+    preprocess = make_preprocess(config)
+    if config["DataDir"]:
+        data_dir = Path(config["DataDir"])
+    else:
+        from lartpcdnn.simulate import PARTICLES, default_dataset
+
+        unknown = sorted(set(particles) - set(PARTICLES))
+        if unknown:
+            raise ConfigError(f"config entry 'Particles': {unknown} cannot be simulated; the simulator knows "
+                              f"{list(PARTICLES)} (or set DataDir / --data to real files)")
+        data_dir = default_dataset(events_per_class=config["SimEventsPerClass"],
+                                   events_per_file=config["SimEventsPerFile"], particles=particles,
+                                   seed=config["SimSeed"])
+    keys = {"features": config["FeaturesKey"], "Energy": "Energy"}
+    samples = make_samples_from_dirs(data_dir, keys, classes=particles, pattern=config["FilePattern"])
+    _check_image_config(samples[0], config)
+    if config["EnergyMin"] is not None:
+        samples = [s.with_filter(EnergyCut(low=float(config["EnergyMin"]), key="Energy")) for s in samples]
+    train_s, val_s, test_s = split_samples(samples, _fractions(config, samples), seed=config["Seed"])
+    class_map = {name: i for i, name in enumerate(particles)}
+    options = dict(n_workers=config["Workers"] or None, cache=bool(config["Cache"]))
+    batch = config["BatchSize"]
+    select = Select(VIEW_NAMES, "onehot")
+    rates = "balanced" if config["Balanced"] else None
+    common = dict(class_index_map=class_map, seed=config["Seed"], preprocess=preprocess, postprocess=select,
+                  preload=config["Preload"], **options)
+    train_gen = MultiClassGenerator(train_s, batch, rates=rates, **common)
+    try:
+        val_gen = MultiClassGenerator(val_s, batch, shuffle=False, **common)
+    except BaseException:
+        train_gen.close()
+        raise
+    shapes = {k: tuple(train_gen.shapes[k][1:]) for k in VIEW_NAMES}
+    log.info("data %s: %d train / %d validation batches of %d; inputs %s", data_dir, len(train_gen), len(val_gen),
+             batch, shapes)
+    return LArData(train=train_gen, validation=val_gen, test_samples=test_s, class_names=particles,
+                   input_shapes=shapes, inputs=list(VIEW_NAMES), preprocess=preprocess, data_dir=data_dir,
+                   options=options)
