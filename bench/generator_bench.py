@@ -479,6 +479,22 @@ def bench_copy_limit(root, nproc, reps=40):
     return total / max(s for _, s in res) / 1e9
 
 
+def bench_disk_write(cache_root, nbytes):
+    """GB/s of writing ``nbytes`` into a pre-allocated file where the cache goes (the first epoch's limit)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="dlkit-bench-disk-", dir=cache_root), "w.bin")
+    buf = np.ones(64 * 2**20, np.uint8)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        t = time.perf_counter()
+        for off in range(0, nbytes, len(buf)):
+            os.pwrite(fd, buf[:min(len(buf), nbytes - off)], off)
+        return nbytes / (time.perf_counter() - t) / 1e9
+    finally:
+        os.close(fd)
+        settle(os.path.dirname(path))
+
+
 def bench_startup(root, batch, repeats):
     from dlkit.generators import MultiClassGenerator, make_samples_from_dirs
 
@@ -610,6 +626,9 @@ def main(argv=None):
         R["copy_limit_GBps"] = lim
         print(f"# machine limit, preadv page cache -> shm: 1 process {lim[1]:.1f} GB/s, 2 processes {lim[2]:.1f} GB/s "
               f"({lim[2] / lim[1]:.2f}x)", flush=True)
+        disk = statistics.median(bench_disk_write(cache_root, nbytes) for _ in range(args.repeats))
+        R["disk_write_GBps"] = disk
+        print(f"# writing {nbytes / 1e9:.1f} GB into a pre-allocated file in {cache_root}: {disk:.2f} GB/s", flush=True)
     if "startup" in parts:
         r = bench_startup(args.data, args.batch, args.repeats)
         R["startup"] = r

@@ -106,8 +106,10 @@ def bench_pre(repeats, batch=32):
 def dataset(root, events):
     marker = os.path.join(root, "BENCH.json")
     want = {"events": events, "particles": list(DEFAULT_PARTICLES)}
-    if os.path.exists(marker) and json.load(open(marker)) == want:
-        return root
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == want:
+                return root
     shutil.rmtree(root, ignore_errors=True)
     write_dataset(root, DEFAULT_PARTICLES, events_per_class=events, events_per_file=max(1, events // 2),
                   seed=11, truth3d=False, progress=False)

@@ -32,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 log = logging.getLogger("paper_tables")
@@ -77,6 +76,7 @@ def machine() -> str:
 # ------------------------------------------------------------------------------------------------ classification
 
 def classification(data_dir, events_per_class: int, seed: int, cell_epochs: int):
+    """Both tasks; e/pi is separable by the HCAL/ECAL ratio alone here, so its cell net gets 4 epochs."""
     from calodnn.baselines import load_task, run_task
 
     tables, seconds, n_test = {}, {}, {}
@@ -84,7 +84,7 @@ def classification(data_dir, events_per_class: int, seed: int, cell_epochs: int)
         t0 = time.perf_counter()
         splits = load_task(data_dir, task, events_per_class, seed=seed)
         n_test[task] = len(splits["test"])
-        table, _, secs = run_task(splits, epochs=40, cell_epochs=cell_epochs, seed=seed)
+        table, _, secs = run_task(splits, epochs=40, cell_epochs=cell_epochs if task == "GammaPi0" else 4, seed=seed)
         tables[task], seconds[task] = table, secs
         log.info("%s done in %.0f s: %s", task, time.perf_counter() - t0, table.round(4).to_dict("index"))
         del splits
@@ -141,7 +141,7 @@ def regression(data_dir, events_per_class: int, seed: int, edges):
 
     results, tables, bias, seconds = {}, {}, {}, {}
     for particle in ("Gamma", "Ele", "Pi0", "ChPi"):
-        splits = read_splits(data_dir, [particle], ["ECAL", "HCAL", "energy"], (0.6, 0.1, 0.3), seed, events_per_class)
+        splits = read_splits(data_dir, [particle], ["ECAL", "HCAL", "energy"], (0.5, 0.1, 0.4), seed, events_per_class)
         train, val, test = splits["train"], splits["validation"], splits["test"]
         e_test = test["energy"].astype(float)
         preds = {}
@@ -173,6 +173,10 @@ def regression(data_dir, events_per_class: int, seed: int, edges):
     return results, tables, bias, seconds
 
 
+def _pm(value, error, digits):
+    return f"{value:.{digits}f}" + (f" ± {error:.{digits}f}" if np.isfinite(error) else "")
+
+
 def resolution_markdown(results, tables) -> str:
     rows = []
     for name in REGRESSION_MODELS:
@@ -183,7 +187,9 @@ def resolution_markdown(results, tables) -> str:
                 else None
             at = {int(round(c)): r for c, r in zip(t.index, t.resolution)}
             rows.append([REGRESSION_LABELS[name], PARTICLE_NAMES[particle],
-                         f"{100 * md['Resolution_a']:.1f}", f"{md['Resolution_b']:.2f}", f"{100 * md['Resolution_c']:.2f}",
+                         _pm(100 * md["Resolution_a"], 100 * md["Resolution_a_err"], 1),
+                         _pm(md["Resolution_b"], md["Resolution_b_err"], 2),
+                         _pm(100 * md["Resolution_c"], 100 * md["Resolution_c_err"], 2),
                          *(f"{100 * at[e]:.2f}" for e in (35, 135, 485)),
                          f"{100 * md['MeanRelativeBias']:+.2f}",
                          "" if paper is None else f"{paper[0]} / {paper[1]} / {paper[2]}"])
@@ -209,13 +215,69 @@ def bias_markdown(bias) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
+def targets_markdown(cls_tables, results) -> str:
+    """The issue's two targets, checked on this run's numbers."""
+    lines = []
+    if cls_tables is not None:
+        t = cls_tables["GammaPi0"]
+        best_feature = max(t.loc["BDT", "auc"], t.loc["FeatureDNN", "auc"])
+        ok = t.loc["CellDNN", "auc"] > best_feature
+        lines.append(f"- Cells beat features in AUC for γ vs π0: **{'met' if ok else 'missed'}** "
+                     f"(DNN on cells {100 * t.loc['CellDNN', 'auc']:.1f}% vs best on features "
+                     f"{100 * best_feature:.1f}%).")
+    if results is not None:
+        for particle in ("Gamma", "Ele"):
+            lin = results[(particle, "Linear")]
+            dnn = results[(particle, "Dense")]
+            ratio = dnn["Resolution_a"] / lin["Resolution_a"] if lin["Resolution_a"] > 0 else np.inf
+            ok = ratio <= 0.5
+            lines.append(f"- {PARTICLE_NAMES[particle]}: stochastic term of the DNN at most half the linear "
+                         f"calibration's: **{'met' if ok else 'missed'}** (a = {100 * dnn['Resolution_a']:.1f} ± "
+                         f"{100 * dnn['Resolution_a_err']:.1f} vs {100 * lin['Resolution_a']:.1f} ± "
+                         f"{100 * lin['Resolution_a_err']:.1f} %·√GeV, ratio {ratio:.2f}; constant term "
+                         f"c = {100 * dnn['Resolution_c']:.2f} vs {100 * lin['Resolution_c']:.2f} %).")
+    return "\n".join(lines)
+
+
+NOTES = """\
+- Data: calodnn's simulator (calodnn/README.md), not Geant4. Classification uses the default dataset (calibrated
+  cells); regression the same showers stored as raw visible energies (`raw_visible_energy`: 17 thin + 8 thick
+  W layers and the HCAL sample 3.5 %, 1.8 % and 2.7 % of the deposit), so the plain sum of the cells mis-weights
+  the deep part of the shower as raw data do. Events are split 60/10/30 (classification) and 50/10/40
+  (regression) by `dlkit.generators.split_samples`; one training per cell, no tuning on the test set.
+- Classification: BDT = scikit-learn HistGradientBoosting on the 46 scalar features; DNN (features) = MLP on the
+  standardised features; DNN (cells) = small 2D CNN (ECAL layers as channels, central 17x17 cells, sqrt of
+  the energy fraction per cell, dense HCAL branch), trained with random flips/rotations of the square
+  (calodnn.baselines). Δε_sig: signal efficiency gained over the BDT at the BDT's background efficiency for 90 %
+  signal efficiency; ΔR_bkg: background rejection relative to the BDT at 90 % signal efficiency ("-": both
+  reject every test background event). The paper's selections differ: its γ/π0 sample kept π0 with an opening
+  angle < 0.01 rad (ours: all π0, 10-510 GeV, so low-energy π0 with two separate showers are included) and its
+  e/π sample kept "EM-like" pions with HCAL/ECAL < 0.025 - no simulated pion is that EM-like (our hadron showers
+  always reach the HCAL), so our e/π task is separable by the HCAL/ECAL ratio alone and every method is perfect.
+- Resolution: per particle, a model trained on that particle only (MRSE loss); σ/E from a Gaussian fit of the
+  core of E_pred/E_true in 10 bins of true energy, fitted with σ/E = a/√E ⊕ b/E ⊕ c (a, b, c ≥ 0, dlkit.analysis).
+  Simple linear = (sum of all raw cells) x one scale fitted by least squares on the training set. The learned
+  calibrations start from the plain sum (calodnn.calibration). The paper's units are not stated in seed 003;
+  ours are %·√GeV, GeV and %.
+- Why the linear calibration's *stochastic* term need not double: mis-weighting the thick layers turns the
+  event-by-event fluctuations of the longitudinal profile (shower maximum, photon conversion depth) into a
+  resolution term whose relative size hardly depends on energy - a constant term. The learned calibrations
+  remove it (c drops ~5-10x, as the paper's c does). The photons' conversion depth matters more at low energy,
+  which gives their linear calibration a genuine stochastic-like part; the electrons' does not, and the fit
+  puts their degradation into c (and b), leaving the linear a at the intrinsic sampling term or below.
+- MSRE vs MRSE: the DNN on cells trained with each loss; MSRE weights events by 1/E^2, which pulls the
+  prediction down where the resolution is poor (the seed-001 shift), MRSE (1/E) less so, MSE not at all on
+  average (it is the conditional mean).
+"""
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events-per-class", type=int, default=8000,
                         help="simulated events per particle of each dataset (default %(default)s)")
-    parser.add_argument("--cell-epochs", type=int, default=20, help="epochs of the cell classifier")
+    parser.add_argument("--cell-epochs", type=int, default=24, help="epochs of the gamma/pi0 cell classifier")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "paper_tables.md"))
     parser.add_argument("--skip", choices=("classification", "regression"), default=None)
@@ -233,6 +295,7 @@ def main(argv=None) -> int:
                 f"{'' if n == 8000 else f' --events-per-class {n}'}` on "
                 f"{datetime.date.today().isoformat()}.\nMachine: {machine()}.\n"]
     secs_all = {}
+    tables = results = None
     if args.skip != "classification":
         cls_dir = default_dataset(events_per_class=n, progress=False)
         tables, secs, n_test = classification(cls_dir, n, args.seed, args.cell_epochs)
@@ -247,6 +310,8 @@ def main(argv=None) -> int:
                         + resolution_markdown(results, rtables))
         sections.append("## MSRE vs MRSE (seed 001): bias of the reconstructed energy, DNN on cells\n\n"
                         + bias_markdown(bias))
+    sections.append("## Targets\n\n" + targets_markdown(tables, results))
+    sections.append("## Notes\n\n" + NOTES)
     total = time.perf_counter() - t_start
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in secs_all.items())
     sections.append(f"Total {total:.0f} s (training: {timing}).")

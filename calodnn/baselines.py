@@ -18,7 +18,8 @@ point. Here::
   connected net on 17k cells stays far below the BDT, so the cells go through a small 2D convolution that
   treats the ECAL layers as channels, on the central ECAL window (default 17 x 17 cells), each cell as the
   square root of its fraction of the event's ECAL energy (shapes, not energy, separate the classes; the
-  square root keeps the core from dominating), plus a dense HCAL branch.
+  square root keeps the core from dominating), plus a dense HCAL branch; every epoch shows each training
+  event under a random symmetry of the square (seed 001's flips and rotations, :mod:`dlkit.augment`).
 
 Working point (the paper does not restate it in seed 003): Delta eps_sig is the signal efficiency gained over
 the BDT at the background efficiency where the BDT keeps ``working_point`` (90 %) of the signal, and
@@ -216,17 +217,61 @@ def build_cell_classifier(ecal_shape, hcal_shape=None, filters: int = 32, width:
     return keras.Model(inputs, layers.Dense(1, activation="sigmoid", name="signal")(x), name="CellDNN")
 
 
+_AUGMENTED = {}
+
+
+def augmented_batches(x, y, batch_size: int = 128, seed: int = 0):
+    """A ``keras.utils.PyDataset`` of shuffled batches of ``(x, y)`` with a random flip/rotation of the square
+    per event (:class:`dlkit.augment.FlipRotate` on every image input), new draws every epoch: seed 001's
+    augmentation, in memory. ``x`` is a tuple of arrays; image inputs are those with 3+ dimensions."""
+    import keras
+
+    from dlkit.augment import FlipRotate
+
+    cls = _AUGMENTED.get("cls")
+    if cls is None:
+        class AugmentedBatches(keras.utils.PyDataset):
+            def __init__(self, x, y, batch_size, seed):
+                super().__init__()
+                self.x, self.y, self.batch_size = tuple(x), np.asarray(y), int(batch_size)
+                self.rng = np.random.default_rng(seed)
+                self.flip = FlipRotate(tuple(str(i) for i, a in enumerate(self.x) if a.ndim >= 3), seed=seed)
+                self.order = self.rng.permutation(len(self.y))
+
+            def __len__(self):
+                return math.ceil(len(self.y) / self.batch_size)
+
+            def __getitem__(self, i):
+                rows = np.sort(self.order[i * self.batch_size:(i + 1) * self.batch_size])
+                arrays = {str(k): a[rows] for k, a in enumerate(self.x)}
+                self.flip(arrays)
+                return tuple(arrays[str(k)] for k in range(len(self.x))), self.y[rows]
+
+            def on_epoch_end(self):
+                self.order = self.rng.permutation(len(self.y))
+
+        cls = _AUGMENTED["cls"] = AugmentedBatches
+    return cls(x, y, batch_size, seed)
+
+
 def fit_classifier(model, x, y, validation, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
-                   patience: int = 4, seed: int = 0):
-    """Train a sigmoid classifier with Adam and binary cross-entropy, keeping the best validation epoch."""
+                   patience: int = 4, seed: int = 0, augment: bool = False):
+    """Train a sigmoid classifier with Adam and binary cross-entropy, keeping the best validation epoch.
+
+    ``augment``: every epoch sees each event under a random symmetry of the square (:func:`augmented_batches`).
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    history = model.fit(x, np.asarray(y, np.float32), epochs=epochs, batch_size=batch_size,
-                        validation_data=(validation[0], np.asarray(validation[1], np.float32)),
-                        callbacks=[stop], verbose=0)
+    y = np.asarray(y, np.float32)
+    fit_kwargs = dict(epochs=epochs, validation_data=(validation[0], np.asarray(validation[1], np.float32)),
+                      callbacks=[stop], verbose=0)
+    if augment:
+        history = model.fit(augmented_batches(x, y, batch_size, seed), **fit_kwargs)
+    else:
+        history = model.fit(x, y, batch_size=batch_size, **fit_kwargs)
     return model, history
 
 
@@ -289,8 +334,12 @@ def compare_classifiers(y, scores: dict, reference: str = "BDT", working_point: 
 
 
 def run_task(splits: dict, models=("BDT", "FeatureDNN", "CellDNN"), epochs: int = 20, cell_epochs: int = 16,
-             crop: int | None = 8, seed: int = 0, working_point: float = 0.9):
-    """Train the requested models on a task's splits; returns ``(table, test scores, seconds per model)``."""
+             crop: int | None = 8, seed: int = 0, working_point: float = 0.9, augment: bool = True):
+    """Train the requested models on a task's splits; returns ``(table, test scores, seconds per model)``.
+
+    ``augment``: the cell DNN sees each training event under a random symmetry of the square every epoch
+    (seed 001's flips and rotations; x8 the images, which the few-thousand-event CPU runs need).
+    """
     train, val, test = splits["train"], splits["validation"], splits["test"]
     scores, seconds = {}, {}
     if "BDT" in models:
@@ -311,7 +360,8 @@ def run_task(splits: dict, models=("BDT", "FeatureDNN", "CellDNN"), epochs: int 
         t0 = time.perf_counter()
         xtr, xva, xte = (cell_inputs(s.ecal, s.hcal, crop) for s in (train, val, test))
         model = build_cell_classifier(xtr[0].shape[1:], xtr[1].shape[1:])
-        model, _ = fit_classifier(model, xtr, train.y, (xva, val.y), epochs=cell_epochs, lr=2e-3, seed=seed)
+        model, _ = fit_classifier(model, xtr, train.y, (xva, val.y), epochs=cell_epochs, lr=2e-3, patience=6,
+                                  seed=seed, augment=augment)
         scores["CellDNN"] = model.predict(xte, batch_size=512, verbose=0).reshape(-1)
         seconds["CellDNN"] = time.perf_counter() - t0
     reference = "BDT" if "BDT" in scores else next(iter(scores))

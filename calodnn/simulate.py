@@ -175,10 +175,6 @@ class CaloSimConfig:
                                              "behind 4.8 mm W); used with raw_visible_energy.")
     hcal_sampling_fraction: float = _f(0.027, "Visible fraction in an HCAL layer (3 mm scintillator behind "
                                        "19 mm steel); used with raw_visible_energy.")
-    ecal_thick_spot_gev: typing.Optional[float] = _f(None, "Sampling spot [calibrated GeV] of the thick ECAL "
-                                                     "layers; None: ecal_spot_gev. Thicker absorber samples "
-                                                     "worse (sigma/E ~ 2.7 % sqrt(d[mm]/f): up to 4x the "
-                                                     "variance for twice the tungsten).")
     # --- numerics --------------------------------------------------------------------------------------
     chunk_events: int = _f(100, "Events simulated per vectorised batch. It fixes how the random stream is "
                            "consumed, so changing it changes the events (not their distributions).")
@@ -206,8 +202,6 @@ class CaloSimConfig:
         bad = [p for p in positive if not getattr(self, p) > 0]
         if bad:
             raise ValueError(f"these must be > 0: {bad}")
-        if self.ecal_thick_spot_gev is not None and not self.ecal_thick_spot_gev >= 0:
-            raise ValueError("ecal_thick_spot_gev must be >= 0 (or None)")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
@@ -262,7 +256,6 @@ class _Geometry:
     ecal_calib: np.ndarray  # (X, Y, L) float32 per-cell calibration factors
     hcal_calib: np.ndarray
     sampling_fraction: np.ndarray  # (Ltot,) visible / deposited energy per layer (raw_visible_energy)
-    spot_gev: np.ndarray  # (Ltot,) sampling spot per layer [calibrated GeV]
 
 
 def _cell_edges(n: int, pitch: float) -> np.ndarray:
@@ -312,10 +305,6 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
         sampling_fraction=np.concatenate([
             np.where(np.arange(el) < n_thin, cfg.ecal_sampling_fraction_thin, cfg.ecal_sampling_fraction_thick),
             np.full(hl, cfg.hcal_sampling_fraction)]),
-        spot_gev=np.concatenate([
-            np.where(np.arange(el) < n_thin, cfg.ecal_spot_gev,
-                     cfg.ecal_spot_gev if cfg.ecal_thick_spot_gev is None else cfg.ecal_thick_spot_gev),
-            np.full(hl, cfg.hcal_spot_gev)]),
     )
     for f in dataclasses.fields(geo):
         value = getattr(geo, f.name)
@@ -567,7 +556,6 @@ def _simulate_chunk(particle, energy, rng, cfg):
         "pdgID": (np.full(n, PDG_IDS[particle], np.int32) * sign).astype(np.int32),
     }
     ne = geo.n_ecal
-    per_layer_spot = cfg.raw_visible_energy or cfg.ecal_thick_spot_gev is not None
     for name, layers, ex, ey, shape, calib, spot, noise, f_ref in (
         ("ECAL", slice(0, ne), geo.ecal_edges_mm, geo.ecal_edges_y_mm, cfg.ecal_shape, geo.ecal_calib,
          cfg.ecal_spot_gev, cfg.ecal_noise_gev, cfg.ecal_sampling_fraction_thin),
@@ -575,12 +563,10 @@ def _simulate_chunk(particle, energy, rng, cfg):
          cfg.hcal_spot_gev, cfg.hcal_noise_gev, cfg.hcal_sampling_fraction),
     ):
         img, tracks = _render(dep, layers, ex, ey, shape, n)
-        if per_layer_spot:
-            spot = geo.spot_gev[layers]
         if cfg.raw_visible_energy:
-            # Visible = f * deposit; its sampling variance f^2 spot E = (f spot) E_visible. The electronics
-            # noise is the same in every sensor: the calibrated noise of the section's reference layers
-            # times their f (so noise / MIP is unchanged there).
+            # Visible = f * deposit with the same relative fluctuations: variance f^2 spot E = (f spot) E_visible,
+            # one spot per layer. The electronics noise is the same in every sensor: the calibrated noise of
+            # the section's reference layers times their f (so noise / MIP is unchanged there).
             frac = geo.sampling_fraction[layers].astype(np.float32)
             img *= frac
             flat_idx, values = tracks
@@ -860,7 +846,7 @@ def _cache_root() -> Path:
 #: Fields added after FORMAT_VERSION 1: at their defaults they do not enter :func:`dataset_key`, so datasets
 #: cached before they existed keep their key (their events are unchanged).
 _KEY_OPTIONAL_FIELDS = ("raw_visible_energy", "ecal_sampling_fraction_thin", "ecal_sampling_fraction_thick",
-                        "hcal_sampling_fraction", "ecal_thick_spot_gev")
+                        "hcal_sampling_fraction")
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CaloSimConfig)}
 
 

@@ -101,7 +101,8 @@ def run(argv=None) -> int:
         wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
                                 lambda w: compile_model(w, ["mae", "mse"]))
         if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
+                  verbose=2)  # one line per epoch: batch logs stay readable
         if not args.NoAnalysis and not wrapper.Interrupted:
             results = clusterization_analysis(wrapper, data, setup.config)
             if setup.config["PID"]:

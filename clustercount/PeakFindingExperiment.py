@@ -31,7 +31,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "LSTM_PeakFinding.py"
 #: Every valid config entry with its default; config files, flags and scan points override these.
 DEFAULTS = {
     **DATA_DEFAULTS,
-    "MaxEvents": 500000,        # candidates used in total (~75 per waveform); 0: all
+    "MaxEvents": 300000,        # candidates used in total (~75 per waveform); 0: all
     "CandidateThreshold": 2.0,  # local maxima above this many noise RMS are candidates
     "WindowBefore": 7,          # samples before the candidate peak (window = 7 + 1 + 7 = 15)
     "WindowAfter": 7,
@@ -74,7 +74,8 @@ def run(argv=None) -> int:
         wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
                                 lambda w: compile_model(w, ["accuracy"]))
         if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
+            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
+                  verbose=2)  # one line per epoch: batch logs stay readable
         if not args.NoAnalysis and not wrapper.Interrupted:
             results = peak_finding_analysis(wrapper, data, setup.config)
             wrapper.MetaData.update(results.metadata)

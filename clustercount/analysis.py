@@ -156,7 +156,8 @@ def waveform_figure(model, data, threshold: float, title: str | None = None, ind
     ax.plot(t[sample[scores >= threshold]], h[scores >= threshold] + 6, "o", mfc="none", color="C0",
             label="LSTM: signal")
     ax.plot(t[sample[deriv]], h[deriv] + 9, "s", mfc="none", color="C2", label="derivative: peak")
-    lo, hi = t[sample].min() - 30, t[sample].max() + 30
+    around = sample[ptype > 0] if (ptype > 0).any() else sample
+    lo, hi = t[around].min() - 40, t[around].max() + 60
     ax.set(xlim=(lo, hi), xlabel="time [ns]", ylabel="amplitude [mV]", title=title)
     ax.legend(fontsize=8, ncol=2)
     return fig

@@ -6,7 +6,7 @@ Peak lists are kept in CSR form (:class:`PeakList`): the peaks of waveform ``i``
 numbers of peaks is two flat arrays and every step stays vectorised.
 
 >>> import numpy as np
->>> w = np.zeros((1, 40)); w[0, 10:14] = [4, 9, 6, 3]; w[0, 25:28] = [6, 13, 2]
+>>> w = np.zeros((1, 40)); w[0, 10:14] = [4, 9, 6, 3]; w[0, 25:28] = [6, 14, 2]
 >>> derivative_peaks(w, sigma=(1.0, 1.0)).split()
 [array([11, 26])]
 >>> time_proximity_counts(PeakList.from_lists([[100.0, 102.0, 130.0]]), max_gap_ns=5.0)
@@ -24,7 +24,7 @@ __all__ = ["PeakList", "robust_sigma", "derivative_peaks", "local_maxima", "time
 
 #: Thresholds of the derivative algorithm used throughout (in units of the derivatives' noise RMS):
 #: a leading edge is a sample where the first derivative exceeds k1 sigma_1 and the second k2 sigma_2.
-DERIVATIVE_DEFAULTS = {"k1": 3.0, "k2": 2.0, "smooth": 2, "max_rise": 6}
+DERIVATIVE_DEFAULTS = {"k1": 3.5, "k2": 1.0, "smooth": 2, "max_rise": 6}
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,30 @@ class PeakList:
         return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), cols.astype(np.int64))
 
 
-def robust_sigma(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Noise RMS from the median absolute deviation (1.4826 MAD), per row, kept as a column.
+def robust_sigma(x: np.ndarray, axis: int = -1, clip: float = 3.0, iterations: int = 2) -> np.ndarray:
+    """Noise RMS per row (kept as a column), robust against the pulses, which occupy a minority of samples.
 
-    Robust against the pulses, which occupy a minority of the samples of a waveform.
+    Starts from the median absolute deviation (1.4826 MAD), then takes the standard deviation of the values
+    within ``clip`` sigmas of the mean, ``iterations`` times, corrected for the Gaussian's clipped tails.
+    The clipped standard deviation varies smoothly, unlike the MAD of ADC-quantised values, which jumps
+    between discrete steps (and with it every threshold set in units of it).
     """
-    x = np.asarray(x, dtype=np.float32)
-    med = np.median(x, axis=axis, keepdims=True)
-    return 1.4826 * np.median(np.abs(x - med), axis=axis, keepdims=True)
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    med = np.median(x, axis=-1, keepdims=True)
+    sigma = 1.4826 * np.median(np.abs(x - med), axis=-1, keepdims=True)
+    mean = med
+    # Variance of a unit Gaussian restricted to |z| < clip.
+    from scipy.stats import norm
+
+    frac = 2 * norm.cdf(clip) - 1
+    shrink = 1 - 2 * clip * norm.pdf(clip) / frac
+    for _ in range(iterations):
+        inside = np.abs(x - mean) <= clip * np.maximum(sigma, 1e-12)
+        n = np.maximum(inside.sum(axis=-1, keepdims=True), 1)
+        mean = np.where(inside, x, 0).sum(axis=-1, keepdims=True) / n
+        var = np.where(inside, (x - mean) ** 2, 0).sum(axis=-1, keepdims=True) / n
+        sigma = np.sqrt(var / shrink)
+    return np.moveaxis(sigma, -1, axis).astype(np.float32)
 
 
 def _derivatives(w: np.ndarray, smooth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,8 @@ DATA_DEFAULTS = {
     "MaxEvents": 0,             # events (candidates or waveforms) used in total; 0: all
     "ValidationFraction": 0.1,
     "TestFraction": 0.2,
-    "DerivK1": 3.0,             # derivative algorithm: first-derivative threshold [noise RMS]
-    "DerivK2": 2.0,             # second-derivative threshold [noise RMS]
+    "DerivK1": 3.5,             # derivative algorithm: first-derivative threshold [noise RMS]
+    "DerivK2": 1.0,             # second-derivative threshold [noise RMS]
     "DerivSmooth": 2,           # running mean before differentiating [samples]
     "DerivMaxRise": 6,          # samples from the leading edge to the peak
     "Preload": False,

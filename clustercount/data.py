@@ -55,7 +55,7 @@ __all__ = ["DerivationOptions", "waveform_files", "find_candidates", "label_cand
 #: Gaps [ns] for which the time-proximity count is stored; the analysis picks the best on training data.
 TP_GAPS_NS = tuple(float(g) for g in np.arange(0.0, 20.5, 0.5))
 #: Bumped when the derived files change for the same inputs (part of their cache keys).
-DERIVED_VERSION = 1
+DERIVED_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ def label_candidates(cands: PeakList, electron_offset, electron_time, electron_t
     n = len(electron_offset) - 1
     e_wf = np.repeat(np.arange(n), np.diff(electron_offset))
     # Electrons are sorted by time within a waveform; a key with a gap between waveforms keeps them apart.
-    span = float(np.max(electron_time, initial=0.0)) / dt_ns + 10 * tolerance + 10
+    span = max(float(np.max(electron_time, initial=0.0)) / dt_ns, float(np.max(cands.index, initial=0))) \
+        + 10 * tolerance + 10
     ekey = e_wf * span + (np.asarray(electron_time, np.float64) + pulse_peak) / dt_ns
     ckey = cands.waveform * span + cands.index
     if len(ekey) == 0 or len(ckey) == 0:

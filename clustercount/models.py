@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from dlkit import ModelWrapper
+from dlkit.config import ConfigError
 
 __all__ = ["build_peak_classifier", "build_cluster_counter", "PeakFinderModel", "ClusterCounterModel", "POOLINGS"]
 
@@ -34,7 +35,7 @@ def build_peak_classifier(window_shape=(15, 1), Neurons: int = 32, activation: s
     [Dense(Neurons, activation), Dropout?], then Dense(1, sigmoid).
     """
     if Neurons < 1 or LSTMLayers < 1 or DenseLayers < 0:
-        raise ValueError(f"config entries: need Neurons >= 1, LSTMLayers >= 1, DenseLayers >= 0 (got {Neurons}, "
+        raise ConfigError(f"config entries: need Neurons >= 1, LSTMLayers >= 1, DenseLayers >= 0 (got {Neurons}, "
                          f"{LSTMLayers}, {DenseLayers})")
     init = _init(activation, WeightInitialization)
     inp = keras.Input(shape=tuple(window_shape), name="window")
@@ -59,9 +60,9 @@ def build_cluster_counter(input_shape=(1024, 1), Filters: int = 16, KernelSize: 
     activation), Dropout?, Dense(1).
     """
     if Pooling not in POOLINGS:
-        raise ValueError(f"config entry 'Pooling' = {Pooling!r}; expected one of {POOLINGS}")
+        raise ConfigError(f"config entry 'Pooling' = {Pooling!r}; expected one of {POOLINGS}")
     if Filters < 1 or KernelSize < 1 or ConvLayers < 1 or Neurons < 1:
-        raise ValueError("config entries Filters, KernelSize, ConvLayers and Neurons must be >= 1")
+        raise ConfigError("config entries Filters, KernelSize, ConvLayers and Neurons must be >= 1")
     init = _init(activation, WeightInitialization)
     inp = keras.Input(shape=tuple(input_shape), name="times")
     x = inp

@@ -384,7 +384,7 @@ class SparseTensor:
                 raise KeyError(f"{where}: dataset {key!r} missing (has {sorted(g.keys())})")
         attrs = _read_attrs(g)
         sel = slice(None) if events is None else events
-        if isinstance(sel, np.ndarray) or isinstance(sel, list):
+        if isinstance(sel, (np.ndarray, list)):
             sel = np.sort(np.asarray(sel, dtype=np.int64))  # h5py wants increasing indices
         cds, vds = g["C"], g["V"]
         if cds.dtype.kind == "O" or h5py.check_vlen_dtype(cds.dtype) is not None:

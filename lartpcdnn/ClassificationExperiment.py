@@ -17,8 +17,15 @@ from __future__ import annotations
 import logging
 import sys
 
-from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
-
+from dlkit.experiment import (
+    configure_device,
+    finish,
+    load_or_build,
+    make_parser,
+    resolve_run,
+    run_main,
+    train,
+)
 from lartpcdnn.configs import CONFIG_DIR
 
 log = logging.getLogger("lartpcdnn.ClassificationExperiment")

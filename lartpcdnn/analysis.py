@@ -16,7 +16,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from calodnn.analysis import ClassificationResults, pairwise_scores
-from dlkit.analysis import binned_auc, confusion, multiclass_roc, plot_binned, plot_confusion, plot_history, plot_roc
+from dlkit.analysis import (
+    binned_auc,
+    confusion,
+    multiclass_roc,
+    plot_binned,
+    plot_confusion,
+    plot_history,
+    plot_roc,
+)
 from dlkit.analysis.classification import class_indices
 from dlkit.metadata import chained_history
 
@@ -96,7 +104,7 @@ def classification_analysis(wrapper, data, config) -> ClassificationResults:
     fake = float(config.get("FakeRate", FAKE_RATE))
     table, curves, metadata = efficiency_table(y, scores, names, fake)
     metadata["Accuracy"] = float(np.mean(scores.argmax(axis=1) == y_index))
-    metadata["NTestEvents"] = int(len(y_index))
+    metadata["NTestEvents"] = len(y_index)
     lo, hi, nbins = config["EnergyBins"]
     edges = np.linspace(lo, hi, int(nbins) + 1)
     tables = {"Efficiency": table, "AUCvsEnergy": binned_auc(y, scores, energy, edges, names),

@@ -149,7 +149,7 @@ def setup_data(config: dict) -> LArData:
         samples = [s.with_filter(EnergyCut(low=float(config["EnergyMin"]), key="Energy")) for s in samples]
     train_s, val_s, test_s = split_samples(samples, _fractions(config, samples), seed=config["Seed"])
     class_map = {name: i for i, name in enumerate(particles)}
-    options = dict(n_workers=config["Workers"] or None, cache=bool(config["Cache"]))
+    options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"])}
     batch = config["BatchSize"]
     select = Select(VIEW_NAMES, "onehot")
     rates = "balanced" if config["Balanced"] else None

@@ -711,10 +711,10 @@ def _readout(cfg: LArSimConfig):
         corners = wire_coordinate(ys[[0, 0, 1, 1]], zs[[0, 1, 0, 1]], ang)
         centre = 0.5 * (corners.min() + corners.max())
         wmin.append(centre - 0.5 * cfg.n_wires * cfg.wire_pitch_cm)
-    drift_us = (cfg.tpc_x_cm[1] - min(cfg.tpc_x_cm[0], 0.0)) / cfg.drift_velocity_cm_us
+    drift_us = (cfg.tpc_x_cm[1] - cfg.tpc_x_cm[0]) / cfg.drift_velocity_cm_us
     sig_max = math.sqrt(cfg.shaping_sigma_ticks ** 2
                         + 2 * cfg.diffusion_long_cm2_us * drift_us / cfg.cm_per_tick ** 2)
-    half = int(math.ceil(4 * sig_max)) + 1
+    half = math.ceil(4 * sig_max) + 1
     # Integer-valued (digitised) Gaussian noise by table lookup: exact quantiles of rint(sigma * z).
     u = (np.arange(65536) + 0.5) / 65536
     tables = [np.rint(ndtri(u) * s).astype(np.float16) for s in cfg.noise_adc]

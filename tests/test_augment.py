@@ -37,8 +37,10 @@ def test_energy_preserved_and_same_transform_for_ecal_and_hcal():
     np.random.seed(7)
     FlipRotate(("ECAL", "HCAL"))(arrays)
     for key, orig in (("ECAL", ecal), ("HCAL", hcal)):
-        np.testing.assert_allclose(arrays[key].sum(axis=(1, 2, 3)), orig.sum(axis=(1, 2, 3)), rtol=1e-6)
-        np.testing.assert_allclose(arrays[key].sum(axis=(1, 2)), orig.sum(axis=(1, 2)), rtol=1e-6)  # per layer
+        total = dict(axis=(1, 2, 3), dtype=np.float64)
+        np.testing.assert_allclose(arrays[key].sum(**total), orig.sum(**total), rtol=1e-12)
+        per_layer = dict(axis=(1, 2), dtype=np.float64)
+        np.testing.assert_allclose(arrays[key].sum(**per_layer), orig.sum(**per_layer), rtol=1e-12)
     corner = lambda a: np.stack([a[:, 0, 0, 0], a[:, 0, -1, 0], a[:, -1, 0, 0], a[:, -1, -1, 0]], 1).argmax(1)  # noqa
     assert np.array_equal(corner(arrays["ECAL"]), corner(arrays["HCAL"]))
     assert len(np.unique(corner(arrays["ECAL"]))) == 4  # the marker went to every corner
@@ -80,6 +82,7 @@ def test_flips_run_in_the_generator_workers(tmp_path, monkeypatch):
         energy = np.concatenate([b["energy"] for b in gen])
     order = energy.astype(int)
     for images in epochs:
-        np.testing.assert_allclose(images.sum(axis=(1, 2, 3)), ecal[order].sum(axis=(1, 2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(images.sum(axis=(1, 2, 3), dtype=np.float64),
+                                   ecal[order].sum(axis=(1, 2, 3), dtype=np.float64), rtol=1e-12)
         assert not np.array_equal(images, ecal[order])
     assert not np.array_equal(epochs[0], epochs[1])  # a new draw every epoch

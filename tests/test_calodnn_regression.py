@@ -22,8 +22,7 @@ RAW = CaloSimConfig(**REGRESSION_SIM_CONFIG)
 
 def test_raw_visible_energy_follows_the_sampling_fractions():
     n, energy = 150, 100.0
-    cal = simulate_events("Ele", n, np.random.default_rng(1), CaloSimConfig(ecal_thick_spot_gev=0.06),
-                          energies=np.full(n, energy))
+    cal = simulate_events("Ele", n, np.random.default_rng(1), CaloSimConfig(), energies=np.full(n, energy))
     raw = simulate_events("Ele", n, np.random.default_rng(1), RAW, energies=np.full(n, energy))
     thin = RAW.ecal_thin_layers
     layers_cal = cal["ECAL"].sum(axis=(1, 2)).mean(axis=0)

@@ -423,6 +423,7 @@ def test_cache_completes_with_events_the_first_epoch_did_not_use(samples, tmp_pa
             pass
         for b in gen:  # epoch 2 starts while the unused events are being cached
             pass
+        assert gen.build_cache() == gen.cache_path  # waits for the last writes, if any
         assert gen.cache_path.exists()
         arrays, _ = read_cache(gen.cache_path)
         assert np.array_equal(np.sort(np.asarray(arrays["id"])), all_ids(samples))
@@ -481,4 +482,34 @@ def test_read_all_after_a_partial_epoch_completes_the_cache(samples, tmp_path):
         assert gen.cache_path.exists()
         arrays, _ = read_cache(gen.cache_path)
         assert np.array_equal(np.asarray(arrays["id"]), data["id"])
+        del arrays
+
+
+def test_build_cache_ahead_of_training(samples, tmp_path):
+    with MultiClassGenerator(samples, 64, n_workers=2, cache=tmp_path, rates="balanced") as gen:
+        path = gen.build_cache()
+        assert path is not None and path.exists()
+        arrays, _ = read_cache(path)
+        assert np.array_equal(np.sort(np.asarray(arrays["id"])), all_ids(samples))
+        del arrays
+        ids = np.concatenate([b["id"].copy() for b in gen])
+        assert len(np.unique(ids)) == len(ids) == gen.events_per_epoch
+    with MultiClassGenerator(samples, 64, n_workers=1) as gen:
+        assert gen.build_cache() is None
+
+
+def test_read_all_and_cache_fill_run_the_preprocess(samples, tmp_path):
+    ref = {k: np.concatenate([h5_rows(s.file, k, slice(None)) for s in samples]) for k in ("X", "H")}
+    with MultiClassGenerator(samples, 64, n_workers=2, preprocess=Augment(), seed=5) as gen:
+        a = gen.read_all()
+    with MultiClassGenerator(samples, 64, n_workers=1, preprocess=Augment(), seed=5) as gen:
+        b = gen.read_all()
+    assert np.array_equal(a["X"], b["X"]) and not np.array_equal(a["X"], ref["X"])  # seeded per task
+    with MultiClassGenerator(samples, 64, n_workers=2, preprocess=Scale(2.0), rates="balanced",
+                             cache=tmp_path) as gen:
+        gen[0]
+        path = gen.build_cache()
+        arrays, _ = read_cache(path)
+        assert np.array_equal(np.asarray(arrays["X"]), ref["X"] * np.float32(2))
+        assert np.array_equal(np.asarray(arrays["H"]), ref["H"].astype(np.float32))
         del arrays

@@ -147,5 +147,5 @@ def test_cli(tmp_path, table):
     (tmp_path / "b.csv").write_text("1;2\n3;x\n")
     proc = subprocess.run([sys.executable, "-m", "dlkit.io", "csv", str(tmp_path / "b.csv"), str(tmp_path / "b.h5")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1:] == [
         f"error: file '{tmp_path / 'b.csv'}': line 2, column 2: 'x' is not a number"]

@@ -11,7 +11,14 @@ import pytest
 
 import lartpcdnn.simulate as sim
 from dlkit.sparse import SparseTensor
-from lartpcdnn.simulate import LArSimConfig, bethe_dedx, default_dataset, simulate_events, wire_coordinate, write_file
+from lartpcdnn.simulate import (
+    LArSimConfig,
+    bethe_dedx,
+    default_dataset,
+    simulate_events,
+    wire_coordinate,
+    write_file,
+)
 
 
 def _deposits(particle, n, seed, energy=None, cfg=None):
@@ -158,7 +165,7 @@ def test_readout_projection_charge_and_noise():
     """Digitised charge sits where the deposits project, with the total expected from the deposits."""
     cfg = LArSimConfig(noise_adc=(0.0, 0.0), chunk_events=4)
     rng = np.random.default_rng(6)
-    truth, deposits = sim._simulate_deposits("muon", 4, rng, cfg, np.full(4, 0.5))
+    _, deposits = sim._simulate_deposits("muon", 4, rng, cfg, np.full(4, 0.5))
     out = np.zeros((4, 2, 240, 4096), np.float16)
     sim._digitize(4, deposits, rng, cfg, out)
     ev, pos, de, dedx = deposits
@@ -188,7 +195,7 @@ def test_readout_projection_charge_and_noise():
 
 def test_truth_points_merge_when_over_capacity():
     cfg = LArSimConfig(truth_capacity=64)
-    truth, deposits = sim._simulate_deposits("electron", 3, np.random.default_rng(8), cfg, np.full(3, 0.4))
+    _, deposits = sim._simulate_deposits("electron", 3, np.random.default_rng(8), cfg, np.full(3, 0.4))
     st = sim._truth_points(3, deposits, cfg)
     ev, pos, de, _ = deposits
     inside = sim._inside(pos, cfg)

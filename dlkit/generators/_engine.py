@@ -82,12 +82,15 @@ class _Resources:
         self.builder = None
         self.lock = threading.Lock()
         self.closed = False
+        self.owner = os.getpid()
 
     def cleanup(self):
         with self.lock:
             if self.closed:
                 return
             self.closed = True
+            if os.getpid() != self.owner:  # a forked copy of the consumer must not stop the real one's readers
+                return
             for c in self.conns:
                 try:
                     c.send(("stop",))
@@ -637,6 +640,8 @@ class Engine:
 
     def _wait_progress(self, what: str):
         now = time.monotonic()
+        if not self.inflight and now - self.last_progress > self.timeout:
+            self._fail(GeneratorError(f"internal error: waiting for {what} with no task in flight"))
         if self.inflight and now - self.last_progress > self.timeout:
             doing = ", ".join(sorted({t.desc for t in self.inflight.values()})[:4])
             self._fail(GeneratorTimeoutError(f"no reader finished a task for {self.timeout:.0f} s while waiting for "
@@ -711,6 +716,58 @@ class Engine:
         self.next_serve = s0
 
     # ------------------------------------------------------------------ whole-dataset reads
+    def complete_stores(self):
+        """Read whatever the cache (disk and/or RAM) still lacks, and wait until it is complete."""
+        self.check_usable()
+        self.start()
+        if self.building:
+            self.fills_generated = False
+            self._generate_fills()
+        self.last_progress = time.monotonic()
+        while self.building or (self.ram_seg is not None and not self.ram_complete
+                                and self._groups.get(getattr(self, "_load_group", 0))):
+            self._pump_fills()
+            if self.fills and not self.inflight and self._free_slot() is None:
+                # every slot holds a read-ahead batch nobody is asking for now: drop them (they are
+                # deterministic and are read again when requested) to make room for the cache fill
+                for k in [k for k in self.ready if k >= self.next_serve]:
+                    slot = self.ready.pop(k)
+                    slot.state = FREE
+                    self.dispatched.discard(k)
+                self._pump_fills()
+            if self.fills or self.inflight or self.priority:
+                self._pump_priority()
+                self._wait_progress("the cache")
+            elif self.building:
+                self._fail(GeneratorError(f"internal error: the cache lacks {self.n_canonical - self.written} "
+                                          "events but no task is left to write them"))
+
+    def _pump_priority(self):
+        while self.priority:
+            idle = [w for w in self.workers if w.outstanding < self.queue_depth]
+            if not idle:
+                return
+            task, spec = self.priority.popleft()
+            self._submit(min(idle, key=lambda x: x.outstanding), task, spec)
+
+    def _pump_fills(self):
+        """Dispatch cache-fill tasks even when the stream is not past its first epoch."""
+        self._reclaim()
+        while self.fills:
+            idle = [w for w in self.workers if w.outstanding < self.queue_depth]
+            slot = self._free_slot()
+            if not idle or slot is None:
+                return
+            runs, n = self._fill_spec(self.fills.popleft())
+            runs, write = self._write_runs(runs)
+            if write is None:
+                continue
+            task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
+            slot.state = BUSY
+            self._submit(min(idle, key=lambda x: x.outstanding), task,
+                         {"kind": "batch", "src": "source", "dest": (slot.shm.name, 0), "runs": runs, "n": n,
+                          "perm": None, "write": write, "pseed": (self.seed, -2, len(self.fills))})
+
     def read_canonical(self) -> dict[str, np.ndarray]:
         """Every selected event's output arrays, canonical order, in memory that outlives the engine."""
         self.check_usable()

@@ -464,6 +464,18 @@ class MultiClassGenerator:
                 logger.debug("epoch ended %d batches into the generator's epoch", self._pos % len(self))
 
     # ------------------------------------------------------------------ whole dataset
+    def build_cache(self) -> Path | None:
+        """Complete the cache now (and the RAM copy with ``preload``): read, pre-process and store every
+        selected event the generator has not stored yet; returns the cache file (None without one).
+
+        Training fills the cache during its first epoch anyway; this is for preparing it ahead, e.g. once
+        before the points of a scan start, or to finish it after a partial first epoch.
+        """
+        with self._lock:
+            self._engine.complete_stores()
+        path = self.cache_path
+        return path if path is not None and path.exists() else None
+
     def read_all(self, apply_postprocess: bool = False, provenance: bool | None = None):
         """Every selected event once, canonical order (specification order, events in file order).
 
