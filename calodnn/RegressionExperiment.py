@@ -1,17 +1,18 @@
 """Energy regression in the LCD calorimeter from ECAL and HCAL cells, per particle type or mixed.
 
-    python -m calodnn.RegressionExperiment -s 5                      # scan point 5 of the default config
+    python -m calodnn.RegressionExperiment -s 6                      # scan point 6: Depth 1, Width 64, MRSE
     python -m calodnn.RegressionExperiment --Test                    # a quick check: few events, 2 epochs
-    python -m calodnn.RegressionExperiment --set 'Particles=["Gamma"]' --set loss=GaussianNLL
+    python -m calodnn.RegressionExperiment -s 3 --set 'Particles=["Gamma"]'   # photons only, Gaussian NLL
     python -m calodnn.RegressionExperiment --set Model=Linear        # the "simple calibration" baseline
     python -m calodnn.RegressionExperiment -C my_scan.py -s 3 --data /data/LCD/V2/MLDataset --set ECALNorm=100
 
 Models (config ``Model``): ``Linear`` (sum of cells x fitted scale), ``PerChannel`` (CALICE: one weight per
 cell), ``LayerMLP`` (BHCal: MLP on per-layer sums), ``Dense`` (DNN on the cells, default), ``CNN``. The loss
 is named by config ``loss``: MSE, MAE, MSRE, MRSE, GaussianNLL (2 outputs: mu and log sigma^2), ResolutionChi2
-or any Keras loss. With no data configured the first run simulates the regression dataset (raw visible
-energies, see :mod:`calodnn.regression`) into the cache. The analysis fits sigma/E = a/sqrt(E) (+) b/E (+) c
-per particle and stores ``<Particle>_Resolution_a`` ... in the metadata (``python -m dlkit.ScanAnalysis``).
+or any Keras loss (the default scan sets it per point, so choose it with -s or a config file). With no data
+configured the first run simulates the regression dataset (raw visible energies, see
+:mod:`calodnn.regression`) into the cache. The analysis fits sigma/E = a/sqrt(E) (+) b/E (+) c per particle
+and stores ``<Particle>_Resolution_a`` ... in the metadata (``python -m dlkit.ScanAnalysis``).
 Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
 """
 

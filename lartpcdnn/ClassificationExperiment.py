@@ -58,7 +58,7 @@ DEFAULTS = {
     # model
     "Model": "CNN",             # "CNN" (two-view siamese) or "Dense" (baseline)
     "Width": 64,
-    "Depth": 3,                 # CNN: conv blocks after the stem; Dense: hidden layers per view
+    "Depth": 4,                 # CNN: conv blocks after the stem; Dense: hidden layers per view
     "Filters": 8,
     "SharedTrunk": True,        # siamese: one trunk for both planes
     "DensePool": 4,             # Dense: average-pool each view by this before flattening
@@ -72,7 +72,7 @@ DEFAULTS = {
     "lr": 0.001,
     "decay": 0.0,
     "momentum": 0.0,
-    "Epochs": 10,
+    "Epochs": 15,
     "BatchSize": 32,
     "RunningTime": None,
     "LoadPreviousModel": False,

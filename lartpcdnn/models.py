@@ -4,7 +4,7 @@ Built with the Keras functional API and ``keras.layers`` only, so any backend wo
 hyperparameter comes from the resolved configuration and really changes the model::
 
     model = build_classifier({"induction": (240, 256), "collection": (240, 256)}, n_classes=7,
-                             Model="CNN", Filters=8, Depth=3, Width=64)
+                             Model="CNN", Filters=8, Depth=4, Width=64)
 
 The CNN applies one convolutional trunk to each view. By default the trunk is *shared* (siamese: the same
 weights see both planes): both planes record the same tracks and showers at +-60 degrees, so one set of
@@ -30,7 +30,7 @@ __all__ = ["view_trunk", "dense_view", "build_classifier", "LArClassifier", "MOD
 MODEL_TYPES = ("CNN", "Dense")
 
 
-def view_trunk(shape, filters: int = 8, depth: int = 3, activation: str = "relu", batch_norm: bool = False,
+def view_trunk(shape, filters: int = 8, depth: int = 4, activation: str = "relu", batch_norm: bool = False,
                init: str = "glorot_uniform", name: str = "trunk") -> keras.Model:
     """Conv trunk for one (wires, ticks) image: a 5x5/2 conv and a 2x2 max-pool (240 x 256 -> 60 x 64, cheap
     on a CPU), then ``depth`` x [3x3 conv, 2x2 max-pool] with filters doubling, then global max and average
@@ -72,7 +72,7 @@ def dense_view(x, width: int, depth: int, pool: int = 4, activation: str = "relu
 
 
 def build_classifier(input_shapes: Mapping[str, tuple], n_classes: int, Model: str = "CNN", Width: int = 64,
-                     Depth: int = 3, Filters: int = 8, SharedTrunk: bool = True, DensePool: int = 4,
+                     Depth: int = 4, Filters: int = 8, SharedTrunk: bool = True, DensePool: int = 4,
                      activation: str = "relu", Dropout: float = 0.0, BatchNormalization: bool = False,
                      WeightInitialization: str = "glorot_uniform", name: str = "LArTPCDNN") -> keras.Model:
     """Views in ``input_shapes`` order -> per-view branch -> concatenate -> Dense(Width) -> softmax.

@@ -32,7 +32,7 @@ def test_load_task_splits(lcd):
 def test_bdt_on_tiny_data(lcd):
     splits = load_task(lcd, "EPi", cells=False)
     bdt = train_bdt(splits["train"].features, splits["train"].y)
-    assert roc_auc_score(splits["test"].y, bdt.predict_proba(splits["test"].features)[:, 1]) > 0.99
+    assert roc_auc_score(splits["test"].y, bdt.predict_proba(splits["test"].features)[:, 1]) > 0.97
     g = load_task(lcd, "GammaPi0", cells=False)
     classic = train_bdt(g["train"].features, g["train"].y, method="classic", n_estimators=50)
     assert roc_auc_score(g["test"].y, classic.predict_proba(g["test"].features)[:, 1]) > 0.6
@@ -64,7 +64,7 @@ def test_working_point_gains_match_a_threshold_scan():
     better = rng.normal(y * 2.0, 1.0)
     got = working_point_gains(y, better, ref, 0.9)
     d_eff, ratio = _brute_force(y, better, ref, 0.9)
-    assert got["d_eff_sig"] == pytest.approx(d_eff, abs=1e-9) and d_eff > 0.1
+    assert got["d_eff_sig"] == pytest.approx(d_eff, abs=1e-9) and d_eff > 0.05
     assert got["r_bkg_ratio"] == pytest.approx(ratio, rel=1e-9) and ratio > 1.5
     same = working_point_gains(y, ref, ref, 0.9)
     assert same["d_eff_sig"] == 0 and same["r_bkg_ratio"] == 1

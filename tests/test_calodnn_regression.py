@@ -229,11 +229,14 @@ def test_single_particle_linear_and_augmented_on_the_fly(lcd_raw, env, tmp_path,
 
 @pytest.mark.parametrize("argv, message", [
     (["--set", "Model=Resnet"], "'Model'"),
-    (["--set", "loss=MSEE"], "config entry 'loss'"),
+    (["-C", "{config}"], "config entry 'loss'"),  # (a scan point's loss would override --set loss)
     (["--set", "Augment=sideways"], "'Augment'"),
     (["--set", "Widht=3"], "did you mean 'Width'"),
 ])
 def test_user_errors_are_one_line(lcd_raw, env, tmp_path, capsys, argv, message):
+    config = tmp_path / "badloss.py"
+    config.write_text("Config = {'loss': 'MSEE'}\n")
+    argv = [a.format(config=config) for a in argv]
     assert run(["--Test", "--data", str(lcd_raw), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

@@ -11,6 +11,7 @@ import gc
 import glob
 import multiprocessing
 import os
+import time
 
 import h5py
 import numpy as np
@@ -508,6 +509,8 @@ def test_read_all_and_cache_fill_run_the_preprocess(samples, tmp_path):
     with MultiClassGenerator(samples, 64, n_workers=2, preprocess=Scale(2.0), rates="balanced",
                              cache=tmp_path) as gen:
         gen[0]
+        time.sleep(0.5)  # let the readers fill every slot with read-ahead batches nobody asks for yet
+        gen._engine._pump()
         path = gen.build_cache()
         arrays, _ = read_cache(path)
         assert np.array_equal(np.asarray(arrays["X"]), ref["X"] * np.float32(2))

@@ -41,10 +41,10 @@ def test_end_to_end_cli_subprocess(lariat, env, tmp_path):
                            "-s", "0", "--set", "EnergyBins=[0.1, 1.0, 3]"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "TrainedModels.Test" / "LArTPCDNN_Depth3_Filters8_Width64_lr0.001"
+    out = tmp_path / "TrainedModels.Test" / "LArTPCDNN_Depth4_Filters8_Width64_lr0.001"
     md = read_metadata(out)
     assert md["Status"] == "completed" and md["Epochs"] == 2 and md["HyperParamSet"] == 0
-    assert md["ScanPoint"] == {"Depth": 3, "Filters": 8, "Width": 64, "lr": 0.001}
+    assert md["ScanPoint"] == {"Depth": 4, "Filters": 8, "Width": 64, "lr": 0.001}
     assert md["NTestEvents"] == 7 * 3  # 20 % of 14 events per class
     for name in DEFAULT_PARTICLES:
         assert 0.0 <= md[f"{name}_AUC"] <= 1.0 and 0.0 <= md[f"{name}_Eff1pctFake"] <= 1.0
@@ -54,13 +54,13 @@ def test_end_to_end_cli_subprocess(lariat, env, tmp_path):
     for table in ("Efficiency", "AUCvsEnergy", "EfficiencyvsEnergy", "Confusion", "PairAUC"):
         assert (out / f"{table}.csv").exists()
     assert "eff @ 1% fake" in proc.stdout and "electron vs photon" in proc.stdout
-    # the scan point is the model: a shared (siamese) trunk of 3 conv blocks of 8 doubling filters
+    # the scan point is the model: a shared (siamese) trunk: the stem and 4 conv blocks of 8 doubling filters
     import keras
 
     model = keras.saving.load_model(out / "model.keras")
     trunk = model.get_layer("trunk")
     convs = [layer for layer in trunk.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [c.filters for c in convs] == [8, 16, 32, 64]
+    assert [c.filters for c in convs] == [8, 16, 32, 64, 128]
     assert model.get_layer("head_dense").units == 64
     assert [layer.name for layer in model.layers].count("trunk") == 1  # one trunk, called on both views
     assert model.input_shape == [(None, 240, 256), (None, 240, 256)]
