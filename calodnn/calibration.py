@@ -113,7 +113,7 @@ def build_regressor(input_shapes: Mapping[str, tuple], Model: str = "Dense", Wid
     names = list(input_shapes)
     inputs = [keras.Input(shape=tuple(input_shapes[key]), name=key) for key in names]
     head = dict(n_out=n_out, energy_scale=EnergyScale)
-    sums = [layer_sums(x, key) for key, x in zip(names, inputs)]
+    sums = [] if Model == "PerChannel" else [layer_sums(x, key) for key, x in zip(names, inputs)]
     if Model == "Linear":
         out = regression_head(linear=_total(sums, "cell_sum"), **head)
     elif Model == "PerChannel":

@@ -97,7 +97,8 @@ def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int =
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"premix-{_samples_identity(samples)}-{seed}.h5"
+    ident = hashlib.sha1(f"{_samples_identity(samples)}|{sorted(keys)}|{list(class_names)}".encode()).hexdigest()[:16]
+    path = out_dir / f"premix-{ident}-{seed}.h5"
     if path.exists():
         log.info("premixed file %s exists; reusing it", path)
         return path

@@ -528,14 +528,15 @@ def _generators(config, samples, keys, preprocess, name):
     train_s, val_s, test_s = split_samples(samples, _fractions(config, samples), seed=config["Seed"])
     options = dict(n_workers=config["Workers"] or None)
     common = dict(onehot=False, class_index=False, seed=config["Seed"], preprocess=preprocess,
-                  postprocess=Select(keys[0], keys[1]), cache=bool(config["Cache"]), preload=config["Preload"],
-                  **options)
+                  postprocess=Select(keys[0], keys[1]), preload=config["Preload"], **options)
     spec = {k: k for k in keys}
     train_s = [dataclasses.replace(s, keys=spec) for s in train_s]
     val_s = [dataclasses.replace(s, keys=spec) for s in val_s]
-    train = MultiClassGenerator(train_s, config["BatchSize"], shuffle=True, **common)
+    train = MultiClassGenerator(train_s, config["BatchSize"], shuffle=True, cache=bool(config["Cache"]), **common)
     try:
-        val = MultiClassGenerator(val_s, max(config["BatchSize"], 1024), shuffle=False, **common)
+        # The validation set is small and read once per epoch: no cache (with one-batch epochs the
+        # generator's cache can lose its temporary file to a prefetched reader task; see the report).
+        val = MultiClassGenerator(val_s, config["BatchSize"], shuffle=False, cache=False, **common)
     except BaseException:
         train.close()
         raise

@@ -4,8 +4,9 @@ At each momentum, ``n_tracks`` pions and kaons each cross ``n_cells`` cells (one
 impact parameter in every cell). Per track:
 
 - dN/dx from cluster counting: the summed per-cell cluster counts over the summed path length, with the counts
-  from the trained CNN (``ML``), from the derivative + time-proximity baseline, and from the truth (the
-  Poisson limit of perfect counting);
+  from the trained CNN (``ML``), from the derivative + time-proximity baseline, from time proximity on the
+  true electron arrival times (``ideal``: perfect peak finding, the limit of step 2 alone), and from the truth
+  (the Poisson limit of perfect counting);
 - dE/dx: the truncated mean of the per-cell collected charge per cm (the lowest ``f`` of the cells; ``f`` is
   chosen to maximise dE/dx's separation, the most favourable choice for dE/dx). The charge is the simulated
   sum of the electrons' gains, without electronics noise or an integration window: an ideal charge
@@ -41,6 +42,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from clustercount.common import Results
+from clustercount.baselines import PeakList, time_proximity_counts
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
 from clustercount.simulate import (PARTICLES, DriftSimConfig, build_complete_dir, data_root, simulate_waveforms)
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["PIDOptions", "pid_dataset", "separation_power", "truncated_mean", "pid_study", "main"]
 
 #: Version of the PID sample files (part of their cache key).
-PID_VERSION = 1
+PID_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -97,16 +99,20 @@ def _make_pid_file(args, scorer=None) -> str:
     ss = np.random.SeedSequence(entropy=pid.seed, spawn_key=(PARTICLES[particle][0], int(round(momentum * 1000))))
     rng = np.random.default_rng(ss)
     chunk = 2000
-    parts = {k: [] for k in ("times", "n_clusters", "n_electrons", "charge", "n_peaks", "tp_counts", "track_length")}
+    parts = {k: [] for k in ("times", "n_clusters", "n_electrons", "charge", "n_peaks", "tp_counts", "tp_truth_counts",
+                             "track_length")}
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         ev = simulate_waveforms(m, rng, cfg, particle=particle, momentum=momentum)
         times, n_peaks, tp = cluster_features(ev["waveform"].astype(np.float32), opts, cfg.dt_ns, cfg.window_ns,
                                               scorer)
+        # Perfect peak finding: time proximity on the true electron arrival times.
+        ideal = time_proximity_counts(PeakList(ev["electron_offset"], ev["electron_time"]), TP_GAPS_NS)
         for key, value in (("times", times), ("n_clusters", ev["n_clusters"]), ("n_electrons", ev["n_electrons"]),
                            ("charge", ev["charge"]), ("n_peaks", n_peaks), ("tp_counts", tp),
-                           ("track_length", ev["track_length"])):
+                           ("tp_truth_counts", ideal.astype(np.int16)), ("track_length", ev["track_length"])):
             parts[key].append(value)
+    log.info("PID sample %s at %g GeV/c: %d cells simulated", particle, momentum, n)
     out = Path(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
@@ -184,6 +190,13 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
     gap = 2.0 if baseline_gap_ns is None else float(baseline_gap_ns)
     gap_index = int(np.argmin(np.abs(np.asarray(TP_GAPS_NS) - gap)))
     first, second = options.particles
+    # The perfect-peak-finding bound uses the gap whose count follows the true one best over all cells.
+    spread = 0.0
+    for p in options.momenta:
+        for part in options.particles:
+            with h5py.File(Path(directory) / _file_name(part, p), "r") as f:
+                spread = spread + np.square(f["tp_truth_counts"][()] - f["n_clusters"][()][:, None]).sum(axis=0)
+    ideal_index = int(np.argmin(spread))
     per_track = {}
     for p in options.momenta:
         for part in options.particles:
@@ -191,7 +204,8 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
                 shape = (int(f.attrs["n_tracks"]), int(f.attrs["n_cells"]))
                 length = f["track_length"][()].reshape(shape).sum(axis=1)
                 est = {"truth": f["n_clusters"][()].reshape(shape).sum(axis=1) / length,
-                       "baseline": f["tp_counts"][:, gap_index].reshape(shape).sum(axis=1) / length}
+                       "baseline": f["tp_counts"][:, gap_index].reshape(shape).sum(axis=1) / length,
+                       "ideal": f["tp_truth_counts"][:, ideal_index].reshape(shape).sum(axis=1) / length}
                 if predict is not None:
                     pred = np.asarray(predict(f["times"][()].astype(np.float32)), dtype=np.float64).reshape(shape)
                     est["ML"] = pred.sum(axis=1) / length
@@ -207,10 +221,10 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
     rows = []
     for i, p in enumerate(options.momenta):
         row = {"momentum": p, "S_dEdx": sep[f"dEdx{best:g}"][i], "S_dNdx_truth": sep["truth"][i],
-               "S_dNdx_baseline": sep["baseline"][i]}
+               "S_dNdx_ideal": sep["ideal"][i], "S_dNdx_baseline": sep["baseline"][i]}
         if "ML" in sep:
             row["S_dNdx_ML"] = sep["ML"][i]
-        for name in ("truth", "baseline", "ML"):
+        for name in ("truth", "ideal", "baseline", "ML"):
             if name in sep:
                 row[f"ratio_{name}"] = sep[name][i] / row["S_dEdx"]
         a = per_track[(p, first)]
@@ -221,7 +235,9 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
         rows.append(row)
     table = pd.DataFrame(rows).set_index("momentum")
     md = {"PID_dEdxTruncation": float(best), "PID_TruthRatioMean": float(table["ratio_truth"].mean()),
-          "PID_BaselineRatioMean": float(table["ratio_baseline"].mean()), "PID_Tracks": options.n_tracks,
+          "PID_BaselineRatioMean": float(table["ratio_baseline"].mean()),
+          "PID_IdealPeaksRatioMean": float(table["ratio_ideal"].mean()),
+          "PID_IdealPeaksGapNs": float(TP_GAPS_NS[ideal_index]), "PID_Tracks": options.n_tracks,
           "PID_Cells": options.n_cells, "PID_Momenta": list(options.momenta)}
     if "ML" in sep:
         md.update({"PID_RatioMean": float(table["ratio_ML"].mean()), "PID_RatioMin": float(table["ratio_ML"].min()),
@@ -237,6 +253,7 @@ def _separation_figure(table, best, options, title) -> Figure:
     fig = Figure(figsize=(7, 7))
     ax, rx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     styles = {"S_dNdx_truth": ("dN/dx, true cluster count (Poisson limit)", "k:"),
+              "S_dNdx_ideal": ("dN/dx, perfect peak finding + time proximity", "C7d:"),
               "S_dNdx_ML": ("dN/dx, CNN cluster count", "C0o-"),
               "S_dNdx_baseline": ("dN/dx, derivative + time proximity", "C2s--"),
               "S_dEdx": (f"dE/dx, truncated mean ({best:.0%} lowest)", "C3^-")}
@@ -247,7 +264,7 @@ def _separation_figure(table, best, options, title) -> Figure:
            title=f"{title} {options.n_tracks} tracks x {options.n_cells} cells".strip())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for col, style in (("ratio_ML", "C0o-"), ("ratio_truth", "k:"), ("ratio_baseline", "C2s--")):
+    for col, style in (("ratio_ML", "C0o-"), ("ratio_truth", "k:"), ("ratio_ideal", "C7d:"), ("ratio_baseline", "C2s--")):
         if col in table:
             rx.plot(table.index, table[col], style, label=col.replace("ratio_", ""))
     rx.axhline(1.5, color="grey", ls="--", lw=1, label="target 1.5")

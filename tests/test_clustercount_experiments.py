@@ -91,7 +91,7 @@ def test_clusterization_cli_with_pid(waves, env, tmp_path):
                            "--set", "BatchSize=100"], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "TrainedModels.Test" / "Clusterization_BatchSize1000_Dropout0.0_Neurons32_activationrelu_lossmae_optimizerRMSprop"
+    out = tmp_path / "TrainedModels.Test" / "Clusterization_BatchSize250_Dropout0.0_Neurons32_activationrelu_lossmae_optimizerRMSprop"
     md = read_metadata(out)
     assert md["Status"] == "completed" and md["Epochs"] == 2 and md["Configuration"]["Epochs"] == 2
     assert md["PeakFinder"] == "derivative" and md["BaselineGapNs"] >= 0
