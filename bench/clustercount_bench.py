@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ccbench-"))
     try:
         for workers in (1, 2):
-            k = iter(range(1000))
-            add(f"write_dataset, {workers} worker(s), 1000 per file",
-                *_median_rate(lambda: sim.write_dataset(tmp / f"w{workers}-{next(k)}", n, 1000, 0, cfg, progress=False,
-                                                        workers=workers), n, args.repeats)[:2],
+            def write(workers=workers, k=iter(range(1000))):
+                sim.write_dataset(tmp / f"w{workers}-{next(k)}", n, 1000, 0, cfg, progress=False, workers=workers)
+
+            add(f"write_dataset, {workers} worker(s), 1000 per file", *_median_rate(write, n, args.repeats)[:2],
                 "(spawn start-up included)" if workers > 1 else "")
         ev = sim.simulate_waveforms(n, np.random.default_rng(5), cfg)
         w = ev["waveform"].astype(np.float32)

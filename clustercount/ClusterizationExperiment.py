@@ -21,10 +21,24 @@ from __future__ import annotations
 import logging
 import sys
 
-from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
-
-from clustercount.common import DATA_DEFAULTS, FLAG_KEYS, TRAINING_DEFAULTS, TYPES, compile_model, training_callbacks
+from clustercount.common import (
+    DATA_DEFAULTS,
+    FLAG_KEYS,
+    TRAINING_DEFAULTS,
+    TYPES,
+    compile_model,
+    training_callbacks,
+)
 from clustercount.configs import CONFIG_DIR
+from dlkit.experiment import (
+    configure_device,
+    finish,
+    load_or_build,
+    make_parser,
+    resolve_run,
+    run_main,
+    train,
+)
 
 log = logging.getLogger("clustercount.ClusterizationExperiment")
 

@@ -38,10 +38,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from clustercount.baselines import (DERIVATIVE_DEFAULTS, PeakList, derivative_peaks, encode_times, local_maxima,
-                                    robust_sigma, time_proximity_counts)
-from clustercount.simulate import (COMPLETE_MARKER, DriftSimConfig, build_complete_dir, data_root,
-                                   default_dataset)
+from clustercount.baselines import (
+    DERIVATIVE_DEFAULTS,
+    PeakList,
+    derivative_peaks,
+    encode_times,
+    local_maxima,
+    robust_sigma,
+    time_proximity_counts,
+)
+from clustercount.simulate import (
+    COMPLETE_MARKER,
+    DriftSimConfig,
+    build_complete_dir,
+    data_root,
+    default_dataset,
+)
 from dlkit.config import ConfigError
 from dlkit.generators.errors import DataError
 
@@ -534,8 +546,8 @@ def _generators(config, samples, keys, preprocess, name):
     val_s = [dataclasses.replace(s, keys=spec) for s in val_s]
     train = MultiClassGenerator(train_s, config["BatchSize"], shuffle=True, cache=bool(config["Cache"]), **common)
     try:
-        # The validation set is small and read once per epoch: no cache (with one-batch epochs the
-        # generator's cache can lose its temporary file to a prefetched reader task; see the report).
+        # The validation set is small and read once per epoch: no cache (also avoids a dlkit.generators
+        # race where a one-batch epoch's cache file is finalised under a prefetched reader task).
         val = MultiClassGenerator(val_s, config["BatchSize"], shuffle=False, cache=False, **common)
     except BaseException:
         train.close()

@@ -86,7 +86,7 @@ class PeakFinderModel(ModelWrapper):
         super().__init__(Name, **kwargs)
         self.window_shape = tuple(window_shape)
 
-    def Build(self):  # noqa: N802 - DLKit's API
+    def Build(self):
         c = self.Config
         self.Model = build_peak_classifier(
             self.window_shape, Neurons=c["Neurons"], activation=c["activation"], Dropout=c["Dropout"],
@@ -103,7 +103,7 @@ class ClusterCounterModel(ModelWrapper):
         super().__init__(Name, **kwargs)
         self.input_shape = tuple(input_shape)
 
-    def Build(self):  # noqa: N802 - DLKit's API
+    def Build(self):
         c = self.Config
         self.Model = build_cluster_counter(
             self.input_shape, Filters=c["Filters"], KernelSize=c["KernelSize"], ConvLayers=c["ConvLayers"],

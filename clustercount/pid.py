@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from clustercount.common import Results
 from clustercount.baselines import PeakList, time_proximity_counts
+from clustercount.common import Results
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
-from clustercount.simulate import (PARTICLES, DriftSimConfig, build_complete_dir, data_root, simulate_waveforms)
+from clustercount.simulate import PARTICLES, DriftSimConfig, build_complete_dir, data_root, simulate_waveforms
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ _LAZY = {
     "callbacks": ("dlkit.callbacks", None),
     "losses": ("dlkit.losses", None),
     "generators": ("dlkit.generators", None),
+    "SparseTensor": ("dlkit.sparse", "SparseTensor"),
 }
 
 __all__ = ["ConfigError", "load_config", "resolve_config", "Permutator", *_LAZY]

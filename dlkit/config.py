@@ -100,7 +100,7 @@ def check_value(key: str, value: Any, default: Any, expected: type | tuple | Non
         if default is None:
             return value
         expected = type(default)
-    if value is None and (default is None):
+    if value is None and default is None:  # also when a type is declared for a None default
         return None
     types = expected if isinstance(expected, tuple) else (expected,)
 

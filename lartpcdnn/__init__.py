@@ -1,1 +1,7 @@
-"""lartpcdnn: experiment package on dlkit."""
+"""lartpcdnn: particle classification in the LArIAT liquid-argon TPC, an experiment package on dlkit.
+
+Modules: ``simulate`` (LArIAT-layout simulator and its CLI), ``preprocess`` (the worker pre-process:
+down-sample, crop, normalise), ``data`` (generators and test set), ``models`` (siamese CNN, dense baseline),
+``analysis`` (AUC, efficiency at 1 % fake, confusion, vs energy), ``ClassificationExperiment`` (the CLI).
+Importing the package imports nothing heavy (reader processes import ``lartpcdnn.preprocess``).
+"""

@@ -13,11 +13,11 @@ def test_peak_finding_metrics_against_sklearn():
     label = rng.random(20000) < 0.35
     scores = np.clip(rng.normal(np.where(label, 0.7, 0.3), 0.2), 0, 1)
     deriv = np.where(label, rng.random(20000) < 0.5, rng.random(20000) < 0.02)
-    md, curve = peak_finding_metrics(label.astype(int), scores, deriv)
+    md, _ = peak_finding_metrics(label.astype(int), scores, deriv)
     assert md["Peak_AUC"] == pytest.approx(roc_auc_score(label, scores), abs=1e-12)
     assert md["DerivEfficiency"] == pytest.approx(deriv[label].mean())
     assert md["DerivFakeRate"] == pytest.approx(deriv[~label].mean())
-    fpr, tpr, thr = roc_curve(label, scores)
+    fpr, tpr, _ = roc_curve(label, scores)
     assert md["EffAtDerivFake"] == pytest.approx(np.interp(md["DerivFakeRate"], fpr, tpr))
     # The cut reproduces (about) the derivative's fake rate and the quoted efficiency.
     cut = md["ThresholdAtDerivFake"]

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 
 import clustercount.simulate as sim
-
-from clustercount.baselines import (PeakList, derivative_peaks, encode_times, local_maxima, robust_sigma,
-                                    time_proximity_counts, time_proximity_labels)
+from clustercount.baselines import (
+    PeakList,
+    derivative_peaks,
+    encode_times,
+    local_maxima,
+    robust_sigma,
+    time_proximity_counts,
+    time_proximity_labels,
+)
 from clustercount.data import extract_windows, find_candidates, label_candidates
 from clustercount.simulate import DriftSimConfig, digitize, pulse_peak_ns, render_pulses, simulate_waveforms
 

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from clustercount.baselines import PeakList, derivative_peaks, encode_times, time_proximity_counts
-from clustercount.data import (TP_GAPS_NS, DerivationOptions, TimesPreprocess, WindowPreprocess, cluster_dataset,
-                               derived_files, peak_dataset, waveform_files)
+from clustercount.data import (
+    TP_GAPS_NS,
+    DerivationOptions,
+    TimesPreprocess,
+    WindowPreprocess,
+    cluster_dataset,
+    derived_files,
+    peak_dataset,
+    waveform_files,
+)
 from clustercount.simulate import DriftSimConfig, write_dataset
 from dlkit.config import ConfigError
 from dlkit.generators import DataError

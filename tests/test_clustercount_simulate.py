@@ -11,9 +11,23 @@ import pytest
 from scipy.stats import chisquare
 
 import clustercount.simulate as sim
-from clustercount.simulate import (PARTICLES, DriftSimConfig, cluster_density, cluster_size_pmf, default_dataset,
-                                   digitize, drift_sigma, drift_time, mean_cluster_size, pulse_peak_ns, pulse_shape,
-                                   render_pulses, simulate_waveforms, write_dataset, write_file)
+from clustercount.simulate import (
+    PARTICLES,
+    DriftSimConfig,
+    cluster_density,
+    cluster_size_pmf,
+    default_dataset,
+    digitize,
+    drift_sigma,
+    drift_time,
+    mean_cluster_size,
+    pulse_peak_ns,
+    pulse_shape,
+    render_pulses,
+    simulate_waveforms,
+    write_dataset,
+    write_file,
+)
 
 
 def _bg(particle, p):
