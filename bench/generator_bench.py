@@ -282,6 +282,7 @@ def bench_dlkit_cache(root, batch, workers, cache_root, preprocess=None):
             first = dlkit_epoch(gen)
             st = gen.stats
             dlkit_epoch(gen)  # the epoch during which the cache is finished
+            os.sync()  # the kernel's write-back of the new file must not run during the cached epoch
             cached = dlkit_epoch(gen)
             assert gen.cache_path.exists()
     finally:
@@ -617,6 +618,10 @@ def main(argv=None):
         add("(e) training dense 17125-128-128-4, fed by dlkit (2 readers, cached)", r["dlkit"], "e_dlkit")
         add("(e) training dense 17125-128-128-4, from in-memory numpy", r["memory"], "e_memory")
         R["e_first_epoch_s"] = {"dlkit": r["dlkit_first"], "memory": r["memory_first"]}
+        paired = [(a / s1) / (b / s2) for (a, s1), (b, s2) in zip(r["dlkit"], r["memory"])]
+        R["e_paired_ratios"] = paired
+        print(f"# training, dlkit / memory epoch by epoch (alternated): {[round(x, 2) for x in paired]}, "
+              f"median {statistics.median(paired):.2f}", flush=True)
     if "cache" in parts:
         r = bench_cache_format(args.data, args.batch, cache_root, args.repeats)
         add("cache format: raw file, preadv scatter (1 process)", r["raw"], "fmt_raw")

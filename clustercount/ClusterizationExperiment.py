@@ -1,12 +1,14 @@
 """Clusterization of drift-chamber waveforms: a 1D CNN counts the primary clusters from the detected peak times.
 
     python -m clustercount.ClusterizationExperiment -s 0          # scan point 0 of the default config
+    python -m clustercount.ClusterizationExperiment -s 0 --set PeakModel=TrainedModels/PeakFinding_...
     python -m clustercount.ClusterizationExperiment --Test        # a quick check: few waveforms, 2 epochs
     python -m clustercount.ClusterizationExperiment -C my_scan.py -s 3 --data /data/waveforms
 
-Step 2 of seed 004's two-step reconstruction. The derivative algorithm's peak times of each waveform,
-encoded as counts in 1024 time bins (shape (1024, 1)), are regressed to the true number of primary clusters
-(MAE by default) and compared with the derivative + time-proximity baseline: the spread of
+Step 2 of seed 004's two-step reconstruction. The detected peak times of each waveform - the peaks of a
+trained PeakFindingExperiment model given as ``PeakModel`` (the talk's pipeline), else the derivative
+algorithm's - encoded as counts in 1024 time bins (shape (1024, 1)), are regressed to the true number of
+primary clusters (MAE by default) and compared with the derivative + time-proximity baseline: the spread of
 ``N_pred - N_true`` (``NclResidualRMS`` vs ``BaselineResidualRMS`` and ``BaselineCalibratedRMS``). Then, with
 ``PID`` on, the pi/K separation power of dN/dx from the trained counter against dE/dx over tracks of
 ``PIDCells`` cells, vs momentum (``PID_RatioMean``; :mod:`clustercount.pid`).

@@ -1,6 +1,6 @@
 """Peak finding in drift-chamber waveforms: an LSTM classifies candidate peaks as ionisation signal or noise.
 
-    python -m clustercount.PeakFindingExperiment -s 0          # scan point 0 of the default config
+    python -m clustercount.PeakFindingExperiment -s 18         # scan point 18 (LSTM(32)): the main job
     python -m clustercount.PeakFindingExperiment --Test        # a quick check: few waveforms, 2 epochs
     python -m clustercount.PeakFindingExperiment -C my_scan.py -s 3 --data /data/waveforms
 

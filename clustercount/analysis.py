@@ -315,8 +315,9 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
     figures = {
         "Residuals": _residual_figure({"CNN": pred - true, f"time proximity ({base['gap']:g} ns)": raw - true,
                                        "time proximity, calibrated": calibrated - true}, name),
-        "Counts": _counts_figure({"true clusters": true, "CNN": np.rint(pred), "detected peaks": test["n_peaks"],
-                                  "time proximity": raw}, name),
+        "Counts": _counts_figure({"true clusters": true, "CNN": np.rint(pred),
+                                  f"detected peaks ({'LSTM' if config.get('PeakModel') else 'derivative'})":
+                                      test["n_peaks"], "time proximity (derivative peaks)": raw}, name),
         "Profile": _profile_figure(true, {"CNN": pred, "time proximity, calibrated": calibrated}, name),
     }
     hist = history_figure(wrapper)

@@ -273,7 +273,7 @@ class PeakScorer:
         self.threshold = float(threshold if threshold is not None else md.get("ThresholdAtDerivFake", 0.5))
         path = model_dir / "model.keras"
         self.digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        self.model = keras.saving.load_model(path)
+        self.model = keras.saving.load_model(path, compile=False)  # predicting only
         self.directory = model_dir
 
     def identity(self) -> dict:

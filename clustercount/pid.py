@@ -337,7 +337,7 @@ def main(argv=None) -> int:
         config["PIDCells"] = args.cells
     import keras
 
-    model = keras.saving.load_model(directory / "model.keras")
+    model = keras.saving.load_model(directory / "model.keras", compile=False)  # predicting only
     sim = DriftSimConfig.from_dict(config.get("SimConfig") or {})
     options = PIDOptions.from_config(config)
     scorer = PeakScorer(config["PeakModel"], config.get("PeakThreshold")) if config.get("PeakModel") else None
