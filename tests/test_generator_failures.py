@@ -16,6 +16,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+from test_generators import KEYS, _readers, no_leftovers, write_dataset  # noqa: F401 - autouse fixture
 
 from dlkit.generators import (
     DataError,
@@ -23,10 +24,9 @@ from dlkit.generators import (
     MultiClassGenerator,
     SampleSpec,
     WorkerDiedError,
+    _shm,
     make_samples_from_dirs,
 )
-from dlkit.generators import _shm
-from test_generators import KEYS, _readers, no_leftovers, write_dataset  # noqa: F401 - autouse fixture
 
 
 @pytest.fixture
@@ -133,17 +133,18 @@ def test_file_truncated_after_start_raises_in_consumer(samples):
 def test_corrupt_compressed_chunk_raises_naming_file_and_key(tmp_path):
     path = str(tmp_path / "z.h5")
     with h5py.File(path, "w") as f:
-        f.create_dataset("X", data=np.random.rand(200, 50).astype(np.float32), chunks=(20, 50), compression="gzip")
+        f.create_dataset(
+            "X", data=np.random.rand(200, 50).astype(np.float32), chunks=(20, 50), compression="gzip"
+        )
         f["id"] = np.arange(200)
         info = f["X"].id.get_chunk_info(5)
     with open(path, "r+b") as f:
         f.seek(info.byte_offset + 10)
         f.write(os.urandom(max(1, info.size - 20)))
     spec = [SampleSpec(path, ["X", "id"], "A")]
-    with MultiClassGenerator(spec, 16, n_workers=1, shuffle=False) as gen:
-        with pytest.raises(DataError) as ei:
-            for b in gen:
-                pass
+    with MultiClassGenerator(spec, 16, n_workers=1, shuffle=False) as gen, pytest.raises(DataError) as ei:
+        for b in gen:
+            pass
     assert ei.value.file == os.path.abspath(path) and ei.value.key == "X"
     assert "Traceback" not in str(ei.value)
 
@@ -186,9 +187,8 @@ def test_bad_arguments(samples):
         MultiClassGenerator(samples, 16, rates={"Z": 1})
     with pytest.raises(ValueError, match="not enough for one batch"):
         MultiClassGenerator(samples, 10**6, last_batch="drop")
-    with MultiClassGenerator(samples, 16, n_workers=1) as gen:
-        with pytest.raises(IndexError):
-            gen[len(gen)]
+    with MultiClassGenerator(samples, 16, n_workers=1) as gen, pytest.raises(IndexError):
+        gen[len(gen)]
 
 
 @pytest.mark.timeout(60)
@@ -246,9 +246,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def run_script(data, mode, cache="-"):
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, data, mode, str(cache)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, data, mode, str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
 
 
 def no_segments_of(pid):

@@ -12,9 +12,9 @@ import threading
 
 import numpy as np
 import pytest
+from test_generators import h5dir, no_leftovers  # noqa: F401 - fixtures
 
 from dlkit.generators import MultiClassGenerator, Select, make_samples_from_dirs, split_samples
-from test_generators import h5dir, no_leftovers  # noqa: F401 - fixtures
 
 keras = pytest.importorskip("keras")
 
@@ -50,8 +50,10 @@ def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F
     train, val = split_samples(samples, [0.75, 0.25], seed=2)
     rec_t, rec_v = Recording(["X", "H"], "onehot"), Recording(["X", "H"], "onehot")
     epochs = 3
-    with MultiClassGenerator(train, 32, n_workers=2, postprocess=rec_t, seed=1) as tgen, \
-            MultiClassGenerator(val, 32, n_workers=1, postprocess=rec_v, seed=1) as vgen:
+    with (
+        MultiClassGenerator(train, 32, n_workers=2, postprocess=rec_t, seed=1) as tgen,
+        MultiClassGenerator(val, 32, n_workers=1, postprocess=rec_v, seed=1) as vgen,
+    ):
         ids_train = np.sort(tgen.read_all()["id"])
         ids_val = np.sort(vgen.read_all()["id"])
         model = small_model()
@@ -61,16 +63,16 @@ def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F
         # Keras' two signature probes come first; they are served again when the epoch starts
         assert len(rec_t.seen) == 2 + epochs * n
         for e in range(epochs):
-            got = np.concatenate([i for i, _ in rec_t.seen[2 + e * n:2 + (e + 1) * n]])
+            got = np.concatenate([i for i, _ in rec_t.seen[2 + e * n : 2 + (e + 1) * n]])
             assert np.array_equal(np.sort(got), ids_train), f"train epoch {e}"
         assert len(rec_v.seen) == 2 + epochs * nv
         for e in range(epochs):
-            got = np.concatenate([i for i, _ in rec_v.seen[2 + e * nv:2 + (e + 1) * nv]])
+            got = np.concatenate([i for i, _ in rec_v.seen[2 + e * nv : 2 + (e + 1) * nv]])
             assert np.array_equal(np.sort(got), ids_val), f"validation epoch {e}"
         # evaluate() probes again and then reads one exact epoch
         before = len(rec_v.seen)
         model.evaluate(vgen, verbose=0)
-        got = np.concatenate([i for i, _ in rec_v.seen[before + 2:]])
+        got = np.concatenate([i for i, _ in rec_v.seen[before + 2 :]])
         assert np.array_equal(np.sort(got), ids_val)
         assert len(tgen._engine.slots) <= tgen._engine.max_slots
 
@@ -79,8 +81,9 @@ def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F
 def test_zero_copy_batches_are_not_overwritten_while_tensorflow_holds_them(h5dir):  # noqa: F811
     """Predictions on generator batches equal predictions on the same data read with plain h5py."""
     samples = make_samples_from_dirs(h5dir, ["X", "H", "id"])
-    with MultiClassGenerator(samples, 16, n_workers=2, queue_depth=1, shuffle=False, postprocess=Select(["X", "H"]),
-                             seed=3) as gen:
+    with MultiClassGenerator(
+        samples, 16, n_workers=2, queue_depth=1, shuffle=False, postprocess=Select(["X", "H"]), seed=3
+    ) as gen:
         model = small_model()
         pred = model.predict(gen, verbose=0)
         data = gen.read_all()

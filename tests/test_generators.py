@@ -23,12 +23,12 @@ from dlkit.generators import (
     MultiClassGenerator,
     SampleSpec,
     Select,
+    _shm,
     make_samples_from_dirs,
     make_samples_from_globs,
     read_cache,
     split_samples,
 )
-from dlkit.generators import _shm
 
 CLASSES = ["A", "B", "C", "D"]
 KEYS = ["X", "H", "id", "u", "energy"]
@@ -163,7 +163,7 @@ def expected_unshuffled(samples_, gen):
         for ci, c in enumerate(CLASSES):
             n = int(counts[ci])
             for k in KEYS:
-                batch[k].append(streams[c][k][pos[c]:pos[c] + n])
+                batch[k].append(streams[c][k][pos[c] : pos[c] + n])
             batch["class_index"].append(np.full(n, ci))
             pos[c] += n
         out.append({k: np.concatenate(v) for k, v in batch.items()})
@@ -222,8 +222,9 @@ def test_class_counts_per_batch(samples):
         counts = np.array([np.bincount(b["class_index"], minlength=4) for b in gen])
         assert np.all(counts[:-1] == 16)
         assert counts.sum(0)[0] == min(totals.values())
-    with MultiClassGenerator(samples, 64, rates={"A": 2, "B": 1, "C": 1, "D": 0}, n_workers=1,
-                             last_batch="drop") as gen:
+    with MultiClassGenerator(
+        samples, 64, rates={"A": 2, "B": 1, "C": 1, "D": 0}, n_workers=1, last_batch="drop"
+    ) as gen:
         counts = np.array([np.bincount(b["class_index"], minlength=4) for b in gen])
         assert np.all(counts == [32, 16, 16, 0])
 
@@ -280,8 +281,14 @@ def test_filter_selects_exactly_the_right_events(samples):
 
 
 def test_preprocess_in_workers_postprocess_in_consumer(samples):
-    with MultiClassGenerator(samples, 40, n_workers=2, provenance=True, preprocess=Scale(3.0),
-                             postprocess=Select(["X", "Hsum"], "onehot", "energy")) as gen:
+    with MultiClassGenerator(
+        samples,
+        40,
+        n_workers=2,
+        provenance=True,
+        preprocess=Scale(3.0),
+        postprocess=Select(["X", "Hsum"], "onehot", "energy"),
+    ) as gen:
         assert gen.dtypes["X"] == np.float32 and gen.dtypes["H"] == np.float32  # H became float32
         assert gen.shapes["Hsum"] == (None,)
         (x, hsum), y, w = gen[0]
@@ -383,8 +390,9 @@ def test_cache_written_once_then_reused_by_later_epochs_and_runs(samples, tmp_pa
     cache_dir = tmp_path / "cache"
     pre = CountingScale(str(marks))
     ref = all_ids(samples)
-    with MultiClassGenerator(samples, 64, n_workers=2, seed=1, preprocess=pre, cache=cache_dir,
-                             provenance=True) as gen:
+    with MultiClassGenerator(
+        samples, 64, n_workers=2, seed=1, preprocess=pre, cache=cache_dir, provenance=True
+    ) as gen:
         e0 = [{k: v.copy() for k, v in b.items()} for b in gen]
         calls_first = reader_calls(marks)
         assert gen.cache_path.exists()  # complete after the first epoch, renamed
@@ -413,8 +421,9 @@ def test_cache_written_once_then_reused_by_later_epochs_and_runs(samples, tmp_pa
         assert np.array_equal(np.sort(ids), ref)
         assert reader_calls(marks) == calls_second
     # a different pre-process is a different cache
-    with MultiClassGenerator(samples, 64, n_workers=1, preprocess=CountingScale(str(marks), 3.0),
-                             cache=cache_dir) as gen3:
+    with MultiClassGenerator(
+        samples, 64, n_workers=1, preprocess=CountingScale(str(marks), 3.0), cache=cache_dir
+    ) as gen3:
         assert gen3.cache_path != path
 
 
@@ -448,7 +457,9 @@ def test_preload_keeps_everything_in_ram(samples, tmp_path):
             assert np.array_equal(np.sort(ids), ref)
         assert gen._engine.ram_complete
         data = gen.read_all()
-        assert np.array_equal(data["id"], np.concatenate([h5_rows(s.file, "id", slice(None)) for s in samples]))
+        assert np.array_equal(
+            data["id"], np.concatenate([h5_rows(s.file, "id", slice(None)) for s in samples])
+        )
     assert data["X"].shape[0] == len(ref)
     # preload from an existing disk cache
     with MultiClassGenerator(samples, 64, n_workers=2, cache=tmp_path) as gen:
@@ -506,8 +517,9 @@ def test_read_all_and_cache_fill_run_the_preprocess(samples, tmp_path):
     with MultiClassGenerator(samples, 64, n_workers=1, preprocess=Augment(), seed=5) as gen:
         b = gen.read_all()
     assert np.array_equal(a["X"], b["X"]) and not np.array_equal(a["X"], ref["X"])  # seeded per task
-    with MultiClassGenerator(samples, 64, n_workers=2, preprocess=Scale(2.0), rates="balanced",
-                             cache=tmp_path) as gen:
+    with MultiClassGenerator(
+        samples, 64, n_workers=2, preprocess=Scale(2.0), rates="balanced", cache=tmp_path
+    ) as gen:
         gen[0]
         time.sleep(0.5)  # let the readers fill every slot with read-ahead batches nobody asks for yet
         gen._engine._pump()

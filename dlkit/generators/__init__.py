@@ -51,7 +51,27 @@ _LAZY = {
     "callable_identity": "dlkit.generators.cache",
 }
 
-__all__ = ["DataError", "GeneratorError", "GeneratorTimeoutError", "WorkerDiedError", *_LAZY]
+__all__ = [
+    "Chain",
+    "DataError",
+    "EnergyCut",
+    "GeneratorError",
+    "GeneratorTimeoutError",
+    "MultiClassGenerator",
+    "Normalize",
+    "SampleSpec",
+    "Select",
+    "WorkerDiedError",
+    "as_samples",
+    "callable_identity",
+    "count_events",
+    "default_cache_dir",
+    "default_workers",
+    "make_samples_from_dirs",
+    "make_samples_from_globs",
+    "read_cache",
+    "split_samples",
+]
 
 
 def __getattr__(name):

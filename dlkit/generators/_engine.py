@@ -89,7 +89,9 @@ class _Resources:
             if self.closed:
                 return
             self.closed = True
-            if os.getpid() != self.owner:  # a forked copy of the consumer must not stop the real one's readers
+            if (
+                os.getpid() != self.owner
+            ):  # a forked copy of the consumer must not stop the real one's readers
                 return
             for c in self.conns:
                 try:
@@ -132,7 +134,7 @@ class _Resources:
 
 
 class _WorkerHandle:
-    __slots__ = ("index", "proc", "conn", "pid", "outstanding")
+    __slots__ = ("conn", "index", "outstanding", "pid", "proc")
 
     def __init__(self, index, proc, conn):
         self.index, self.proc, self.conn = index, proc, conn
@@ -141,7 +143,7 @@ class _WorkerHandle:
 
 
 class _Slot:
-    __slots__ = ("index", "shm", "state", "ref", "stream")
+    __slots__ = ("index", "ref", "shm", "state", "stream")
 
     def __init__(self, index, shm):
         self.index, self.shm = index, shm
@@ -151,19 +153,44 @@ class _Slot:
 
 
 class _Task:
-    __slots__ = ("tid", "kind", "stream", "slot", "worker", "written", "group", "desc")
+    __slots__ = ("desc", "group", "kind", "slot", "stream", "tid", "worker", "written")
 
     def __init__(self, kind, stream=None, slot=None, written=0, group=None, desc=""):
         self.tid = None
-        self.kind, self.stream, self.slot, self.written, self.group, self.desc = kind, stream, slot, written, group, desc
+        self.kind, self.stream, self.slot, self.written, self.group, self.desc = (
+            kind,
+            stream,
+            slot,
+            written,
+            group,
+            desc,
+        )
         self.worker = None
 
 
 class Engine:
     """Runs the readers and serves batches by stream index (epoch * n_batches + batch)."""
 
-    def __init__(self, *, entries, inputs, outputs, slot_arrays, planner, preprocess, n_workers, queue_depth,
-                 start_method, timeout, cache_dir, cache_key, preload, seed, meta, nice=0):
+    def __init__(
+        self,
+        *,
+        entries,
+        inputs,
+        outputs,
+        slot_arrays,
+        planner,
+        preprocess,
+        n_workers,
+        queue_depth,
+        start_method,
+        timeout,
+        cache_dir,
+        cache_key,
+        preload,
+        seed,
+        meta,
+        nice=0,
+    ):
         self.entries = entries
         self.inputs = inputs
         self.outputs = outputs
@@ -233,27 +260,48 @@ class Engine:
             self.close()
             raise
         self.startup_seconds = time.perf_counter() - t0
-        logger.info("started %d reader(s) (%s) and %d slots of %.1f MiB in %.2f s", self.n_workers,
-                    self.start_method, len(self.slots), self.slot_layout.size / 2**20, self.startup_seconds)
+        logger.info(
+            "started %d reader(s) (%s) and %d slots of %.1f MiB in %.2f s",
+            self.n_workers,
+            self.start_method,
+            len(self.slots),
+            self.slot_layout.size / 2**20,
+            self.startup_seconds,
+        )
 
     def _start_workers(self):
-        inplace = [a.name for a in self.inputs
-                   if any(o.name == a.name and o.dtype == a.dtype and tuple(o.shape) == tuple(a.shape)
-                          for o in self.outputs)]
-        cfg = {"entries": self.entries, "inputs": self.inputs, "outputs": self.outputs, "inplace": inplace,
-               "preprocess": self.preprocess, "n_classes": self.planner.n_classes, "nice": self.nice}
+        inplace = [
+            a.name
+            for a in self.inputs
+            if any(
+                o.name == a.name and o.dtype == a.dtype and tuple(o.shape) == tuple(a.shape)
+                for o in self.outputs
+            )
+        ]
+        cfg = {
+            "entries": self.entries,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "inplace": inplace,
+            "preprocess": self.preprocess,
+            "n_classes": self.planner.n_classes,
+            "nice": self.nice,
+        }
         try:
             cfg_bytes = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            raise TypeError(f"the pre-process function must be picklable to run in reader processes (define it "
-                            f"at module level, or use functools.partial / a callable class): {exc}") from None
+            raise TypeError(
+                f"the pre-process function must be picklable to run in reader processes (define it "
+                f"at module level, or use functools.partial / a callable class): {exc}"
+            ) from None
         ctx = multiprocessing.get_context(self.start_method)
         hide = self.start_method != "fork" and b"__main__" not in cfg_bytes
         with _spawn_environment(hide):
             for i in range(self.n_workers):
                 parent, child = ctx.Pipe(duplex=True)
-                p = ctx.Process(target=worker_main, args=(i, child, cfg_bytes), name=f"dlkit-reader-{i}",
-                                daemon=True)
+                p = ctx.Process(
+                    target=worker_main, args=(i, child, cfg_bytes), name=f"dlkit-reader-{i}", daemon=True
+                )
                 p.start()
                 child.close()
                 self.res.procs.append(p)
@@ -264,8 +312,10 @@ class Engine:
         while pending:
             self._poll(min(1.0, max(0.0, deadline - time.monotonic())), pending=pending)
             if time.monotonic() > deadline and pending:
-                raise GeneratorTimeoutError(f"reader processes {sorted(pending)} did not start within "
-                                            f"{max(120.0, self.timeout):.0f} s")
+                raise GeneratorTimeoutError(
+                    f"reader processes {sorted(pending)} did not start within "
+                    f"{max(120.0, self.timeout):.0f} s"
+                )
 
     def close(self):
         self.res.cleanup()
@@ -331,7 +381,9 @@ class Engine:
                 try:
                     self.builder = CacheBuilder(self.cache_dir, self.cache_key, self.outputs, N, self.meta)
                 except OSError as exc:
-                    logger.warning("cannot create a cache in %s (%s); continuing without", self.cache_dir, exc)
+                    logger.warning(
+                        "cannot create a cache in %s (%s); continuing without", self.cache_dir, exc
+                    )
                     self.builder = None
                 if self.builder is not None:
                     self.res.builder = self.builder
@@ -349,8 +401,9 @@ class Engine:
                     for g0 in range(0, N, step):
                         t = _Task("load", group=group, desc=f"preload {a.name}[{g0}:]")
                         self._groups[group] += 1
-                        self.priority.append((t, {"kind": "load", "name": a.name, "g0": g0,
-                                                  "count": min(step, N - g0)}))
+                        self.priority.append(
+                            (t, {"kind": "load", "name": a.name, "g0": g0, "count": min(step, N - g0)})
+                        )
                 self._load_group = group
             else:
                 self.ram_building = True
@@ -378,7 +431,7 @@ class Engine:
         g = self.planner.canonical_start(runs)
         out, mask = [], []
         for (e, p, c, o), a in zip(runs.tolist(), g.tolist()):
-            seg = self.planned[a:a + c]
+            seg = self.planned[a : a + c]
             if not seg.any() or seg.all():
                 out.append((e, p, c, o))
                 mask.append(not seg.any())
@@ -390,7 +443,7 @@ class Engine:
         runs = np.asarray(out, dtype=np.int64).reshape(-1, 4)
         mask = np.asarray(mask, dtype=bool)
         for a, c in zip(self.planner.canonical_start(runs[mask]).tolist(), runs[mask, 2].tolist()):
-            self.planned[a:a + c] = True
+            self.planned[a : a + c] = True
         return runs, (mask if mask.any() else None)
 
     def _written(self, n: int):
@@ -411,7 +464,9 @@ class Engine:
                 self.ram_building = False
                 self.ram_complete = True
             self.planned = None
-            logger.info("first pass complete: later epochs read the %s", "RAM copy" if self.ram_complete else "cache")
+            logger.info(
+                "first pass complete: later epochs read the %s", "RAM copy" if self.ram_complete else "cache"
+            )
 
     def _generate_fills(self):
         self.fills_generated = True
@@ -432,7 +487,9 @@ class Engine:
         if pieces:
             self.fills.append(pieces)
         if self.fills:
-            logger.debug("%d tasks to complete the cache with events unused in the first epoch", len(self.fills))
+            logger.debug(
+                "%d tasks to complete the cache with events unused in the first epoch", len(self.fills)
+            )
 
     def _fill_spec(self, pieces):
         runs, off = [], 0
@@ -519,8 +576,16 @@ class Engine:
                     continue
                 task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
                 slot.state = BUSY
-                spec = {"kind": "batch", "src": "source", "dest": (slot.shm.name, 0), "runs": runs, "n": n,
-                        "perm": None, "write": write, "pseed": (self.seed, -2, len(self.fills))}
+                spec = {
+                    "kind": "batch",
+                    "src": "source",
+                    "dest": (slot.shm.name, 0),
+                    "runs": runs,
+                    "n": n,
+                    "perm": None,
+                    "write": write,
+                    "pseed": (self.seed, -2, len(self.fills)),
+                }
                 self._submit(w, task, spec)
                 continue
             if s is None:
@@ -535,9 +600,16 @@ class Engine:
             task = _Task("stream", stream=s, slot=slot, written=written, desc=f"epoch {epoch} batch {b}")
             slot.state, slot.stream = BUSY, s
             self.dispatched.add(s)
-            spec = {"kind": "batch", "src": src, "dest": (slot.shm.name, 0), "runs": runs,
-                    "n": int(self.planner.batch_sizes[b]), "perm": self.planner.perm_key(epoch, b),
-                    "write": write, "pseed": (self.seed, epoch, b)}
+            spec = {
+                "kind": "batch",
+                "src": src,
+                "dest": (slot.shm.name, 0),
+                "runs": runs,
+                "n": int(self.planner.batch_sizes[b]),
+                "perm": self.planner.perm_key(epoch, b),
+                "write": write,
+                "pseed": (self.seed, epoch, b),
+            }
             self._submit(w, task, spec)
 
     # ------------------------------------------------------------------ receiving
@@ -553,7 +625,9 @@ class Engine:
         elif code is not None:
             how = f"exited with code {code}"
         doing = [t.desc for t in self.inflight.values() if t.worker is w]
-        msg = f"reader process {w.index} (pid {w.pid}) {how}" + (f" while working on {', '.join(doing)}" if doing else "")
+        msg = f"reader process {w.index} (pid {w.pid}) {how}" + (
+            f" while working on {', '.join(doing)}" if doing else ""
+        )
         self._fail(WorkerDiedError(msg))
 
     def _handle(self, w: _WorkerHandle, msg, pending=None):
@@ -644,8 +718,12 @@ class Engine:
             self._fail(GeneratorError(f"internal error: waiting for {what} with no task in flight"))
         if self.inflight and now - self.last_progress > self.timeout:
             doing = ", ".join(sorted({t.desc for t in self.inflight.values()})[:4])
-            self._fail(GeneratorTimeoutError(f"no reader finished a task for {self.timeout:.0f} s while waiting for "
-                                             f"{what} (working on: {doing})"))
+            self._fail(
+                GeneratorTimeoutError(
+                    f"no reader finished a task for {self.timeout:.0f} s while waiting for "
+                    f"{what} (working on: {doing})"
+                )
+            )
         self._poll(0.05 if not self.inflight else min(1.0, self.timeout))
 
     def _out_of_slots(self):
@@ -656,8 +734,12 @@ class Engine:
             return
         if len(self.slots) < self.max_slots:
             if not self._grow_warned:
-                logger.info("all %d batch slots are still referenced by earlier batches (tf.data prefetch, or "
-                            "batches kept by the caller); adding slots, at most %d", len(self.slots), self.max_slots)
+                logger.info(
+                    "all %d batch slots are still referenced by earlier batches (tf.data prefetch, or "
+                    "batches kept by the caller); adding slots, at most %d",
+                    len(self.slots),
+                    self.max_slots,
+                )
                 self._grow_warned = True
             self._add_slot()
             return
@@ -667,9 +749,13 @@ class Engine:
             self._reclaim()
             if self._free_slot() is not None:
                 return
-        self._fail(GeneratorError(f"all {len(self.slots)} shared-memory batch slots are still referenced by earlier "
-                                  "batches; a batch is only guaranteed until the next one is requested - copy the "
-                                  "batches you keep (np.array) or use read_all()/preload"))
+        self._fail(
+            GeneratorError(
+                f"all {len(self.slots)} shared-memory batch slots are still referenced by earlier "
+                "batches; a batch is only guaranteed until the next one is requested - copy the "
+                "batches you keep (np.array) or use read_all()/preload"
+            )
+        )
 
     # ------------------------------------------------------------------ serving
     def fetch(self, s: int) -> dict[str, np.ndarray]:
@@ -724,8 +810,11 @@ class Engine:
             self.fills_generated = False
             self._generate_fills()
         self.last_progress = time.monotonic()
-        while self.building or (self.ram_seg is not None and not self.ram_complete
-                                and self._groups.get(getattr(self, "_load_group", 0))):
+        while self.building or (
+            self.ram_seg is not None
+            and not self.ram_complete
+            and self._groups.get(getattr(self, "_load_group", 0))
+        ):
             self._pump_fills()
             if self.fills and not self.inflight and self._free_slot() is None:
                 # every slot holds a read-ahead batch nobody is asking for now: drop them (they are
@@ -739,8 +828,12 @@ class Engine:
                 self._pump_priority()
                 self._wait_progress("the cache")
             elif self.building:
-                self._fail(GeneratorError(f"internal error: the cache lacks {self.n_canonical - self.written} "
-                                          "events but no task is left to write them"))
+                self._fail(
+                    GeneratorError(
+                        f"internal error: the cache lacks {self.n_canonical - self.written} "
+                        "events but no task is left to write them"
+                    )
+                )
 
     def _pump_priority(self):
         while self.priority:
@@ -764,9 +857,20 @@ class Engine:
                 continue
             task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
             slot.state = BUSY
-            self._submit(min(idle, key=lambda x: x.outstanding), task,
-                         {"kind": "batch", "src": "source", "dest": (slot.shm.name, 0), "runs": runs, "n": n,
-                          "perm": None, "write": write, "pseed": (self.seed, -2, len(self.fills))})
+            self._submit(
+                min(idle, key=lambda x: x.outstanding),
+                task,
+                {
+                    "kind": "batch",
+                    "src": "source",
+                    "dest": (slot.shm.name, 0),
+                    "runs": runs,
+                    "n": n,
+                    "perm": None,
+                    "write": write,
+                    "pseed": (self.seed, -2, len(self.fills)),
+                },
+            )
 
     def read_canonical(self) -> dict[str, np.ndarray]:
         """Every selected event's output arrays, canonical order, in memory that outlives the engine."""
@@ -774,7 +878,11 @@ class Engine:
         self.start()
         N = self.n_canonical
         # make sure the preload copy is loaded before deciding
-        while self.ram_seg is not None and not self.ram_complete and self._groups.get(getattr(self, "_load_group", 0)):
+        while (
+            self.ram_seg is not None
+            and not self.ram_complete
+            and self._groups.get(getattr(self, "_load_group", 0))
+        ):
             self._pump()
             self._wait_progress("the preload")
         if self.ram_complete:
@@ -791,9 +899,21 @@ class Engine:
             written = 0 if write is None else int(runs[write, 2].sum())
             t = _Task("dest", group=group, written=written, desc=f"read_all rows {row0}..")
             self._groups[group] += 1
-            self.priority.append((t, {"kind": "batch", "src": src, "dest": (shm.name, row0), "runs": runs,
-                                      "n": int(runs[:, 2].sum()), "perm": None, "write": write,
-                                      "pseed": (self.seed, -1, i)}))
+            self.priority.append(
+                (
+                    t,
+                    {
+                        "kind": "batch",
+                        "src": src,
+                        "dest": (shm.name, row0),
+                        "runs": runs,
+                        "n": int(runs[:, 2].sum()),
+                        "perm": None,
+                        "write": write,
+                        "pseed": (self.seed, -1, i),
+                    },
+                )
+            )
         self.last_progress = time.monotonic()
         # wait for our tasks, and for tasks still writing the cache (so that it can be complete now)
         while self._groups[group] > 0 or any(t.written for t in self.inflight.values()):

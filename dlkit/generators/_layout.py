@@ -77,6 +77,6 @@ class BlockLayout:
         out = {}
         for a, off in zip(self.arrays, self.offsets):
             start = off + row0 * a.row_bytes
-            arr = u8[start:start + n * a.row_bytes].view(a.np_dtype)
+            arr = u8[start : start + n * a.row_bytes].view(a.np_dtype)
             out[a.name] = arr.reshape((n,) + tuple(a.shape))
         return out

@@ -43,15 +43,18 @@ class EpochPlan:
     ptr: np.ndarray  # (n_batches + 1,)
 
     def batch_runs(self, b: int) -> np.ndarray:
-        return self.runs[self.ptr[b]:self.ptr[b + 1]]
+        return self.runs[self.ptr[b] : self.ptr[b + 1]]
 
 
 def merge_runs(runs: np.ndarray) -> np.ndarray:
     """Merge runs that continue each other in file and in batch (fewer syscalls when unshuffled)."""
     if len(runs) < 2:
         return runs
-    cont = ((runs[1:, 0] == runs[:-1, 0]) & (runs[1:, 1] == runs[:-1, 1] + runs[:-1, 2])
-            & (runs[1:, 3] == runs[:-1, 3] + runs[:-1, 2]))
+    cont = (
+        (runs[1:, 0] == runs[:-1, 0])
+        & (runs[1:, 1] == runs[:-1, 1] + runs[:-1, 2])
+        & (runs[1:, 3] == runs[:-1, 3] + runs[:-1, 2])
+    )
     if not cont.any():
         return runs
     head = np.concatenate([[True], ~cont])
@@ -64,9 +67,21 @@ def merge_runs(runs: np.ndarray) -> np.ndarray:
 class Planner:
     """Batch composition for every epoch, from entry sizes and classes; see the module docstring."""
 
-    def __init__(self, entry_class, entry_n, n_classes: int, batch_size: int, *, rates=None,
-                 max_events: int | None = None, last_batch: str = "keep", shuffle: bool = True,
-                 chunk_size: int = 64, shuffle_window: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        entry_class,
+        entry_n,
+        n_classes: int,
+        batch_size: int,
+        *,
+        rates=None,
+        max_events: int | None = None,
+        last_batch: str = "keep",
+        shuffle: bool = True,
+        chunk_size: int = 64,
+        shuffle_window: int | None = None,
+        seed: int = 0,
+    ):
         self.entry_class = np.asarray(entry_class, dtype=np.int64)
         self.entry_n = np.asarray(entry_n, dtype=np.int64)
         self.entry_base = np.concatenate([[0], np.cumsum(self.entry_n)]).astype(np.int64)
@@ -79,8 +94,9 @@ class Planner:
         if last_batch not in ("keep", "drop"):
             raise ValueError(f"last_batch must be 'keep' or 'drop', got {last_batch!r}")
         self.last_batch = last_batch
-        self.available = np.bincount(self.entry_class, weights=self.entry_n,
-                                     minlength=self.n_classes).astype(np.int64)
+        self.available = np.bincount(self.entry_class, weights=self.entry_n, minlength=self.n_classes).astype(
+            np.int64
+        )
         self.used = self._used(rates, max_events)
         self._schedule()
 
@@ -123,8 +139,10 @@ class Planner:
         else:
             nb, total = math.ceil(U / B), U
         if nb == 0:
-            raise ValueError(f"{U} events selected: not enough for one batch of {B}"
-                             + (" (last_batch='drop')" if U else ""))
+            raise ValueError(
+                f"{U} events selected: not enough for one batch of {B}"
+                + (" (last_batch='drop')" if U else "")
+            )
         times = np.concatenate([(np.arange(u) + 0.5) / u for u in self.used if u > 0])
         labels = np.concatenate([np.full(u, k, dtype=np.int64) for k, u in enumerate(self.used) if u > 0])
         lab = labels[np.argsort(times, kind="stable")][:total]
@@ -134,7 +152,9 @@ class Planner:
         self.batch_sizes = self.batch_counts.sum(axis=1)
         self.events_per_epoch = int(total)
         self.class_cum = np.vstack([np.zeros((1, K), np.int64), np.cumsum(self.batch_counts, axis=0)])
-        self.class_off = np.hstack([np.zeros((nb, 1), np.int64), np.cumsum(self.batch_counts, axis=1)[:, :-1]])
+        self.class_off = np.hstack(
+            [np.zeros((nb, 1), np.int64), np.cumsum(self.batch_counts, axis=1)[:, :-1]]
+        )
 
     def perm_key(self, epoch: int, batch: int):
         """Seed of the within-batch row permutation (None when unshuffled)."""
@@ -162,7 +182,7 @@ class Planner:
                 fm = np.lexsort((rng.random(len(c_entry)), entry_rank[c_entry]))
                 lens = c_len[fm]
                 starts = np.cumsum(lens) - lens
-                per_batch = max(1, int(round(self.batch_size * self.used[k] / max(1, self.used.sum()))))
+                per_batch = max(1, round(float(self.batch_size * self.used[k] / max(1, self.used.sum()))))
                 group = starts // (self.shuffle_window * per_batch)
                 order = fm[np.lexsort((rng.random(len(fm)), group))]
             c_entry, c_pos, c_len = c_entry[order], c_pos[order], c_len[order]
@@ -177,7 +197,7 @@ class Planner:
             if total == 0:
                 continue
             rng = np.random.default_rng([self.seed, int(epoch), k, 3])
-            c_entry, c_pos, c_len, c_start = self._class_stream(k, rng)
+            c_entry, c_pos, _, c_start = self._class_stream(k, rng)
             s0, s1, piece, batch = _cut(c_start, cuts, total)
             runs = np.empty((len(s0), RUN_FIELDS), np.int64)
             runs[:, 0] = c_entry[piece]
@@ -193,7 +213,7 @@ class Planner:
         # merge continuing runs within each batch
         merged, mptr = [], [0]
         for b in range(self.n_batches):
-            r = merge_runs(runs[ptr[b]:ptr[b + 1]])
+            r = merge_runs(runs[ptr[b] : ptr[b + 1]])
             merged.append(r)
             mptr.append(mptr[-1] + len(r))
         return EpochPlan(int(epoch), np.concatenate(merged) if merged else runs, np.asarray(mptr, np.int64))

@@ -32,9 +32,11 @@ def _check_space(size: int) -> None:
     if size > free:
         from dlkit.generators.errors import GeneratorError
 
-        raise GeneratorError(f"not enough shared memory: need {size / 2**20:.0f} MiB, {_SHM_DIR} has "
-                             f"{free / 2**20:.0f} MiB free (reduce batch_size, n_workers or queue_depth, or "
-                             f"enlarge {_SHM_DIR}, e.g. docker --shm-size)")
+        raise GeneratorError(
+            f"not enough shared memory: need {size / 2**20:.0f} MiB, {_SHM_DIR} has "
+            f"{free / 2**20:.0f} MiB free (reduce batch_size, n_workers or queue_depth, or "
+            f"enlarge {_SHM_DIR}, e.g. docker --shm-size)"
+        )
 
 
 def create(size: int) -> shared_memory.SharedMemory:
@@ -67,7 +69,7 @@ def unlink(shm: shared_memory.SharedMemory) -> None:
     """Remove the name from /dev/shm (idempotent); mappings stay valid."""
     if getattr(shm, "_dlkit_unlinked", False):
         return
-    shm._dlkit_unlinked = True  # noqa: SLF001
+    shm._dlkit_unlinked = True
     try:
         shm.unlink()  # also unregisters from the resource tracker
     except FileNotFoundError:
@@ -83,14 +85,14 @@ def close(shm: shared_memory.SharedMemory) -> None:
     except BufferError:
         # Views handed out are still alive (e.g. held by the caller or a TF tensor): drop our handles
         # without closing; the mmap is freed when the last view goes. The name is already unlinked.
-        shm._buf = None  # noqa: SLF001
-        shm._mmap = None  # noqa: SLF001
+        shm._buf = None
+        shm._mmap = None
         try:
-            if shm._fd >= 0:  # noqa: SLF001
-                os.close(shm._fd)  # noqa: SLF001
+            if shm._fd >= 0:
+                os.close(shm._fd)
         except OSError:
             pass
-        shm._fd = -1  # noqa: SLF001
+        shm._fd = -1
 
 
 def detach_buffer(shm: shared_memory.SharedMemory):
@@ -100,14 +102,14 @@ def detach_buffer(shm: shared_memory.SharedMemory):
     SharedMemory object is gone; the SharedMemory object becomes inert. Used for ``read_all`` results,
     which must outlive the generator.
     """
-    mm = shm._mmap  # noqa: SLF001
-    if shm._buf is not None:  # noqa: SLF001
-        shm._buf.release()  # noqa: SLF001
-        shm._buf = None  # noqa: SLF001
-    shm._mmap = None  # noqa: SLF001
-    if shm._fd >= 0:  # noqa: SLF001
-        os.close(shm._fd)  # noqa: SLF001
-        shm._fd = -1  # noqa: SLF001
+    mm = shm._mmap
+    if shm._buf is not None:
+        shm._buf.release()
+        shm._buf = None
+    shm._mmap = None
+    if shm._fd >= 0:
+        os.close(shm._fd)
+        shm._fd = -1
     return mm
 
 

@@ -49,7 +49,7 @@ class EntryInfo:
         """Absolute file rows of selected positions [pos, pos+count)."""
         if self.selection is None:
             return np.arange(self.start + pos, self.start + pos + count, dtype=np.int64)
-        return self.selection[pos:pos + count]
+        return self.selection[pos : pos + count]
 
 
 def _raw_extents(ds, n_rows: int, row_bytes: int, file_size: int, path: str, key: str):
@@ -102,8 +102,11 @@ def _raw_extents(ds, n_rows: int, row_bytes: int, file_size: int, path: str, key
     if len(ext):
         end = int((ext[:, 2] + ext[:, 1] * row_bytes).max())
         if end > file_size:
-            raise DataError(f"file is truncated: the data end at byte {end} but the file has {file_size} bytes",
-                            file=path, key=key)
+            raise DataError(
+                f"file is truncated: the data end at byte {end} but the file has {file_size} bytes",
+                file=path,
+                key=key,
+            )
     return ext
 
 
@@ -112,15 +115,21 @@ def _apply_filter(spec, f, n_rows: int) -> np.ndarray | None:
     sel = np.asarray(sel)
     if sel.dtype == bool:
         if sel.shape != (n_rows,):
-            raise DataError(f"filter {spec.filter!r} returned a mask of shape {sel.shape}, expected ({n_rows},)",
-                            file=spec.file)
+            raise DataError(
+                f"filter {spec.filter!r} returned a mask of shape {sel.shape}, expected ({n_rows},)",
+                file=spec.file,
+            )
         return np.flatnonzero(sel).astype(np.int64)
     if sel.dtype.kind not in "iu":
-        raise DataError(f"filter {spec.filter!r} must return a bool mask or integer indices, got {sel.dtype}",
-                        file=spec.file)
+        raise DataError(
+            f"filter {spec.filter!r} must return a bool mask or integer indices, got {sel.dtype}",
+            file=spec.file,
+        )
     sel = np.unique(sel.astype(np.int64).ravel())
     if len(sel) and (sel[0] < 0 or sel[-1] >= n_rows):
-        raise DataError(f"filter {spec.filter!r} returned event numbers outside [0, {n_rows})", file=spec.file)
+        raise DataError(
+            f"filter {spec.filter!r} returned event numbers outside [0, {n_rows})", file=spec.file
+        )
     return sel
 
 
@@ -134,9 +143,11 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
     names0 = specs[0].names
     for i, spec in enumerate(specs):
         if spec.names != names0:
-            raise DataError(f"entry gives arrays {list(spec.names)} but the first entry gives {list(names0)}; "
-                            "all entries must provide the same names (use keys={name: path} to rename)",
-                            file=spec.file)
+            raise DataError(
+                f"entry gives arrays {list(spec.names)} but the first entry gives {list(names0)}; "
+                "all entries must provide the same names (use keys={name: path} to rename)",
+                file=spec.file,
+            )
         try:
             st = os.stat(spec.file)
         except FileNotFoundError:
@@ -155,7 +166,9 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
                 except Exception as exc:
                     raise DataError(f"cannot read dataset ({exc})", file=spec.file, key=path) from None
                 if obj is None:
-                    raise DataError(f"dataset not found (the file has {sorted(f.keys())})", file=spec.file, key=path)
+                    raise DataError(
+                        f"dataset not found (the file has {sorted(f.keys())})", file=spec.file, key=path
+                    )
                 if not isinstance(obj, h5py.Dataset):
                     raise DataError(f"is a {type(obj).__name__}, not a dataset", file=spec.file, key=path)
                 if obj.ndim == 0:
@@ -167,9 +180,12 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
                 if n_rows is None:
                     n_rows = rows
                 elif rows != n_rows:
-                    raise DataError(f"has {rows} events but {spec.keys[0][1]!r} has {n_rows}",
-                                    file=spec.file, key=path)
-                a = ArraySpec(name, dt.newbyteorder("=").str if not dt.isnative else dt.str, tuple(obj.shape[1:]))
+                    raise DataError(
+                        f"has {rows} events but {spec.keys[0][1]!r} has {n_rows}", file=spec.file, key=path
+                    )
+                a = ArraySpec(
+                    name, dt.newbyteorder("=").str if not dt.isnative else dt.str, tuple(obj.shape[1:])
+                )
                 this_arrays.append(a)
                 ext = _raw_extents(obj, rows, a.row_bytes, st.st_size, spec.file, path)
                 modes[name] = ("raw", ext) if ext is not None else ("h5", None)
@@ -178,11 +194,17 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
             else:
                 for a, a0, (_, path) in zip(this_arrays, arrays, spec.keys):
                     if a.shape != a0.shape:
-                        raise DataError(f"per-event shape {a.shape} differs from {a0.shape} in {first_file!r}",
-                                        file=spec.file, key=path)
+                        raise DataError(
+                            f"per-event shape {a.shape} differs from {a0.shape} in {first_file!r}",
+                            file=spec.file,
+                            key=path,
+                        )
                     if a.dtype != a0.dtype:
-                        raise DataError(f"dtype {np.dtype(a.dtype)} differs from {np.dtype(a0.dtype)} in "
-                                        f"{first_file!r}", file=spec.file, key=path)
+                        raise DataError(
+                            f"dtype {np.dtype(a.dtype)} differs from {np.dtype(a0.dtype)} in {first_file!r}",
+                            file=spec.file,
+                            key=path,
+                        )
             stop = n_rows if spec.stop is None else min(spec.stop, n_rows)
             start = min(spec.start, stop)
             selection = None
@@ -192,8 +214,9 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
                 except DataError:
                     raise
                 except Exception as exc:
-                    raise DataError(f"filter {spec.filter!r} failed: {type(exc).__name__}: {exc}",
-                                    file=spec.file) from None
+                    raise DataError(
+                        f"filter {spec.filter!r} failed: {type(exc).__name__}: {exc}", file=spec.file
+                    ) from None
                 sel = sel[(sel >= start) & (sel < stop)]
                 if len(sel) == 0 or sel[-1] - sel[0] + 1 != len(sel):
                     selection = sel
@@ -205,11 +228,24 @@ def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list
         h = hashlib.sha1(f"{start}:{stop}".encode())
         if selection is not None:
             h.update(np.ascontiguousarray(selection).tobytes())
-        entries.append(EntryInfo(
-            index=i, path=os.path.abspath(spec.file), class_index=class_index_map[spec.class_name],
-            weight=1.0 if spec.weight is None else float(spec.weight), keys=spec.keys, n_rows=n_rows,
-            start=start, stop=stop, selection=selection, n=int(n), modes=modes, size=st.st_size,
-            mtime_ns=st.st_mtime_ns, digest=h.hexdigest()))
+        entries.append(
+            EntryInfo(
+                index=i,
+                path=os.path.abspath(spec.file),
+                class_index=class_index_map[spec.class_name],
+                weight=1.0 if spec.weight is None else float(spec.weight),
+                keys=spec.keys,
+                n_rows=n_rows,
+                start=start,
+                stop=stop,
+                selection=selection,
+                n=int(n),
+                modes=modes,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                digest=h.hexdigest(),
+            )
+        )
     raw = sum(m[0] == "raw" for e in entries for m in e.modes.values())
     total = sum(len(e.modes) for e in entries)
     logger.debug("inspected %d entries: %d/%d datasets readable with raw preadv", len(entries), raw, total)

@@ -83,7 +83,7 @@ def _pwritev_full(fd, iov, offset, total):
 class _Target:
     """Where an array's rows go: a numpy array plus a flat byte view of the same memory."""
 
-    __slots__ = ("arr", "mv", "rb", "base")
+    __slots__ = ("arr", "base", "mv", "rb")
 
     def __init__(self, arr, rb, base):
         self.arr = arr  # rows x ... (whole capacity)
@@ -220,11 +220,29 @@ class Worker:
             try:
                 stats = self.run_task(spec)
             except TaskError as exc:
-                return ("error", tid, {"kind": exc.kind, "message": exc.message, "file": exc.file,
-                                       "key": exc.key, "traceback": traceback.format_exc()})
+                return (
+                    "error",
+                    tid,
+                    {
+                        "kind": exc.kind,
+                        "message": exc.message,
+                        "file": exc.file,
+                        "key": exc.key,
+                        "traceback": traceback.format_exc(),
+                    },
+                )
             except Exception as exc:
-                return ("error", tid, {"kind": "internal", "message": f"{type(exc).__name__}: {exc}",
-                                       "file": None, "key": None, "traceback": traceback.format_exc()})
+                return (
+                    "error",
+                    tid,
+                    {
+                        "kind": "internal",
+                        "message": f"{type(exc).__name__}: {exc}",
+                        "file": None,
+                        "key": None,
+                        "traceback": traceback.format_exc(),
+                    },
+                )
             stats["total"] = time.perf_counter() - t0
             return ("done", tid, stats)
         raise ValueError(f"unknown message {kind!r}")
@@ -237,7 +255,7 @@ class Worker:
             return
         if rows is None:
             a = (tgt.base + start) * rb
-            _preadv_full(fd, [tgt.mv[a:a + cnt * rb]], file_off, cnt * rb, path, key)
+            _preadv_full(fd, [tgt.mv[a : a + cnt * rb]], file_off, cnt * rb, path, key)
             return
         if rb < SMALL_ROW:
             tmp = np.empty(cnt * rb, np.uint8)
@@ -247,8 +265,8 @@ class Worker:
             return
         mv, base = tgt.mv, tgt.base
         for i in range(0, cnt, IOV_MAX):
-            part = rows[i:i + IOV_MAX]
-            iov = [mv[(base + r) * rb:(base + r + 1) * rb] for r in part.tolist()]
+            part = rows[i : i + IOV_MAX]
+            iov = [mv[(base + r) * rb : (base + r + 1) * rb] for r in part.tolist()]
             _preadv_full(fd, iov, file_off + i * rb, len(part) * rb, path, key)
 
     def _read_entry(self, entry, spec, path, pos, cnt, tgt, rows, start):
@@ -257,7 +275,7 @@ class Worker:
         if entry.selection is None:
             groups = [(entry.start + pos, cnt, 0)]
         else:
-            sel = entry.selection[pos:pos + cnt]
+            sel = entry.selection[pos : pos + cnt]
             brk = np.flatnonzero(np.diff(sel) != 1) + 1
             starts = np.concatenate([[0], brk])
             ends = np.concatenate([brk, [len(sel)]])
@@ -269,9 +287,10 @@ class Worker:
                     x = int(np.searchsorted(ext[:, 0], r_abs, side="right")) - 1
                     first, n_ext, off = (int(v) for v in ext[x])
                     take = min(length, first + n_ext - r_abs)
-                    sub = None if rows is None else rows[j0:j0 + take]
-                    self._scatter_read(fd, off + (r_abs - first) * tgt.rb, take, tgt, sub, start + j0, entry.path,
-                                       path)
+                    sub = None if rows is None else rows[j0 : j0 + take]
+                    self._scatter_read(
+                        fd, off + (r_abs - first) * tgt.rb, take, tgt, sub, start + j0, entry.path, path
+                    )
                     r_abs += take
                     length -= take
                     j0 += take
@@ -282,16 +301,17 @@ class Worker:
             for r_abs, length, j0 in groups:
                 if rows is None:
                     a = tgt.base + start + j0
-                    ds.read_direct(tgt.arr, np.s_[r_abs:r_abs + length], np.s_[a:a + length])
+                    ds.read_direct(tgt.arr, np.s_[r_abs : r_abs + length], np.s_[a : a + length])
                 else:
                     tmp = np.empty((length,) + tuple(spec.shape), spec.np_dtype)
-                    ds.read_direct(tmp, np.s_[r_abs:r_abs + length], np.s_[0:length])
-                    tgt.arr[tgt.base + rows[j0:j0 + length]] = tmp
+                    ds.read_direct(tmp, np.s_[r_abs : r_abs + length], np.s_[0:length])
+                    tgt.arr[tgt.base + rows[j0 : j0 + length]] = tmp
         except TaskError:
             raise
         except Exception as exc:
-            raise TaskError(f"read of events {groups[0][0]}.. failed: {type(exc).__name__}: {exc}",
-                            entry.path, path) from None
+            raise TaskError(
+                f"read of events {groups[0][0]}.. failed: {type(exc).__name__}: {exc}", entry.path, path
+            ) from None
 
     def run_task(self, spec):
         kind = spec["kind"]
@@ -317,31 +337,47 @@ class Worker:
                     targets[a.name] = _Target(self._scratch(a, n), a.row_bytes, 0)
             for e_idx, pos, cnt, off in runs.tolist():
                 entry = self.entries[e_idx]
-                rows = None if perm is None else perm[off:off + cnt]
+                rows = None if perm is None else perm[off : off + cnt]
                 for (name, path), a in zip(entry.keys, self.inputs):
                     self._read_entry(entry, a, path, pos, cnt, targets[name], rows, off)
             stats["read"] = time.perf_counter() - t0
             if self.preprocess is not None:
                 t1 = time.perf_counter()
-                self._preprocess(spec, {a.name: targets[a.name].arr[targets[a.name].base:targets[a.name].base + n]
-                                        for a in self.inputs}, views, row0, n)
+                self._preprocess(
+                    spec,
+                    {
+                        a.name: targets[a.name].arr[targets[a.name].base : targets[a.name].base + n]
+                        for a in self.inputs
+                    },
+                    views,
+                    row0,
+                    n,
+                )
                 stats["preprocess"] = time.perf_counter() - t1
         else:
             for a in self.outputs:
                 tgt = _Target(views[a.name], a.row_bytes, row0)
                 for e_idx, pos, cnt, off in runs.tolist():
                     g = int(self.entry_base[e_idx]) + pos
-                    rows = None if perm is None else perm[off:off + cnt]
+                    rows = None if perm is None else perm[off : off + cnt]
                     if src == "disk":
                         fd, layout, _ = self.disk
-                        self._scatter_read(fd, layout.offsets[layout.index(a.name)] + g * a.row_bytes, cnt, tgt,
-                                           rows, off, "<cache>", a.name)
+                        self._scatter_read(
+                            fd,
+                            layout.offsets[layout.index(a.name)] + g * a.row_bytes,
+                            cnt,
+                            tgt,
+                            rows,
+                            off,
+                            "<cache>",
+                            a.name,
+                        )
                     else:
                         store = self.segments[self.ram[0]].views[a.name]
                         if rows is None:
-                            tgt.arr[row0 + off:row0 + off + cnt] = store[g:g + cnt]
+                            tgt.arr[row0 + off : row0 + off + cnt] = store[g : g + cnt]
                         else:
-                            tgt.arr[row0 + rows] = store[g:g + cnt]
+                            tgt.arr[row0 + rows] = store[g : g + cnt]
             stats["read"] = time.perf_counter() - t0
         self._labels(views, runs, perm, row0, n)
         if spec.get("write") is not None:
@@ -361,30 +397,44 @@ class Worker:
         if out is None:
             out = arrays
         if not isinstance(out, dict):
-            raise TaskError(f"preprocess must return a dict of arrays (or None), got {type(out).__name__}",
-                            kind="preprocess")
-        dests = {a.name: views[a.name][row0:row0 + n] for a in self.outputs}
+            raise TaskError(
+                f"preprocess must return a dict of arrays (or None), got {type(out).__name__}",
+                kind="preprocess",
+            )
+        dests = {a.name: views[a.name][row0 : row0 + n] for a in self.outputs}
         vals = {}
         for a in self.outputs:
             if a.name not in out:
-                raise TaskError(f"preprocess did not return array {a.name!r} (returned {sorted(out)})",
-                                key=a.name, kind="preprocess")
+                raise TaskError(
+                    f"preprocess did not return array {a.name!r} (returned {sorted(out)})",
+                    key=a.name,
+                    kind="preprocess",
+                )
             x = np.asarray(out[a.name])
             if x.shape != (n,) + tuple(a.shape):
-                raise TaskError(f"preprocess returned {a.name!r} with shape {x.shape}, expected "
-                                f"{(n,) + tuple(a.shape)} (per-event shape fixed by the first batch)",
-                                key=a.name, kind="preprocess")
+                raise TaskError(
+                    f"preprocess returned {a.name!r} with shape {x.shape}, expected "
+                    f"{(n,) + tuple(a.shape)} (per-event shape fixed by the first batch)",
+                    key=a.name,
+                    kind="preprocess",
+                )
             vals[a.name] = x
         # values that alias another destination must be copied before anything is overwritten
         for name, x in vals.items():
             d = dests[name]
-            same = x.__array_interface__["data"][0] == d.__array_interface__["data"][0] and x.strides == d.strides
+            same = (
+                x.__array_interface__["data"][0] == d.__array_interface__["data"][0]
+                and x.strides == d.strides
+            )
             if not same and any(np.may_share_memory(x, dests[o]) for o in dests if o != name):
                 vals[name] = x.copy()
         for name, x in vals.items():
             d = dests[name]
-            if x.__array_interface__["data"][0] == d.__array_interface__["data"][0] and x.strides == d.strides \
-                    and x.dtype == d.dtype:
+            if (
+                x.__array_interface__["data"][0] == d.__array_interface__["data"][0]
+                and x.strides == d.strides
+                and x.dtype == d.dtype
+            ):
                 continue
             np.copyto(d, x, casting="same_kind")
 
@@ -398,7 +448,7 @@ class Worker:
         if "class_index" in views:
             views["class_index"][row0 + dst] = cls
         if "onehot" in views:
-            oh = views["onehot"][row0:row0 + n]
+            oh = views["onehot"][row0 : row0 + n]
             oh[...] = 0
             oh[dst, cls] = 1
         if "weight" in views:
@@ -406,7 +456,11 @@ class Worker:
         if "_entry" in views:
             views["_entry"][row0 + dst] = ent
         if "_event" in views:
-            ev = np.concatenate([self.entries[e].rows(p, c) for e, p, c, _ in runs.tolist()]) if len(runs) else []
+            ev = (
+                np.concatenate([self.entries[e].rows(p, c) for e, p, c, _ in runs.tolist()])
+                if len(runs)
+                else []
+            )
             views["_event"][row0 + dst] = ev
 
     def _write(self, views, runs, perm, row0, write):
@@ -418,27 +472,27 @@ class Worker:
                 if not w:
                     continue
                 g = int(self.entry_base[e_idx]) + pos
-                rows = None if perm is None else perm[off:off + cnt]
+                rows = None if perm is None else perm[off : off + cnt]
                 if self.disk is not None and self.disk[2]:
                     fd, layout, _ = self.disk
                     file_off = layout.offsets[layout.index(a.name)] + g * rb
                     try:
                         if rows is None:
                             s = (row0 + off) * rb
-                            _pwritev_full(fd, [src.mv[s:s + cnt * rb]], file_off, cnt * rb)
+                            _pwritev_full(fd, [src.mv[s : s + cnt * rb]], file_off, cnt * rb)
                         else:
                             for i in range(0, cnt, IOV_MAX):
-                                part = rows[i:i + IOV_MAX].tolist()
-                                iov = [src.mv[(row0 + r) * rb:(row0 + r + 1) * rb] for r in part]
+                                part = rows[i : i + IOV_MAX].tolist()
+                                iov = [src.mv[(row0 + r) * rb : (row0 + r + 1) * rb] for r in part]
                                 _pwritev_full(fd, iov, file_off + i * rb, len(part) * rb)
                     except OSError as exc:
                         raise TaskError(f"writing the cache failed: {exc}", kind="cache") from None
                 if self.ram is not None and self.ram[1]:
                     store = self.segments[self.ram[0]].views[a.name]
                     if rows is None:
-                        store[g:g + cnt] = arr[row0 + off:row0 + off + cnt]
+                        store[g : g + cnt] = arr[row0 + off : row0 + off + cnt]
                     else:
-                        store[g:g + cnt] = arr[row0 + rows]
+                        store[g : g + cnt] = arr[row0 + rows]
 
     def _load(self, spec):
         """Copy rows [g0, g0+cnt) of one array from the disk cache into the RAM store."""
@@ -448,14 +502,16 @@ class Worker:
         store = self.segments[self.ram[0]].views[a.name]
         tgt = _Target(store, a.row_bytes, 0)
         g0, cnt = int(spec["g0"]), int(spec["count"])
-        self._scatter_read(fd, layout.offsets[layout.index(a.name)] + g0 * a.row_bytes, cnt, tgt, None, g0,
-                           "<cache>", a.name)
+        self._scatter_read(
+            fd, layout.offsets[layout.index(a.name)] + g0 * a.row_bytes, cnt, tgt, None, g0, "<cache>", a.name
+        )
         return {"read": time.perf_counter() - t0}
 
 
 def worker_main(worker_id, conn, cfg_bytes):
     """Entry point of a reader process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # batch systems signal the whole group: the consumer decides
     worker = None
     try:
         try:
@@ -464,8 +520,15 @@ def worker_main(worker_id, conn, cfg_bytes):
                 os.nice(int(cfg["nice"]))
             worker = Worker(worker_id, cfg)
         except BaseException as exc:  # e.g. the pre-process function cannot be unpickled here
-            conn.send(("fatal", {"message": f"reader {worker_id} could not start: {type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc()}))
+            conn.send(
+                (
+                    "fatal",
+                    {
+                        "message": f"reader {worker_id} could not start: {type(exc).__name__}: {exc}",
+                        "traceback": traceback.format_exc(),
+                    },
+                )
+            )
             return
         conn.send(("ready", os.getpid()))
         while True:

@@ -46,7 +46,7 @@ from dlkit.generators._layout import ArraySpec, BlockLayout
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CACHE_VERSION", "default_cache_dir", "callable_identity", "read_cache", "clean_stale"]
+__all__ = ["CACHE_VERSION", "callable_identity", "clean_stale", "default_cache_dir", "read_cache"]
 
 CACHE_VERSION = 1
 MAGIC = b"DLKITCACHE\n"
@@ -68,8 +68,14 @@ def _stable(obj, depth: int = 0):
     if isinstance(obj, (list, tuple)):
         return "[" + ",".join(_stable(o, depth + 1) for o in obj) + "]"
     if isinstance(obj, dict):
-        return "{" + ",".join(f"{_stable(k, depth + 1)}:{_stable(v, depth + 1)}"
-                              for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{_stable(k, depth + 1)}:{_stable(v, depth + 1)}"
+                for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))
+            )
+            + "}"
+        )
     if callable(obj) and not isinstance(obj, type):
         return callable_identity(obj, depth + 1)
     text = repr(obj)
@@ -77,8 +83,10 @@ def _stable(obj, depth: int = 0):
 
 
 def _code_identity(code, depth: int) -> str:
-    consts = [(_code_identity(c, depth + 1) if hasattr(c, "co_code") else _stable(c, depth + 1))
-              for c in code.co_consts]
+    consts = [
+        (_code_identity(c, depth + 1) if hasattr(c, "co_code") else _stable(c, depth + 1))
+        for c in code.co_consts
+    ]
     h = hashlib.sha1(code.co_code)
     h.update(repr((consts, code.co_names, code.co_varnames)).encode())
     return h.hexdigest()
@@ -98,12 +106,14 @@ def callable_identity(fn, depth: int = 0) -> str | None:
     if explicit is not None and not callable(explicit):
         return f"key:{explicit}"
     if isinstance(fn, functools.partial):
-        return (f"partial({callable_identity(fn.func, depth + 1)},{_stable(fn.args, depth + 1)},"
-                f"{_stable(fn.keywords, depth + 1)})")
+        return (
+            f"partial({callable_identity(fn.func, depth + 1)},{_stable(fn.args, depth + 1)},"
+            f"{_stable(fn.keywords, depth + 1)})"
+        )
     parts = [getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", type(fn).__qualname__)]
     code = getattr(fn, "__code__", None)
     if code is None:  # a callable instance
-        call = getattr(type(fn), "__call__", None)
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - its code, not callability
         code = getattr(call, "__code__", None)
         parts.append(type(fn).__module__ + "." + type(fn).__qualname__)
         parts.append(_stable(getattr(fn, "__dict__", {}), depth + 1))
@@ -126,8 +136,9 @@ def cache_key(entries, inputs, outputs, preprocess, tag=None) -> str:
     """Hash of everything that determines the cached bytes (not batch size, seed, rates or labels)."""
     desc = {
         "version": CACHE_VERSION,
-        "entries": [[e.path, e.size, e.mtime_ns, list(map(list, e.keys)), e.start, e.stop, e.digest]
-                    for e in entries],
+        "entries": [
+            [e.path, e.size, e.mtime_ns, list(map(list, e.keys)), e.start, e.stop, e.digest] for e in entries
+        ],
         "inputs": [a.describe() for a in inputs],
         "outputs": [a.describe() for a in outputs],
         "preprocess": callable_identity(preprocess),
@@ -147,9 +158,12 @@ def file_layout(arrays, n_rows: int, header: dict) -> tuple[bytes, BlockLayout]:
     base = PAGE
     while True:
         layout = BlockLayout.build(arrays, n_rows, align=PAGE, base=base)
-        header = dict(header, n_rows=int(n_rows), arrays=[dict(a.describe(), offset=o)
-                                                           for a, o in zip(arrays, layout.offsets)],
-                      size=int(layout.size))
+        header = dict(
+            header,
+            n_rows=int(n_rows),
+            arrays=[dict(a.describe(), offset=o) for a, o in zip(arrays, layout.offsets)],
+            size=int(layout.size),
+        )
         raw = _header_bytes(header)
         if len(raw) <= base:
             return raw, layout
@@ -181,9 +195,13 @@ def find_cache(cache_dir, key: str, n_rows: int, outputs) -> Path | None:
         return None
     header = read_header(path)
     want = [a.describe() for a in outputs]
-    ok = (header is not None and header.get("version") == CACHE_VERSION and header.get("key") == key
-          and header.get("n_rows") == n_rows
-          and [{k: a[k] for k in ("name", "dtype", "shape")} for a in header.get("arrays", [])] == want)
+    ok = (
+        header is not None
+        and header.get("version") == CACHE_VERSION
+        and header.get("key") == key
+        and header.get("n_rows") == n_rows
+        and [{k: a[k] for k in ("name", "dtype", "shape")} for a in header.get("arrays", [])] == want
+    )
     if ok:
         try:
             ok = path.stat().st_size == header["size"]
@@ -287,6 +305,11 @@ def read_cache(path, mode: str = "r") -> tuple[dict[str, np.memmap], dict]:
         raise ValueError(f"{path} is not a dlkit cache file")
     out = {}
     for a in header["arrays"]:
-        out[a["name"]] = np.memmap(path, dtype=np.dtype(a["dtype"]), mode=mode, offset=a["offset"],
-                                   shape=(header["n_rows"],) + tuple(a["shape"]))
+        out[a["name"]] = np.memmap(
+            path,
+            dtype=np.dtype(a["dtype"]),
+            mode=mode,
+            offset=a["offset"],
+            shape=(header["n_rows"],) + tuple(a["shape"]),
+        )
     return out, header

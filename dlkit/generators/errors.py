@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GeneratorError", "DataError", "WorkerDiedError", "GeneratorTimeoutError"]
+__all__ = ["DataError", "GeneratorError", "GeneratorTimeoutError", "WorkerDiedError"]
 
 
 class GeneratorError(RuntimeError):

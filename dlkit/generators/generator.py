@@ -110,7 +110,9 @@ def _class_map(specs, class_index_map):
     missing = sorted({s.class_name for s in specs} - set(cmap))
     if missing:
         raise ValueError(f"classes {missing} are not in class_index_map {cmap}")
-    if sorted(set(cmap.values())) != list(range(len(set(cmap.values())))) or len(set(cmap.values())) != len(cmap):
+    if sorted(set(cmap.values())) != list(range(len(set(cmap.values())))) or len(set(cmap.values())) != len(
+        cmap
+    ):
         raise ValueError(f"class_index_map must map classes to 0..K-1 without repeats, got {cmap}")
     return cmap
 
@@ -173,7 +175,9 @@ def _probe(entries, inputs, preprocess):
     for name, x in out.items():
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[0] != n:
-            raise ValueError(f"preprocess output {name!r} has shape {x.shape}; the first axis must be the events")
+            raise ValueError(
+                f"preprocess output {name!r} has shape {x.shape}; the first axis must be the events"
+            )
         if x.dtype.kind not in "biufc":
             raise TypeError(f"preprocess output {name!r} has unsupported dtype {x.dtype}")
         if name in LABEL_KEYS:
@@ -198,8 +202,11 @@ def _with_pydataset(cls: type) -> type:
         return cls
     made = _PYDATASET_CLASSES.get(cls)
     if made is None:
-        made = type(cls.__name__, (cls, keras.utils.PyDataset),
-                    {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+        made = type(
+            cls.__name__,
+            (cls, keras.utils.PyDataset),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        )
         _PYDATASET_CLASSES[cls] = made
     return made
 
@@ -243,12 +250,34 @@ class MultiClassGenerator:
     timeout : seconds without any reader progress before raising.
     """
 
-    def __init__(self, samples, batch_size: int = 1024, *, rates=None, class_index_map=None, onehot: bool = True,
-                 class_index: bool = True, weights: bool | None = None, provenance: bool = False,
-                 shuffle: bool = True, seed: int = 0, chunk_size: int = 256, shuffle_window: int | None = None,
-                 last_batch: str = "keep", max_events: int | None = None, preprocess=None, postprocess=None,
-                 n_workers: int | None = None, queue_depth: int = 2, cache=False, cache_tag: str | None = None,
-                 preload: bool = False, start_method: str = "spawn", nice: int = 19, timeout: float = 300.0):
+    def __init__(
+        self,
+        samples,
+        batch_size: int = 1024,
+        *,
+        rates=None,
+        class_index_map=None,
+        onehot: bool = True,
+        class_index: bool = True,
+        weights: bool | None = None,
+        provenance: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+        chunk_size: int = 256,
+        shuffle_window: int | None = None,
+        last_batch: str = "keep",
+        max_events: int | None = None,
+        preprocess=None,
+        postprocess=None,
+        n_workers: int | None = None,
+        queue_depth: int = 2,
+        cache=False,
+        cache_tag: str | None = None,
+        preload: bool = False,
+        start_method: str = "spawn",
+        nice: int = 19,
+        timeout: float = 300.0,
+    ):
         import keras
 
         keras.utils.PyDataset.__init__(self, workers=1, use_multiprocessing=False)
@@ -262,9 +291,11 @@ class MultiClassGenerator:
             try:
                 pickle.dumps(preprocess)
             except Exception as exc:
-                raise TypeError(f"preprocess {preprocess!r} must be picklable to run in the reader processes: define "
-                                "it at module level (in a module that does not import Keras), or use "
-                                f"functools.partial or a callable class ({exc})") from None
+                raise TypeError(
+                    f"preprocess {preprocess!r} must be picklable to run in the reader processes: define "
+                    "it at module level (in a module that does not import Keras), or use "
+                    f"functools.partial or a callable class ({exc})"
+                ) from None
         self.samples = as_samples(samples)
         self.batch_size = int(batch_size)
         self.preprocess = preprocess
@@ -276,14 +307,27 @@ class MultiClassGenerator:
         rate_array = _rates(self.samples, rates, self.class_index_map)
         self._entries, self._inputs = inspect_entries(self.samples, self.class_index_map)
         self._outputs = _probe(self._entries, self._inputs, preprocess)
-        self._planner = Planner([e.class_index for e in self._entries], [e.n for e in self._entries],
-                                self.n_classes, self.batch_size, rates=rate_array, max_events=max_events,
-                                last_batch=last_batch, shuffle=shuffle, chunk_size=chunk_size,
-                                shuffle_window=shuffle_window, seed=self.seed)
+        self._planner = Planner(
+            [e.class_index for e in self._entries],
+            [e.n for e in self._entries],
+            self.n_classes,
+            self.batch_size,
+            rates=rate_array,
+            max_events=max_events,
+            last_batch=last_batch,
+            shuffle=shuffle,
+            chunk_size=chunk_size,
+            shuffle_window=shuffle_window,
+            seed=self.seed,
+        )
         if weights is None:
             weights = any(s.weight is not None for s in self.samples)
-        self._label_flags = {"class_index": class_index, "onehot": onehot, "weight": bool(weights),
-                             "provenance": bool(provenance)}
+        self._label_flags = {
+            "class_index": class_index,
+            "onehot": onehot,
+            "weight": bool(weights),
+            "provenance": bool(provenance),
+        }
         labels = []
         if class_index:
             labels.append(ArraySpec("class_index", np.dtype(np.int32).str, ()))
@@ -292,10 +336,15 @@ class MultiClassGenerator:
         if weights:
             labels.append(ArraySpec("weight", np.dtype(np.float32).str, ()))
         if provenance:
-            labels += [ArraySpec("_entry", np.dtype(np.int32).str, ()), ArraySpec("_event", np.dtype(np.int64).str, ())]
+            labels += [
+                ArraySpec("_entry", np.dtype(np.int32).str, ()),
+                ArraySpec("_event", np.dtype(np.int64).str, ()),
+            ]
         clash = {a.name for a in self._outputs} & {a.name for a in labels}
         if clash:
-            raise ValueError(f"array names {sorted(clash)} clash with label arrays; rename with keys={{name: path}}")
+            raise ValueError(
+                f"array names {sorted(clash)} clash with label arrays; rename with keys={{name: path}}"
+            )
         if cache is False or cache is None:
             self.cache_dir = None
         elif cache is True:
@@ -306,23 +355,52 @@ class MultiClassGenerator:
         if self.cache_dir is not None:
             key = cache_key(self._entries, self._inputs, self._outputs, preprocess, cache_tag)
         self._cache_key = key
-        meta = {"classes": self.class_names,
-                "entries": [{"file": e.path, "class": self.class_names[e.class_index], "n": e.n, "start": e.start,
-                             "stop": e.stop, "filtered": e.selection is not None} for e in self._entries]}
-        self._engine = Engine(entries=self._entries, inputs=self._inputs, outputs=self._outputs,
-                              slot_arrays=list(self._outputs) + labels, planner=self._planner, preprocess=preprocess,
-                              n_workers=default_workers() if n_workers is None else n_workers,
-                              queue_depth=queue_depth, start_method=start_method, timeout=timeout,
-                              cache_dir=self.cache_dir, cache_key=key, preload=preload, seed=self.seed, meta=meta,
-                              nice=nice)
+        meta = {
+            "classes": self.class_names,
+            "entries": [
+                {
+                    "file": e.path,
+                    "class": self.class_names[e.class_index],
+                    "n": e.n,
+                    "start": e.start,
+                    "stop": e.stop,
+                    "filtered": e.selection is not None,
+                }
+                for e in self._entries
+            ],
+        }
+        self._engine = Engine(
+            entries=self._entries,
+            inputs=self._inputs,
+            outputs=self._outputs,
+            slot_arrays=list(self._outputs) + labels,
+            planner=self._planner,
+            preprocess=preprocess,
+            n_workers=default_workers() if n_workers is None else n_workers,
+            queue_depth=queue_depth,
+            start_method=start_method,
+            timeout=timeout,
+            cache_dir=self.cache_dir,
+            cache_key=key,
+            preload=preload,
+            seed=self.seed,
+            meta=meta,
+            nice=nice,
+        )
         self._finalizer = weakref.finalize(self, self._engine.res.cleanup)
         self._pos = 0
         self._in_epoch = False
         self._peek_thread = None  # thread of the out-of-epoch calls since the last epoch boundary
         self._peeks_only = True
-        logger.info("MultiClassGenerator: %d entries, %d classes %s, %d events/epoch in %d batches of %d",
-                    len(self._entries), self.n_classes, self.class_names, self._planner.events_per_epoch,
-                    len(self), self.batch_size)
+        logger.info(
+            "MultiClassGenerator: %d entries, %d classes %s, %d events/epoch in %d batches of %d",
+            len(self._entries),
+            self.n_classes,
+            self.class_names,
+            self._planner.events_per_epoch,
+            len(self),
+            self.batch_size,
+        )
 
     def __new__(cls, *args, **kwargs):
         return object.__new__(_with_pydataset(cls))
@@ -409,8 +487,10 @@ class MultiClassGenerator:
         self.close()
 
     def __getstate__(self):
-        raise TypeError("MultiClassGenerator owns processes and shared memory and cannot be pickled; "
-                        "iterate it with workers=1, use_multiprocessing=False")
+        raise TypeError(
+            "MultiClassGenerator owns processes and shared memory and cannot be pickled; "
+            "iterate it with workers=1, use_multiprocessing=False"
+        )
 
     # ------------------------------------------------------------------ iteration
     def __getitem__(self, index):
@@ -450,8 +530,12 @@ class MultiClassGenerator:
         with self._lock:
             n = len(self)
             offset = self._pos % n
-            if (offset and self._peeks_only and not self._in_epoch
-                    and self._peek_thread in (None, threading.get_ident())):
+            if (
+                offset
+                and self._peeks_only
+                and not self._in_epoch
+                and self._peek_thread in (None, threading.get_ident())
+            ):
                 logger.debug("rewinding %d batch(es) served before the epoch began", offset)
                 self._pos -= offset
                 self._engine.rewind(self._pos)
@@ -499,11 +583,13 @@ class MultiClassGenerator:
             out["weight"] = np.array([x.weight for x in e], np.float32)[ent]
         if flags["provenance"] if provenance is None else provenance:
             out["_entry"] = ent
-            out["_event"] = (np.concatenate([x.rows(0, x.n) for x in e]) if len(e) else np.zeros(0, np.int64))
+            out["_event"] = np.concatenate([x.rows(0, x.n) for x in e]) if len(e) else np.zeros(0, np.int64)
         if apply_postprocess and self.postprocess is not None:
             return self.postprocess(out)
         return out
 
     def __repr__(self):
-        return (f"MultiClassGenerator({len(self._entries)} entries, classes={self.class_names}, "
-                f"batch_size={self.batch_size}, batches={len(self)}, events/epoch={self.events_per_epoch})")
+        return (
+            f"MultiClassGenerator({len(self._entries)} entries, classes={self.class_names}, "
+            f"batch_size={self.batch_size}, batches={len(self)}, events/epoch={self.events_per_epoch})"
+        )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["Normalize", "Chain"]
+__all__ = ["Chain", "Normalize"]
 
 
 class Normalize:
@@ -36,14 +36,18 @@ class Normalize:
                 continue
             if isinstance(norm, str):
                 if norm.lower() != "nonlinear":
-                    raise ValueError(f"normalisation of {name!r} must be a number, 'nonlinear' or None, got {norm!r}")
+                    raise ValueError(
+                        f"normalisation of {name!r} must be a number, 'nonlinear' or None, got {norm!r}"
+                    )
                 self.norms[name] = "nonlinear"
             elif isinstance(norm, numbers.Real) and not isinstance(norm, bool):
                 if norm == 0:
                     raise ValueError(f"normalisation of {name!r} is 0; use None to leave an array unchanged")
                 self.norms[name] = float(norm)
             else:
-                raise TypeError(f"normalisation of {name!r} must be a number, 'nonlinear' or None, got {norm!r}")
+                raise TypeError(
+                    f"normalisation of {name!r} must be a number, 'nonlinear' or None, got {norm!r}"
+                )
 
     def __call__(self, arrays):
         for name, norm in self.norms.items():

@@ -33,13 +33,13 @@ from dlkit.generators.errors import DataError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EnergyCut",
     "SampleSpec",
     "as_samples",
+    "count_events",
     "make_samples_from_dirs",
     "make_samples_from_globs",
     "split_samples",
-    "count_events",
-    "EnergyCut",
 ]
 
 
@@ -117,7 +117,7 @@ class SampleSpec:
         """The same entry restricted to events [start, stop)."""
         return dataclasses.replace(self, start=int(start), stop=None if stop is None else int(stop))
 
-    def with_filter(self, filter: Callable | None) -> SampleSpec:  # noqa: A002 - DLKit's word
+    def with_filter(self, filter: Callable | None) -> SampleSpec:
         """The same entry with an event filter."""
         return dataclasses.replace(self, filter=filter)
 
@@ -155,8 +155,15 @@ def _files(pattern: str) -> list[str]:
     return sorted((p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)), key=_natural_key)
 
 
-def make_samples_from_globs(patterns, keys, *, class_from_path: Callable[[str], str] | None = None,
-                            rate=None, weight=None, filter=None) -> list[SampleSpec]:  # noqa: A002
+def make_samples_from_globs(
+    patterns,
+    keys,
+    *,
+    class_from_path: Callable[[str], str] | None = None,
+    rate=None,
+    weight=None,
+    filter=None,
+) -> list[SampleSpec]:
     """Samples from glob patterns: ``{class_name: pattern or [patterns]}``, or patterns plus a namer.
 
     With a plain pattern (or list), the class of each file is ``class_from_path(path)``; the default is the
@@ -192,13 +199,17 @@ def make_samples_from_globs(patterns, keys, *, class_from_path: Callable[[str], 
     out = []
     for name, files in groups.items():
         for f in files:
-            out.append(SampleSpec(f, keys, name, rate=pick(rate, name), weight=pick(weight, name),
-                                  filter=pick(filter, name)))
+            out.append(
+                SampleSpec(
+                    f, keys, name, rate=pick(rate, name), weight=pick(weight, name), filter=pick(filter, name)
+                )
+            )
     return out
 
 
-def make_samples_from_dirs(root, keys, classes=None, pattern: str = "*.h5", *, rate=None, weight=None,
-                           filter=None) -> list[SampleSpec]:  # noqa: A002
+def make_samples_from_dirs(
+    root, keys, classes=None, pattern: str = "*.h5", *, rate=None, weight=None, filter=None
+) -> list[SampleSpec]:
     """Samples from a directory per class: ``root/<class>/<pattern>``.
 
     ``classes`` is None (every sub-directory with matching files, sorted), a list of sub-directory names,
@@ -208,7 +219,9 @@ def make_samples_from_dirs(root, keys, classes=None, pattern: str = "*.h5", *, r
     if not os.path.isdir(root):
         raise DataError("sample directory not found", file=root)
     if classes is None:
-        names = sorted((d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), key=_natural_key)
+        names = sorted(
+            (d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), key=_natural_key
+        )
         mapping = {d: d for d in names if _files(os.path.join(root, d, pattern))}
         if not mapping:
             raise DataError(f"no sub-directory with files matching {pattern!r}", file=root)
@@ -236,7 +249,9 @@ def count_events(sample: SampleSpec) -> int:
     try:
         with h5py.File(sample.file, "r") as f:
             if path not in f:
-                raise DataError(f"dataset not found (file has {sorted(f.keys())})", file=sample.file, key=path)
+                raise DataError(
+                    f"dataset not found (file has {sorted(f.keys())})", file=sample.file, key=path
+                )
             n = int(f[path].shape[0]) if f[path].shape else 0
     except DataError:
         raise
@@ -246,8 +261,9 @@ def count_events(sample: SampleSpec) -> int:
     return max(0, stop - min(sample.start, stop))
 
 
-def split_samples(samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True
-                  ) -> list[list[SampleSpec]]:
+def split_samples(
+    samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True
+) -> list[list[SampleSpec]]:
     """Split a specification into disjoint parts by *events*, reproducibly.
 
     For each class, files are sorted (naturally, by path), their order is shuffled with ``seed`` (unless
@@ -286,8 +302,13 @@ def split_samples(samples, fractions: Sequence[float], seed: int = 0, shuffle_fi
             pos = hi
         for p in range(len(fractions)):
             parts[p].extend(s for _, s in sorted(pieces[p], key=lambda t: t[0]))
-        logger.debug("split class %s: %d events in %d files -> %s", name, total, len(entries),
-                     [int(cuts[p + 1] - cuts[p]) for p in range(len(fractions))])
+        logger.debug(
+            "split class %s: %d events in %d files -> %s",
+            name,
+            total,
+            len(entries),
+            [int(cuts[p + 1] - cuts[p]) for p in range(len(fractions))],
+        )
     return parts
 
 
