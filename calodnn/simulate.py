@@ -26,7 +26,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import typing
@@ -35,6 +34,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 from scipy.special import erf, gammainc, ndtri
+
+from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ DEFAULT_EVENTS_PER_CLASS = 5000
 TEST_EVENTS_PER_CLASS = 1000
 #: Bumped whenever the same config + seed would give different events (part of the cache key).
 FORMAT_VERSION = 1
-#: Name of the marker file written last into a complete dataset directory.
-COMPLETE_MARKER = "COMPLETE.json"
 #: Moments 1..N_MOMENTS of the energy-weighted x, y and layer distributions.
 N_MOMENTS = 6
 
@@ -688,32 +687,6 @@ def file_seed_sequence(seed: int, particle: str, file_index: int) -> np.random.S
     return np.random.SeedSequence(entropy=int(seed), spawn_key=(PDG_IDS[particle], int(file_index)))
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_stale_tmp(path: Path) -> None:
-    """Remove `<path>.tmp-<pid>` leftovers of killed runs (only those whose process is gone)."""
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            logger.info("removing stale %s", tmp)
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
 def _dataset_kwargs(shape, dtype, compression):
     """Uncompressed: contiguous (a slice of events is one read). gzip: chunks of ~1 MiB of whole events,
     which fit h5py's default 1 MiB chunk cache."""
@@ -735,8 +708,8 @@ def write_file(path, particle: str, n: int, seed: int, file_index: int, config: 
     cfg = config or CaloSimConfig()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
+    remove_stale_tmp(path)
+    tmp = tmp_name(path)
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
     shapes = {"ECAL": ((n, *cfg.ecal_shape), np.float32), "HCAL": ((n, *cfg.hcal_shape), np.float32),
               "energy": ((n,), np.float32), "pdgID": ((n,), np.int32)}
@@ -837,12 +810,6 @@ def write_dataset(out_dir, particles=PARTICLES, events_per_class: int = DEFAULT_
     return paths
 
 
-def _cache_root() -> Path:
-    if os.environ.get("DLKIT_DATA"):
-        return Path(os.environ["DLKIT_DATA"]) / "calodnn"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlkit" / "calodnn"
-
-
 #: Fields added after FORMAT_VERSION 1: at their defaults they do not enter :func:`dataset_key`, so datasets
 #: cached before they existed keep their key (their events are unchanged).
 _KEY_OPTIONAL_FIELDS = ("raw_visible_energy", "ecal_sampling_fraction_thin", "ecal_sampling_fraction_thick",
@@ -867,50 +834,18 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
                     workers: int | None = None) -> Path:
     """Path of a complete simulated dataset, made if missing.
 
-    Default location: ``$DLKIT_DATA/calodnn/<key>`` or ``~/.cache/dlkit/calodnn/<key>``, the key a hash of
-    config, seed and sizes (:func:`dataset_key`). A directory counts as complete only with its
-    ``COMPLETE.json`` marker; it is written in a temporary sibling directory and renamed into place, so a
-    killed run never leaves a partial dataset that a later call would reuse.
+    Default location: ``$DLKIT_DATA/calodnn/lcd-<key>`` or ``~/.cache/dlkit/calodnn/lcd-<key>``, the key a
+    hash of config, seed and sizes (:func:`dataset_key`); built and marked complete by
+    :func:`dlkit.datasets.cached_dataset`, so a killed run never leaves a partial dataset that is reused.
     """
     cfg = config or CaloSimConfig()
     key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression)
-    path = Path(path) if path is not None else _cache_root() / f"lcd-{key}"
-    marker = path / COMPLETE_MARKER
-    if marker.is_file():
-        found = json.loads(marker.read_text()).get("key")
-        if found != key:
-            raise ValueError(f"{path} holds another simulated dataset (key {found}, wanted {key})")
-        logger.info("reusing simulated dataset %s", path)
-        return path
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        files = write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression,
-                              progress, workers)
-        meta = {"key": key, "seed": int(seed), "particles": list(particles),
-                "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
-                "compression": compression, "format": FORMAT_VERSION, "config": cfg.to_dict(),
-                "files": [str(f.relative_to(tmp)) for f in files]}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if path.exists():  # an empty directory (or a concurrent run that finished first)
-            if (path / COMPLETE_MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return path
-            path.rmdir()
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / COMPLETE_MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to an identical dataset
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    path = Path(path) if path is not None else data_root("calodnn") / f"lcd-{key}"
+    meta = {"seed": int(seed), "particles": list(particles), "events_per_class": int(events_per_class),
+            "events_per_file": int(events_per_file), "compression": compression, "format": FORMAT_VERSION,
+            "config": cfg.to_dict()}
+    return cached_dataset(path, key, lambda tmp: write_dataset(tmp, particles, events_per_class, events_per_file,
+                                                               seed, cfg, compression, progress, workers), meta)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -47,14 +47,9 @@ from clustercount.baselines import (
     robust_sigma,
     time_proximity_counts,
 )
-from clustercount.simulate import (
-    COMPLETE_MARKER,
-    DriftSimConfig,
-    build_complete_dir,
-    data_root,
-    default_dataset,
-)
+from clustercount.simulate import DriftSimConfig, default_dataset
 from dlkit.config import ConfigError
+from dlkit.datasets import atomic_file, cached_dataset, data_root, read_complete
 from dlkit.generators.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -312,16 +307,10 @@ def make_cluster_file(raw_path, out_path, opts: DerivationOptions = DerivationOp
 
 def _write(path, arrays: dict, attrs: dict) -> Path:
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in arrays.items():
-                f.create_dataset(key, data=value)  # contiguous: the generator reads slices with preadv
-            f.attrs.update({**attrs, "derived_version": DERIVED_VERSION, "generator": "clustercount.data"})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)  # contiguous: the generator reads slices with preadv
+        f.attrs.update({**attrs, "derived_version": DERIVED_VERSION, "generator": "clustercount.data"})
     return path
 
 
@@ -332,9 +321,9 @@ def _write(path, arrays: dict, attrs: dict) -> Path:
 
 def _source_identity(files) -> list:
     """What identifies the source files: a simulated dataset's key, else paths, sizes and times."""
-    marker = Path(files[0]).parent / COMPLETE_MARKER
-    if marker.is_file():
-        return [json.loads(marker.read_text()).get("key"), [Path(f).name for f in files]]
+    info = read_complete(Path(files[0]).parent)
+    if info is not None:
+        return [info.get("key"), [Path(f).name for f in files]]
     out = []
     for f in files:
         st = os.stat(f)
@@ -377,11 +366,11 @@ def _derive_all(kind: str, files, out_dir: Path, opts: DerivationOptions, worker
 def _derived_dataset(kind: str, data_dir, opts: DerivationOptions, workers=None, path=None, scorer=None) -> Path:
     files = waveform_files(data_dir)
     key = _derived_key(kind, files, opts, scorer)
-    path = Path(path) if path is not None else data_root() / f"{kind}-{key}"
+    path = Path(path) if path is not None else data_root("clustercount") / f"{kind}-{key}"
     meta = {"kind": kind, "source_dir": str(Path(data_dir).resolve()), "options": dataclasses.asdict(opts),
             "peak_finder": "derivative" if scorer is None else scorer.identity(), "version": DERIVED_VERSION}
     log.info("%s dataset of %s -> %s", kind, data_dir, path)
-    return build_complete_dir(path, key, lambda tmp: _derive_all(kind, files, tmp, opts, workers, scorer), meta)
+    return cached_dataset(path, key, lambda tmp: _derive_all(kind, files, tmp, opts, workers, scorer), meta)
 
 
 def peak_dataset(data_dir, opts: DerivationOptions = DerivationOptions(), workers=None, path=None) -> Path:
@@ -400,7 +389,9 @@ def cluster_dataset(data_dir, opts: DerivationOptions = DerivationOptions(), wor
 
 def derived_files(directory, kind: str) -> list[Path]:
     """The derived files of a complete derived dataset, in the order of their source files."""
-    info = json.loads((Path(directory) / COMPLETE_MARKER).read_text())
+    info = read_complete(directory)
+    if info is None:
+        raise DataError("not a complete derived dataset (no COMPLETE.json)", file=directory)
     return [Path(directory) / f for f in info["files"] if Path(f).name.startswith(kind)]
 
 

@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 from clustercount.baselines import PeakList, time_proximity_counts
 from clustercount.common import Results
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
-from clustercount.simulate import PARTICLES, DriftSimConfig, build_complete_dir, data_root, simulate_waveforms
+from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
+from dlkit.datasets import cached_dataset, data_root
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def pid_dataset(sim_config: DriftSimConfig | None = None, options: PIDOptions = 
                        "derivation": dataclasses.asdict(derivation),
                        "scorer": None if scorer is None else scorer.identity(), "version": PID_VERSION}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    path = Path(path) if path is not None else data_root() / f"pid-{key}"
+    path = Path(path) if path is not None else data_root("clustercount") / f"pid-{key}"
 
     def build(tmp):
         tasks = [(str(tmp / _file_name(part, p)), part, p, cfg.to_dict(), dataclasses.asdict(derivation),
@@ -163,7 +164,7 @@ def pid_dataset(sim_config: DriftSimConfig | None = None, options: PIDOptions = 
         with multiprocessing.get_context("spawn").Pool(n) as pool:
             return [Path(p) for p in pool.map(_make_pid_file, tasks)]
 
-    return build_complete_dir(path, key, build, {"pid": dataclasses.asdict(options), "sim": cfg.to_dict(),
+    return cached_dataset(path, key, build, {"pid": dataclasses.asdict(options), "sim": cfg.to_dict(),
                                                  "derivation": dataclasses.asdict(derivation)})
 
 

@@ -50,7 +50,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import typing
@@ -60,6 +59,8 @@ import h5py
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 from scipy.signal import lfilter
+
+from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ DEFAULT_WAVEFORMS = 24000
 TEST_WAVEFORMS = 4000
 #: Bumped whenever the same config + seed would give different waveforms (part of the cache key).
 FORMAT_VERSION = 1
-COMPLETE_MARKER = "COMPLETE.json"
 
 #: Fischle et al. (NIM A301 (1991) 202), helium: probability of 1..10 electrons per cluster; the tail beyond
 #: is 21.6 %/n^2 (see DriftSimConfig.cluster_size_tail).
@@ -548,32 +548,6 @@ def file_seed_sequence(seed: int, file_index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=int(seed), spawn_key=(0xDC, int(file_index)))
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_tmp(path: Path) -> None:
-    """Remove ``<path>.tmp-<pid>`` leftovers of killed runs (only those whose process is gone)."""
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            logger.info("removing stale %s", tmp)
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
 def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig | None = None,
                progress=None) -> Path:
     """Simulate ``n`` waveforms and write one file atomically (temporary name, then ``os.replace``).
@@ -586,7 +560,7 @@ def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     rng = np.random.default_rng(file_seed_sequence(seed, file_index))
     chunks = []
     for chunk in _iter_chunks(n, rng, cfg):
@@ -667,13 +641,6 @@ def write_dataset(out_dir, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_per_f
     return paths
 
 
-def data_root() -> Path:
-    """``$DLKIT_DATA/clustercount`` or ``~/.cache/dlkit/clustercount``: where simulated/derived data go."""
-    if os.environ.get("DLKIT_DATA"):
-        return Path(os.environ["DLKIT_DATA"]) / "clustercount"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlkit" / "clustercount"
-
-
 def dataset_key(config: DriftSimConfig, seed: int, n_waveforms: int, waveforms_per_file: int) -> str:
     """Hash naming a cached dataset: everything that changes its bytes."""
     blob = json.dumps({"config": config.to_dict(), "seed": int(seed), "n": int(n_waveforms),
@@ -681,62 +648,19 @@ def dataset_key(config: DriftSimConfig, seed: int, n_waveforms: int, waveforms_p
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_complete_dir(path: Path, key: str, build, meta: dict) -> Path:
-    """Make the directory ``path`` with ``build(tmp_dir) -> list of files`` unless it is already complete.
-
-    A directory counts as complete only with its ``COMPLETE.json`` marker (holding ``key``); it is built in a
-    temporary sibling and renamed into place, so a killed run never leaves a partial dataset that a later
-    call would reuse, and two concurrent builders end with one copy.
-    """
-    path = Path(path)
-    marker = path / COMPLETE_MARKER
-    if marker.is_file():
-        found = json.loads(marker.read_text()).get("key")
-        if found != key:
-            raise FileExistsError(f"{path} holds another dataset (key {found}, wanted {key})")
-        logger.info("reusing %s", path)
-        return path
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        files = build(tmp)
-        info = {"key": key, **meta, "files": [str(Path(f).relative_to(tmp)) for f in files]}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(info, indent=1, sort_keys=True))
-        if path.exists():  # an empty directory (or a concurrent run that finished first)
-            if (path / COMPLETE_MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return path
-            path.rmdir()
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / COMPLETE_MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to an identical dataset
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
 def default_dataset(path=None, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_per_file: int = 1000, seed: int = 0,
                     config: DriftSimConfig | None = None, progress: bool = True, workers: int | None = None) -> Path:
     """Directory of a complete simulated waveform dataset, made if missing.
 
     Default location: ``$DLKIT_DATA/clustercount/waveforms-<key>`` (or under ``~/.cache/dlkit``), the key a
-    hash of config, seed and sizes (:func:`dataset_key`); see :func:`build_complete_dir`.
+    hash of config, seed and sizes (:func:`dataset_key`); see :func:`dlkit.datasets.cached_dataset`.
     """
     cfg = config or DriftSimConfig()
     key = dataset_key(cfg, seed, n_waveforms, waveforms_per_file)
-    path = Path(path) if path is not None else data_root() / f"waveforms-{key}"
+    path = Path(path) if path is not None else data_root("clustercount") / f"waveforms-{key}"
     meta = {"seed": int(seed), "n_waveforms": int(n_waveforms), "waveforms_per_file": int(waveforms_per_file),
             "format": FORMAT_VERSION, "config": cfg.to_dict()}
-    return build_complete_dir(path, key, lambda tmp: write_dataset(tmp, n_waveforms, waveforms_per_file, seed, cfg,
+    return cached_dataset(path, key, lambda tmp: write_dataset(tmp, n_waveforms, waveforms_per_file, seed, cfg,
                                                                    progress, workers), meta)
 
 

@@ -38,7 +38,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import typing
@@ -47,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
 from dlkit.sparse import SparseTensor
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,6 @@ DEFAULT_EVENTS_PER_CLASS = 300
 TEST_EVENTS_PER_CLASS = 24
 #: Bumped whenever the same config + seed would give different events (part of the cache key).
 FORMAT_VERSION = 1
-COMPLETE_MARKER = "COMPLETE.json"
 
 # Particle data [MeV, cm]
 M_E, M_MU, M_PI, M_PI0, M_K, M_P = 0.51099895, 105.6584, 139.5704, 134.9768, 493.677, 938.2721
@@ -901,8 +900,6 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     import h5py
 
     import dlkit
-    from calodnn.simulate import _remove_stale_tmp, _tmp_name
-
     cfg = config or LArSimConfig()
     _check_compression(compression)
     directory = Path(directory)
@@ -910,8 +907,8 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     name2d, name3d = file_names(particle, file_index)
     paths = [directory / name2d] + ([directory / name3d] if truth3d else [])
     for p in paths:
-        _remove_stale_tmp(p)
-    tmps = [_tmp_name(p) for p in paths]
+        remove_stale_tmp(p)
+    tmps = [tmp_name(p) for p in paths]
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
     opts = _h5_options(compression)
     attrs = {"simulation_config": cfg.to_json(), "seed": int(seed), "particle": particle,
@@ -1026,12 +1023,6 @@ def write_dataset(out_dir, particles=DEFAULT_PARTICLES, events_per_class: int = 
     return paths
 
 
-def _cache_root() -> Path:
-    if os.environ.get("DLKIT_DATA"):
-        return Path(os.environ["DLKIT_DATA"]) / "lartpcdnn"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlkit" / "lartpcdnn"
-
-
 def dataset_key(config: LArSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,
                 compression: str | None = "gzip", truth3d: bool = True) -> str:
     """Hash naming a cached dataset: everything that changes its bytes."""
@@ -1049,54 +1040,24 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
     """Path of a complete simulated dataset, made if missing.
 
     Default location: ``$DLKIT_DATA/lartpcdnn/lariat-<key>`` or ``~/.cache/dlkit/lartpcdnn/...``, the key a
-    hash of config, seed and sizes (:func:`dataset_key`). Built in a temporary sibling directory, marked
-    complete by ``COMPLETE.json`` written last, then renamed: a killed run never leaves a dataset that a
-    later call would reuse.
+    hash of config, seed and sizes (:func:`dataset_key`); built and marked complete by
+    :func:`dlkit.datasets.cached_dataset`, so a killed run never leaves a dataset that a later call would reuse.
     """
-    from calodnn.simulate import _remove_stale_tmp, _tmp_name
-
     cfg = config or LArSimConfig()
     particles = tuple(particles)
     key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression, truth3d)
-    path = Path(path) if path is not None else _cache_root() / f"lariat-{key}"
-    marker = path / COMPLETE_MARKER
-    if marker.is_file():
-        found = json.loads(marker.read_text()).get("key")
-        if found != key:
-            raise ValueError(f"{path} holds another simulated dataset (key {found}, wanted {key})")
-        logger.info("reusing simulated dataset %s", path)
-        return path
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(path)
-    tmp = _tmp_name(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    path = Path(path) if path is not None else data_root("lartpcdnn") / f"lariat-{key}"
+
+    def build(tmp):
         logger.warning("simulating the default LArIAT-layout dataset (%d events x %d classes) into %s; "
                        "done once, then reused", events_per_class, len(particles), path)
-        files = write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression, truth3d,
-                              progress, workers)
-        meta = {"key": key, "seed": int(seed), "particles": list(particles),
-                "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
-                "compression": compression, "truth3d": bool(truth3d), "format": FORMAT_VERSION,
-                "config": cfg.to_dict(), "files": [str(f.relative_to(tmp)) for f in files]}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if path.exists():  # an empty directory (or a concurrent run that finished first)
-            if (path / COMPLETE_MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return path
-            path.rmdir()
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / COMPLETE_MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to an identical dataset
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+        return write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression, truth3d,
+                             progress, workers)
+
+    meta = {"seed": int(seed), "particles": list(particles), "events_per_class": int(events_per_class),
+            "events_per_file": int(events_per_file), "compression": compression, "truth3d": bool(truth3d),
+            "format": FORMAT_VERSION, "config": cfg.to_dict()}
+    return cached_dataset(path, key, build, meta)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from calodnn.simulate import (
     write_dataset,
     write_file,
 )
+from dlkit.datasets import COMPLETE_MARKER
 
 EXPECTED_FEATURES = {
     f"{det}{name}"
@@ -233,13 +234,13 @@ def test_default_dataset_cache(tmp_path, monkeypatch):
     kw = dict(events_per_class=20, events_per_file=10, particles=("Ele", "Pi0"), progress=False)
     path = default_dataset(**kw)
     assert path.parent == tmp_path / "calodnn"
-    meta = json.loads((path / sim.COMPLETE_MARKER).read_text())
+    meta = json.loads((path / COMPLETE_MARKER).read_text())
     assert meta["files"] == ["Ele/Ele_0.h5", "Ele/Ele_1.h5", "Pi0/Pi0_0.h5", "Pi0/Pi0_1.h5"]
     mtime = (path / "Ele" / "Ele_0.h5").stat().st_mtime_ns
     assert default_dataset(**kw) == path
     assert (path / "Ele" / "Ele_0.h5").stat().st_mtime_ns == mtime  # reused, not rewritten
     assert default_dataset(**{**kw, "seed": 1}) != path
-    with pytest.raises(ValueError, match="another"):
+    with pytest.raises(FileExistsError, match="another"):
         default_dataset(path, **{**kw, "seed": 1})
     assert not [p for p in (tmp_path / "calodnn").iterdir() if ".tmp" in p.name]
 

@@ -1,0 +1,144 @@
+"""Cached, derived and simulated datasets on disk: where they live and how they are made safely.
+
+Every experiment package simulates its default dataset on first use and derives inputs from it; the rules
+are the same everywhere, so they live here:
+
+- a dataset directory counts as complete only with its ``COMPLETE.json`` marker, written last;
+- it is built in a temporary sibling ``<name>.tmp-<pid>`` and renamed into place, so a killed run never
+  leaves a partial dataset that a later call would reuse, and two concurrent builders end with one copy;
+- single files are written the same way (:func:`atomic_file`); leftovers of killed builders are removed
+  the next time, but only once their process is gone.
+
+Example::
+
+    from dlkit.datasets import cached_dataset, data_root
+
+    def build(tmp):                      # write into tmp, return the files written
+        return write_my_files(tmp)
+
+    path = cached_dataset(data_root("mypkg") / f"sim-{key}", key, build, meta={"seed": 0})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["COMPLETE_MARKER", "data_root", "tmp_name", "remove_stale_tmp", "atomic_file", "cached_dataset",
+           "read_complete"]
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "COMPLETE.json"
+
+
+def data_root(package: str) -> Path:
+    """``$DLKIT_DATA/<package>``, else ``$XDG_CACHE_HOME/dlkit/<package>`` (default ``~/.cache``)."""
+    if os.environ.get("DLKIT_DATA"):
+        return Path(os.environ["DLKIT_DATA"]) / package
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlkit" / package
+
+
+def tmp_name(path: str | os.PathLike) -> Path:
+    """The temporary sibling this process builds ``path`` under."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove ``<path>.tmp-<pid>`` leftovers of killed builders (only those whose process is gone)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing stale %s", tmp)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary name for ``path``; rename it over ``path`` only if the block succeeds.
+
+    >>> with atomic_file("out.h5") as tmp:          # doctest: +SKIP
+    ...     with h5py.File(tmp, "w") as f: ...
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_complete(path: str | os.PathLike) -> dict | None:
+    """The ``COMPLETE.json`` record of a dataset directory, or None if it is not complete."""
+    marker = Path(path) / COMPLETE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{marker}: unreadable completion marker ({exc}); remove {Path(path)} to rebuild") from None
+
+
+def cached_dataset(path: str | os.PathLike, key: str, build, meta: dict | None = None) -> Path:
+    """Directory ``path`` made by ``build(tmp_dir) -> files written`` unless it is already complete.
+
+    ``key`` identifies the content (a hash of everything that changes its bytes); a complete directory
+    with another key is an error, never silently reused. ``meta`` goes into ``COMPLETE.json`` with the key
+    and the list of files.
+    """
+    path = Path(path)
+    info = read_complete(path)
+    if info is not None:
+        if info.get("key") != key:
+            raise FileExistsError(f"{path} holds another dataset (key {info.get('key')}, wanted {key})")
+        logger.info("reusing %s", path)
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = tmp_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        files = build(tmp)
+        record = {"key": key, **(meta or {}), "files": [str(Path(f).relative_to(tmp)) for f in files]}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(record, indent=1, sort_keys=True))
+        if path.exists():  # an empty directory, or a concurrent builder that finished first
+            if (path / COMPLETE_MARKER).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return path
+            path.rmdir()
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / COMPLETE_MARKER).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # lost a race to an identical dataset
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
