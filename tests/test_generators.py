@@ -528,3 +528,32 @@ def test_read_all_and_cache_fill_run_the_preprocess(samples, tmp_path):
         assert np.array_equal(np.asarray(arrays["X"]), ref["X"] * np.float32(2))
         assert np.array_equal(np.asarray(arrays["H"]), ref["H"].astype(np.float32))
         del arrays
+
+
+def test_reader_told_of_a_cache_already_renamed_opens_the_final_file(tmp_path):
+    """A reader may read the "store" message after another reader completed the cache and the consumer
+    renamed it (a one-batch first epoch): it opens the final file read-only instead of dying."""
+    from dlkit.generators._worker import Worker
+
+    final = tmp_path / "dlkit-x.cache"
+    final.write_bytes(b"complete")
+    cfg = {"entries": [], "inputs": [], "outputs": [], "inplace": [], "preprocess": None, "n_classes": 1}
+    w = Worker(0, cfg)
+    w.handle(("store", "disk", str(tmp_path / "dlkit-x.cache.tmp-1-ab"), None, True, str(final)))
+    fd, _, writable = w.disk
+    assert not writable and os.pread(fd, 8, 0) == b"complete"
+    with pytest.raises(FileNotFoundError):
+        w.handle(("store", "disk", str(tmp_path / "missing.cache"), None, False, None))
+
+
+def test_one_batch_epochs_with_cache(samples, tmp_path):
+    """Every epoch the whole data set, as one batch, while the cache is built and after (3 runs, 2 readers)."""
+    ref = all_ids(samples)
+    for run in range(3):
+        with MultiClassGenerator(samples, len(ref), n_workers=2, seed=run, cache=tmp_path / str(run)) as gen:
+            assert len(gen) == 1
+            for _ in range(3):
+                assert np.array_equal(np.sort(gen[0]["id"]), ref)
+                gen.on_epoch_end()
+            assert gen.cache_path.exists()
+    assert not _readers()

@@ -375,7 +375,7 @@ class Engine:
                 self.disk_path = path
                 self.disk_layout = open_layout(path, self.outputs, N)
                 for w in self.workers:
-                    self._send(w, ("store", "disk", str(path), self.disk_layout, False))
+                    self._send(w, ("store", "disk", str(path), self.disk_layout, False, None))
                 logger.info("reading cache %s", path)
             else:
                 try:
@@ -387,14 +387,18 @@ class Engine:
                     self.builder = None
                 if self.builder is not None:
                     self.res.builder = self.builder
+                    # The final name goes along: a reader may see this message only after another reader
+                    # completed the cache and it was renamed (a one-batch epoch does that).
+                    tmp, final = str(self.builder.tmp), str(self.builder.final)
+                    store = ("store", "disk", tmp, self.builder.layout, True, final)
                     for w in self.workers:
-                        self._send(w, ("store", "disk", str(self.builder.tmp), self.builder.layout, True))
+                        self._send(w, store)
         if self.preload:
             self.ram_layout = BlockLayout.build(self.outputs, N)
             self.ram_seg = self._new_segment(self.ram_layout)
             if self.disk_path is not None:
                 for w in self.workers:
-                    self._send(w, ("store", "ram", self.ram_seg.name, None, False))
+                    self._send(w, ("store", "ram", self.ram_seg.name, None, False, None))
                 step = max(1, self.planner.batch_size)
                 group = self._new_group()
                 for a in self.outputs:
@@ -408,7 +412,7 @@ class Engine:
             else:
                 self.ram_building = True
                 for w in self.workers:
-                    self._send(w, ("store", "ram", self.ram_seg.name, None, True))
+                    self._send(w, ("store", "ram", self.ram_seg.name, None, True, None))
         if self.builder is not None or self.ram_building:
             self.planned = np.zeros(N, dtype=bool)
 

@@ -4,7 +4,8 @@ Imports only numpy (h5py lazily, for datasets that cannot be read raw), never Ke
 spawned reader starts in a fraction of a second. Each reader opens its own file descriptors and h5py
 handles. The protocol with the consumer is a duplex pipe of small messages:
 
-    consumer -> reader: ("attach", name, layout) | ("detach", name) | ("store", ...) | ("task", id, spec)
+    consumer -> reader: ("attach", name, layout) | ("detach", name) | ("task", id, spec)
+                        | ("store", which, path, layout, writable, final_path)
                         | ("stop",)
     reader -> consumer: ("ready", pid) | ("attached", name) | ("done", id, stats) | ("error", id, info)
                         | ("fatal", info)
@@ -205,11 +206,17 @@ class Worker:
                 self.ram = None
             return None
         if kind == "store":
-            _, which, arg, layout, writable = msg
+            _, which, arg, layout, writable, final = msg
             if which == "disk":
                 if self.disk is not None:
                     os.close(self.disk[0])
-                fd = os.open(arg, os.O_RDWR if writable else os.O_RDONLY)
+                try:
+                    fd = os.open(arg, os.O_RDWR if writable else os.O_RDONLY)
+                except FileNotFoundError:
+                    if final is None:
+                        raise
+                    # Completed and renamed before this message was read: nothing is left to write.
+                    fd, writable = os.open(final, os.O_RDONLY), False
                 self.disk = (fd, layout, writable)
             else:
                 self.ram = (arg, writable)
