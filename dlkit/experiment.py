@@ -140,14 +140,19 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         if value not in (None, False):
             flags[key] = value
     flags.update(_parse_set(args.set))
-    if args.nopremix and "Premix" in defaults:
-        flags["Premix"] = False
-    if args.preload and "Preload" in defaults:
-        flags["Preload"] = True
-    if args.nocache and "Cache" in defaults:
-        flags["Cache"] = False
+    for flag, key, value in (("nopremix", "Premix", False), ("preload", "Preload", True), ("nocache", "Cache", False)):
+        if getattr(args, flag, False):
+            if key in defaults:
+                flags[key] = value
+            else:
+                log.warning("--%s does not apply to this experiment (it has no %r config entry); ignored", flag, key)
     scan = Permutator(params) if params else None
     index, point = scan.select(args.hyperparamset) if scan else (None, {})
+    for key in sorted(set(flags) & set(point)):
+        if flags[key] != point[key]:
+            log.warning("command line %s=%r is overridden by scan point %d's %s=%r (the scan point wins, as in "
+                        "DLKit); use a config without %r in Params to set it", key, flags[key], index, key,
+                        point[key], key)
     if scan is None and args.hyperparamset not in (None, 0):
         raise ConfigError(f"-s {args.hyperparamset}: config {config_path} defines no Params scan grid")
     layers = [(f"config file {config_path}", file_config)]
@@ -191,6 +196,10 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
             if previous is not None:
                 wrapper.Load(previous)
     if wrapper.Model is None:
+        if setup.config.get("Seed") is not None:  # the same scan point builds the same initial weights
+            import keras
+
+            keras.utils.set_random_seed(int(setup.config["Seed"]))
         wrapper.Build()
         compile_model(wrapper)
     wrapper.Config = dict(setup.config)  # what this run resolved, also when continuing a loaded model

@@ -1,0 +1,63 @@
+"""dlkit.experiment: flag resolution warnings and seeded model construction."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import keras
+from dlkit import ModelWrapper
+from dlkit.experiment import load_or_build, make_parser, resolve_run
+
+DEFAULTS = {"Width": 8, "Depth": 1, "Epochs": 1, "Seed": 0, "OutputBase": "TrainedModels", "Cache": True}
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "scan.py"
+    path.write_text('Config = {"Depth": 1}\nParams = {"Width": [4, 8], "Seed": [0]}\n')
+    return path
+
+
+def setup(argv, config_file, tmp_path):
+    args = make_parser("test").parse_args(["-C", str(config_file), "--OutputBase", str(tmp_path / "out"), *argv])
+    return args, resolve_run(args, DEFAULTS, "Test", flag_keys={"OutputBase": "OutputBase"})
+
+
+def test_set_overridden_by_scan_point_warns(config_file, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="dlkit.experiment"):
+        _, run = setup(["-s", "1", "--set", "Width=64", "--set", "Depth=2"], config_file, tmp_path)
+    assert run.config["Width"] == 8 and run.config["Depth"] == 2  # the scan point wins, as in DLKit
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "Width=64" in message and "scan point 1" in message and "Width=8" in message
+
+
+def test_flags_that_do_not_apply_warn(config_file, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="dlkit.experiment"):
+        _, run = setup(["--nopremix", "--nocache"], config_file, tmp_path)
+    assert run.config["Cache"] is False and "Premix" not in run.config
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "--nopremix does not apply" in messages[0]
+
+
+class Dense(ModelWrapper):
+    def Build(self):
+        inputs = keras.Input((4,))
+        self.Model = keras.Model(inputs, keras.layers.Dense(self.Config["Width"])(inputs))
+
+
+def _compile(wrapper):
+    wrapper.BuildOptimizer("SGD", lr=0.1)
+    wrapper.Compile(Loss="mse")
+
+
+def test_same_scan_point_builds_the_same_initial_weights(config_file, tmp_path):
+    weights = []
+    for _ in range(2):
+        np.random.default_rng().random()  # global state in between must not matter
+        keras.utils.set_random_seed(int(np.random.default_rng().integers(1 << 30)))
+        args, run = setup(["-s", "0"], config_file, tmp_path)
+        wrapper = load_or_build(args, run, lambda name, **kw: Dense(name, **kw), _compile)
+        weights.append([w.copy() for w in wrapper.Model.get_weights()])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    assert np.any(weights[0][0] != 0)
