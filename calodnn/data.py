@@ -8,7 +8,7 @@ Events are split reproducibly by events per class (train / validation / test). T
   cache directory, reused by every later run on the same data) which the generator then reads;
 - on the fly (``--nopremix``): the generator mixes the per-particle files in every batch.
 
-ECAL/HCAL normalisation runs in the generator's reader processes (:class:`Normalize`), so this module
+ECAL/HCAL normalisation runs in the generator's reader processes (:func:`calo_normalize`), so this module
 must stay importable without Keras.
 """
 
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from dlkit.config import ConfigError
+from dlkit.generators.preprocess import Normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Normalize", "OneHotSelect", "CaloData", "setup_data", "premix"]
+__all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix"]
 
 
 def _check_norm(key, norm):
@@ -43,25 +44,10 @@ def _check_norm(key, norm):
     return float(norm)
 
 
-class Normalize:
-    """Worker pre-process: ECAL/HCAL divided by a scale, or DLKit's ``tanh(sign(x) log(|x|+1) / 2)``."""
-
-    def __init__(self, norms: dict):
-        self.norms = {k: _check_norm(f"{k}Norm", v) for k, v in norms.items()}
-
-    def __call__(self, arrays):
-        for key, norm in self.norms.items():
-            if norm is None or key not in arrays:
-                continue
-            x = arrays[key]
-            if norm == "nonlinear":
-                arrays[key] = np.tanh(np.sign(x) * np.log1p(np.abs(x)) / 2).astype(x.dtype, copy=False)
-            else:
-                arrays[key] = (x / norm).astype(x.dtype, copy=False)
-        return arrays
-
-    def __repr__(self):
-        return f"Normalize({self.norms!r})"
+def calo_normalize(config: dict) -> Normalize:
+    """The readers' ECAL/HCAL normalisation from ``ECALNorm``/``HCALNorm``, for the inputs the run reads
+    (config entries ``ECAL``/``HCAL``); a bad value is an error naming its config entry."""
+    return Normalize({k: _check_norm(f"{k}Norm", config[f"{k}Norm"]) for k in ("ECAL", "HCAL") if config.get(k, True)})
 
 
 class OneHotSelect:
@@ -174,7 +160,7 @@ def setup_data(config: dict) -> CaloData:
     inputs = [k for k in ("ECAL", "HCAL") if config["ECAL" if k == "ECAL" else "HCAL"]]
     if not inputs:
         raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
-    normalize = Normalize({"ECAL": config["ECALNorm"], "HCAL": config["HCALNorm"]})
+    normalize = calo_normalize(config)
     if config["DataDir"]:
         data_dir = Path(config["DataDir"])
     else:

@@ -30,7 +30,7 @@ from tabulate import tabulate
 from dlkit.config import ConfigError
 
 from calodnn.analysis import ClassificationResults
-from calodnn.data import Normalize, premix
+from calodnn.data import Normalize, calo_normalize, premix
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _AUGMENT_MODES = {True: "all", "all": "all", "flips": "flips", "rotations": "rot
 
 def make_preprocess(config: dict, augment: bool = True):
     """The readers' pre-process: normalisation, then (training only) flips/rotations if ``Augment``."""
-    normalize = Normalize({"ECAL": config["ECALNorm"], "HCAL": config["HCALNorm"]})
+    normalize = calo_normalize(config)
     mode = config.get("Augment")
     if not augment or mode in (False, None, "none"):
         return normalize
