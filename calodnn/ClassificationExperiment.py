@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
-from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
 
 from calodnn.configs import CONFIG_DIR
+from dlkit.experiment import (
+    FLAG_KEYS,
+    compile_model,
+    configure_device,
+    finish,
+    load_or_build,
+    make_parser,
+    resolve_run,
+    run_main,
+    train,
+    training_callbacks,
+)
 
 log = logging.getLogger("calodnn.ClassificationExperiment")
 
@@ -73,35 +82,12 @@ DEFAULTS = {
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
-FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
-             "LoadPrevious": "LoadPreviousModel"}
 
 
 def make_wrapper(name, data, **kwargs):
     from calodnn.models import CaloClassifier
 
     return CaloClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
-
-
-def compile_model(wrapper):
-    c = wrapper.Config
-    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
-    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
-    wrapper.Compile(Loss=c["loss"], Metrics=["accuracy"])
-
-
-def training_callbacks(wrapper, config):
-    import keras
-
-    callbacks = []
-    if config["EarlyStopping"]:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
-                                                       patience=config["EarlyStopping_patience"],
-                                                       min_delta=config["EarlyStopping_min_delta"]))
-    if config["ModelCheckpoint"]:
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
-                                                         monitor=config["monitor"], save_best_only=True))
-    return callbacks
 
 
 def run(argv=None) -> int:

@@ -21,11 +21,18 @@ from __future__ import annotations
 import logging
 import sys
 
-from dlkit.experiment import configure_device, finish, load_or_build, make_parser, resolve_run, run_main, train
-
-from calodnn.ClassificationExperiment import training_callbacks
 from calodnn.configs import CONFIG_DIR
 from calodnn.regression import REGRESSION_SIM_CONFIG
+from dlkit.experiment import (
+    configure_device,
+    finish,
+    load_or_build,
+    make_parser,
+    resolve_run,
+    run_main,
+    train,
+    training_callbacks,
+)
 
 log = logging.getLogger("calodnn.RegressionExperiment")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dlkit.experiment import FLAG_KEYS, compile_model, training_callbacks
+
 __all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks",
            "Results"]
 
@@ -56,32 +58,6 @@ TRAINING_DEFAULTS = {
 }
 
 TYPES = {"DataDir": str, "RunningTime": (int, float), "lr": (int, float)}
-FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
-             "LoadPrevious": "LoadPreviousModel"}
-
-
-def compile_model(wrapper, metrics) -> None:
-    """Optimizer (name, lr, DLKit's decay, momentum) and loss from the wrapper's Config, then compile."""
-    c = wrapper.Config
-    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
-    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
-    wrapper.Compile(Loss=c["loss"], Metrics=list(metrics))
-
-
-def training_callbacks(wrapper, config) -> list:
-    """Optional EarlyStopping (restoring the best weights) and best-epoch checkpoint, from the config."""
-    import keras
-
-    callbacks = []
-    if config["EarlyStopping"]:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
-                                                       patience=config["EarlyStopping_patience"],
-                                                       min_delta=config["EarlyStopping_min_delta"],
-                                                       restore_best_weights=True))
-    if config["ModelCheckpoint"]:
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
-                                                         monitor=config["monitor"], save_best_only=True))
-    return callbacks
 
 
 @dataclass

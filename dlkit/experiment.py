@@ -36,8 +36,8 @@ from dlkit.permutator import Permutator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "train",
-           "finish", "run_main", "UserError", "EXIT_USER_ERROR"]
+__all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
+           "training_callbacks", "train", "finish", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS"]
 
 #: Exit status for configuration, data and usage errors.
 EXIT_USER_ERROR = 2
@@ -168,6 +168,41 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     output_base = Path(config.get("OutputBase", "TrainedModels"))
     return RunSetup(config=config, index=index, point=point, hash=scan.hash(index) if scan else None, name=name,
                     output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+
+
+#: Flags that set config entries of every experiment (argparse destination -> config key).
+FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
+             "LoadPrevious": "LoadPreviousModel"}
+
+
+def compile_model(wrapper, metrics=("accuracy",)) -> None:
+    """Optimizer and loss from the wrapper's Config (``optimizer``, ``lr``, DLKit's ``decay``, ``momentum``
+    for SGD/RMSprop, ``loss``), then compile with ``metrics``."""
+    c = wrapper.Config
+    extra = {"momentum": c["momentum"]} if c.get("momentum") and c["optimizer"] in ("SGD", "RMSprop") else {}
+    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c.get("decay", 0.0), **extra)
+    wrapper.Compile(Loss=c["loss"], Metrics=list(metrics))
+
+
+def training_callbacks(wrapper, config) -> list:
+    """The optional callbacks DLKit configs switch on.
+
+    ``EarlyStopping`` (``monitor``, ``EarlyStopping_patience``, ``EarlyStopping_min_delta``; the best
+    weights are restored, so the saved model is the best epoch's) and ``ModelCheckpoint`` (the best epoch
+    also kept as ``Checkpoint.keras`` in the model directory).
+    """
+    import keras
+
+    callbacks = []
+    if config.get("EarlyStopping"):
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
+                                                       patience=config["EarlyStopping_patience"],
+                                                       min_delta=config["EarlyStopping_min_delta"],
+                                                       restore_best_weights=True))
+    if config.get("ModelCheckpoint"):
+        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
+                                                         monitor=config["monitor"], save_best_only=True))
+    return callbacks
 
 
 def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Callable[..., Any],

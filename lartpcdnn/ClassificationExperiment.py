@@ -18,6 +18,8 @@ import logging
 import sys
 
 from dlkit.experiment import (
+    FLAG_KEYS,
+    compile_model,
     configure_device,
     finish,
     load_or_build,
@@ -25,6 +27,7 @@ from dlkit.experiment import (
     resolve_run,
     run_main,
     train,
+    training_callbacks,
 )
 from lartpcdnn.configs import CONFIG_DIR
 
@@ -92,20 +95,12 @@ TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float),
          "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
 #: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
-FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
-             "LoadPrevious": "LoadPreviousModel"}
 
 
 def make_wrapper(name, data, **kwargs):
     from lartpcdnn.models import LArClassifier
 
     return LArClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
-
-
-def compile_model(wrapper):
-    from calodnn.ClassificationExperiment import compile_model as calo_compile
-
-    calo_compile(wrapper)  # the same optimizer/loss bookkeeping as calodnn
 
 
 def run(argv=None) -> int:
@@ -117,7 +112,6 @@ def run(argv=None) -> int:
     args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
-    from calodnn.ClassificationExperiment import training_callbacks
     from lartpcdnn.analysis import classification_analysis, summary_table
     from lartpcdnn.data import setup_data
 
