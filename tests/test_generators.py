@@ -497,9 +497,11 @@ def test_read_all_after_a_partial_epoch_completes_the_cache(samples, tmp_path):
         del arrays
 
 
-def test_build_cache_ahead_of_training(samples, tmp_path):
+def test_build_cache_ahead_of_training(samples, tmp_path, capsys):
     with MultiClassGenerator(samples, 64, n_workers=2, cache=tmp_path, rates="balanced") as gen:
-        path = gen.build_cache()
+        path = gen.build_cache(progress=True)
+        bar = capsys.readouterr().err
+        assert "dlkit cache" in bar and f"{len(all_ids(samples))}/{len(all_ids(samples))}" in bar
         assert path is not None and path.exists()
         arrays, _ = read_cache(path)
         assert np.array_equal(np.sort(np.asarray(arrays["id"])), all_ids(samples))

@@ -806,8 +806,10 @@ class Engine:
         self.next_serve = s0
 
     # ------------------------------------------------------------------ whole-dataset reads
-    def complete_stores(self):
-        """Read whatever the cache (disk and/or RAM) still lacks, and wait until it is complete."""
+    def complete_stores(self, progress=None):
+        """Read whatever the cache (disk and/or RAM) still lacks, and wait until it is complete.
+
+        ``progress``: optional callable(events stored, events in total), called as the cache fills."""
         self.check_usable()
         self.start()
         if self.building:
@@ -831,6 +833,9 @@ class Engine:
             if self.fills or self.inflight or self.priority:
                 self._pump_priority()
                 self._wait_progress("the cache")
+                if progress is not None:
+                    progress(min(self.written, self.n_canonical) if self.planned is not None else self.n_canonical,
+                             self.n_canonical)
             elif self.building:
                 self._fail(
                     GeneratorError(

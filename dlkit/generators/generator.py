@@ -33,9 +33,11 @@ The generator runs its own processes: Keras must iterate it single-threaded (the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -548,15 +550,27 @@ class MultiClassGenerator:
                 logger.debug("epoch ended %d batches into the generator's epoch", self._pos % len(self))
 
     # ------------------------------------------------------------------ whole dataset
-    def build_cache(self) -> Path | None:
+    def build_cache(self, progress: bool | None = None) -> Path | None:
         """Complete the cache now (and the RAM copy with ``preload``): read, pre-process and store every
         selected event the generator has not stored yet; returns the cache file (None without one).
 
         Training fills the cache during its first epoch anyway; this is for preparing it ahead, e.g. once
-        before the points of a scan start, or to finish it after a partial first epoch.
+        before the points of a scan start, or to finish it after a partial first epoch. ``progress``: a
+        tqdm bar of the events stored (default: when stderr is a terminal).
         """
-        with self._lock:
-            self._engine.complete_stores()
+        if progress is None:
+            progress = sys.stderr.isatty()
+        with self._lock, contextlib.ExitStack() as stack:
+            update = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = stack.enter_context(tqdm(total=self._engine.n_canonical, unit="ev", desc="dlkit cache"))
+
+                def update(done, total):
+                    bar.update(done - bar.n)
+
+            self._engine.complete_stores(update)
         path = self.cache_path
         return path if path is not None and path.exists() else None
 
