@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 from tabulate import tabulate
 
-from dlkit.analysis import binned_auc, confusion, multiclass_roc, plot_binned, plot_confusion, plot_history, plot_roc
-from dlkit.analysis import save_figure
+from dlkit.analysis import (
+    AnalysisResults,
+    binned_auc,
+    confusion,
+    multiclass_roc,
+    pairwise_scores,
+    plot_binned,
+    plot_confusion,
+    plot_history,
+    plot_roc,
+)
 from dlkit.metadata import chained_history
 
 __all__ = ["ClassificationResults", "classification_analysis", "pairwise_scores", "summary_table"]
 
-
-@dataclass
-class ClassificationResults:
-    """What the analysis found: metadata entries, tables and figures (saved by :meth:`save`)."""
-
-    metadata: dict
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: dict = field(default_factory=dict)
-
-    def save(self, directory) -> list[Path]:
-        directory = Path(directory)
-        paths = []
-        for stem, fig in self.figures.items():
-            paths += save_figure(fig, directory, stem)
-        for stem, table in self.tables.items():
-            path = directory / f"{stem}.csv"
-            table.to_csv(path)
-            paths.append(path)
-        return paths
-
-
-def pairwise_scores(y_index, scores, signal: int, background: int):
-    """Restrict to two classes and score ``p_s / (p_s + p_b)``: the two-class discriminant of a softmax."""
-    keep = np.isin(y_index, [signal, background])
-    s = scores[keep, signal]
-    b = scores[keep, background]
-    return (y_index[keep] == signal).astype(int), s / np.maximum(s + b, 1e-12), keep
+#: The classification analysis returns dlkit's AnalysisResults (the name calodnn used before).
+ClassificationResults = AnalysisResults
 
 
 def classification_analysis(wrapper, data, config) -> ClassificationResults:

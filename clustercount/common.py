@@ -6,11 +6,7 @@ analysis can import from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import pandas as pd
-
+from dlkit.analysis.results import AnalysisResults
 from dlkit.experiment import FLAG_KEYS, compile_model, training_callbacks
 
 __all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks",
@@ -60,27 +56,5 @@ TRAINING_DEFAULTS = {
 TYPES = {"DataDir": str, "RunningTime": (int, float), "lr": (int, float)}
 
 
-@dataclass
-class Results:
-    """What an analysis step found: metadata entries, tables and figures (written by :meth:`save`)."""
-
-    metadata: dict
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: dict = field(default_factory=dict)
-
-    def save(self, directory) -> list[Path]:
-        from dlkit.analysis import save_figure
-
-        directory = Path(directory)
-        paths = []
-        for stem, fig in self.figures.items():
-            paths += save_figure(fig, directory, stem)
-        for stem, table in self.tables.items():
-            path = directory / f"{stem}.csv"
-            table.to_csv(path)
-            paths.append(path)
-        return paths
-
-    def merge(self, other: Results) -> Results:
-        return Results({**self.metadata, **other.metadata}, {**self.tables, **other.tables},
-                       {**self.figures, **other.figures})
+#: What an analysis step found (dlkit's AnalysisResults: metadata, tables, figures; save, merge).
+Results = AnalysisResults

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from calodnn.analysis import ClassificationResults, pairwise_scores
 from dlkit.analysis import (
+    AnalysisResults,
     binned_auc,
     confusion,
     multiclass_roc,
+    pairwise_scores,
     plot_binned,
     plot_confusion,
     plot_history,
@@ -95,7 +96,7 @@ def binned_efficiency(y, scores, values, edges, class_names: Sequence[str], fake
     return frame
 
 
-def classification_analysis(wrapper, data, config) -> ClassificationResults:
+def classification_analysis(wrapper, data, config) -> AnalysisResults:
     """Predict the test set; ``<Class>_AUC``, ``<Class>_Eff1pctFake``, pair AUCs, confusion, vs energy, plots."""
     names = list(data.class_names)
     x, y, energy = data.read_test()
@@ -138,7 +139,7 @@ def classification_analysis(wrapper, data, config) -> ClassificationResults:
             total += len(run.get("EpochTime") or [])
             bounds.append(total)
         figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
-    return ClassificationResults(metadata=metadata, tables=tables, figures=figures)
+    return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
 
 
 def summary_table(wrapper, fake_rate: float = FAKE_RATE) -> str:

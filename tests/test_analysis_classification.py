@@ -110,3 +110,30 @@ def test_dlkit_multiclassification_analysis(sample, tmp_path):
     assert list(aucs) == [f"{n}_AUC" for n in NAMES]
     for name in NAMES:
         assert aucs[f"{name}_AUC"] == pytest.approx(list(frame[name]))
+
+
+def test_pairwise_scores_two_class_discriminant():
+    from dlkit.analysis import pairwise_scores
+
+    y = np.array([0, 1, 2, 1, 0])
+    scores = np.array([[0.6, 0.2, 0.2], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    labels, disc, keep = pairwise_scores(y, scores, signal=0, background=1)
+    assert keep.tolist() == [True, True, False, True, True]
+    assert labels.tolist() == [1, 0, 0, 1]
+    np.testing.assert_allclose(disc, [0.75, 0.25, 0.5, 0.0])  # p0 / (p0 + p1); 0/0 gives 0, not NaN
+
+
+def test_analysis_results_save_and_merge(tmp_path):
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from dlkit.analysis import AnalysisResults
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    a = AnalysisResults({"Ele_AUC": 0.9}, {"Confusion": pd.DataFrame({"x": [1, 2]})})
+    merged = a.merge(AnalysisResults({"Ele_AUC": 0.95, "Accuracy": 0.8}, figures={"ROC": fig}))
+    assert merged.metadata == {"Ele_AUC": 0.95, "Accuracy": 0.8}
+    paths = merged.save(tmp_path)
+    assert sorted(p.name for p in paths) == ["Confusion.csv", "ROC.pdf", "ROC.png"]
+    assert pd.read_csv(tmp_path / "Confusion.csv", index_col=0)["x"].tolist() == [1, 2]

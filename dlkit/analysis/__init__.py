@@ -3,13 +3,15 @@
 Functions return numbers, DataFrames and matplotlib figures; saving and printing are the caller's job.
 
 - :mod:`~dlkit.analysis.classification`: one-vs-rest ROC/AUC (``<Class>_AUC``), AUC in bins, rejection,
-  confusion matrix, and DLKit's ``MultiClassificationAnalysis`` / ``BinMultiClassificationAnalysis``.
+  confusion matrix, two-class discriminants of a softmax, and DLKit's ``MultiClassificationAnalysis`` /
+  ``BinMultiClassificationAnalysis``.
 - :mod:`~dlkit.analysis.regression`: response and resolution vs energy (Gaussian core fits) and the
   ``a/sqrt(E) (+) b/E (+) c`` resolution fit; ``RegressionAnalysis``.
 - :mod:`~dlkit.analysis.scan`: DLKit's notebook API to compare the runs of a scan (``LoadModels``,
   ``ScanTable``, ``GetHistorical``, ``PlotMetaDataMany``, ...); ``python -m dlkit.ScanAnalysis`` prints it.
 - :mod:`~dlkit.analysis.plots`: ROC, binned values, confusion, history (over resumes), resolution,
   response, scan plots; :func:`save_figure` writes PNG and PDF.
+- :class:`AnalysisResults`: what an analysis step returns (metadata, tables, figures) and saves.
 """
 
 from dlkit.analysis.classification import (
@@ -19,6 +21,7 @@ from dlkit.analysis.classification import (
     binned_auc,
     confusion,
     multiclass_roc,
+    pairwise_scores,
     rejection_at_efficiency,
 )
 from dlkit.analysis.plots import (
@@ -40,6 +43,7 @@ from dlkit.analysis.regression import (
     resolution_function,
     resolution_vs_energy,
 )
+from dlkit.analysis.results import AnalysisResults
 from dlkit.analysis.scan import (
     GetEpochs,
     GetGoodParams,
@@ -55,7 +59,7 @@ from dlkit.analysis.scan import (
 )
 
 __all__ = [
-    "multiclass_roc", "bin_data_index", "binned_auc", "rejection_at_efficiency", "confusion",
+    "AnalysisResults", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc", "rejection_at_efficiency", "confusion",
     "MultiClassificationAnalysis", "BinMultiClassificationAnalysis",
     "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "RegressionAnalysis",
     "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",

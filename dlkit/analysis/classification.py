@@ -17,8 +17,8 @@ from sklearn.metrics import auc, confusion_matrix, roc_curve
 
 log = logging.getLogger(__name__)
 
-__all__ = ["class_indices", "multiclass_roc", "bin_data_index", "binned_auc", "rejection_at_efficiency",
-           "confusion", "MultiClassificationAnalysis", "BinMultiClassificationAnalysis"]
+__all__ = ["class_indices", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc",
+           "rejection_at_efficiency", "confusion", "MultiClassificationAnalysis", "BinMultiClassificationAnalysis"]
 
 
 def class_indices(y) -> np.ndarray:
@@ -55,6 +55,20 @@ def multiclass_roc(y, scores, class_names: Sequence[str] | None = None):
             curves[name] = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "auc": float(auc(fpr, tpr))}
         metadata[f"{name}_AUC"] = curves[name]["auc"]
     return curves, metadata
+
+
+def pairwise_scores(y_index, scores, signal: int, background: int):
+    """Two classes of a softmax, scored ``p_s / (p_s + p_b)``: the two-class discriminant (e.g. gamma vs pi0).
+
+    Returns ``(labels, discriminant, keep)``: 1 for ``signal`` events, the discriminant, and the mask of
+    the events of either class.
+    """
+    y_index = np.asarray(y_index)
+    scores = np.asarray(scores)
+    keep = np.isin(y_index, [signal, background])
+    s = scores[keep, signal]
+    b = scores[keep, background]
+    return (y_index[keep] == signal).astype(int), s / np.maximum(s + b, 1e-12), keep
 
 
 def bin_data_index(values, vmin: float, vmax: float, nbins: int):
