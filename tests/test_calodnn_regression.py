@@ -166,6 +166,47 @@ def test_resolution_tables_recover_known_resolution_per_particle():
     assert md["Ele_NTestEvents"] == n and abs(md["Ele_MeanRelativeBias"]) < 0.005
 
 
+def _paper_tables():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "paper_tables.py"
+    spec = importlib.util.spec_from_file_location("paper_tables_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_tables_fit_correlation_of_a_and_c():
+    """Fitted on a known curve: a and c anti-correlated; undefined when one of them sits at 0."""
+    import pandas as pd
+
+    from dlkit.analysis import fit_resolution
+
+    pt = _paper_tables()
+    e = np.linspace(35, 485, 10)
+    y = np.sqrt(0.2**2 / e + 0.02**2)
+    table = pd.DataFrame({"e_mean": e, "resolution": y, "resolution_err": 0.03 * y})
+    fit = fit_resolution(table.e_mean, table.resolution, table.resolution_err)
+    md = {f"Resolution_{k}": fit[k] for k in "abc"}
+    rho = pt.fit_correlation(table, md)
+    assert -1.0 < rho < -0.3, rho
+    assert np.isnan(pt.fit_correlation(table, {**md, "Resolution_a": 0.0}))
+
+
+def test_paper_tables_fixed_energy_check_small():
+    """The no-training check: the plain raw sum has a much larger constant term than the ideal per-layer sum."""
+    pt = _paper_tables()
+    check = pt.fixed_energy_check(60, 0)
+    for particle in ("Gamma", "Ele"):
+        plain, ideal = check[(particle, "plain")][1], check[(particle, "ideal")][1]
+        assert plain["Resolution_c"] > 3 * ideal["Resolution_c"]
+        lo, hi = check[(particle, "sampling_ratio")]
+        assert 0.8 < lo <= hi < 1.2
+    assert 0 < check["landau"][2] < 0.1
+    assert "ρ(a,c)" in pt.fixed_energy_markdown(check, 60)
+
+
 # ------------------------------------------------------------------------------------------ experiment
 
 @pytest.fixture(scope="module")
