@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 import h5py
@@ -36,6 +35,8 @@ import numpy as np
 from scipy.special import erf, gammainc, ndtri
 
 from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.simconfig import SimConfig
+from dlkit.simconfig import documented as _f
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,8 @@ FORMAT_VERSION = 1
 N_MOMENTS = 6
 
 
-def _f(default, doc):
-    """A dataclass field whose documentation travels with it (``--help``, ``describe()``)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
-
-
 @dataclasses.dataclass(frozen=True)
-class CaloSimConfig:
+class CaloSimConfig(SimConfig):
     """Every geometry and physics parameter of the simulator, in one place (defaults: physics.md).
 
     Coordinates: x, y transverse (mm, 0 on the grid centre), depth along the particle direction from the
@@ -201,35 +197,6 @@ class CaloSimConfig:
         bad = [p for p in positive if not getattr(self, p) > 0]
         if bad:
             raise ValueError(f"these must be > 0: {bad}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: typing.Mapping) -> "CaloSimConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown CaloSimConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> "CaloSimConfig":
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes) -> "CaloSimConfig":
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def describe(cls) -> str:
-        """One line per field: name, default, documentation (used by ``--help``)."""
-        return "\n".join(f"  {f.name} = {f.default!r}: {f.metadata.get('doc', '')}"
-                         for f in dataclasses.fields(cls))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -853,31 +820,6 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _parse_set(items) -> dict:
-    """``key=value`` overrides of CaloSimConfig, typed by the field (ints, floats, comma tuples; no eval)."""
-    fields = {f.name: f for f in dataclasses.fields(CaloSimConfig)}
-    out = {}
-    for item in items or ():
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of the config fields, got {item!r}")
-        default = fields[key].default
-        try:
-            if isinstance(default, tuple):
-                parts = text.replace("(", "").replace(")", "").split(",")
-                out[key] = tuple(int(v) for v in parts if v.strip())
-            elif isinstance(default, bool):
-                out[key] = text.strip().lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                out[key] = int(text)
-            else:
-                out[key] = float(text)
-        except ValueError as exc:
-            raise ValueError(f"bad value for {key}: {text!r} ({exc})") from None
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m calodnn.simulate",
@@ -913,7 +855,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        changes = _parse_set(args.set)
+        changes = CaloSimConfig.parse_overrides(args.set)
         if args.emin is not None:
             changes["energy_min_gev"] = args.emin
         if args.emax is not None:
