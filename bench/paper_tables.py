@@ -99,7 +99,8 @@ def classification_markdown(tables, n_test) -> str:
             t = tables[task].loc[model]
             p = PAPER_CLASSIFICATION[task][model]
             deps = "-" if not np.isfinite(t.d_eff_sig) else f"{100 * t.d_eff_sig:+.1f}%"
-            dr = "-" if not np.isfinite(t.r_bkg_ratio) else (">" if t.r_bkg_lower_bound else "") + f"{t.r_bkg_ratio:.3g}"
+            bound = ">" if t.r_bkg_lower_bound else ""
+            dr = "-" if not np.isfinite(t.r_bkg_ratio) else f"{bound}{t.r_bkg_ratio:.3g}"
             row += [f"{100 * t.accuracy:.1f}% ({p[0]}%)", f"{100 * t.auc:.1f}% ({p[1]}%)",
                     f"{deps} ({'-' if p[2] is None else f'{p[2]}%'})", f"{dr} ({'-' if p[3] is None else p[3]})"]
         rows.append(row)
@@ -146,7 +147,10 @@ def regression(data_dir, events_per_class: int, seed: int, edges):
         e_test = test["energy"].astype(float)
         preds = {}
         t0 = time.perf_counter()
-        cell_sum = lambda s: sum(a.reshape(len(a), -1).sum(axis=1, dtype=np.float64) for a in _normalized(s))  # noqa: E731
+
+        def cell_sum(s):
+            return sum(a.reshape(len(a), -1).sum(axis=1, dtype=np.float64) for a in _normalized(s))
+
         k = fit_linear_scale(cell_sum(train), train["energy"], "MSE")
         preds["Linear"] = k * cell_sum(test)
         seconds[(particle, "Linear")] = time.perf_counter() - t0

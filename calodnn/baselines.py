@@ -117,8 +117,8 @@ def load_task(data_dir, task="GammaPi0", events_per_class: int | None = None,
             keep = arrays["HCAL_ECAL_ERatio"].reshape(-1) < t.max_hcal_ecal
         feats = np.stack([arrays[k].astype(np.float32).reshape(-1) for k in names], axis=1)
         out[name] = TaskSplit(features=feats[keep], y=y[keep], energy=arrays["energy"].reshape(-1)[keep].astype(float),
-                              ecal=arrays["ECAL"][keep] if cells else None, hcal=arrays["HCAL"][keep] if cells else None,
-                              feature_names=names)
+                              ecal=arrays["ECAL"][keep] if cells else None,
+                              hcal=arrays["HCAL"][keep] if cells else None, feature_names=names)
         for label, particle in ((1, t.signal), (0, t.background)):
             if not np.any(out[name].y == label):
                 raise ValueError(f"task {t.title or task}: no {particle} events left in the {name} split"

@@ -231,7 +231,8 @@ class ModelWrapper:
 
             close = difflib.get_close_matches(str(optimizer), names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"optimizer {optimizer!r} is not a Keras optimizer class{hint} (valid: {', '.join(names)})")
+            raise ValueError(f"optimizer {optimizer!r} is not a Keras optimizer class{hint} "
+                             f"(valid: {', '.join(names)})")
         if decay is None or decay < 0:
             raise ValueError(f"optimizer decay must be >= 0, got {decay!r}")
         kwargs = dict(params)

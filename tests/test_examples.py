@@ -18,7 +18,8 @@ def test_scan_comparison_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     monkeypatch.setenv("SCAN_POINTS", "0,12")
     nb = nbformat.read(EXAMPLES / "scan_comparison.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=540, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(nb, timeout=540, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     table_html = "".join(o.get("data", {}).get("text/html", "") for o in nb.cells[3].outputs)
     assert "CaloDNN_Depth1_Width64_decay0.01_lr0.1" in table_html and "Gamma_AUC" in table_html

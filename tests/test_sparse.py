@@ -46,7 +46,8 @@ def test_dense_non_uniform_edges_projection_and_auto_range():
     # no region: one event gets exactly histogramdd's automatic (min, max) range
     for i in (1, 2, 3):
         c, v = events[i]
-        np.testing.assert_array_equal(st.dense(events=[i], bins=(6, 5, 4))[0], np.histogramdd(c, (6, 5, 4), weights=v)[0])
+        np.testing.assert_array_equal(st.dense(events=[i], bins=(6, 5, 4))[0],
+                                      np.histogramdd(c, (6, 5, 4), weights=v)[0])
 
 
 def test_bin_indices_match_searchsorted_at_edges():

@@ -59,7 +59,8 @@ from dlkit.analysis.scan import (
 )
 
 __all__ = [
-    "AnalysisResults", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc", "rejection_at_efficiency", "confusion",
+    "AnalysisResults", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc",
+    "rejection_at_efficiency", "confusion",
     "MultiClassificationAnalysis", "BinMultiClassificationAnalysis",
     "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "RegressionAnalysis",
     "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",

@@ -47,8 +47,8 @@ def gaussian_core(values, nsigma: float = 2.0, min_events: int = 50, max_iter: i
     window (``sqrt(n)`` bins, 10 to 100) and fit ``N * width * normal_pdf(x; mean, sigma)`` with
     :func:`scipy.optimize.curve_fit`, moving the window to the new mean and sigma, until both change by
     less than a tenth of their errors. The bin errors are ``sqrt`` of the previous iteration's
-    prediction (Pearson's chi2, which avoids the low bias of ``sqrt(count)`` errors). The Gaussian fit of a truncated window
-    is unbiased for Gaussian data, unlike the standard deviation of a clipped sample.
+    prediction (Pearson's chi2, which avoids the low bias of ``sqrt(count)`` errors). The Gaussian fit of a
+    truncated window is unbiased for Gaussian data, unlike the standard deviation of a clipped sample.
 
     Fewer than ``min_events`` values (in the sample or in the window), or a failed fit, fall back to the
     sample mean and standard deviation with ``fallback=True`` and ``method="rms"``.

@@ -72,8 +72,8 @@ def default_workers() -> int:
 class Select:
     """Picklable post-process: a batch dict -> ``(inputs, targets[, weights])`` for Keras.
 
-    ``Select(["ECAL", "HCAL"], "onehot")`` gives ``((ECAL, HCAL), onehot)`` (a tuple: tf.data rejects lists); a single name gives the array
-    itself; ``targets=None`` gives inputs only.
+    ``Select(["ECAL", "HCAL"], "onehot")`` gives ``((ECAL, HCAL), onehot)`` (a tuple: tf.data rejects lists);
+    a single name gives the array itself; ``targets=None`` gives inputs only.
     """
 
     def __init__(self, inputs, targets=None, weights=None):
