@@ -1,17 +1,20 @@
 """Clusterization of drift-chamber waveforms: a 1D CNN counts the primary clusters from the detected peak times.
 
-    python -m clustercount.ClusterizationExperiment -s 0          # scan point 0 of the default config
+    python -m clustercount.ClusterizationExperiment -s 0          # scan point 0: the two-step chain
     python -m clustercount.ClusterizationExperiment -s 0 --set PeakModel=TrainedModels/PeakFinding_...
+    python -m clustercount.ClusterizationExperiment -s 0 --set PeakModel=derivative   # single step
     python -m clustercount.ClusterizationExperiment --Test        # a quick check: few waveforms, 2 epochs
     python -m clustercount.ClusterizationExperiment -C my_scan.py -s 3 --data /data/waveforms
 
-Step 2 of seed 004's two-step reconstruction. The detected peak times of each waveform - the peaks of a
-trained PeakFindingExperiment model given as ``PeakModel`` (the talk's pipeline), else the derivative
-algorithm's - encoded as counts in 1024 time bins (shape (1024, 1)), are regressed to the true number of
-primary clusters (MAE by default) and compared with the derivative + time-proximity baseline: the spread of
-``N_pred - N_true`` (``NclResidualRMS`` vs ``BaselineResidualRMS`` and ``BaselineCalibratedRMS``). Then, with
-``PID`` on, the pi/K separation power of dN/dx from the trained counter against dE/dx over tracks of
-``PIDCells`` cells, vs momentum (``PID_RatioMean``; :mod:`clustercount.pid`).
+Step 2 of seed 004's two-step reconstruction. The detected peak times of each waveform - by default the
+peaks of an LSTM peak finder trained once on the same waveforms and cached (``PeakModel = "auto"``, see
+:mod:`clustercount.chain`; the talk's pipeline), or of a given trained PeakFindingExperiment model, or
+(``"derivative"``) the derivative algorithm's - encoded as counts in 1024 time bins (shape (1024, 1)), are
+regressed to the true number of primary clusters (MAE by default) and compared with the derivative +
+time-proximity baseline: the spread of ``N_pred - N_true`` (``NclResidualRMS`` vs ``BaselineResidualRMS``
+and ``BaselineCalibratedRMS``). Then, with ``PID`` on, the pi/K separation power of dN/dx from the trained
+counter against dE/dx over tracks of ``PIDCells`` cells, vs momentum (``PID_RatioMean``;
+:mod:`clustercount.pid`).
 
 With no data configured the first run simulates the default waveform dataset into the cache
 (``$DLKIT_DATA/clustercount`` or ``~/.cache/dlkit/clustercount``) and derives the peak-time inputs from it.
@@ -50,8 +53,11 @@ DEFAULT_CONFIG = CONFIG_DIR / "CNN_Clusterization.py"
 DEFAULTS = {
     **DATA_DEFAULTS,
     "TimeBins": 1024,           # time bins of the peak-time encoding over the window
-    "PeakModel": None,          # a trained PeakFindingExperiment model directory: encode its peaks (the
-                                # two-step pipeline); None: the derivative algorithm's peaks
+    "PeakModel": "auto",        # whose peaks are encoded: "auto" (an LSTM peak finder trained once on the
+                                # same waveforms, cached: the two-step chain), a trained PeakFindingExperiment
+                                # model directory, or "derivative" (the derivative algorithm's peaks)
+    "PeakModelPoint": 18,       # "auto": scan point of PeakFindingExperiment's default config to train
+    "PeakModelSet": {},         # "auto": its config overrides, e.g. {"Epochs": 10}
     "PeakThreshold": None,      # its score cut; None: its ThresholdAtDerivFake (the derivative's fake rate)
     # model (and "Neurons", "activation", "Dropout" below)
     "Filters": 16,
@@ -76,7 +82,7 @@ DEFAULTS = {
 TEST_OVERRIDES = {"SimWaveforms": 4000, "Epochs": 2, "PIDMomenta": [5.0, 20.0], "PIDTracks": 20, "PIDCells": 50}
 #: Results shown in the summary (and worth a ScanAnalysis column).
 RESULT_KEYS = ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "BaselineCalibratedRMS", "BaselineGapNs",
-               "NclSpreadRatio", "MeanTrueNcl", "MeanPredictedNcl", "MeanDetectedPeaks", "PID_RatioMean",
+               "NclSpreadRatio", "NclSlope", "MeanTrueNcl", "MeanPredictedNcl", "MeanDetectedPeaks", "PID_RatioMean",
                "PID_RatioMin", "PID_TruthRatioMean", "PID_BaselineRatioMean")
 
 
@@ -105,7 +111,7 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="Clusterization", test_overrides=TEST_OVERRIDES,
-                        types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float)},
+                        types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float), "PeakModelSet": dict},
                         flag_keys=FLAG_KEYS)
     args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
@@ -113,9 +119,10 @@ def run(argv=None) -> int:
     from clustercount.analysis import clusterization_analysis, summary_table
     from clustercount.data import setup_cluster_data
 
-    with setup_cluster_data(setup.config) as data:
+    with setup_cluster_data(setup.config, test=bool(args.Test)) as data:
         wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
                                 lambda w: compile_model(w, ["mae", "mse"]))
+        wrapper.MetaData["PeakFinder"] = "derivative" if data.peak_model is None else str(data.peak_model)
         if not args.NoTrain:
             train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
                   verbose=2)  # one line per epoch: batch logs stay readable

@@ -45,7 +45,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "LSTM_PeakFinding.py"
 #: Every valid config entry with its default; config files, flags and scan points override these.
 DEFAULTS = {
     **DATA_DEFAULTS,
-    "MaxEvents": 300000,        # candidates used in total (~75 per waveform); 0: all
+    "MaxEvents": 300000,        # candidates used in total (~70 per waveform); 0: all
     "CandidateThreshold": 2.0,  # local maxima above this many noise RMS are candidates
     "WindowBefore": 7,          # samples before the candidate peak (window = 7 + 1 + 7 = 15)
     "WindowAfter": 7,

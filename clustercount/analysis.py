@@ -285,6 +285,8 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
     from clustercount.data import TP_GAPS_NS
 
     test = data.read_test()
+    peak_model = getattr(data, "peak_model", None)
+    finder = "derivative" if peak_model is None else str(peak_model)
     true = np.asarray(test["n_clusters"], dtype=np.float64).reshape(-1)
     if predictions is None:
         predictions = wrapper.Model.predict(test["times"], batch_size=2048, verbose=0)
@@ -302,7 +304,9 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
           "NclSpreadRatio": cnn["std"] / min(r_raw["std"], r_cal["std"]),
           "MeanTrueNcl": float(true.mean()), "MeanPredictedNcl": float(pred.mean()),
           "MeanDetectedPeaks": float(np.mean(test["n_peaks"])), "NTestWaveforms": int(len(true)),
-          "TrueNclSpread": float(true.std()), "PeakFinder": str(config.get("PeakModel") or "derivative")}
+          "TrueNclSpread": float(true.std()), "PeakFinder": finder,
+          # slope of the mean prediction vs the true count (< 1: shrinkage toward the training mean)
+          "NclSlope": float(np.cov(pred, true)[0, 1] / max(np.var(true, ddof=1), 1e-12)) if len(true) > 1 else float("nan")}
     rows = []
     for pdg in np.unique(test["particle"]):
         sel = np.asarray(test["particle"]).reshape(-1) == pdg
@@ -316,7 +320,7 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
         "Residuals": _residual_figure({"CNN": pred - true, f"time proximity ({base['gap']:g} ns)": raw - true,
                                        "time proximity, calibrated": calibrated - true}, name),
         "Counts": _counts_figure({"true clusters": true, "CNN": np.rint(pred),
-                                  f"detected peaks ({'LSTM' if config.get('PeakModel') else 'derivative'})":
+                                  f"detected peaks ({'derivative' if peak_model is None else 'LSTM'})":
                                       test["n_peaks"], "time proximity (derivative peaks)": raw}, name),
         "Profile": _profile_figure(true, {"CNN": pred, "time proximity, calibrated": calibrated}, name),
     }

@@ -523,6 +523,7 @@ class ClusterData(_Data):
 
     train_samples: list = field(default_factory=list)
     scorer: object = None
+    peak_model: Path | None = None  # the peak-finding model whose peaks are encoded (None: derivative)
 
 
 def _generators(config, samples, keys, preprocess, name):
@@ -562,13 +563,23 @@ def setup_peak_data(config) -> PeakData:
                     options=opts, generator_options=gen_opts, scale=float(config["WindowScale"]))
 
 
-def setup_cluster_data(config) -> ClusterData:
-    """Clusterization data of a run (see ClusterizationExperiment.DEFAULTS)."""
+def setup_cluster_data(config, test: bool = False) -> ClusterData:
+    """Clusterization data of a run (see ClusterizationExperiment.DEFAULTS).
+
+    The peaks come from ``PeakModel`` (:func:`clustercount.chain.peak_model_dir`: with ``"auto"`` a peak
+    finder trained once on the same waveforms, ``--Test``-sized if ``test``).
+    """
+    from clustercount.chain import peak_model_dir
     from dlkit.generators import SampleSpec
 
     opts = DerivationOptions.from_config(config)
-    scorer = PeakScorer(config["PeakModel"], config["PeakThreshold"]) if config.get("PeakModel") else None
+    model = config.get("PeakModel")
+    if model not in (None, "", "auto", "derivative") and not Path(model).is_dir():
+        raise ConfigError(f"config entry 'PeakModel' = {model!r}: no such model directory (expected 'auto', "
+                          "'derivative' or a trained PeakFindingExperiment model directory)")
     waveforms = resolve_waveforms(config)
+    model_dir = peak_model_dir(config, waveforms, test)
+    scorer = PeakScorer(model_dir, config.get("PeakThreshold")) if model_dir is not None else None
     directory = cluster_dataset(waveforms, opts, scorer=scorer)
     files = derived_files(directory, "clusters")
     samples = [SampleSpec(str(f), {"times": "times", "n_clusters": "n_clusters"}, "waveforms") for f in files]
@@ -576,7 +587,7 @@ def setup_cluster_data(config) -> ClusterData:
                                                         "clusterization")
     return ClusterData(train=train, validation=val, test_samples=test_s, directory=directory,
                        waveform_dir=waveforms, options=opts, generator_options=gen_opts, train_samples=train_s,
-                       scorer=scorer)
+                       scorer=scorer, peak_model=model_dir)
 
 
 def input_shape(gen, key) -> tuple:

@@ -6,7 +6,8 @@ impact parameter in every cell). Per track:
 - dN/dx from cluster counting: the summed per-cell cluster counts over the summed path length, with the counts
   from the trained CNN (``ML``), from the derivative + time-proximity baseline, from time proximity on the
   true electron arrival times (``ideal``: perfect peak finding, the limit of step 2 alone), and from the truth
-  (the Poisson limit of perfect counting);
+  (the Poisson limit of perfect counting); two references: the true number of electrons (``electrons``: every
+  electron counted perfectly, primaries and secondaries alike) and the number of detected peaks (``peaks``);
 - dE/dx: the truncated mean of the per-cell collected charge per cm (the lowest ``f`` of the cells; ``f`` is
   chosen to maximise dE/dx's separation, the most favourable choice for dE/dx). The charge is the simulated
   sum of the electrons' gains, without electronics noise or an integration window: an ideal charge
@@ -206,7 +207,10 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
                 length = f["track_length"][()].reshape(shape).sum(axis=1)
                 est = {"truth": f["n_clusters"][()].reshape(shape).sum(axis=1) / length,
                        "baseline": f["tp_counts"][:, gap_index].reshape(shape).sum(axis=1) / length,
-                       "ideal": f["tp_truth_counts"][:, ideal_index].reshape(shape).sum(axis=1) / length}
+                       "ideal": f["tp_truth_counts"][:, ideal_index].reshape(shape).sum(axis=1) / length,
+                       # references: every electron counted perfectly, and the detected peaks unclustered
+                       "electrons": f["n_electrons"][()].reshape(shape).sum(axis=1) / length,
+                       "peaks": f["n_peaks"][()].reshape(shape).sum(axis=1) / length}
                 if predict is not None:
                     pred = np.asarray(predict(f["times"][()].astype(np.float32)), dtype=np.float64).reshape(shape)
                     est["ML"] = pred.sum(axis=1) / length
@@ -222,10 +226,11 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
     rows = []
     for i, p in enumerate(options.momenta):
         row = {"momentum": p, "S_dEdx": sep[f"dEdx{best:g}"][i], "S_dNdx_truth": sep["truth"][i],
-               "S_dNdx_ideal": sep["ideal"][i], "S_dNdx_baseline": sep["baseline"][i]}
+               "S_dNdx_ideal": sep["ideal"][i], "S_dNdx_baseline": sep["baseline"][i],
+               "S_electrons": sep["electrons"][i], "S_peaks": sep["peaks"][i]}
         if "ML" in sep:
             row["S_dNdx_ML"] = sep["ML"][i]
-        for name in ("truth", "ideal", "baseline", "ML"):
+        for name in ("truth", "ideal", "baseline", "ML", "electrons", "peaks"):
             if name in sep:
                 row[f"ratio_{name}"] = sep[name][i] / row["S_dEdx"]
         a = per_track[(p, first)]
@@ -238,6 +243,8 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
     md = {"PID_dEdxTruncation": float(best), "PID_TruthRatioMean": float(table["ratio_truth"].mean()),
           "PID_BaselineRatioMean": float(table["ratio_baseline"].mean()),
           "PID_IdealPeaksRatioMean": float(table["ratio_ideal"].mean()),
+          "PID_ElectronsRatioMean": float(table["ratio_electrons"].mean()),
+          "PID_PeaksRatioMean": float(table["ratio_peaks"].mean()),
           "PID_IdealPeaksGapNs": float(TP_GAPS_NS[ideal_index]), "PID_Tracks": options.n_tracks,
           "PID_Cells": options.n_cells, "PID_Momenta": list(options.momenta)}
     if "ML" in sep:
@@ -341,7 +348,8 @@ def main(argv=None) -> int:
     model = keras.saving.load_model(directory / "model.keras", compile=False)  # predicting only
     sim = DriftSimConfig.from_dict(config.get("SimConfig") or {})
     options = PIDOptions.from_config(config)
-    scorer = PeakScorer(config["PeakModel"], config.get("PeakThreshold")) if config.get("PeakModel") else None
+    finder = md.get("PeakFinder", config.get("PeakModel"))  # the resolved peak model ("auto" -> its directory)
+    scorer = PeakScorer(finder, config.get("PeakThreshold")) if finder not in (None, "", "derivative") else None
     samples = pid_dataset(sim, options, DerivationOptions.from_config(config), scorer=scorer)
     results = pid_study(samples, options, lambda x: model.predict(x, batch_size=2048, verbose=0),
                         md.get("BaselineGapNs"), title=md.get("Name", ""))

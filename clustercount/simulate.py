@@ -2,8 +2,9 @@
 
 Why: the talk's Garfield++ waveforms cannot be downloaded here, yet the peak-finding and cluster-counting
 studies need waveforms whose statistics come from the physics: Poisson primary clusters with a density that
-rises with beta*gamma (the pi/K handle of dN/dx), a cluster-size distribution with a long tail (which makes the
-collected charge Landau-like, the weakness of dE/dx), drift with diffusion, Polya gain fluctuations, a fast
+rises with beta*gamma (the pi/K handle of dN/dx), a skewed cluster-size distribution (Fischle's helium one,
+mean ~1.5 as in the talk; its 1/n^2 tail makes the collected charge Landau-like, the weakness of dE/dx, more so
+with a larger ``cluster_size_max``), drift with diffusion, Polya gain fluctuations, a fast
 electronics response, correlated noise and an ADC. Every parameter lives in :class:`DriftSimConfig`;
 ``clustercount/README.md`` ("Simulator") says where the numbers come from and what is left out.
 
@@ -132,10 +133,10 @@ class DriftSimConfig:
                                   "al., helium).")
     cluster_size_tail: float = _f(0.216, "Coefficient c of the P(n) = c/n^2 tail beyond the head "
                                   "(Rutherford delta electrons; Fischle's helium value).")
-    cluster_size_max: int = _f(300, "Largest cluster size: delta electrons up to ~10 keV (~300 pairs) stay in "
-                               "a 1.5 cm cell of this gas. Mean 2.15 electrons per cluster, ~27 /cm at minimum "
-                               "ionisation (dE/dx / W ~ 25-30 /cm). 15 gives the talk's 1.53 (its Garfield++ "
-                               "count, 1.528) but cuts the Landau tail of the charge.")
+    cluster_size_max: int = _f(15, "Largest cluster size: Fischle's helium distribution truncated at 15 "
+                               "electrons, mean 1.534 electrons per cluster (the talk's Garfield++ setup: 1.528), "
+                               "~19 electrons/cm at minimum ionisation. 300 (delta electrons up to ~10 keV "
+                               "staying in the cell) keeps the full Landau tail of the charge: mean 2.15, ~27 /cm.")
     # --- drift ----------------------------------------------------------------------------------------------
     drift_linear_ns_per_cm: float = _f(250.0, "x-t relation t(r) = a r + b r^2: a [ns/cm] (4 cm/us near "
                                        "the wire).")
@@ -311,7 +312,7 @@ def cluster_size_pmf(config: DriftSimConfig | None = None) -> tuple[np.ndarray, 
 
 
 def mean_cluster_size(config: DriftSimConfig | None = None) -> float:
-    """Mean electrons per cluster of the configured distribution (2.15 by default)."""
+    """Mean electrons per cluster of the configured distribution (1.534 by default, 2.15 with 300 as maximum)."""
     n, p = cluster_size_pmf(config)
     return float(np.dot(n, p))
 

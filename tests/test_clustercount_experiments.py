@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -86,15 +87,21 @@ def test_two_step_pipeline_and_scan_table(waves, env, tmp_path, capsys):
 
 
 def test_clusterization_cli_with_pid(waves, env, tmp_path):
+    # The default chain: a peak finder is trained on the same waveforms first (PeakModel="auto"), cached.
     proc = subprocess.run([sys.executable, "-m", "clustercount.ClusterizationExperiment", "--Test", "--data",
                            str(waves), "--set", "PIDTracks=6", "--set", "PIDCells=20", "--set", "PIDMomenta=[10]",
-                           "--set", "BatchSize=100"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                           "--set", "BatchSize=100", "--set", 'PeakModelSet={"MaxEvents": 12000}'], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "TrainedModels.Test" / "Clusterization_BatchSize250_Dropout0.0_Neurons32_activationrelu_lossmae_optimizerRMSprop"
     md = read_metadata(out)
     assert md["Status"] == "completed" and md["Epochs"] == 2 and md["Configuration"]["Epochs"] == 2
-    assert md["PeakFinder"] == "derivative" and md["BaselineGapNs"] >= 0
+    assert md["Configuration"]["PeakModel"] == "auto" and md["BaselineGapNs"] >= 0
+    peak_model = md["PeakFinder"]
+    assert "peakmodel-" in peak_model and (tmp_path / "data" / "clustercount") in Path(peak_model).parents
+    peak_md = read_metadata(peak_model)
+    assert peak_md["Status"] == "completed" and peak_md["HyperParamSet"] == 18 and peak_md["Epochs"] == 2
+    assert peak_md["Configuration"]["MaxEvents"] == 12000 and 0 < peak_md["ThresholdAtDerivFake"] < 1
     for key in ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "BaselineCalibratedRMS",
                 "PID_RatioMean", "PID_TruthRatioMean", "PID_dEdxTruncation"):
         assert key in md, key
@@ -106,6 +113,16 @@ def test_clusterization_cli_with_pid(waves, env, tmp_path):
     pid = list((tmp_path / "data" / "clustercount").glob("pid-*"))
     assert len(pid) == 1 and (pid[0] / "COMPLETE.json").is_file()
 
+    # The single-step variant on the derivative algorithm's peaks; the cached peak finder is not retrained.
+    proc = subprocess.run([sys.executable, "-m", "clustercount.ClusterizationExperiment", "--Test", "--data",
+                           str(waves), "--set", "PID=false", "--set", "BatchSize=100", "--set",
+                           "PeakModel=derivative", "--set", "Epochs=1"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = read_metadata(out.with_name(out.name + ".1"))
+    assert md["PeakFinder"] == "derivative" and "PID_RatioMean" not in md
+    assert len(list((tmp_path / "data" / "clustercount").glob("peakmodel-*"))) == 1
+
 
 @pytest.mark.parametrize(
     "experiment, argv, message",
@@ -115,6 +132,7 @@ def test_clusterization_cli_with_pid(waves, env, tmp_path):
         ("peak", ["--set", "WindowScale=0"], "WindowScale"),
         ("cluster", ["--set", "Epochs=two"], "expected int"),
         ("cluster", ["--set", "PeakModel=/nonexistent/model"], "PeakModel"),
+        ("cluster", ["--set", 'PeakModelSet={"Nuerons": 3}'], "PeakModelSet"),
         ("cluster", ["--set", "Pooling=max"], "Pooling"),
     ],
 )
