@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 import h5py
@@ -62,6 +61,8 @@ from scipy.optimize import brentq, minimize_scalar
 from scipy.signal import lfilter
 
 from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.simconfig import SimConfig
+from dlkit.simconfig import documented as _f
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +109,8 @@ FORMAT_VERSION = 1
 FISCHLE_HELIUM = (0.766, 0.125, 0.046, 0.020, 0.012, 0.0075, 0.005, 0.0036, 0.0025, 0.0019)
 
 
-def _f(default, doc):
-    """A dataclass field whose documentation travels with it (``--help``, ``describe()``)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
-
-
 @dataclasses.dataclass(frozen=True)
-class DriftSimConfig:
+class DriftSimConfig(SimConfig):
     """Every parameter of the drift-cell simulation, in one place (defaults: seed 004 and physics.md).
 
     Units: cm, ns, GeV, mV. Frozen and hashable (derived tables are cached); its JSON goes into every file.
@@ -214,34 +210,6 @@ class DriftSimConfig:
     def dt_ns(self) -> float:
         """Sampling period [ns]."""
         return 1.0 / self.sampling_ghz
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: typing.Mapping) -> DriftSimConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown DriftSimConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    @classmethod
-    def from_json(cls, text: str) -> DriftSimConfig:
-        return cls.from_dict(json.loads(text))
-
-    def replace(self, **changes) -> DriftSimConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def describe(cls) -> str:
-        """One line per field: name, default, documentation (used by ``--help``)."""
-        return "\n".join(f"  {f.name} = {f.default!r}: {f.metadata.get('doc', '')}" for f in dataclasses.fields(cls))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -670,29 +638,6 @@ def default_dataset(path=None, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_p
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _parse_set(items) -> dict:
-    """``key=value`` overrides of DriftSimConfig, typed by the field (numbers, comma tuples; no eval)."""
-    fields = {f.name: f for f in dataclasses.fields(DriftSimConfig)}
-    out = {}
-    for item in items or ():
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of the config fields, got {item!r}")
-        default = fields[key].default
-        try:
-            if isinstance(default, tuple):
-                parts = [v.strip() for v in text.replace("(", "").replace(")", "").split(",") if v.strip()]
-                out[key] = tuple(float(v) for v in parts) if all(isinstance(d, float) for d in default) else tuple(parts)
-            elif isinstance(default, int):
-                out[key] = int(text)
-            else:
-                out[key] = float(text)
-        except ValueError as exc:
-            raise ValueError(f"bad value for {key}: {text!r} ({exc})") from None
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clustercount.simulate",
@@ -725,7 +670,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        changes = _parse_set(args.set)
+        changes = DriftSimConfig.parse_overrides(args.set)
         if args.particles:
             changes["particles"] = tuple(args.particles)
         if args.pmin is not None:
