@@ -538,8 +538,7 @@ def _generators(config, samples, keys, preprocess, name):
     val_s = [dataclasses.replace(s, keys=spec) for s in val_s]
     train = MultiClassGenerator(train_s, config["BatchSize"], shuffle=True, cache=bool(config["Cache"]), **common)
     try:
-        # The validation set is small and read once per epoch: no cache (also avoids a dlkit.generators
-        # race where a one-batch epoch's cache file is finalised under a prefetched reader task).
+        # The validation set is small and read once per epoch: no cache.
         val = MultiClassGenerator(val_s, config["BatchSize"], shuffle=False, cache=False, **common)
     except BaseException:
         train.close()
