@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dlkit.config import ConfigError
+from dlkit.experiment import RunData
 from dlkit.generators.preprocess import Normalize
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int =
 
 
 @dataclass
-class CaloData:
+class CaloData(RunData):
     """The generators and test-set access of one run. Close it (or use ``with``) to stop the readers."""
 
     train: object
@@ -140,22 +141,16 @@ class CaloData:
             arrays = gen.read_all()
         return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
 
-    def close(self):
-        for gen in (self.train, self.validation):
-            if gen is not None:
-                gen.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def setup_data(config: dict) -> CaloData:
     """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
-    from dlkit.generators import MultiClassGenerator, make_samples_from_dirs, split_samples
-    from dlkit.generators import count_events, default_cache_dir
+    from dlkit.generators import (
+        MultiClassGenerator,
+        default_cache_dir,
+        make_samples_from_dirs,
+        split_fractions,
+        split_samples,
+    )
 
     inputs = [k for k in ("ECAL", "HCAL") if config["ECAL" if k == "ECAL" else "HCAL"]]
     if not inputs:
@@ -170,15 +165,7 @@ def setup_data(config: dict) -> CaloData:
     particles = list(config["Particles"])
     keys = [*inputs, "energy"]
     samples = make_samples_from_dirs(data_dir, keys, classes=particles)
-    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
-    fractions = [1.0 - val_f - test_f, val_f, test_f]
-    if min(fractions) < 0:
-        raise ConfigError(f"ValidationFraction + TestFraction = {val_f + test_f} > 1")
-    if config["MaxEvents"]:
-        total = sum(count_events(s) for s in samples)
-        scale = min(1.0, config["MaxEvents"] / total)
-        fractions = [f * scale for f in fractions]
-    train_s, val_s, test_s = split_samples(samples, fractions, seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
     class_map = {name: i for i, name in enumerate(particles)}
     workers = config["Workers"] or None
     cache = bool(config["Cache"])

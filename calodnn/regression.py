@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from dlkit.config import ConfigError
-
 from calodnn.analysis import ClassificationResults
 from calodnn.data import Normalize, calo_normalize, premix
+from dlkit.config import ConfigError
+from dlkit.experiment import RunData
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _sim_config(config: dict):
 
 
 @dataclass
-class RegressionData:
+class RegressionData(RunData):
     """Generators of ``((ECAL, HCAL), energy)`` and test-set access of one run; close it (or ``with``)."""
 
     train: object
@@ -95,22 +95,18 @@ class RegressionData:
         return (tuple(arrays[k] for k in self.inputs), np.asarray(arrays["energy"], np.float64).reshape(-1),
                 np.asarray(arrays["class_index"]).reshape(-1))
 
-    def close(self):
-        for gen in (self.train, self.validation):
-            if gen is not None:
-                gen.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def setup_regression_data(config: dict) -> RegressionData:
     """Build the run's data from the resolved configuration (see RegressionExperiment.DEFAULTS)."""
-    from dlkit.generators import MultiClassGenerator, SampleSpec, Select, count_events, default_cache_dir
-    from dlkit.generators import make_samples_from_dirs, split_samples
+    from dlkit.generators import (
+        MultiClassGenerator,
+        SampleSpec,
+        Select,
+        default_cache_dir,
+        make_samples_from_dirs,
+        split_fractions,
+        split_samples,
+    )
 
     inputs = [k for k in ("ECAL", "HCAL") if config[k]]
     if not inputs:
@@ -128,14 +124,7 @@ def setup_regression_data(config: dict) -> RegressionData:
         raise ConfigError("config entry 'Particles' is empty; expected e.g. ['Ele'] or ['Ele', 'Gamma']")
     keys = [*inputs, "energy"]
     samples = make_samples_from_dirs(data_dir, keys, classes=particles)
-    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
-    fractions = [1.0 - val_f - test_f, val_f, test_f]
-    if min(fractions) < 0:
-        raise ConfigError(f"ValidationFraction + TestFraction = {val_f + test_f} > 1")
-    if config["MaxEvents"]:
-        total = sum(count_events(s) for s in samples)
-        fractions = [f * min(1.0, config["MaxEvents"] / total) for f in fractions]
-    train_s, val_s, test_s = split_samples(samples, fractions, seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
     augmenting = train_preprocess is not normalize
     cache, preload = bool(config["Cache"]), bool(config["Preload"])
     if augmenting and (cache or preload):

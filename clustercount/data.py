@@ -50,6 +50,7 @@ from clustercount.baselines import (
 from clustercount.simulate import DriftSimConfig, default_dataset
 from dlkit.config import ConfigError
 from dlkit.datasets import atomic_file, cached_dataset, data_root, read_complete
+from dlkit.experiment import RunData
 from dlkit.generators.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def waveform_files(data_dir) -> list[Path]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError("waveform directory not found", file=data_dir)
-    files = sorted(data_dir.glob("*.h5"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+    files = sorted(data_dir.glob("*.h5"),
+                   key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
     if not files:
         raise DataError("no *.h5 waveform files", file=data_dir)
     return files
@@ -441,22 +443,8 @@ def resolve_waveforms(config) -> Path:
     return default_dataset(n_waveforms=int(config["SimWaveforms"]), seed=int(config.get("SimSeed", 0)), config=cfg)
 
 
-def _fractions(config, samples) -> list[float]:
-    from dlkit.generators import count_events
-
-    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
-    fractions = [1.0 - val_f - test_f, val_f, test_f]
-    if min(fractions) < 0 or min(val_f, test_f) <= 0:
-        raise ConfigError(f"ValidationFraction = {val_f} and TestFraction = {test_f}: each must be > 0, sum < 1")
-    if config.get("MaxEvents"):
-        total = sum(count_events(s) for s in samples)
-        scale = min(1.0, config["MaxEvents"] / total)
-        fractions = [f * scale for f in fractions]
-    return fractions
-
-
 @dataclass
-class _Data:
+class _Data(RunData):
     train: object
     validation: object
     test_samples: list
@@ -464,17 +452,6 @@ class _Data:
     waveform_dir: Path
     options: DerivationOptions
     generator_options: dict = field(default_factory=dict)
-
-    def close(self):
-        for gen in (self.train, self.validation):
-            if gen is not None:
-                gen.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @dataclass
@@ -527,9 +504,9 @@ class ClusterData(_Data):
 
 
 def _generators(config, samples, keys, preprocess, name):
-    from dlkit.generators import MultiClassGenerator, Select, split_samples
+    from dlkit.generators import MultiClassGenerator, Select, split_fractions, split_samples
 
-    train_s, val_s, test_s = split_samples(samples, _fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
     options = dict(n_workers=config["Workers"] or None)
     common = dict(onehot=False, class_index=False, seed=config["Seed"], preprocess=preprocess,
                   postprocess=Select(keys[0], keys[1]), preload=config["Preload"], **options)

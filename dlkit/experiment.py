@@ -37,7 +37,8 @@ from dlkit.permutator import Permutator
 log = logging.getLogger(__name__)
 
 __all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
-           "training_callbacks", "train", "finish", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS"]
+           "training_callbacks", "train", "finish", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
+           "RunData"]
 
 #: Exit status for configuration, data and usage errors.
 EXIT_USER_ERROR = 2
@@ -168,6 +169,22 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     output_base = Path(config.get("OutputBase", "TrainedModels"))
     return RunSetup(config=config, index=index, point=point, hash=scan.hash(index) if scan else None, name=name,
                     output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+
+
+class RunData:
+    """Base of an experiment's data holder (a dataclass with ``train`` and ``validation`` generators):
+    :meth:`close` stops their reader processes; ``with setup_data(config) as data:`` does it on any exit."""
+
+    def close(self):
+        for gen in (self.train, self.validation):
+            if gen is not None:
+                gen.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 #: Flags that set config entries of every experiment (argparse destination -> config key).

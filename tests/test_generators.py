@@ -559,3 +559,18 @@ def test_one_batch_epochs_with_cache(samples, tmp_path):
                 gen.on_epoch_end()
             assert gen.cache_path.exists()
     assert not _readers()
+
+
+def test_split_fractions_from_config(samples):
+    from dlkit.config import ConfigError
+    from dlkit.generators import count_events, split_fractions
+
+    total = sum(count_events(s) for s in samples)
+    assert split_fractions({"ValidationFraction": 0.1, "TestFraction": 0.2}) == pytest.approx([0.7, 0.1, 0.2])
+    scaled = split_fractions({"ValidationFraction": 0.1, "TestFraction": 0.2, "MaxEvents": total // 2}, samples)
+    assert sum(scaled) * total == pytest.approx(total // 2)
+    assert split_fractions({"ValidationFraction": 0.1, "TestFraction": 0.2, "MaxEvents": 10 * total},
+                           samples) == pytest.approx([0.7, 0.1, 0.2])
+    for val, test in ((0.6, 0.5), (0.0, 0.2), (0.1, -0.1)):
+        with pytest.raises(ConfigError, match="'ValidationFraction'.*'TestFraction'"):
+            split_fractions({"ValidationFraction": val, "TestFraction": test})

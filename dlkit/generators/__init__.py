@@ -21,8 +21,8 @@ read instead (:mod:`dlkit.generators.cache`).
 ...     data = g.read_all()          # ECAL, HCAL, energy, class_index, onehot: every test event
 
 Main pieces: :class:`SampleSpec`, :func:`make_samples_from_dirs`, :func:`make_samples_from_globs`,
-:func:`split_samples`, :class:`EnergyCut` (samples); :class:`MultiClassGenerator`, :class:`Select`
-(generator); :class:`Normalize`, :class:`Chain` (pre-processes); :func:`read_cache` (cache files);
+:func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut` (samples); :class:`MultiClassGenerator`,
+:class:`Select` (generator); :class:`Normalize`, :class:`Chain` (pre-processes); :func:`read_cache` (cache files);
 :class:`DataError`, :class:`WorkerDiedError`, :class:`GeneratorTimeoutError`, :class:`GeneratorError`.
 
 Only this package's light modules load eagerly; :class:`MultiClassGenerator` (which imports Keras) loads
@@ -42,6 +42,7 @@ _LAZY = {
     "make_samples_from_dirs": "dlkit.generators.samples",
     "make_samples_from_globs": "dlkit.generators.samples",
     "split_samples": "dlkit.generators.samples",
+    "split_fractions": "dlkit.generators.samples",
     "count_events": "dlkit.generators.samples",
     "EnergyCut": "dlkit.generators.samples",
     "Normalize": "dlkit.generators.preprocess",
@@ -70,6 +71,7 @@ __all__ = [
     "make_samples_from_dirs",
     "make_samples_from_globs",
     "read_cache",
+    "split_fractions",
     "split_samples",
 ]
 

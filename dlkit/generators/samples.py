@@ -261,6 +261,24 @@ def count_events(sample: SampleSpec) -> int:
     return max(0, stop - min(sample.start, stop))
 
 
+def split_fractions(config: Mapping, samples=()) -> list[float]:
+    """``[train, validation, test]`` fractions from DLKit's config entries ``ValidationFraction``,
+    ``TestFraction`` and ``MaxEvents`` (events used in total, 0 or absent: all of ``samples``), for
+    :func:`split_samples`. Errors are :class:`dlkit.config.ConfigError` naming the entries."""
+    from dlkit.config import ConfigError
+
+    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
+    fractions = [1.0 - val_f - test_f, val_f, test_f]
+    if min(fractions) < 0 or min(val_f, test_f) <= 0:
+        raise ConfigError(f"config entries 'ValidationFraction' ({val_f}) and 'TestFraction' ({test_f}) must be "
+                          "> 0 and sum to less than 1")
+    if config.get("MaxEvents"):
+        total = sum(count_events(s) for s in as_samples(samples))
+        if total:
+            fractions = [f * min(1.0, config["MaxEvents"] / total) for f in fractions]
+    return fractions
+
+
 def split_samples(
     samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True
 ) -> list[list[SampleSpec]]:
