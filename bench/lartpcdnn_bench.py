@@ -16,6 +16,10 @@ Parts (each a median of ``--repeats`` runs):
            pre-process + write the cache) vs later epochs (read the cache); a fresh cache per repeat.
            Target: cached >= 3x first.
   train    the default siamese CNN (Depth 3, Filters 8, Width 64) on cached batches vs in-memory numpy, events/s
+  pid      (not in the default set: tens of CPU minutes) the DUNE-requirement row: lartpcdnn.pid_study with
+           ``--pid-events`` per class (simulated in memory and pre-processed once, chunks cached in
+           $DLKIT_DATA), the two-view CNN with batch normalisation, per-class AUC and efficiency at 1 % fake
+           rate on the test set (20 %), with the truth-level topology bound for mu / pi
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
+import h5py
+import numpy as np
 
-from lartpcdnn.preprocess import ProcessWireData  # noqa: E402
-from lartpcdnn.simulate import DEFAULT_PARTICLES, VIEW_NAMES, simulate_events, write_dataset  # noqa: E402
+from lartpcdnn.preprocess import ProcessWireData
+from lartpcdnn.simulate import DEFAULT_PARTICLES, VIEW_NAMES, simulate_events, write_dataset
 
 RAW_MB = 2 * 240 * 4096 * 2 / 1e6
 
@@ -65,9 +69,9 @@ def bench_storage(repeats, workdir, n=24):
                         for p in ("electron", "muon", "proton")])
     n = len(x)
     rows = []
-    options = {"none": {}, "gzip1": dict(compression="gzip", compression_opts=1, shuffle=True),
-               "gzip4": dict(compression="gzip", compression_opts=4, shuffle=True),
-               "lzf": dict(compression="lzf", shuffle=True)}
+    options = {"none": {}, "gzip1": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+               "gzip4": {"compression": "gzip", "compression_opts": 4, "shuffle": True},
+               "lzf": {"compression": "lzf", "shuffle": True}}
     buf = np.empty((1, *x.shape[1:]), np.float16)
     for name, opts in options.items():
         writes, reads = [], []
@@ -214,6 +218,10 @@ def main(argv=None):
     parser.add_argument("--events", type=int, default=60, help="events per class for cache/train (default 60)")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "lartpcdnn-bench-data"))
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--pid-events", type=int, default=2000, help="pid: events per class (default 2000)")
+    parser.add_argument("--pid-epochs", type=int, default=20, help="pid: most epochs (early stopping, default 20)")
+    parser.add_argument("--pid-seed", type=int, default=0, help="pid: split/initialisation seed (data seed 0)")
+    parser.add_argument("--pid-flip", action="store_true", help="pid: augment by mirroring the drift direction")
     args = parser.parse_args(argv)
     parts = args.only.split(",")
     workdir = tempfile.mkdtemp(prefix="lartpcdnn-bench-")
@@ -240,6 +248,18 @@ def main(argv=None):
         if "train" in parts:
             results["train"] = bench_train(args.repeats, root, workdir)
             print("## training the default CNN\n" + table(results["train"]) + "\n", flush=True)
+        if "pid" in parts:
+            from lartpcdnn.pid_study import markdown
+            from lartpcdnn.pid_study import run as pid_run
+
+            results["pid"] = pid_run(events_per_class=args.pid_events, epochs=args.pid_epochs, flip=args.pid_flip,
+                                     train_seed=args.pid_seed, progress=True)
+            r = results["pid"]
+            print(f"## efficiency at 1 % fake rate ({args.pid_events} events per class, {r['events']})\n"
+                  + markdown(r) + f"\ntest accuracy {r['test_accuracy']:.3f}; pair AUCs "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r["pairs"].items())
+                  + f"; epochs run {r['epochs_run']} (best {r['best_epoch']}); seconds "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) + "\n", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

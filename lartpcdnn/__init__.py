@@ -2,6 +2,7 @@
 
 Modules: ``simulate`` (LArIAT-layout simulator and its CLI), ``preprocess`` (the worker pre-process:
 down-sample, crop, normalise), ``data`` (generators and test set), ``models`` (siamese CNN, dense baseline),
-``analysis`` (AUC, efficiency at 1 % fake, confusion, vs energy), ``ClassificationExperiment`` (the CLI).
+``analysis`` (AUC, efficiency at 1 % fake, confusion, vs energy), ``ClassificationExperiment`` (the CLI),
+``pid_study`` (the larger dedicated run behind the efficiency-at-1 %-fake row, with a truth-level bound).
 Importing the package imports nothing heavy (reader processes import ``lartpcdnn.preprocess``).
 """
