@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dlkit.config import ConfigError
+from dlkit.experiment import RunData
 from lartpcdnn.preprocess import ProcessWireData
 from lartpcdnn.simulate import VIEW_NAMES
 
@@ -45,7 +46,7 @@ def make_preprocess(config: dict) -> ProcessWireData:
 
 
 @dataclass
-class LArData:
+class LArData(RunData):
     """The generators and test-set access of one run. Close it (or use ``with``) to stop the readers."""
 
     train: object
@@ -67,17 +68,6 @@ class LArData:
                                  preprocess=self.preprocess, **self.options) as gen:
             arrays = gen.read_all()
         return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["Energy"]).reshape(-1)
-
-    def close(self):
-        for gen in (self.train, self.validation):
-            if gen is not None:
-                gen.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _check_image_config(sample, config):
@@ -107,24 +97,16 @@ def _check_image_config(sample, config):
                           f"{ticks // factor} down-sampled ticks ({ticks} / DownSampleFactor {factor})")
 
 
-def _fractions(config, samples):
-    from dlkit.generators import count_events
-
-    val_f, test_f = config["ValidationFraction"], config["TestFraction"]
-    fractions = [1.0 - val_f - test_f, val_f, test_f]
-    if min(fractions) < 0 or val_f <= 0 or test_f <= 0:
-        raise ConfigError(f"config entries 'ValidationFraction' ({val_f}) and 'TestFraction' ({test_f}) must be "
-                          "> 0 and sum to less than 1")
-    if config["MaxEvents"]:
-        total = sum(count_events(s) for s in samples)
-        scale = min(1.0, config["MaxEvents"] / total)
-        fractions = [f * scale for f in fractions]
-    return fractions
-
-
 def setup_data(config: dict) -> LArData:
     """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
-    from dlkit.generators import EnergyCut, MultiClassGenerator, Select, make_samples_from_dirs, split_samples
+    from dlkit.generators import (
+        EnergyCut,
+        MultiClassGenerator,
+        Select,
+        make_samples_from_dirs,
+        split_fractions,
+        split_samples,
+    )
 
     particles = list(config["Particles"])
     if len(particles) < 2 or len(set(particles)) != len(particles):
@@ -147,7 +129,7 @@ def setup_data(config: dict) -> LArData:
     _check_image_config(samples[0], config)
     if config["EnergyMin"] is not None:
         samples = [s.with_filter(EnergyCut(low=float(config["EnergyMin"]), key="Energy")) for s in samples]
-    train_s, val_s, test_s = split_samples(samples, _fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
     class_map = {name: i for i, name in enumerate(particles)}
     options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"])}
     batch = config["BatchSize"]

@@ -40,13 +40,14 @@ import multiprocessing
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr, ndtri
 
 from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.simconfig import SimConfig
+from dlkit.simconfig import documented as _f
 from dlkit.sparse import SparseTensor
 
 logger = logging.getLogger(__name__)
@@ -92,13 +93,8 @@ _CTAU = np.array([65865.0, 780.45, 371.2, np.inf])  # c tau [cm]
 _STOPPED, _INTERACTED, _DECAYED, _EXITED = range(4)
 
 
-def _f(default, doc):
-    """A dataclass field whose documentation travels with it (``--help``, ``describe()``)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
-
-
 @dataclasses.dataclass(frozen=True)
-class LArSimConfig:
+class LArSimConfig(SimConfig):
     """Every geometry, physics and readout parameter of the simulator, in one place (physics.md values).
 
     Coordinates [cm]: x drift distance from the wire planes (0..47), y up (-20..20), z along the beam
@@ -206,30 +202,6 @@ class LArSimConfig:
         if bad:
             raise ValueError(f"these must be > 0: {bad}")
 
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: typing.Mapping) -> LArSimConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown LArSimConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-    def replace(self, **changes) -> LArSimConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def describe(cls) -> str:
-        """One line per field: name, default, documentation (used by ``--help``)."""
-        return "\n".join(f"  {f.name} = {f.default!r}: {f.metadata.get('doc', '')}"
-                         for f in dataclasses.fields(cls))
 
     # derived quantities
     @property
@@ -1065,30 +1037,6 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _parse_set(items) -> dict:
-    """``key=value`` overrides of LArSimConfig, typed by the field (ints, floats, comma tuples; no eval)."""
-    fields = {f.name: f for f in dataclasses.fields(LArSimConfig)}
-    out = {}
-    for item in items or ():
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of the config fields, got {item!r}")
-        default = fields[key].default
-        try:
-            if isinstance(default, tuple):
-                parts = [v for v in text.replace("(", "").replace(")", "").split(",") if v.strip()]
-                kind = int if all(isinstance(v, int) for v in default) else float
-                out[key] = tuple(kind(v) for v in parts)
-            elif isinstance(default, int):
-                out[key] = int(text)
-            else:
-                out[key] = float(text)
-        except ValueError as exc:
-            raise ValueError(f"bad value for {key}: {text!r} ({exc})") from None
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lartpcdnn.simulate",
@@ -1125,7 +1073,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        changes = _parse_set(args.set)
+        changes = LArSimConfig.parse_overrides(args.set)
         if args.emin is not None:
             changes["energy_min_gev"] = args.emin
         if args.emax is not None:
