@@ -202,7 +202,6 @@ class LArSimConfig(SimConfig):
         if bad:
             raise ValueError(f"these must be > 0: {bad}")
 
-
     # derived quantities
     @property
     def region(self) -> tuple:
