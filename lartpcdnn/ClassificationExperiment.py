@@ -53,6 +53,7 @@ DEFAULTS = {
     "ScanWindowSize": 256,      # down-sampled ticks kept around the most charge; None: all
     "NormScale": 50.0,          # tanh-log scale [ADC sum]: x -> tanh(sign(x) log(1 + |x|/scale) / 2); None: off
     "ImageDtype": "float16",    # dtype of the processed, cached images
+    "MirrorDrift": True,        # training augmentation: mirror the drift direction of half the events
     "Balanced": False,          # True: equal class counts per batch; False: natural proportions
     "Preload": False,
     "Cache": True,

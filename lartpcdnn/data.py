@@ -27,7 +27,32 @@ from lartpcdnn.simulate import VIEW_NAMES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LArData", "setup_data", "make_preprocess"]
+__all__ = ["LArData", "MirrorDrift", "setup_data", "make_preprocess"]
+
+
+class MirrorDrift:
+    """Training augmentation in the consumer: mirror the drift direction (the tick axis) of half the events,
+    both views of an event together.
+
+    The drift coordinate is symmetric in the simulated (and LArIAT) acceptance, so a mirrored event is an
+    equally likely event of the same class; only the electron-lifetime attenuation (at most ~25 % over the
+    drift) is not mirrored. It runs after the generator's reader processes, on the cached, processed views,
+    so the cache keeps serving un-mirrored events and every epoch draws new mirrors (a reader-side
+    augmentation would be frozen into the cache). Measured in ``lartpcdnn.pid_study``: up to +13 points of
+    efficiency at 1 % fake on the same events.
+    """
+
+    def __init__(self, views=VIEW_NAMES, seed: int = 0):
+        self.views = tuple(views)
+        self.rng = np.random.default_rng([int(seed), 0x4D49])
+
+    def __call__(self, arrays):
+        n = len(arrays[self.views[0]])
+        flip = self.rng.random(n) < 0.5
+        for v in self.views:
+            x = np.asarray(arrays[v])
+            arrays[v] = np.where(flip.reshape((n,) + (1,) * (x.ndim - 1)), x[..., ::-1], x)
+        return arrays
 
 
 def make_preprocess(config: dict) -> ProcessWireData:
@@ -100,6 +125,7 @@ def _check_image_config(sample, config):
 def setup_data(config: dict) -> LArData:
     """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
     from dlkit.generators import (
+        Chain,
         EnergyCut,
         MultiClassGenerator,
         Select,
@@ -137,7 +163,8 @@ def setup_data(config: dict) -> LArData:
     rates = "balanced" if config["Balanced"] else None
     common = dict(class_index_map=class_map, seed=config["Seed"], preprocess=preprocess, postprocess=select,
                   preload=config["Preload"], **options)
-    train_gen = MultiClassGenerator(train_s, batch, rates=rates, **common)
+    train_post = Chain(MirrorDrift(VIEW_NAMES, config["Seed"]), select) if config["MirrorDrift"] else select
+    train_gen = MultiClassGenerator(train_s, batch, rates=rates, **{**common, "postprocess": train_post})
     try:
         val_gen = MultiClassGenerator(val_s, batch, shuffle=False, **common)
     except BaseException:

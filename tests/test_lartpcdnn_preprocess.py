@@ -121,3 +121,22 @@ def test_in_generator_first_and_cached_epochs_equal_direct_processing(tmp_path, 
         assert gen.cache_path.exists()
         everything = gen.read_all()
         np.testing.assert_allclose(everything["collection"][:10], expected["muon"]["collection"], atol=1e-6)
+
+
+def test_mirror_drift_flips_whole_events_along_the_ticks():
+    from lartpcdnn.data import MirrorDrift
+
+    rng = np.random.default_rng(3)
+    views = {"induction": rng.random((64, 5, 7), dtype=np.float32),
+             "collection": rng.random((64, 5, 7), dtype=np.float32)}
+    orig = {k: v.copy() for k, v in views.items()}
+    out = MirrorDrift(("induction", "collection"), seed=1)(dict(views))
+    flipped = [np.array_equal(out["induction"][i], orig["induction"][i, :, ::-1]) for i in range(64)]
+    same = [np.array_equal(out["induction"][i], orig["induction"][i]) for i in range(64)]
+    assert all(f != s for f, s in zip(flipped, same))  # each event either mirrored or untouched
+    assert 16 < sum(flipped) < 48
+    for i in range(64):  # both views of an event together
+        assert np.array_equal(out["collection"][i], orig["collection"][i, :, ::-1] if flipped[i]
+                              else orig["collection"][i])
+    np.testing.assert_allclose(out["collection"].sum(axis=(1, 2)), orig["collection"].sum(axis=(1, 2)), rtol=1e-6)
+    assert np.array_equal(views["induction"], orig["induction"])  # the generator's batch is not written to
