@@ -23,6 +23,7 @@ import sys
 
 from calodnn.configs import CONFIG_DIR
 from calodnn.regression import REGRESSION_SIM_CONFIG
+from dlkit.experiment import compile_model as compile_experiment_model
 from dlkit.experiment import (
     configure_device,
     finish,
@@ -119,13 +120,10 @@ def check_config(config):
 
 
 def compile_model(wrapper):
+    """dlkit's compile step with the mean-bias metric (not for a (mu, log sigma^2) Gaussian-NLL output)."""
     from dlkit.losses import get_metric
 
-    c = wrapper.Config
-    extra = {"momentum": c["momentum"]} if c["momentum"] and c["optimizer"] in ("SGD", "RMSprop") else {}
-    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c["decay"], **extra)
-    metrics = [] if wrapper.Model.outputs[0].shape[-1] == 2 else [get_metric("MBE")]
-    wrapper.Compile(Loss=c["loss"], Metrics=metrics)
+    compile_experiment_model(wrapper, [] if wrapper.Model.outputs[0].shape[-1] == 2 else [get_metric("MBE")])
 
 
 def run(argv=None) -> int:

@@ -18,13 +18,10 @@ from dlkit.analysis import (
 )
 from dlkit.metadata import chained_history
 
-__all__ = ["ClassificationResults", "classification_analysis", "pairwise_scores", "summary_table"]
-
-#: The classification analysis returns dlkit's AnalysisResults (the name calodnn used before).
-ClassificationResults = AnalysisResults
+__all__ = ["classification_analysis", "pairwise_scores", "summary_table"]
 
 
-def classification_analysis(wrapper, data, config) -> ClassificationResults:
+def classification_analysis(wrapper, data, config) -> AnalysisResults:
     """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix."""
     names = list(data.class_names)
     x, y, energy = data.read_test()
@@ -58,7 +55,7 @@ def classification_analysis(wrapper, data, config) -> ClassificationResults:
             total += len(run.get("EpochTime") or [])
             bounds.append(total)
         figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
-    return ClassificationResults(metadata=metadata, tables=tables, figures=figures)
+    return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
 
 
 def summary_table(wrapper) -> str:

@@ -27,15 +27,15 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from calodnn.analysis import ClassificationResults
 from calodnn.data import Normalize, calo_normalize, premix
+from dlkit.analysis import AnalysisResults
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
 
 log = logging.getLogger(__name__)
 
 __all__ = ["REGRESSION_SIM_CONFIG", "RegressionData", "setup_regression_data", "make_preprocess",
-           "RegressionResults", "predict_energy", "resolution_tables", "regression_analysis",
+           "predict_energy", "resolution_tables", "regression_analysis",
            "regression_summary"]
 
 #: CaloSimConfig overrides of the simulated regression dataset: the same showers and fluctuations as the
@@ -161,10 +161,6 @@ def setup_regression_data(config: dict) -> RegressionData:
                           options=options)
 
 
-class RegressionResults(ClassificationResults):
-    """What the regression analysis found: metadata entries, tables and figures (saved by :meth:`save`)."""
-
-
 def predict_energy(model, x, batch_size: int = 1024):
     """``(mu, sigma)`` in GeV: the model's energy and, for a 2-unit Gaussian-NLL output, its uncertainty
     (else sigma is None)."""
@@ -206,7 +202,7 @@ def resolution_tables(e_true, e_pred, particle_index, particles, edges, sigma=No
     return tables, metadata
 
 
-def regression_analysis(wrapper, data: RegressionData, config: dict) -> RegressionResults:
+def regression_analysis(wrapper, data: RegressionData, config: dict) -> AnalysisResults:
     """Predict the test set; per particle the resolution fit, response, bias; plots and tables."""
     from dlkit.analysis import plot_history, plot_resolution, plot_response
     from dlkit.metadata import chained_history
@@ -229,7 +225,7 @@ def regression_analysis(wrapper, data: RegressionData, config: dict) -> Regressi
             bounds.append(total)
         figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
     csv_tables = {f"Resolution_{name}": t for name, t in tables.items()}
-    return RegressionResults(metadata=metadata, tables=csv_tables, figures=figures)
+    return AnalysisResults(metadata=metadata, tables=csv_tables, figures=figures)
 
 
 def regression_summary(wrapper) -> str:

@@ -1,4 +1,4 @@
-"""clustercount's analysis steps on the test sets: each returns metadata, tables and figures (:class:`Results`).
+"""clustercount's analysis steps on the test sets: each returns an :class:`dlkit.analysis.AnalysisResults`.
 
 - :func:`peak_finding_analysis`: ROC and AUC of the peak classifier (``Peak_AUC``), the derivative
   algorithm's operating point on the same candidates (``DerivEfficiency``, ``DerivFakeRate``) and the
@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from clustercount.common import Results
+from dlkit.analysis import AnalysisResults
 from dlkit.metadata import chained_history
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def _efficiency_vs_amplitude(label, amplitude, selected: dict, edges) -> pd.Data
     sig = label == 1
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (amplitude >= lo) & (amplitude < hi)
-        row = {"amp_low": lo, "amp_high": hi, "n_signal": int((inside & sig).sum()), "n_noise": int((inside & ~sig).sum())}
+        row = {"amp_low": lo, "amp_high": hi, "n_signal": int((inside & sig).sum()),
+               "n_noise": int((inside & ~sig).sum())}
         for name, sel in selected.items():
             row[f"{name}_eff"] = float(sel[inside & sig].mean()) if (inside & sig).any() else np.nan
             row[f"{name}_fake"] = float(sel[inside & ~sig].mean()) if (inside & ~sig).any() else np.nan
@@ -173,7 +174,7 @@ def history_figure(wrapper, keys=None) -> Figure | None:
     return plot_history(history, keys=keys, title=wrapper.Name, boundaries=history_boundaries(wrapper.MetaData))
 
 
-def peak_finding_analysis(wrapper, data, config) -> Results:
+def peak_finding_analysis(wrapper, data, config) -> AnalysisResults:
     """Predict the test candidates; compare with the derivative algorithm on the same candidates."""
     test = data.read_test()
     label = np.asarray(test["label"]).reshape(-1).astype(int)
@@ -203,7 +204,8 @@ def peak_finding_analysis(wrapper, data, config) -> Results:
     hist = history_figure(wrapper)
     if hist is not None:
         figures["History"] = hist
-    return Results(metadata=md, tables={"EfficiencyVsAmplitude": table, "ROC": roc.iloc[::step]}, figures=figures)
+    return AnalysisResults(metadata=md, tables={"EfficiencyVsAmplitude": table, "ROC": roc.iloc[::step]},
+                           figures=figures)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ def _profile_figure(true, preds: dict, title) -> Figure:
     return fig
 
 
-def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
+def clusterization_analysis(wrapper, data, config, predictions=None) -> AnalysisResults:
     """Predict the test waveforms' cluster counts; compare with the tuned time-proximity baseline."""
     from clustercount.data import TP_GAPS_NS
 
@@ -306,7 +308,8 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
           "MeanDetectedPeaks": float(np.mean(test["n_peaks"])), "NTestWaveforms": int(len(true)),
           "TrueNclSpread": float(true.std()), "PeakFinder": finder,
           # slope of the mean prediction vs the true count (< 1: shrinkage toward the training mean)
-          "NclSlope": float(np.cov(pred, true)[0, 1] / max(np.var(true, ddof=1), 1e-12)) if len(true) > 1 else float("nan")}
+          "NclSlope": (float(np.cov(pred, true)[0, 1] / max(np.var(true, ddof=1), 1e-12)) if len(true) > 1
+                       else float("nan"))}
     rows = []
     for pdg in np.unique(test["particle"]):
         sel = np.asarray(test["particle"]).reshape(-1) == pdg
@@ -327,7 +330,7 @@ def clusterization_analysis(wrapper, data, config, predictions=None) -> Results:
     hist = history_figure(wrapper)
     if hist is not None:
         figures["History"] = hist
-    return Results(metadata=md, tables={"ResidualsByParticle": table}, figures=figures)
+    return AnalysisResults(metadata=md, tables={"ResidualsByParticle": table}, figures=figures)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,11 +6,9 @@ analysis can import from here.
 
 from __future__ import annotations
 
-from dlkit.analysis.results import AnalysisResults
 from dlkit.experiment import FLAG_KEYS, compile_model, training_callbacks
 
-__all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks",
-           "Results"]
+__all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks"]
 
 #: Data entries common to both experiments (their defaults; each experiment adds its own).
 DATA_DEFAULTS = {
@@ -56,5 +54,3 @@ TRAINING_DEFAULTS = {
 TYPES = {"DataDir": str, "RunningTime": (int, float), "lr": (int, float)}
 
 
-#: What an analysis step found (dlkit's AnalysisResults: metadata, tables, figures; save, merge).
-Results = AnalysisResults

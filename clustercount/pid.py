@@ -43,9 +43,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from clustercount.baselines import PeakList, time_proximity_counts
-from clustercount.common import Results
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
 from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
+from dlkit.analysis import AnalysisResults
 from dlkit.datasets import cached_dataset, data_root
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def truncated_mean(values, fraction: float, axis: int = -1) -> np.ndarray:
 
 
 def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: float | None = None,
-              fractions=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), title: str = "") -> Results:
+              fractions=(0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), title: str = "") -> AnalysisResults:
     """Separation powers of dN/dx (ML, baseline, truth) and dE/dx vs momentum for the PID samples.
 
     ``predict(times) -> per-cell cluster counts`` is the trained counter (None: no ML row);
@@ -254,7 +254,7 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
                                                                                             name="momentum"))
     figures = {"PID_Separation": _separation_figure(table, best, options, title),
                "PID_Distributions": _distribution_figure(per_track, options, best, title)}
-    return Results(metadata=md, tables={"PID_Separation": table, "PID_dEdxTruncation": trunc}, figures=figures)
+    return AnalysisResults(metadata=md, tables={"PID_Separation": table, "PID_dEdxTruncation": trunc}, figures=figures)
 
 
 def _separation_figure(table, best, options, title) -> Figure:
@@ -272,7 +272,8 @@ def _separation_figure(table, best, options, title) -> Figure:
            title=f"{title} {options.n_tracks} tracks x {options.n_cells} cells".strip())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    for col, style in (("ratio_ML", "C0o-"), ("ratio_truth", "k:"), ("ratio_ideal", "C7d:"), ("ratio_baseline", "C2s--")):
+    styles = (("ratio_ML", "C0o-"), ("ratio_truth", "k:"), ("ratio_ideal", "C7d:"), ("ratio_baseline", "C2s--"))
+    for col, style in styles:
         if col in table:
             rx.plot(table.index, table[col], style, label=col.replace("ratio_", ""))
     rx.axhline(1.5, color="grey", ls="--", lw=1, label="target 1.5")
