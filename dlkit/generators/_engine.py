@@ -573,24 +573,7 @@ class Engine:
             if s is not None and s >= nb and not self.fills_generated:
                 self._generate_fills()
             if self.fills and (s is None or s >= nb):
-                pieces = self.fills.popleft()
-                runs, n = self._fill_spec(pieces)
-                runs, write = self._write_runs(runs)
-                if write is None:
-                    continue
-                task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
-                slot.state = BUSY
-                spec = {
-                    "kind": "batch",
-                    "src": "source",
-                    "dest": (slot.shm.name, 0),
-                    "runs": runs,
-                    "n": n,
-                    "perm": None,
-                    "write": write,
-                    "pseed": (self.seed, -2, len(self.fills)),
-                }
-                self._submit(w, task, spec)
+                self._submit_fill(w, slot)
                 continue
             if s is None:
                 return
@@ -860,26 +843,20 @@ class Engine:
             slot = self._free_slot()
             if not idle or slot is None:
                 return
-            runs, n = self._fill_spec(self.fills.popleft())
-            runs, write = self._write_runs(runs)
-            if write is None:
-                continue
-            task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
-            slot.state = BUSY
-            self._submit(
-                min(idle, key=lambda x: x.outstanding),
-                task,
-                {
-                    "kind": "batch",
-                    "src": "source",
-                    "dest": (slot.shm.name, 0),
-                    "runs": runs,
-                    "n": n,
-                    "perm": None,
-                    "write": write,
-                    "pseed": (self.seed, -2, len(self.fills)),
-                },
-            )
+            self._submit_fill(min(idle, key=lambda x: x.outstanding), slot)
+
+    def _submit_fill(self, w, slot) -> None:
+        """Send the next cache-fill piece to reader ``w`` (into ``slot``): the events no epoch has read yet.
+        Nothing is sent (the slot stays free) when other tasks already write all of them."""
+        runs, n = self._fill_spec(self.fills.popleft())
+        runs, write = self._write_runs(runs)
+        if write is None:
+            return
+        task = _Task("fill", slot=slot, written=int(runs[write, 2].sum()), desc="cache fill")
+        slot.state = BUSY
+        spec = {"kind": "batch", "src": "source", "dest": (slot.shm.name, 0), "runs": runs, "n": n, "perm": None,
+                "write": write, "pseed": (self.seed, -2, len(self.fills))}
+        self._submit(w, task, spec)
 
     def read_canonical(self) -> dict[str, np.ndarray]:
         """Every selected event's output arrays, canonical order, in memory that outlives the engine."""
