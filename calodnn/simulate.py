@@ -821,12 +821,9 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m calodnn.simulate",
-        description="Simulate LCD-layout calorimeter HDF5 files: <out>/<Particle>/<Particle>_<i>.h5.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config fields for --set (name = default: meaning):\n" + CaloSimConfig.describe(),
-    )
+    parser = CaloSimConfig.cli_parser(
+        "python -m calodnn.simulate", "Simulate LCD-layout calorimeter HDF5 files: <out>/<Particle>/<Particle>_<i>.h5.",
+        "--set ecal_shape=51,51,25 --set ecal_noise_gev=0.002")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--events-per-class", type=int, default=DEFAULT_EVENTS_PER_CLASS,
                         help="events per particle (default %(default)s)")
@@ -840,29 +837,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emax", type=float, default=None, help="highest energy [GeV] (default 510)")
     parser.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
                         help="HDF5 compression (default none: contiguous, fastest to read)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set ecal_shape=51,51,25 "
-                        "--set ecal_noise_gev=0.002 (repeatable; fields listed below)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes writing files in parallel (default: cores, 1 for small runs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        changes = CaloSimConfig.parse_overrides(args.set)
-        if args.emin is not None:
-            changes["energy_min_gev"] = args.emin
-        if args.emax is not None:
-            changes["energy_max_gev"] = args.emax
-        cfg = CaloSimConfig(**changes)
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))  # exits with status 2 and the usage line
+    cfg = CaloSimConfig.from_cli(parser, args, energy_min_gev=args.emin, energy_max_gev=args.emax)
     compression = None if args.compression == "none" else args.compression
     paths = write_dataset(args.out, tuple(args.particles), args.events_per_class, args.events_per_file,
                           args.seed, cfg, compression, progress=not args.no_progress, workers=args.workers)

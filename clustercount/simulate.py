@@ -639,12 +639,9 @@ def default_dataset(path=None, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m clustercount.simulate",
-        description="Simulate drift-chamber waveforms (HDF5): <out>/wave_<i>.h5.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config fields for --set (name = default: meaning):\n" + DriftSimConfig.describe(),
-    )
+    parser = DriftSimConfig.cli_parser("python -m clustercount.simulate",
+                                       "Simulate drift-chamber waveforms (HDF5): <out>/wave_<i>.h5.",
+                                       "--set gain_mv=8 --set cluster_size_max=250")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--waveforms", type=int, default=DEFAULT_WAVEFORMS,
                         help="waveforms in total (default %(default)s)")
@@ -655,33 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pmax", type=float, default=None, help="highest momentum [GeV/c] (default 180)")
     parser.add_argument("--seed", type=int, default=0, help="seed; each file derives its own from (seed, file "
                         "index) (default %(default)s)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set gain_mv=8 --set cluster_size_max=250 "
-                        "(repeatable; fields listed below)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes writing files in parallel (default: cores, 1 for small runs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        changes = DriftSimConfig.parse_overrides(args.set)
-        if args.particles:
-            changes["particles"] = tuple(args.particles)
-        if args.pmin is not None:
-            changes["momentum_min_gev"] = args.pmin
-        if args.pmax is not None:
-            changes["momentum_max_gev"] = args.pmax
-        cfg = DriftSimConfig(**changes)
-        if args.waveforms < 1 or args.waveforms_per_file < 1:
-            raise ValueError("--waveforms and --waveforms-per-file must be >= 1")
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))  # exits with status 2 and the usage line
+    cfg = DriftSimConfig.from_cli(parser, args, particles=tuple(args.particles) if args.particles else None,
+                                  momentum_min_gev=args.pmin, momentum_max_gev=args.pmax)
+    if args.waveforms < 1 or args.waveforms_per_file < 1:
+        parser.error("--waveforms and --waveforms-per-file must be >= 1")
     paths = write_dataset(args.out, args.waveforms, args.waveforms_per_file, args.seed, cfg,
                           progress=not args.no_progress, workers=args.workers)
     logger.info("wrote %d files under %s", len(paths), args.out)

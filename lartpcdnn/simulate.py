@@ -1037,12 +1037,10 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lartpcdnn.simulate",
-        description="Simulate LArIAT-layout HDF5 files: <out>/<particle>/<particle>_<i>.2d.h5 (+ .3d.h5 truth).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Config fields for --set (name = default: meaning):\n" + LArSimConfig.describe(),
-    )
+    parser = LArSimConfig.cli_parser(
+        "python -m lartpcdnn.simulate",
+        "Simulate LArIAT-layout HDF5 files: <out>/<particle>/<particle>_<i>.2d.h5 (+ .3d.h5 truth).",
+        "--set noise_adc=4,3")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--events-per-class", type=int, default=DEFAULT_EVENTS_PER_CLASS,
                         help="events per particle (default %(default)s)")
@@ -1058,28 +1056,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression", choices=("none", "gzip", "gzip4", "lzf"), default="gzip",
                         help="HDF5 compression of features (default gzip level 1: ~3.6x smaller, see README)")
     parser.add_argument("--no-3d", action="store_true", help="do not write the .3d.h5 truth files")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set noise_adc=4,3 (repeatable; fields below)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes writing files in parallel (default: cores, 1 for tiny runs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        changes = LArSimConfig.parse_overrides(args.set)
-        if args.emin is not None:
-            changes["energy_min_gev"] = args.emin
-        if args.emax is not None:
-            changes["energy_max_gev"] = args.emax
-        cfg = LArSimConfig(**changes)
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))  # exits with status 2 and the usage line
+    cfg = LArSimConfig.from_cli(parser, args, energy_min_gev=args.emin, energy_max_gev=args.emax)
     compression = None if args.compression == "none" else args.compression
     particles = PARTICLES if args.all_particles else tuple(args.particles)
     paths = write_dataset(args.out, particles, args.events_per_class, args.events_per_file, args.seed, cfg,

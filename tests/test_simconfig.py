@@ -48,3 +48,15 @@ def test_parse_overrides_types_by_default():
 def test_parse_overrides_errors_name_the_field(item, match):
     with pytest.raises(ValueError, match=match):
         Cfg.parse_overrides([item])
+
+
+def test_cli_parser_and_from_cli(capsys):
+    parser = Cfg.cli_parser("python -m x.simulate", "Simulate x.", "--set noise=2")
+    parser.add_argument("--cells-flag", type=int, default=None)
+    assert "noise = 0.5: noise RMS [mV]" in parser.format_help()
+    args = parser.parse_args(["--set", "noise=2", "--set", "raw=yes", "--workers", "3", "--cells-flag", "9"])
+    cfg = Cfg.from_cli(parser, args, cells=args.cells_flag, names=None)
+    assert cfg == Cfg(noise=2.0, cells=9, raw=True) and args.workers == 3 and not args.no_progress
+    with pytest.raises(SystemExit) as exc:
+        Cfg.from_cli(parser, parser.parse_args(["--set", "nosie=1"]))
+    assert exc.value.code == 2 and "nosie=1" in capsys.readouterr().err
