@@ -17,6 +17,7 @@ import sys
 from calodnn.configs import CONFIG_DIR
 from dlkit.experiment import (
     FLAG_KEYS,
+    RUN_DEFAULTS,
     compile_model,
     configure_device,
     finish,
@@ -68,14 +69,7 @@ DEFAULTS = {
     "momentum": 0.0,
     "Epochs": 10,
     "BatchSize": 128,
-    "RunningTime": None,
-    "LoadPreviousModel": False,
-    "EarlyStopping": False,
-    "EarlyStopping_patience": 3,
-    "EarlyStopping_min_delta": 0.0,
-    "monitor": "val_loss",
-    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
-    "OutputBase": "TrainedModels",
+    **RUN_DEFAULTS,
     # analysis
     "EnergyBins": [10.0, 510.0, 10],
 }
@@ -96,7 +90,6 @@ def run(argv=None) -> int:
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
                         flag_keys=FLAG_KEYS)
-    args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from calodnn.analysis import classification_analysis, summary_table

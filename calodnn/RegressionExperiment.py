@@ -23,8 +23,9 @@ import sys
 
 from calodnn.configs import CONFIG_DIR
 from calodnn.regression import REGRESSION_SIM_CONFIG
-from dlkit.experiment import compile_model as compile_experiment_model
 from dlkit.experiment import (
+    FLAG_KEYS,
+    RUN_DEFAULTS,
     configure_device,
     finish,
     load_or_build,
@@ -34,6 +35,7 @@ from dlkit.experiment import (
     train,
     training_callbacks,
 )
+from dlkit.experiment import compile_model as compile_experiment_model
 
 log = logging.getLogger("calodnn.RegressionExperiment")
 
@@ -77,14 +79,7 @@ DEFAULTS = {
     "momentum": 0.0,
     "Epochs": 10,
     "BatchSize": 128,
-    "RunningTime": None,
-    "LoadPreviousModel": False,
-    "EarlyStopping": False,
-    "EarlyStopping_patience": 3,
-    "EarlyStopping_min_delta": 0.0,
-    "monitor": "val_loss",
-    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
-    "OutputBase": "TrainedModels",
+    **RUN_DEFAULTS,
     # analysis
     "EnergyBins": [10.0, 510.0, 10],
 }
@@ -92,8 +87,6 @@ TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, flo
          "Augment": (bool, str)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
-FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
-             "LoadPrevious": "LoadPreviousModel"}
 
 
 def make_wrapper(name, data, **kwargs):
@@ -132,7 +125,6 @@ def run(argv=None) -> int:
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="CaloReg", test_overrides=TEST_OVERRIDES, types=TYPES,
                         flag_keys=FLAG_KEYS)
-    args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     check_config(setup.config)

@@ -113,7 +113,6 @@ def run(argv=None) -> int:
     setup = resolve_run(args, DEFAULTS, prefix="Clusterization", test_overrides=TEST_OVERRIDES,
                         types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float), "PeakModelSet": dict},
                         flag_keys=FLAG_KEYS)
-    args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from clustercount.analysis import clusterization_analysis, summary_table

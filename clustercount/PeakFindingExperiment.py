@@ -78,7 +78,6 @@ def run(argv=None) -> int:
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="PeakFinding", test_overrides=TEST_OVERRIDES, types=TYPES,
                         flag_keys=FLAG_KEYS)
-    args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from clustercount.analysis import peak_finding_analysis, summary_table

@@ -6,7 +6,7 @@ analysis can import from here.
 
 from __future__ import annotations
 
-from dlkit.experiment import FLAG_KEYS, compile_model, training_callbacks
+from dlkit.experiment import FLAG_KEYS, RUN_DEFAULTS, compile_model, training_callbacks
 
 __all__ = ["DATA_DEFAULTS", "TRAINING_DEFAULTS", "TYPES", "FLAG_KEYS", "compile_model", "training_callbacks"]
 
@@ -41,14 +41,7 @@ TRAINING_DEFAULTS = {
     "momentum": 0.0,
     "Epochs": 10,
     "BatchSize": 250,
-    "RunningTime": None,
-    "LoadPreviousModel": False,
-    "EarlyStopping": False,
-    "EarlyStopping_patience": 3,
-    "EarlyStopping_min_delta": 0.0,
-    "monitor": "val_loss",
-    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
-    "OutputBase": "TrainedModels",
+    **RUN_DEFAULTS,
 }
 
 TYPES = {"DataDir": str, "RunningTime": (int, float), "lr": (int, float)}

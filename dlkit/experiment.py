@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
            "training_callbacks", "train", "finish", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
-           "RunData"]
+           "RUN_DEFAULTS", "RunData"]
 
 #: Exit status for configuration, data and usage errors.
 EXIT_USER_ERROR = 2
@@ -187,6 +187,20 @@ class RunData:
         self.close()
 
 
+#: The run-control entries every experiment has (DLKit's names; ``**RUN_DEFAULTS`` in its ``DEFAULTS``), read
+#: by :func:`train` (``RunningTime``), :func:`load_or_build` (``LoadPreviousModel``, ``-p``),
+#: :func:`training_callbacks` and the model directory (``OutputBase``).
+RUN_DEFAULTS = {
+    "RunningTime": None,        # seconds of training, then stop cleanly and save (-r)
+    "LoadPreviousModel": False,  # continue from the newest save of this scan point (-p)
+    "EarlyStopping": False,
+    "EarlyStopping_patience": 3,
+    "EarlyStopping_min_delta": 0.0,
+    "monitor": "val_loss",
+    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
+    "OutputBase": "TrainedModels",
+}
+
 #: Flags that set config entries of every experiment (argparse destination -> config key).
 FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
              "LoadPrevious": "LoadPreviousModel"}
@@ -224,7 +238,8 @@ def training_callbacks(wrapper, config) -> list:
 
 def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Callable[..., Any],
                   compile_model: Callable[[Any], None]):
-    """Give the run its ModelWrapper: ``-L DIR`` loads DIR, ``-p`` the newest save, else build fresh.
+    """Give the run its ModelWrapper: ``-L DIR`` loads DIR, ``-p`` (or ``LoadPreviousModel``) the newest save,
+    else build fresh.
 
     ``make_wrapper(name, **wrapper_kwargs)`` constructs the experiment's ModelWrapper subclass;
     ``compile_model(wrapper)`` builds the optimizer and compiles a freshly built model (a loaded
@@ -242,8 +257,9 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
         wrapper = make_wrapper(name, **common)
         wrapper.Load(directory)
     else:
-        wrapper = make_wrapper(setup.name, LoadPrevious=bool(args.LoadPrevious), **common)
-        if args.LoadPrevious:
+        load_previous = bool(args.LoadPrevious or setup.config.get("LoadPreviousModel"))
+        wrapper = make_wrapper(setup.name, LoadPrevious=load_previous, **common)
+        if load_previous:
             previous = wrapper.find_previous()
             if previous is not None:
                 wrapper.Load(previous)

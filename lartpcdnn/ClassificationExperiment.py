@@ -19,6 +19,7 @@ import sys
 
 from dlkit.experiment import (
     FLAG_KEYS,
+    RUN_DEFAULTS,
     compile_model,
     configure_device,
     finish,
@@ -78,14 +79,7 @@ DEFAULTS = {
     "momentum": 0.0,
     "Epochs": 15,
     "BatchSize": 32,
-    "RunningTime": None,
-    "LoadPreviousModel": False,
-    "EarlyStopping": False,
-    "EarlyStopping_patience": 3,
-    "EarlyStopping_min_delta": 0.0,
-    "monitor": "val_loss",
-    "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
-    "OutputBase": "TrainedModels",
+    **RUN_DEFAULTS,
     # analysis
     "EnergyBins": [0.1, 1.0, 6],
     "FakeRate": 0.01,           # working point of the efficiency tables (DUNE: ~90 % at 1 %)
@@ -110,7 +104,6 @@ def run(argv=None) -> int:
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="LArTPCDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
                         flag_keys=FLAG_KEYS)
-    args.LoadPrevious = setup.config["LoadPreviousModel"]
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from lartpcdnn.analysis import classification_analysis, summary_table

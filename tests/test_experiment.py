@@ -9,7 +9,8 @@ import keras
 from dlkit import ModelWrapper
 from dlkit.experiment import load_or_build, make_parser, resolve_run
 
-DEFAULTS = {"Width": 8, "Depth": 1, "Epochs": 1, "Seed": 0, "OutputBase": "TrainedModels", "Cache": True}
+DEFAULTS = {"Width": 8, "Depth": 1, "Epochs": 1, "Seed": 0, "OutputBase": "TrainedModels", "Cache": True,
+            "LoadPreviousModel": False}
 
 
 @pytest.fixture
@@ -61,3 +62,15 @@ def test_same_scan_point_builds_the_same_initial_weights(config_file, tmp_path):
         weights.append([w.copy() for w in wrapper.Model.get_weights()])
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
     assert np.any(weights[0][0] != 0)
+
+
+@pytest.mark.parametrize("how", [["-p"], ["--set", "LoadPreviousModel=true"]])
+def test_load_previous_by_flag_or_config_entry(config_file, tmp_path, how):
+    args, run = setup(["-s", "0"], config_file, tmp_path)
+    first = load_or_build(args, run, lambda name, **kw: Dense(name, **kw), _compile)
+    first.Model.set_weights([np.full_like(w, 0.25) for w in first.Model.get_weights()])
+    first.Save()
+    args, run = setup(["-s", "0", *how], config_file, tmp_path)
+    again = load_or_build(args, run, lambda name, **kw: Dense(name, **kw), _compile)
+    assert again.OutDir != first.OutDir  # a new directory, continuing from the save
+    assert all(np.all(w == 0.25) for w in again.Model.get_weights())
