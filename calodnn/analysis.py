@@ -12,8 +12,8 @@ from dlkit.analysis import (
     multiclass_roc,
     pairwise_scores,
     plot_binned,
+    plot_chained_history,
     plot_confusion,
-    plot_history,
     plot_roc,
 )
 from dlkit.metadata import chained_history
@@ -48,13 +48,8 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
         tables["GammaPi0_AUCvsEnergy"] = table.rename(columns={"Gamma": "GammaPi0_AUC"})
         figures["GammaPi0_AUCvsEnergy"] = plot_binned(tables["GammaPi0_AUCvsEnergy"], ["GammaPi0_AUC"],
                                                       title=f"{wrapper.Name}: gamma vs pi0")
-    history = chained_history(wrapper.MetaData)
-    if history:
-        bounds, total = [], 0
-        for run in wrapper.MetaData.get("InputMetaData") or []:
-            total += len(run.get("EpochTime") or [])
-            bounds.append(total)
-        figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
+    if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model
+        figures["History"] = plot_chained_history(wrapper.MetaData, title=wrapper.Name)
     return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
 
 

@@ -204,7 +204,7 @@ def resolution_tables(e_true, e_pred, particle_index, particles, edges, sigma=No
 
 def regression_analysis(wrapper, data: RegressionData, config: dict) -> AnalysisResults:
     """Predict the test set; per particle the resolution fit, response, bias; plots and tables."""
-    from dlkit.analysis import plot_history, plot_resolution, plot_response
+    from dlkit.analysis import plot_chained_history, plot_resolution, plot_response
     from dlkit.metadata import chained_history
 
     x, e_true, index = data.read_test()
@@ -217,13 +217,8 @@ def regression_analysis(wrapper, data: RegressionData, config: dict) -> Analysis
     if tables:
         figures["Resolution"] = plot_resolution(tables, title=wrapper.Name)
         figures["Response"] = plot_response(tables, title=wrapper.Name)
-    history = chained_history(wrapper.MetaData)
-    if history:
-        bounds, total = [], 0
-        for run in wrapper.MetaData.get("InputMetaData") or []:
-            total += len(run.get("EpochTime") or [])
-            bounds.append(total)
-        figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
+    if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model
+        figures["History"] = plot_chained_history(wrapper.MetaData, title=wrapper.Name)
     csv_tables = {f"Resolution_{name}": t for name, t in tables.items()}
     return AnalysisResults(metadata=metadata, tables=csv_tables, figures=figures)
 

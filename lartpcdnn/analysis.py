@@ -22,8 +22,8 @@ from dlkit.analysis import (
     multiclass_roc,
     pairwise_scores,
     plot_binned,
+    plot_chained_history,
     plot_confusion,
-    plot_history,
     plot_roc,
 )
 from dlkit.analysis.classification import class_indices
@@ -132,13 +132,8 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
                                           title=f"{wrapper.Name}: efficiency at {fake:.0%} fake"),
         "Confusion": plot_confusion(tables["Confusion"], title=wrapper.Name),
     }
-    history = chained_history(wrapper.MetaData)
-    if history:
-        bounds, total = [], 0
-        for run in wrapper.MetaData.get("InputMetaData") or []:
-            total += len(run.get("EpochTime") or [])
-            bounds.append(total)
-        figures["History"] = plot_history(history, title=wrapper.Name, boundaries=bounds)
+    if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model
+        figures["History"] = plot_chained_history(wrapper.MetaData, title=wrapper.Name)
     return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
 
 
