@@ -56,11 +56,14 @@ def make_parser(description: str, default_config: str | os.PathLike | None = Non
                         f"default: {default_config}")
     p.add_argument("-s", "--hyperparamset", type=int, default=None, metavar="N",
                    help="scan point to run (DLKit order: keys sorted, last varies fastest); default: "
-                        "$SLURM_ARRAY_TASK_ID or $PBS_ARRAYID, else 0")
+                        "$SLURM_ARRAY_TASK_ID, $PBS_ARRAYID (Torque) or $PBS_ARRAY_INDEX (PBS Pro), else 0")
     p.add_argument("-L", "--LoadModel", default=None, metavar="DIR",
-                   help="load the model saved in DIR and continue from it (new directory, history chained)")
+                   help="load the model saved in DIR and train Epochs more epochs from it (new directory, "
+                        "history chained)")
     p.add_argument("-p", "--LoadPrevious", action="store_true",
-                   help="continue from the newest complete save of this scan point's model name, if any")
+                   help="resume from the newest complete save of this scan point's model name, if any: train "
+                        "only the epochs left until Epochs in all (none if the earlier runs reached it; new "
+                        "directory, history chained, epoch numbers continue)")
     p.add_argument("--gpu", type=int, default=None, metavar="ID",
                    help="use GPU ID only (sets CUDA_VISIBLE_DEVICES before Keras is imported)")
     p.add_argument("--cpu", action="store_true", help="hide all GPUs; run on the CPU")
@@ -192,7 +195,7 @@ class RunData:
 #: :func:`training_callbacks` and the model directory (``OutputBase``).
 RUN_DEFAULTS = {
     "RunningTime": None,        # seconds of training, then stop cleanly and save (-r)
-    "LoadPreviousModel": False,  # continue from the newest save of this scan point (-p)
+    "LoadPreviousModel": False,  # resume the newest save of this scan point up to Epochs in all (-p)
     "EarlyStopping": False,
     "EarlyStopping_patience": 3,
     "EarlyStopping_min_delta": 0.0,
@@ -241,6 +244,9 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
     """Give the run its ModelWrapper: ``-L DIR`` loads DIR, ``-p`` (or ``LoadPreviousModel``) the newest save,
     else build fresh.
 
+    A wrapper continuing the newest save (``-p``) has ``ContinuesPrevious`` set, so :func:`train` trains only
+    the epochs left until ``Epochs`` over all resumes; one loaded with ``-L DIR`` trains ``Epochs`` more (DLKit).
+
     ``make_wrapper(name, **wrapper_kwargs)`` constructs the experiment's ModelWrapper subclass;
     ``compile_model(wrapper)`` builds the optimizer and compiles a freshly built model (a loaded
     model keeps its compiled optimizer and state).
@@ -263,6 +269,7 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
             previous = wrapper.find_previous()
             if previous is not None:
                 wrapper.Load(previous)
+                wrapper.ContinuesPrevious = True  # resume: train() counts the earlier runs' epochs
     if wrapper.Model is None:
         if setup.config.get("Seed") is not None:  # the same scan point builds the same initial weights
             import keras
@@ -278,16 +285,28 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
 
 
 def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=(), **fit_kwargs):
-    """Train with the callbacks every run gets: GracefulExit always, TimeStopping if ``RunningTime``."""
+    """Train with the callbacks every run gets: GracefulExit always, TimeStopping if ``RunningTime``; then save.
+
+    ``Epochs`` counts over resumes when the wrapper continues the newest save (``-p``/``LoadPreviousModel``,
+    ``wrapper.ContinuesPrevious``): the earlier runs' epochs (``wrapper.PreviousEpochs``, the sum of their
+    ``EpochTime`` lengths) are Keras' ``initial_epoch``, so only the remaining ``Epochs - PreviousEpochs`` are
+    trained, with epoch numbers continuing; none if the earlier runs reached ``Epochs`` (the run is still
+    saved and ``"completed"``). Otherwise - a fresh model, or ``-L DIR`` - it trains ``Epochs`` epochs.
+    """
     from dlkit.callbacks import GracefulExit, TimeStopping
 
     graceful = GracefulExit()
     all_callbacks = [graceful, *callbacks]
     if setup.config.get("RunningTime"):
         all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
+    epochs = setup.config["Epochs"]
+    initial = wrapper.PreviousEpochs if getattr(wrapper, "ContinuesPrevious", False) else 0
+    if initial:
+        log.info("%s: resuming after %d earlier epoch(s); training %d more to reach Epochs=%d", wrapper.Name,
+                 initial, max(epochs - initial, 0), epochs)
     with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
-        wrapper.Train(train_data, Epochs=setup.config["Epochs"], validation_data=validation_data,
-                      Callbacks=all_callbacks, **fit_kwargs)
+        wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
+                      InitialEpoch=initial, **fit_kwargs)
         wrapper.Save()
     return graceful
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import operator
 import os
 import platform
 import re
@@ -150,7 +151,9 @@ class ModelWrapper:
     InDir
         A saved model directory to :meth:`Load` from.
     LoadPrevious
-        On :meth:`Initialize`, load the newest complete save of ``Name`` under ``OutputBase`` if any.
+        On :meth:`Initialize`, load the newest complete save of ``Name`` under ``OutputBase`` if any
+        (then :attr:`ContinuesPrevious` is True: the run resumes that one, and
+        :func:`dlkit.experiment.train` trains only the epochs left of ``Epochs``).
     Config
         The resolved configuration the model is built from; stored as ``MetaData["Configuration"]``.
     ScanPoint, HyperParamSet, HyperParamHash
@@ -179,6 +182,7 @@ class ModelWrapper:
         self.OutputBase = Path(OutputBase)
         self.InDir = Path(InDir) if InDir else None
         self.LoadPrevious = LoadPrevious
+        self.ContinuesPrevious = False
         self.Model: keras.Model | None = None
         self.OutDir: Path | None = None
         self.Metrics: list = []
@@ -314,6 +318,7 @@ class ModelWrapper:
             previous = self.find_previous()
             if previous is not None:
                 self.Load(previous)
+                self.ContinuesPrevious = True
             else:
                 log.info("%s: no previous save under %s; starting fresh", self.Name, self.OutputBase)
         elif self.InDir is not None and self.Model is None:
@@ -341,25 +346,58 @@ class ModelWrapper:
 
     # -- training -------------------------------------------------------------------------------
     def Train(self, x=None, y=None, Epochs: int = 1, BatchSize: int | None = None, Callbacks: Sequence = (),
-              validation_data=None, SaveEveryEpoch: bool = True, **fit_kwargs):  # noqa: N802
+              validation_data=None, SaveEveryEpoch: bool = True, InitialEpoch: int = 0,
+              **fit_kwargs):  # noqa: N802
         """``Model.fit`` with bookkeeping: history, epoch times, why it stopped, a save every epoch.
+
+        ``Epochs`` and ``InitialEpoch`` are Keras' ``epochs`` and ``initial_epoch``: training runs the
+        epochs numbered ``InitialEpoch + 1`` to ``Epochs``, i.e. ``Epochs - InitialEpoch`` of them, and
+        callbacks and logs see the epoch numbers continue. With the default ``InitialEpoch=0`` it trains
+        ``Epochs`` epochs (also after :meth:`Load`: DLKit's ``-L``, "train Epochs more"). To resume up to
+        a total, pass ``InitialEpoch=self.PreviousEpochs`` (what :func:`dlkit.experiment.train` does after
+        ``-p``). If ``InitialEpoch >= Epochs`` nothing is trained (no ``fit``, no callbacks): the run is
+        ``"completed"`` and ``StopReason`` says the configured epochs were already done.
 
         ``Callbacks`` run in the given order (put dlkit's AUC callback before checkpoints that
         monitor it). Returns the Keras History. The status becomes ``"completed"`` or, if a callback
         stopped training early, ``"stopped"`` (``StopReason`` says which and why); an exception
-        marks the run ``"failed"`` (saved metadata says so) and is re-raised.
+        marks the run ``"failed"`` (saved metadata says so) and is re-raised. ``MetaData["Epochs"]`` is
+        the number of epochs this run trained, ``MetaData["TotalEpochs"]`` that over all resumes
+        (:attr:`PreviousEpochs` plus this run's).
         """
         if self.Model is None:
             raise RuntimeError(f"{self.Name}: Train() before Build()/Load()")
+        if "initial_epoch" in fit_kwargs:  # Keras' name for it
+            if InitialEpoch:
+                raise TypeError(f"{self.Name}: Train() got both InitialEpoch and initial_epoch")
+            InitialEpoch = fit_kwargs.pop("initial_epoch")
+        try:
+            initial = -1 if isinstance(InitialEpoch, bool) else operator.index(InitialEpoch)
+        except TypeError:
+            initial = -1
+        if initial < 0:
+            raise ValueError(f"{self.Name}: InitialEpoch must be an integer >= 0, got {InitialEpoch!r}")
+        InitialEpoch = initial
         if self.OutDir is None:
             self.Initialize()
         callbacks = list(Callbacks)
         bookkeeping = _Bookkeeping(self, SaveEveryEpoch)
         self.MetaData["Status"] = "training"
+        self.MetaData["InitialEpoch"] = InitialEpoch
         self.MetaData.setdefault("TrainStartTime", _now())
+        if InitialEpoch >= Epochs:
+            log.info("%s: the configured %d epochs were already done (%d before this run); not training",
+                     self.Name, Epochs, InitialEpoch)
+            history = keras.callbacks.History()
+            history.set_model(self.Model)
+            history.on_train_begin()
+            self._finish_training(None, f"the configured {Epochs} epochs were already done ({InitialEpoch} "
+                                        f"before this run); trained none")
+            return history
         try:
-            history = self.Model.fit(x, y, batch_size=BatchSize, epochs=Epochs, callbacks=[bookkeeping, *callbacks],
-                                     validation_data=validation_data, **fit_kwargs)
+            history = self.Model.fit(x, y, batch_size=BatchSize, epochs=Epochs, initial_epoch=InitialEpoch,
+                                     callbacks=[bookkeeping, *callbacks], validation_data=validation_data,
+                                     **fit_kwargs)
         except BaseException as exc:
             self.MetaData["Status"] = "failed"
             self.MetaData["StopReason"] = f"{type(exc).__name__}: {exc}"
@@ -371,16 +409,28 @@ class ModelWrapper:
             reason = reason or getattr(cb, "stop_reason", None)
             if reason is None and getattr(cb, "stopped_epoch", 0):  # keras EarlyStopping
                 reason = f"{type(cb).__name__} at epoch {cb.stopped_epoch + 1}"
+        done = f"completed {Epochs} epochs"
+        if InitialEpoch:
+            done += f" ({Epochs - InitialEpoch} in this run, {InitialEpoch} before)"
+        self._finish_training(reason, done)
+        return history
+
+    def _finish_training(self, reason: str | None, completed: str) -> None:
         ran = len(self.MetaData["EpochTime"])
         self.MetaData["Epochs"] = ran
-        self.MetaData["StopReason"] = reason or f"completed {Epochs} epochs"
+        self.MetaData["StopReason"] = reason or completed
         if reason is None:
             self.MetaData["Status"] = "completed"
         else:
             self.MetaData["Status"] = "interrupted" if reason.startswith("signal") else "stopped"
         self.MetaData["EndTime"] = _now()
-        self.MetaData["TotalEpochs"] = ran + sum(len(m.get("EpochTime") or []) for m in self.MetaData["InputMetaData"])
-        return history
+        self.MetaData["TotalEpochs"] = ran + self.PreviousEpochs
+
+    @property
+    def PreviousEpochs(self) -> int:  # noqa: N802
+        """Epochs trained by the earlier runs this one continues: ``len(EpochTime)`` summed over
+        ``MetaData["InputMetaData"]`` (0 for a fresh model)."""
+        return sum(len(m.get("EpochTime") or []) for m in self.MetaData.get("InputMetaData") or [])
 
     @property
     def Interrupted(self) -> bool:  # noqa: N802
@@ -450,7 +500,7 @@ class ModelWrapper:
                 "Status": "loaded",
             }
         )
-        for key in ("OutDir", "StopReason", "EndTime", "TrainStartTime", "SaveTime", "Epochs"):
+        for key in ("OutDir", "StopReason", "EndTime", "TrainStartTime", "SaveTime", "Epochs", "InitialEpoch"):
             self.MetaData.pop(key, None)
         if not self.Config:
             self.Config = dict(previous.get("Configuration") or {})
@@ -458,6 +508,7 @@ class ModelWrapper:
         self.Metrics = list(previous.get("Metrics") or self.Metrics)
         self.InDir = InDir
         self.OutDir = None
+        self.ContinuesPrevious = False  # set by whoever loaded the newest previous save (LoadPrevious, -p)
         log.info("%s: loaded %s (%d earlier run(s))", self.Name, InDir, len(self.MetaData["InputMetaData"]))
         return self
 

@@ -22,8 +22,9 @@ from dlkit.config import ConfigError, _check_params
 
 __all__ = ["Permutator", "point_hash", "scan_index_from_env", "SCAN_INDEX_ENV_VARS"]
 
-#: Environment variables of batch-system job arrays that select the scan point when ``-s`` is absent.
-SCAN_INDEX_ENV_VARS = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAYID")
+#: Environment variables of batch-system job arrays that select the scan point when ``-s`` is absent, in the
+#: order they are tried: Slurm, Torque (``PBS_ARRAYID``), PBS Pro (``PBS_ARRAY_INDEX``).
+SCAN_INDEX_ENV_VARS = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAYID", "PBS_ARRAY_INDEX")
 
 
 def _canonical(value):
@@ -46,7 +47,8 @@ def point_hash(point: Mapping, length: int = 8) -> str:
 
 
 def scan_index_from_env(environ: Mapping[str, str] | None = None) -> int | None:
-    """The scan index from a Slurm or PBS job array, or None if neither variable is set."""
+    """The scan index from a Slurm, Torque or PBS Pro job array (the first of :data:`SCAN_INDEX_ENV_VARS`
+    that is set and not empty), or None if none is."""
     environ = os.environ if environ is None else environ
     for name in SCAN_INDEX_ENV_VARS:
         raw = environ.get(name)

@@ -1,6 +1,8 @@
-"""dlkit.experiment: flag resolution warnings and seeded model construction."""
+"""dlkit.experiment: flag resolution warnings, seeded model construction, resuming with -p."""
 
+import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -74,3 +76,45 @@ def test_load_previous_by_flag_or_config_entry(config_file, tmp_path, how):
     again = load_or_build(args, run, lambda name, **kw: Dense(name, **kw), _compile)
     assert again.OutDir != first.OutDir  # a new directory, continuing from the save
     assert all(np.all(w == 0.25) for w in again.Model.get_weights())
+
+
+@pytest.fixture(scope="module")
+def lcd(tmp_path_factory):
+    from calodnn.simulate import write_dataset
+
+    root = tmp_path_factory.mktemp("lcd")
+    write_dataset(root, events_per_class=200, events_per_file=100, seed=5, progress=False)
+    return root
+
+
+def _newest(base):
+    numbered = [(int(m.group(1) or 0), d) for d in base.iterdir()
+                if (m := re.fullmatch(r"CaloDNN_.*?(?:\.(\d+))?", d.name)) and d.is_dir()]
+    return max(numbered)[1]
+
+
+def test_load_previous_trains_the_remaining_epochs(lcd, tmp_path, monkeypatch):
+    from calodnn.ClassificationExperiment import run
+    from dlkit.metadata import chained_history
+
+    monkeypatch.setenv("DLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    base = tmp_path / "out"
+    argv = ["--Test", "--OutputBase", str(base), "--data", str(lcd), "--NoAnalysis", "--set", "BatchSize=64"]
+    assert run(argv) == 0  # --Test: 2 epochs
+    first = json.loads((_newest(base) / "MetaData.json").read_text())
+    assert first["Epochs"] == 2 and first["TotalEpochs"] == 2
+
+    assert run([*argv, "-p", "--set", "Epochs=3"]) == 0  # one more epoch, not 3 more
+    md = json.loads((_newest(base) / "MetaData.json").read_text())
+    assert md["Status"] == "completed" and md["TotalEpochs"] == 3 and md["Epochs"] == 1
+    assert len(md["EpochTime"]) == 1 and md["InitialEpoch"] == 2
+    assert md["InputDir"] == first["OutDir"]
+    assert len(chained_history(md)["loss"]) == 3
+
+    assert run([*argv, "-p", "--set", "Epochs=3"]) == 0  # already there: 0 epochs, still completed
+    again = json.loads((_newest(base) / "MetaData.json").read_text())
+    assert again["OutDir"] != md["OutDir"] and again["InputDir"] == md["OutDir"]
+    assert again["Status"] == "completed" and "already done" in again["StopReason"]
+    assert again["Epochs"] == 0 and again["EpochTime"] == [] and again["TotalEpochs"] == 3
+    assert len(chained_history(again)["loss"]) == 3
+    assert (_newest(base) / "model.keras").is_file()  # saved: a later -p resumes from here

@@ -125,6 +125,71 @@ def test_resume_restores_optimizer_state_and_chains_history(tmp_path, data):
     assert len(third.MetaData["InputMetaData"]) == 2
 
 
+class EpochsSeen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_initial_epoch_trains_the_remaining_epochs_with_numbers_continuing(tmp_path, data):
+    x, y = data
+    first = make(tmp_path)
+    first.Train(x, y, Epochs=2, BatchSize=32, verbose=0)
+    first.Save()
+    assert first.PreviousEpochs == 0 and first.MetaData["InitialEpoch"] == 0
+
+    second = Dense("Dense", OutputBase=tmp_path / "TrainedModels", LoadPrevious=True)
+    second.Initialize()
+    assert second.ContinuesPrevious and second.PreviousEpochs == 2
+    seen = EpochsSeen()
+    history = second.Train(x, y, Epochs=3, BatchSize=32, Callbacks=[seen], InitialEpoch=second.PreviousEpochs,
+                           verbose=0)
+    second.Save()
+    assert seen.epochs == [2] and history.epoch == [2]  # Keras' own numbering continues
+    assert int(second.Model.optimizer.iterations.numpy()) == 3 * 4  # one more epoch of 4 batches
+    md = json.loads((second.OutDir / "MetaData.json").read_text())
+    assert md["Status"] == "completed" and md["StopReason"] == "completed 3 epochs (1 in this run, 2 before)"
+    assert md["Epochs"] == 1 and len(md["EpochTime"]) == 1 and md["TotalEpochs"] == 3 and md["InitialEpoch"] == 2
+    assert len(md["History"]["loss"]) == 1 and len(chained_history(md)["loss"]) == 3
+
+    # Already there: nothing is trained (no fit, no callbacks), and the run is completed.
+    third = Dense("Dense", OutputBase=tmp_path / "TrainedModels", LoadPrevious=True)
+    third.Initialize()
+    assert third.PreviousEpochs == 3
+    weights = [w.copy() for w in third.Model.get_weights()]
+    seen = EpochsSeen()
+    history = third.Train(x, y, Epochs=3, BatchSize=32, Callbacks=[seen], InitialEpoch=third.PreviousEpochs,
+                          verbose=0)
+    third.Save()
+    assert seen.epochs == [] and history.history == {}
+    assert all(np.array_equal(a, b) for a, b in zip(weights, third.Model.get_weights()))
+    md = read_metadata(third.OutDir)
+    assert md["Status"] == "completed" and "already done" in md["StopReason"] and "3 epochs" in md["StopReason"]
+    assert md["Epochs"] == 0 and md["EpochTime"] == [] and md["TotalEpochs"] == 3
+
+
+def test_initial_epoch_default_and_load_of_a_directory(tmp_path, data):
+    x, y = data
+    first = make(tmp_path)
+    first.Train(x, y, Epochs=2, BatchSize=32, verbose=0)
+    out = first.Save()
+    loaded = Dense("Dense", OutputBase=tmp_path / "TrainedModels").Load(out)  # like -L DIR: not a resume
+    assert not loaded.ContinuesPrevious and loaded.PreviousEpochs == 2 and "InitialEpoch" not in loaded.MetaData
+    seen = EpochsSeen()
+    loaded.Train(x, y, Epochs=2, BatchSize=32, Callbacks=[seen], verbose=0)  # InitialEpoch=0: 2 more
+    assert seen.epochs == [0, 1]
+    assert loaded.MetaData["Epochs"] == 2 and loaded.MetaData["TotalEpochs"] == 4
+    assert loaded.MetaData["StopReason"] == "completed 2 epochs"
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="InitialEpoch must be an integer >= 0"):
+            loaded.Train(x, y, Epochs=3, InitialEpoch=bad, verbose=0)
+    with pytest.raises(TypeError, match="both InitialEpoch and initial_epoch"):
+        loaded.Train(x, y, Epochs=3, InitialEpoch=1, initial_epoch=1, verbose=0)
+
+
 def test_load_previous_without_saves_starts_fresh(tmp_path):
     wrapper = Dense("Fresh", OutputBase=tmp_path, LoadPrevious=True)
     assert wrapper.find_previous() is None

@@ -6,7 +6,7 @@ import pytest
 
 from dlkit import Permutator
 from dlkit.config import ConfigError
-from dlkit.permutator import point_hash, scan_index_from_env
+from dlkit.permutator import SCAN_INDEX_ENV_VARS, point_hash, scan_index_from_env
 
 PARAMS = {"optimizer": ["RMSprop", "Adam", "SGD"], "Width": [32, 64, 128, 256, 512], "Depth": [1, 2, 3, 4],
           "lr": [0.01, 0.001], "decay": [0.01, 0.001]}
@@ -88,6 +88,21 @@ def test_select_from_flag_env_or_default():
         scan_index_from_env({"SLURM_ARRAY_TASK_ID": "x"})
     with pytest.raises(ConfigError, match="valid -s values are 0..2"):
         scan.select(None, environ={"SLURM_ARRAY_TASK_ID": "7"})
+
+
+def test_pbs_pro_array_index_selects_the_point():
+    scan = Permutator({"a": [1, 2, 3]})
+    assert SCAN_INDEX_ENV_VARS == ("SLURM_ARRAY_TASK_ID", "PBS_ARRAYID", "PBS_ARRAY_INDEX")
+    assert scan.select(None, environ={"PBS_ARRAY_INDEX": "1"}) == (1, {"a": 2})  # PBS Pro
+    assert scan.select(None, environ={"PBS_ARRAY_INDEX": ""}) == (0, {"a": 1})  # empty: not set
+    # Slurm, then Torque, then PBS Pro; -s wins over all of them.
+    assert scan_index_from_env({"PBS_ARRAY_INDEX": "2", "SLURM_ARRAY_TASK_ID": "1"}) == 1
+    assert scan_index_from_env({"PBS_ARRAY_INDEX": "2", "PBS_ARRAYID": "0"}) == 0
+    assert scan.select(0, environ={"PBS_ARRAY_INDEX": "2"}) == (0, {"a": 1})
+    with pytest.raises(ConfigError, match="PBS_ARRAY_INDEX='1.5'"):
+        scan_index_from_env({"PBS_ARRAY_INDEX": "1.5"})
+    with pytest.raises(ConfigError, match="valid -s values are 0..2"):
+        scan.select(None, environ={"PBS_ARRAY_INDEX": "3"})
 
 
 def test_product_size():
