@@ -7,6 +7,7 @@ A thin shell over :mod:`dlkit.analysis.scan`::
     python -m dlkit.ScanAnalysis TrainedModels/ -c "0,2,3" -s "1,2,0"  # DLKit's indices
     python -m dlkit.ScanAnalysis "TrainedModels/Dense_*" -c "Model Name,Width,Ele_AUC,History.val_loss[-1]"
     python -m dlkit.ScanAnalysis TrainedModels/ --sort=-Ele_AUC --select-status ok --csv scan.csv
+    python -m dlkit.ScanAnalysis TrainedModels/ --per-point    # one row per scan point, missing/failed ones too
 
 Failed, interrupted, killed and corrupt runs are rows with their flag in the Status column (reasons
 listed on stderr). Exit status: 0 (also with flagged rows); 2 for a path that does not exist, holds no
@@ -24,7 +25,8 @@ from collections import Counter
 EXIT_USER_ERROR = 2
 
 _STATUS_ALIASES = {"killed": "running/killed", "running": "running/killed", "completed": "ok",
-                   "nometadata": "no metadata", "no-metadata": "no metadata", "model-error": "model error"}
+                   "nometadata": "no metadata", "no-metadata": "no metadata", "model-error": "model error",
+                   "pending": "missing"}
 
 
 def _tokens(text: str | None) -> list:
@@ -61,6 +63,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-status", default=None, metavar="FLAGS",
                    help="keep only runs with these flags: ok, stopped, interrupted, failed, running/killed "
                         "(or killed), corrupt, 'no metadata'")
+    p.add_argument("--per-point", action="store_true",
+                   help="one row per scan point: its newest complete run; with a dlkit.scan ledger also the points "
+                        "still missing, failed or stuck")
     p.add_argument("--reverse", action="store_true", help="sort descending")
     p.add_argument("--tablefmt", default="simple", help="tabulate format: simple, github, grid, latex, ...")
     p.add_argument("--floatfmt", default=".4f", help="number format of floats (default .4f)")
@@ -82,11 +87,14 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only MetaDataOnly=False loads imports Keras
 
-    from dlkit.analysis.scan import (COMPUTED_COLUMNS, GetGoodParams, LoadModels, ScanTable, column_value,
-                                     default_columns, format_table)
+    from dlkit.analysis.scan import (COMPUTED_COLUMNS, GetGoodParams, LoadModels, PointModels, ScanTable,
+                                     column_value, default_columns, format_table)
 
     try:
-        models = LoadModels(args.paths, MetaDataOnly=True)
+        if args.per_point:
+            models = [m for path in args.paths for m in PointModels(path)]
+        else:
+            models = LoadModels(args.paths, MetaDataOnly=True)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         return _fail(str(exc))
     if not models:
@@ -104,6 +112,8 @@ def main(argv=None) -> int:
             return 0
 
     defaults = default_columns(models)
+    if args.per_point:
+        defaults.insert(1, "HyperParamSet")
     if args.list_keys:
         print("default columns:", ", ".join(f"{i}:{c}" for i, c in enumerate(defaults)))
         print("numeric metadata keys:", ", ".join(GetGoodParams(models)))

@@ -30,7 +30,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXIT_CODE_INTERRUPTED", "TimeStopping", "GracefulExit", "AUCCallback"]
+__all__ = ["EXIT_CODE_INTERRUPTED", "TimeStopping", "GracefulExit", "AUCCallback", "ScanProgress"]
 
 #: Exit status of a run stopped by a signal after saving: 75 is sysexits' ``EX_TEMPFAIL``
 #: ("temporary failure, retry"), so a batch system or a wrapper script may requeue the job.
@@ -503,3 +503,41 @@ class AUCCallback(keras.callbacks.Callback):
             logs.update(result)
         for key, value in result.items():
             self.history.setdefault(key, []).append(value)
+
+
+class ScanProgress(keras.callbacks.Callback):
+    """Report a scan point's progress to the scan ledger: its run directory and the epochs done over resumes.
+
+    ``dlkit.scan status`` shows them, and the ledger uses the epoch count to tell a point that makes progress
+    from one that is interrupted again and again without completing an epoch (``stuck``). Outside a scan
+    (no ``DLKIT_SCAN_*`` environment) it does nothing. :func:`dlkit.experiment.train` adds it.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run's model directory (``ModelWrapper.OutDir``).
+    initial_epoch : int, default 0
+        Epochs done by earlier runs this one continues (``-p``).
+
+    Examples
+    --------
+    >>> model.fit(x, y, epochs=10, initial_epoch=done, callbacks=[ScanProgress(out_dir, done)])
+    """
+
+    def __init__(self, run_dir, initial_epoch=0):
+        super().__init__()
+        from dlkit.scan import point
+
+        self._lease = point.current()
+        self.run_dir = run_dir
+        self.initial_epoch = int(initial_epoch)
+        self.epochs = self.initial_epoch
+
+    def on_train_begin(self, logs=None):
+        if self._lease is not None:
+            self._lease.report(run_dir=str(self.run_dir), epochs=self.epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+        if self._lease is not None:
+            self._lease.report(epochs=self.epochs)

@@ -293,14 +293,15 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     trained, with epoch numbers continuing; none if the earlier runs reached ``Epochs`` (the run is still
     saved and ``"completed"``). Otherwise - a fresh model, or ``-L DIR`` - it trains ``Epochs`` epochs.
     """
-    from dlkit.callbacks import GracefulExit, TimeStopping
+    from dlkit.callbacks import GracefulExit, ScanProgress, TimeStopping
 
-    graceful = GracefulExit()
-    all_callbacks = [graceful, *callbacks]
-    if setup.config.get("RunningTime"):
-        all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
     epochs = setup.config["Epochs"]
     initial = wrapper.PreviousEpochs if getattr(wrapper, "ContinuesPrevious", False) else 0
+    graceful = GracefulExit()
+    # ScanProgress after the wrapper's own bookkeeping (which saves each epoch): an epoch is reported once saved
+    all_callbacks = [graceful, *callbacks, ScanProgress(wrapper.OutDir, wrapper.PreviousEpochs)]
+    if setup.config.get("RunningTime"):
+        all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
     if initial:
         log.info("%s: resuming after %d earlier epoch(s); training %d more to reach Epochs=%d", wrapper.Name,
                  initial, max(epochs - initial, 0), epochs)
@@ -326,17 +327,16 @@ def finish(wrapper) -> int:
 
 def run_main(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call ``run(argv)``; user errors become one line on stderr and exit code 2."""
-    from dlkit.model_wrapper import MetaDataError
+    from dlkit.metadata import MetaDataError  # not dlkit.model_wrapper: an experiment without Keras stays light
 
-    errors: tuple[type[BaseException], ...] = (ConfigError, UserError, MetaDataError, FileNotFoundError)
-    try:
-        from dlkit.generators import GeneratorError  # the pipeline's file/key errors are user errors too
-
-        errors += (GeneratorError,)
-    except ImportError:
-        pass
     try:
         return run(argv)
-    except errors as exc:
+    except (ConfigError, UserError, MetaDataError, FileNotFoundError, *_pipeline_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _pipeline_errors() -> tuple[type[BaseException], ...]:
+    """The data pipeline's file/key errors are user errors too (if the run imported the pipeline at all)."""
+    generators = sys.modules.get("dlkit.generators")
+    return (generators.GeneratorError,) if generators is not None else ()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MODEL_FILE", "METADATA_FILE", "MetaDataError", "to_jsonable", "atomic_write", "read_metadata",
-           "chained_history"]
+           "chained_history", "run_dirs", "claim_run_dir"]
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "MetaData.json"
@@ -99,3 +100,34 @@ def chained_history(metadata: Mapping) -> dict[str, list]:
             new = list(run_history.get(key, []))
             values.extend(new + [None] * (n - len(new)))
     return history
+
+
+def run_dirs(output_base: str | os.PathLike, name: str) -> list[tuple[int, Path]]:
+    """The existing ``name`` / ``name.<n>`` run directories under ``output_base``, numbered (bare name = 0)."""
+    output_base = Path(output_base)
+    if not output_base.is_dir():
+        return []
+    pattern = re.compile(re.escape(name) + r"(?:\.(\d+))?")
+    found = []
+    for entry in output_base.iterdir():
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_dir():
+            found.append((int(m.group(1) or 0), entry))
+    return sorted(found)
+
+
+def claim_run_dir(output_base: str | os.PathLike, name: str) -> Path:
+    """Claim a fresh ``output_base/name[.n]``: ``mkdir`` is atomic, so no two processes share one."""
+    output_base = Path(output_base)
+    output_base.mkdir(parents=True, exist_ok=True)
+    taken = [n for n, _ in run_dirs(output_base, name)]
+    n = 0 if not taken else max(taken) + 1
+    for _ in range(100000):
+        candidate = output_base / (name if n == 0 else f"{name}.{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        return candidate
+    raise RuntimeError(f"could not claim an output directory for {name} under {output_base}")

@@ -37,7 +37,6 @@ import logging
 import operator
 import os
 import platform
-import re
 import socket
 import sys
 import time
@@ -70,9 +69,12 @@ from dlkit.metadata import (  # noqa: E402 - re-exported: DLKit users import the
     MetaDataError,
     atomic_write,
     chained_history,
+    claim_run_dir,
     read_metadata,
+    run_dirs,
     to_jsonable,
 )
+from dlkit.scan import point as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
 
 
 def _provenance() -> dict:
@@ -287,30 +289,12 @@ class ModelWrapper:
     # -- output directory -----------------------------------------------------------------------
     def _candidate_dirs(self) -> list[tuple[int, Path]]:
         """Existing ``Name`` / ``Name.<n>`` directories under OutputBase, numbered (bare name = 0)."""
-        if not self.OutputBase.is_dir():
-            return []
-        pattern = re.compile(re.escape(self.Name) + r"(?:\.(\d+))?")
-        found = []
-        for entry in self.OutputBase.iterdir():
-            m = pattern.fullmatch(entry.name)
-            if m and entry.is_dir():
-                found.append((int(m.group(1) or 0), entry))
-        return sorted(found)
+        return run_dirs(self.OutputBase, self.Name)
 
     def MakeOutputDir(self) -> Path:  # noqa: N802
         """Claim a fresh ``OutputBase/Name[.n]``: ``mkdir`` is atomic, so no two processes share one."""
-        self.OutputBase.mkdir(parents=True, exist_ok=True)
-        taken = [n for n, _ in self._candidate_dirs()]
-        n = 0 if not taken else max(taken) + 1
-        for _ in range(100000):
-            candidate = self.OutputBase / (self.Name if n == 0 else f"{self.Name}.{n}")
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                n += 1
-                continue
-            return candidate
-        raise RuntimeError(f"could not claim an output directory for {self.Name} under {self.OutputBase}")
+        scan_point.guard()  # a scan point whose lease was taken over claims nothing
+        return claim_run_dir(self.OutputBase, self.Name)
 
     def Initialize(self) -> Path:  # noqa: N802
         """Claim the output directory (loading the previous save first if ``LoadPrevious``)."""
@@ -439,6 +423,7 @@ class ModelWrapper:
 
     # -- saving and loading ---------------------------------------------------------------------
     def _write_metadata(self) -> None:
+        scan_point.guard()
         self.MetaData["History"] = self.History
         self.MetaData["Configuration"] = to_jsonable(self.Config or self.MetaData.get("Configuration"))
         text = json.dumps(to_jsonable(self.MetaData), indent=1)
@@ -458,6 +443,7 @@ class ModelWrapper:
             self.Initialize()
         if self.Model is None:
             raise RuntimeError(f"{self.Name}: nothing to save, no model built or loaded")
+        scan_point.guard()
         self._record_optimizer()
         self.MetaData["SaveTime"] = _now()
         # Keras insists on a .keras suffix, hence the temporary name's.

@@ -45,7 +45,7 @@ from matplotlib.ticker import MaxNLocator
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ScanModel", "LoadModels", "ScanTable", "format_table", "default_columns", "column_value",
+    "ScanModel", "LoadModels", "PointModels", "ScanTable", "format_table", "default_columns", "column_value",
     "find_model_dirs",
     "GetGoodParams", "GetHistorical", "GetEpochs", "ResetNames", "SelectModels", "PlotMetaData",
     "PlotMetaDataMany", "FLAGS",
@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 #: The status flags of a :class:`ScanModel`.
-FLAGS = ("ok", "stopped", "interrupted", "failed", "running/killed", "corrupt", "no metadata", "model error")
+FLAGS = ("ok", "stopped", "interrupted", "failed", "running/killed", "corrupt", "no metadata", "model error",
+         "missing", "stuck")
 
 #: The columns computed from the model rather than read from its metadata.
 COMPUTED_COLUMNS = ("Model Name", "Status", "Message", "Path", "Epochs")
@@ -93,7 +94,10 @@ class ScanModel(Mapping):
     ``no metadata``
         the directory holds no ``MetaData.json``;
     ``model error``
-        the model was requested (``MetaDataOnly=False``) but could not be loaded.
+        the model was requested (``MetaDataOnly=False``) but could not be loaded;
+    ``missing``, ``stuck``
+        (:func:`PointModels` only) a scan point with no complete run yet - pending or running (``message``
+        says which) - or one the scan gave up on as stuck; a point that failed in the scan is ``failed``.
     """
 
     def __init__(self, path: str | os.PathLike, metadata: Mapping | None = None, status: str = "ok",
@@ -301,6 +305,61 @@ def LoadModels(ModelDirs, MetaDataOnly: bool = True, progress: bool | None = Non
     if flagged:
         log.info("LoadModels: %d of %d runs flagged", flagged, len(loaded))
     return ready + loaded
+
+
+def _newest_complete(runs: list[ScanModel]) -> ScanModel:
+    """The newest run that ended normally, else the newest run (flagged)."""
+    def order(m: ScanModel):
+        suffix = m.path.name.rpartition(".")[2]
+        return (str(m.metadata.get("EndTime") or ""), int(suffix) if suffix.isdigit() else 0)
+
+    ok = [m for m in runs if m.ok]
+    return max(ok or runs, key=order)
+
+
+def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
+    """One :class:`ScanModel` per scan point: the newest complete run of each point.
+
+    With a ``dlkit.scan`` ledger under ``path`` (an OutputBase), every point of the scan is a row, in point
+    order: a done point is its completed run (the ledger knows which), a point without one is a placeholder
+    flagged ``missing`` (pending or running), ``failed`` or ``stuck`` whose ``message`` is the ledger's last error.
+    Without a ledger (runs started by hand with ``-s``), the runs under ``path`` are grouped by their
+    ``HyperParamSet`` and the newest complete run of each point is kept.
+    """
+    from dlkit.scan.api import status_rows
+    from dlkit.scan.ledger import Ledger, ScanError
+
+    try:
+        ledgers = Ledger.find(path, name)
+    except ScanError:
+        ledgers = []
+    if not ledgers:
+        groups: dict[Any, list[ScanModel]] = {}
+        for m in LoadModels(path):
+            key = (m.metadata.get("Name", m.name).rsplit(".", 1)[0] if m.metadata.get("HyperParamSet") is None
+                   else m.metadata.get("HyperParamSet"))
+            groups.setdefault(key, []).append(m)
+        return [_newest_complete(runs) for _, runs in sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(12))]
+    out = []
+    for ledger in ledgers:
+        grid = ledger.manifest().get("params") or {}
+        from dlkit.permutator import Permutator
+
+        scan = Permutator(grid) if grid else None
+        for row in status_rows(ledger):
+            index = row["point"]
+            if row["state"] == "done" and row.get("run_dir") and Path(row["run_dir"]).is_dir():
+                out.append(_load_one(Path(row["run_dir"]), True, True, False))
+                continue
+            point = scan[index] if scan else {}
+            status = row["state"] if row["state"] in ("failed", "stuck") else "missing"
+            message = row.get("last_error") or ""
+            if status == "missing":
+                message = (f"{row['state']} on {row['host']}" if row["state"] == "running" else row["state"]) + (
+                    f" after {row['attempts']} attempt(s): {message}" if row["attempts"] and message else "")
+            out.append(ScanModel(ledger.path, {"HyperParamSet": index, "ScanPoint": point, **point}, status,
+                                 message, name=f"{ledger.name}[{index}]"))
+    return out
 
 
 def _as_models(models) -> list[ScanModel]:

@@ -1,0 +1,35 @@
+"""dlkit.scan: run every point of a scan exactly once, through crashes, ``kill -9``, preemption and restarts.
+
+A scan is one experiment's ``Params`` grid. Its ledger, ``<OutputBase>/.dlkit-scan/<scan name>/``, is plain files
+beside the models (:mod:`dlkit.scan.ledger` says what it assumes of the filesystem); engines run the points
+through it (:mod:`dlkit.scan.worker`), and the points obey one exit-code contract:
+
+====  ===================================================================
+0     done
+2     configuration or data error: failed, not retried
+75    stopped by a signal after saving: requeued, resumed with ``-p``
+else  a crash or a kill: retried up to ``max_retries`` (default 2)
+====  ===================================================================
+
+A point interrupted 3 times in a row without a new completed epoch is ``stuck``. The CLI::
+
+    python -m dlkit.scan run --experiment calodnn.ClassificationExperiment --points 0-3 --slots 2 -- --Test
+    python -m dlkit.scan status TrainedModels [--watch]
+    python -m dlkit.scan retry TrainedModels
+    python -m dlkit.scan cancel TrainedModels
+"""
+
+from dlkit.scan.api import ENGINES, Engine, LocalEngine, cancel, make_manifest, open_scan, retry, run, status
+from dlkit.scan.ledger import (
+    EXIT_FENCED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    LEDGER_DIR,
+    Ledger,
+    ScanError,
+)
+
+__all__ = ["run", "status", "retry", "cancel", "open_scan", "make_manifest", "Ledger", "ScanError", "Engine",
+           "LocalEngine", "ENGINES", "LEDGER_DIR", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
+           "EXIT_FENCED"]

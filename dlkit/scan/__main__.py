@@ -1,0 +1,156 @@
+"""``python -m dlkit.scan`` (also ``dlkit-scan``): run, see, retry and cancel a scan.
+
+    dlkit-scan run --experiment calodnn.ClassificationExperiment --points 0-3 --slots 2 -- --Test
+    dlkit-scan status TrainedModels [--watch]
+    dlkit-scan retry TrainedModels
+    dlkit-scan cancel TrainedModels
+
+Exit status of ``run``: 0 every point done; 1 some failed or stuck (see ``status``); 75 stopped by a signal or
+``cancel`` (run the same command again to resume); 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+EXIT_SOME_FAILED = 1
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="SCAN_OR_OUTPUTBASE",
+                   help="an OutputBase (e.g. TrainedModels), its .dlkit-scan/ or one scan's ledger directory")
+    p.add_argument("--name", default=None, help="the scan under OutputBase (default: all of them)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlkit-scan", description="Run every point of a dlkit scan exactly once.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (or resume) a scan; extra experiment flags go after '--'",
+                       description="Run the points of a scan that are not done yet. Everything after '--' is "
+                                   "passed to every point (e.g. -- --Test --set Epochs=5).")
+    r.add_argument("--experiment", required=True, metavar="MODULE",
+                   help="a dlkit experiment module (calodnn.ClassificationExperiment) or a .py file")
+    r.add_argument("-C", "--config", default=None, help="the scan's config file (default: the experiment's)")
+    r.add_argument("--name", default=None,
+                   help="scan name (default: <experiment>-<config file stem>); its ledger is "
+                        "<OutputBase>/.dlkit-scan/<name>/")
+    r.add_argument("--OutputBase", default="TrainedModels", metavar="DIR",
+                   help="where the models (and the ledger) go (default TrainedModels)")
+    r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
+    r.add_argument("--engine", default="local", help="where points run: local (default)")
+    r.add_argument("--slots", type=int, default=None, metavar="K", help="points run at once (default: #gpus or 1)")
+    r.add_argument("--gpus", default=None, metavar="LIST",
+                   help="GPU ids, e.g. 0,1,2,3: one slot per GPU (CUDA_VISIBLE_DEVICES)")
+    r.add_argument("--threads-per-point", type=int, default=None, metavar="T",
+                   help="CPU threads per point without --gpus (default: CPU count / slots)")
+    r.add_argument("--max-retries", type=int, default=2, metavar="N", help="retries of a crashing point (2)")
+    r.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="a point whose worker sent no heartbeat for this long is taken over (120)")
+    r.add_argument("--metric", default=None,
+                   help="main metric shown by status: a MetaData key (Ele_AUC) or History metric (val_loss)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("status", help="one row per point: state, attempts, epochs, metric, run dir, host, error")
+    _add_target(s)
+    s.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (2) until every point is done, failed or stuck")
+    s.add_argument("--state", default=None, help="only these states (comma list: pending,running,done,...)")
+    s.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
+
+    t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
+    _add_target(t)
+    c = sub.add_parser("cancel", help="stop a scan: running points save and exit; run again to resume")
+    _add_target(c)
+    return p
+
+
+def _print_status(args) -> bool:
+    """Print the tables; True when every point of every scan is final."""
+    from tabulate import tabulate
+
+    from dlkit.scan.ledger import Ledger
+    from dlkit.scan.api import STATUS_COLUMNS, status_rows
+
+    all_final = True
+    for ledger in Ledger.find(args.path, args.name):
+        rows = status_rows(ledger)
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        all_final &= all(row["state"] in ("done", "failed", "stuck") for row in rows)
+        if args.state:
+            wanted = {s.strip() for s in args.state.split(",")}
+            rows = [row for row in rows if row["state"] in wanted]
+        print(f"scan {ledger.name} ({ledger.path}): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        table = [[row.get(c) if row.get(c) is not None else "" for c in STATUS_COLUMNS] for row in rows]
+        print(tabulate(table, headers=STATUS_COLUMNS, tablefmt=args.tablefmt, floatfmt=".4g"))
+    return all_final
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from dlkit.scan.ledger import EXIT_USER_ERROR, ScanError
+
+    try:
+        if args.command == "status":
+            if args.watch is None:
+                _print_status(args)
+                return 0
+            while True:
+                if sys.stdout.isatty():
+                    print("\033[H\033[2J", end="")
+                print(time.strftime("%H:%M:%S"), flush=True)
+                if _print_status(args):
+                    return 0
+                sys.stdout.flush()
+                time.sleep(args.watch)
+        if args.command == "retry":
+            from dlkit.scan.api import retry
+
+            for name, points in retry(args.path, args.name).items():
+                print(f"scan {name}: requeued {len(points)} point(s) {points}; run the scan again to run them")
+            return 0
+        if args.command == "cancel":
+            from dlkit.scan.api import cancel
+
+            for name in cancel(args.path, args.name):
+                print(f"scan {name}: cancel requested; running points save and stop")
+            return 0
+        from dlkit.scan.api import run
+
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        frame = run(args.experiment, config=args.config, flags=passthrough, points=args.points, name=args.name,
+                    output_base=args.OutputBase, engine=args.engine, metric=args.metric, slots=args.slots,
+                    gpus=gpus, threads_per_point=args.threads_per_point, max_retries=args.max_retries,
+                    lease_timeout=args.lease_timeout, progress=False if args.no_progress else None)
+    except (ScanError, ValueError) as exc:
+        print(f"dlkit-scan: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    counts = frame["state"].value_counts().to_dict()
+    print(f"scan {frame['scan'].iloc[0]}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+          file=sys.stderr)
+    code = frame.attrs.get("exit_code", 0)
+    if code:
+        print(f"dlkit-scan: stopped; run the same command again to resume (ledger under "
+              f"{os.path.join(args.OutputBase, '.dlkit-scan')})", file=sys.stderr)
+        return code
+    return EXIT_SOME_FAILED if counts.get("failed") or counts.get("stuck") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The Python API of ``dlkit.scan``: define a scan, run it on an engine, look at it, retry, cancel.
+
+::
+
+    import dlkit.scan
+
+    table = dlkit.scan.run("calodnn.ClassificationExperiment", points="0-3", slots=2, flags=["--Test"])
+    dlkit.scan.status("TrainedModels")          # one row per point: state, attempts, epochs, metric, ...
+    dlkit.scan.retry("TrainedModels")           # requeue the failed and stuck points
+    dlkit.scan.cancel("TrainedModels")          # running points save and stop; `run` again resumes
+
+``status`` reads only the ledger (no Keras, no TensorFlow, no model files).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dlkit.config import ConfigError, load_config
+from dlkit.permutator import Permutator
+from dlkit.scan.ledger import Ledger, ScanError, read_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+__all__ = ["make_manifest", "parse_points", "open_scan", "run", "status", "status_rows", "retry", "cancel",
+           "point_command", "ENGINES", "Engine", "LocalEngine", "STATUS_COLUMNS"]
+
+#: Flags the scan sets itself for each point; passing them after ``--`` is an error.
+_RESERVED = {"-s": "the scan sets -s per point", "--hyperparamset": "the scan sets -s per point",
+             "-C": "use the scan's --config", "--config": "use the scan's --config",
+             "--OutputBase": "use the scan's --OutputBase", "-p": "the scan resumes points itself",
+             "--LoadPrevious": "the scan resumes points itself", "-L": "not meaningful in a scan",
+             "--LoadModel": "not meaningful in a scan", "--gpu": "use the scan's --gpus"}
+
+STATUS_COLUMNS = ["point", "params", "state", "attempts", "epochs", "metric", "run_dir", "host", "last_error"]
+
+
+def parse_points(spec: str | Iterable[int] | None, size: int) -> list[int]:
+    """``"0-3,7"`` (or a list of ints) -> sorted point indices, each checked against the scan's ``size``."""
+    if spec is None:
+        return list(range(size))
+    if isinstance(spec, str):
+        out: set[int] = set()
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            low, sep, high = part.partition("-")
+            try:
+                values = range(int(low), int(high) + 1) if sep else [int(low)]
+            except ValueError:
+                raise ScanError(f"--points {spec!r}: {part!r} is not N or N-M") from None
+            out.update(values)
+        indices = sorted(out)
+    else:
+        indices = sorted({int(i) for i in spec})
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad or not indices:
+        raise ScanError(f"--points {spec!r}: the scan has {size} points (0..{size - 1}); "
+                        + (f"out of range: {bad}" if bad else "no points selected"))
+    return indices
+
+
+def _default_config(experiment: str) -> str | None:
+    """The experiment module's ``DEFAULT_CONFIG`` (importing it does not import Keras)."""
+    if experiment.endswith(".py"):
+        return None
+    try:
+        spec = importlib.util.find_spec(experiment)
+    except (ImportError, ValueError) as exc:
+        raise ScanError(f"--experiment {experiment!r}: cannot be imported ({exc})") from None
+    if spec is None:
+        raise ScanError(f"--experiment {experiment!r}: no such module (expected e.g. "
+                        "calodnn.ClassificationExperiment)")
+    module = importlib.import_module(experiment)
+    default = getattr(module, "DEFAULT_CONFIG", None)
+    return os.fspath(default) if default else None
+
+
+def make_manifest(experiment: str, config: str | os.PathLike | None = None, flags: Sequence[str] = (),
+                  points: str | Iterable[int] | None = None, name: str | None = None,
+                  metric: str | None = None) -> dict:
+    """What identifies a scan: experiment, config file and its sha256, Params, the points, the flags."""
+    if experiment.endswith(".py") and not os.path.isfile(experiment):
+        raise ScanError(f"--experiment {experiment!r}: no such file")
+    config = os.fspath(config) if config else _default_config(experiment)
+    if not config:
+        raise ScanError(f"--experiment {experiment}: it has no DEFAULT_CONFIG; give the scan's --config")
+    flags = [str(f) for f in flags]
+    for flag in flags:
+        key = flag.split("=", 1)[0]
+        if key in _RESERVED:
+            raise ScanError(f"flag {flag!r} after '--': {_RESERVED[key]}")
+    try:
+        _, params = load_config(config)
+    except ConfigError as exc:
+        raise ScanError(str(exc)) from None
+    size = len(Permutator(params)) if params else 1
+    config_path = Path(config).resolve()
+    default_name = f"{experiment.rsplit('.', 1)[-1].removesuffix('.py')}-{config_path.stem}"
+    return {"name": name or default_name, "experiment": experiment, "config": str(config_path),
+            "config_sha256": sha256_file(config_path), "params": params or {}, "size": size,
+            "points": parse_points(points, size), "flags": flags, "metric": metric}
+
+
+def point_command(manifest: Mapping, output_base: str | os.PathLike):
+    """``command(index, resume)`` -> the argv of one point: the experiment, its config, ``-s``, the flags."""
+    from dlkit.scan.worker import python_argv
+
+    base = python_argv(manifest["experiment"])
+    output_base = os.fspath(Path(output_base).resolve())
+
+    def command(index: int, resume: bool) -> list[str]:
+        argv = [*base, "-C", manifest["config"], "-s", str(index), "--OutputBase", output_base,
+                *manifest["flags"]]
+        return argv + ["-p"] if resume else argv
+
+    return command
+
+
+def open_scan(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
+              output_base: str | os.PathLike = "TrainedModels", metric: str | None = None) -> Ledger:
+    """The ledger of this scan, created on first use; refused if the name holds a different scan."""
+    manifest = make_manifest(experiment, config, flags, points, name, metric)
+    ledger = Ledger.at(output_base, manifest.pop("name"))
+    ledger.create_or_check(manifest)
+    return ledger
+
+
+class Engine:
+    """Runs a scan's points. Engines differ in *where* points run; all go through the ledger.
+
+    ``run(ledger, **options)`` returns an exit code: 0 when the engine's work is finished (or submitted),
+    75 when it was stopped by a signal or ``cancel``.
+    """
+
+    name = "?"
+
+    def run(self, ledger: Ledger, **options) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cancel(self, ledger: Ledger) -> None:
+        """Stop the engine's own jobs (a cluster engine's scancel/qdel); the ledger marker is set by cancel()."""
+
+
+class LocalEngine(Engine):
+    """K slots on this machine (``slots``, ``gpus``, ``threads_per_point``); blocks until the scan is done."""
+
+    name = "local"
+
+    def run(self, ledger: Ledger, slots: int | None = None, gpus: Sequence[str] | None = None,
+            threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
+            progress: bool | None = None, **_) -> int:
+        from dlkit.scan.worker import Worker, _env_job_id, default_slots
+
+        manifest = ledger.manifest()
+        worker = Worker(ledger, point_command(manifest, ledger.output_base),
+                        default_slots(slots, gpus, threads_per_point), max_retries=max_retries,
+                        lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"),
+                        engine=self.name)
+        with _ProgressBar(ledger, manifest, progress) as bar:
+            worker.on_update = bar.update
+            return worker.run()
+
+
+class _ProgressBar:
+    """A tqdm bar of points done, with running and failed counts (shown when stderr is a terminal)."""
+
+    def __init__(self, ledger: Ledger, manifest: Mapping, enabled: bool | None):
+        from tqdm.auto import tqdm
+
+        self.ledger = ledger
+        self.points = set(manifest["points"])
+        self.bar = tqdm(total=len(self.points), desc=f"scan {ledger.name}", unit="point",
+                        disable=None if enabled is None else not enabled)
+        self._last = 0.0
+
+    def update(self, worker) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.5 and worker.running:
+            return
+        self._last = now
+        states = self.ledger.final_states()
+        done = sum(1 for i, m in states.items() if i in self.points and m.get("state") == "done")
+        failed = sum(1 for i, m in states.items() if i in self.points and m.get("state") != "done")
+        self.bar.n = done
+        self.bar.set_postfix(running=len(worker.running), failed=failed, refresh=False)
+        self.bar.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+#: The engines by ``--engine`` name.
+ENGINES: dict[str, type[Engine]] = {"local": LocalEngine}
+
+
+def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
+        output_base: str | os.PathLike = "TrainedModels", engine: str = "local", metric: str | None = None,
+        **options) -> "Any":
+    """Run (or resume) a scan; returns its :func:`status` DataFrame.
+
+    ``experiment`` is a dlkit experiment module (``"calodnn.ClassificationExperiment"``) or a ``.py`` file;
+    ``config`` its config file (default: the module's ``DEFAULT_CONFIG``); ``flags`` are passed to every point;
+    ``points`` a subset (``"0-3,7"``). Engine options: ``slots``, ``gpus``, ``threads_per_point``,
+    ``max_retries`` (2), ``lease_timeout`` (120 s), ``progress``. Running the same call again - after a crash,
+    ``kill -9``, Ctrl-C or ``cancel`` - finishes the points still missing; done points never run again.
+    """
+    if engine not in ENGINES:
+        raise ScanError(f"--engine {engine!r}: unknown (choose from {', '.join(ENGINES)})")
+    ledger = open_scan(experiment, config, flags, points, name, output_base, metric)
+    code = ENGINES[engine]().run(ledger, **options)
+    frame = status(ledger.path)
+    frame.attrs["exit_code"] = code
+    return frame
+
+
+def _format_params(params: Mapping) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def status_rows(ledger: Ledger) -> list[dict]:
+    """One dict per point of the scan (see :data:`STATUS_COLUMNS`), read from the ledger alone."""
+    manifest = ledger.manifest()
+    grid = Permutator(manifest["params"]) if manifest.get("params") else None
+    final = ledger.final_states()
+    now = time.time()
+    rows = []
+    for index in manifest["points"]:
+        row = {"point": index, "params": _format_params(grid[index]) if grid else "", "state": "pending",
+               "attempts": 0, "epochs": None, "metric": None, "run_dir": None, "host": None, "last_error": None}
+        marker = final.get(index)
+        if marker is not None:
+            row.update({k: marker.get(k) for k in ("state", "attempts", "epochs", "metric", "run_dir", "host")})
+            if marker.get("state") != "done":
+                row["last_error"] = marker.get("last_error") or marker.get("reason")
+            rows.append(row)
+            continue
+        attempts = ledger.attempts(index)
+        row["attempts"] = len(attempts)
+        ended = [a for a in attempts if "end_ts" in a]
+        if ended:
+            last = ended[-1]
+            row.update(epochs=last.get("epochs"), run_dir=last.get("run_dir"), host=last.get("host"),
+                       last_error=last.get("last_error"))
+        owner = ledger.owner(index)
+        if owner is not None and not ledger.fenced(index, owner.get("token", "")):
+            progress = ledger.progress(index)
+            beat = ledger.read_heartbeat(index) or {}
+            row.update(state="running", host=owner.get("host"), epochs=progress.get("epochs", row["epochs"]),
+                       run_dir=progress.get("run_dir", row["run_dir"]), heartbeat_age=now - beat.get("time", now))
+        rows.append(row)
+    return rows
+
+
+def _ledgers(path: str | os.PathLike, name: str | None = None) -> list[Ledger]:
+    return Ledger.find(path, name)
+
+
+def status(path: str | os.PathLike, name: str | None = None):
+    """The scan's points as a DataFrame (one row per point; with several scans under ``path``, a ``scan``
+    column tells them apart)."""
+    import pandas as pd
+
+    frames = []
+    for ledger in _ledgers(path, name):
+        frame = pd.DataFrame(status_rows(ledger))
+        frame.insert(0, "scan", ledger.name)
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["scan", *STATUS_COLUMNS, *[c for c in frame.columns if c not in ("scan", *STATUS_COLUMNS)]]]
+
+
+def retry(path: str | os.PathLike, name: str | None = None, states: Iterable[str] = ("failed", "stuck")
+          ) -> dict[str, list[int]]:
+    """Requeue the failed and stuck points (``run`` the scan again to run them); returns them per scan."""
+    return {ledger.name: ledger.retry(states) for ledger in _ledgers(path, name)}
+
+
+def cancel(path: str | os.PathLike, name: str | None = None) -> list[str]:
+    """Stop a scan cleanly: every worker's running points save and exit 75, and the workers exit."""
+    names = []
+    for ledger in _ledgers(path, name):
+        ledger.cancel()
+        engine = (read_json(ledger.path / "engine.json", {}) or {}).get("engine", "local")
+        if engine in ENGINES:
+            ENGINES[engine]().cancel(ledger)
+        names.append(ledger.name)
+    return names
+

@@ -1,0 +1,461 @@
+"""The scan ledger: files beside the models that make every point of a scan run to completion exactly once.
+
+``<OutputBase>/.dlkit-scan/<scan name>/`` holds::
+
+    manifest.json                  what the scan is: experiment, config (and its sha256), Params, points, flags
+    leases/<i>/                    point i is held: owner.json (host, pid, job id, token), heartbeat.json,
+                                   progress.json (epochs done, run dir; written by the point itself)
+    ends/<i>.<token>/              the lease <token> of point i has ended (released by its holder, or stolen)
+    attempts/<i>/<token>.start.json, <token>.end.json
+                                   the log of attempts: start, end, exit code, wall time, epochs, run dir, host
+    done/<i>.json, failed/<i>.json the point's final state (failed/<i>.json also for ``stuck``)
+    retries/<i>.json               attempts before a ``retry`` no longer count against --max-retries
+    logs/<i>/<token>.log           the point's stdout and stderr, one file per attempt
+    cancel.json                    drivers started before its time stop their points and exit
+
+No server and no ``flock``. What the ledger assumes of the filesystem, which local filesystems and NFS (v3 and
+later, with close-to-open consistency, as mounted by default) provide:
+
+- ``mkdir`` of an existing name fails, for exactly one of many concurrent callers;
+- ``rename`` of a directory onto a name that exists as a non-empty directory fails, and a rename is atomic;
+- a file written, closed and renamed on one client is read whole by a client that opens it afterwards.
+
+The lease protocol:
+
+- *Acquire*: a lease directory is prepared under ``tmp/`` with its ``owner.json`` and renamed to
+  ``leases/<i>``: at most one rename wins, and a lease is never seen without its owner.
+- *Heartbeat*: the holder rewrites ``heartbeat.json`` (a counter) every ``lease_timeout / 5``.
+- *End*: whoever ends lease ``T`` of point ``i`` - its holder when the point exits, or a stealer - first
+  creates ``ends/<i>.<T>``. Only one ``mkdir`` succeeds, so a lease ends exactly once, and only the ender
+  writes the attempt's end record and the point's final state; then the lease is renamed away.
+- *Steal*: a lease whose heartbeat counter has not changed for ``lease_timeout`` seconds of the
+  observer's own clock (so clock skew between hosts does not matter), or whose holder is a dead process on
+  this host, is ended by the observer as above (the attempt is recorded as ``lost``).
+- *Fencing*: a holder (and its point) that wakes after being stopped checks for ``ends/<i>.<T>`` before
+  every write; once it exists the holder stops and writes nothing. Each attempt also trains into a model
+  directory of its own (``ModelWrapper`` claims a fresh ``Name.<n>``), so even a write racing the check
+  cannot touch the new holder's run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlkit.metadata import atomic_write, to_jsonable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Ledger", "ScanError", "LEDGER_DIR", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_INTERRUPTED", "EXIT_FENCED",
+           "STATES", "classify_attempts", "Decision"]
+
+#: The hidden directory under OutputBase that holds the ledgers (hidden: ScanAnalysis skips it).
+LEDGER_DIR = ".dlkit-scan"
+
+# The exit-code contract of a scan point.
+EXIT_OK = 0              #: done
+EXIT_USER_ERROR = 2      #: a configuration/data error: failed, never retried
+EXIT_INTERRUPTED = 75    #: stopped by a signal after saving: requeued, resumed with -p
+EXIT_FENCED = 76         #: the point's lease was stolen while it was stopped: it wrote nothing and quit
+
+#: The states of a point, as ``status`` shows them.
+STATES = ("pending", "running", "done", "failed", "stuck")
+
+#: Interruptions in a row without a new completed epoch that make a point ``stuck``.
+STUCK_AFTER = 3
+
+
+class ScanError(RuntimeError):
+    """A scan cannot be run or read as asked (a changed config, a missing ledger, ...); the message says why."""
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary name beside it, fsync, rename)."""
+    text = json.dumps(to_jsonable(data), indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a ledger JSON file; ``default`` if it is absent (or vanished while being read)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return default
+    except json.JSONDecodeError as exc:  # ledger files are written by rename: this is real corruption
+        raise ScanError(f"{path}: corrupt ledger file ({exc}); remove it to let the scan go on") from exc
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux /proc), to tell a live holder from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None, start_time: str | None = None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start_time is not None:
+        current = process_start_time(int(pid))
+        return current is None or current == start_time
+    return True
+
+
+@dataclass
+class Decision:
+    """What an ended attempt means for its point: ``state`` (pending, done, failed, stuck) and why."""
+
+    state: str
+    reason: str
+
+
+def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
+    """The state of a point from its ended attempts (oldest first, those after the last ``retry``).
+
+    0 is done; 2 failed (not retried); 75, a lost holder or a user's stop are interruptions, which make the
+    point ``stuck`` after :data:`STUCK_AFTER` in a row without a new completed epoch; anything else is a crash,
+    retried while crashes <= ``max_retries``.
+    """
+    if not attempts:
+        return Decision("pending", "not run yet")
+    last = attempts[-1]
+    code = last.get("exit_code")
+    if code == EXIT_OK:
+        return Decision("done", "exit 0")
+    if code == EXIT_USER_ERROR:
+        return Decision("failed", "exit 2 (configuration or data error): not retried")
+    if last.get("outcome") == "interrupted":
+        run = []
+        for attempt in reversed(attempts):
+            if attempt.get("outcome") != "interrupted":
+                break
+            run.append(attempt)
+        before = [a.get("epochs") or 0 for a in attempts[:len(attempts) - len(run)]]
+        best_before = max(before, default=0)
+        if len(run) >= STUCK_AFTER:
+            recent = run[:STUCK_AFTER]  # the newest STUCK_AFTER interruptions
+            base = max([best_before] + [a.get("epochs") or 0 for a in run[STUCK_AFTER:]])
+            if all((a.get("epochs") or 0) <= base for a in recent):
+                return Decision("stuck", f"interrupted {STUCK_AFTER} times without a new completed epoch "
+                                         f"(epochs done: {base})")
+        return Decision("pending", "interrupted: resumes from its last save")
+    crashes = sum(1 for a in attempts if a.get("outcome") == "crashed")
+    if crashes > max_retries:
+        return Decision("failed", f"crashed {crashes} times (--max-retries {max_retries}); last: exit {code}")
+    return Decision("pending", f"crashed (exit {code}): retry {crashes} of {max_retries}")
+
+
+def outcome_of(exit_code: int | None, lost: bool = False, stopped_by_user: bool = False) -> str:
+    if lost or stopped_by_user:
+        return "interrupted"
+    if exit_code == EXIT_OK:
+        return "done"
+    if exit_code == EXIT_USER_ERROR:
+        return "failed"
+    if exit_code == EXIT_INTERRUPTED:
+        return "interrupted"
+    return "crashed"
+
+
+class Ledger:
+    """One scan's ledger directory. Cheap to construct; every method reads the filesystem afresh."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # -- locating -------------------------------------------------------------------------------------
+    @classmethod
+    def at(cls, output_base: str | os.PathLike, name: str) -> "Ledger":
+        return cls(Path(output_base) / LEDGER_DIR / name)
+
+    @classmethod
+    def find(cls, path: str | os.PathLike, name: str | None = None) -> list["Ledger"]:
+        """The ledgers named by ``path``: a ledger directory, ``.dlkit-scan/``, or an OutputBase."""
+        path = Path(path)
+        if (path / "manifest.json").is_file():
+            return [cls(path)]
+        root = path if path.name == LEDGER_DIR else path / LEDGER_DIR
+        if name is not None:
+            ledger = cls(root / name)
+            if not (ledger.path / "manifest.json").is_file():
+                raise ScanError(f"{root}: no scan named {name!r} (scans: {', '.join(cls._names(root)) or 'none'})")
+            return [ledger]
+        if not path.exists():
+            raise ScanError(f"{path}: no such scan or OutputBase directory")
+        ledgers = [cls(root / n) for n in cls._names(root)]
+        if not ledgers:
+            raise ScanError(f"{path}: holds no scan ledger (expected {root}/<scan name>/manifest.json)")
+        return ledgers
+
+    @staticmethod
+    def _names(root: Path) -> list[str]:
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def output_base(self) -> Path:
+        return self.path.parent.parent
+
+    def _dir(self, *parts) -> Path:
+        return self.path.joinpath(*parts)
+
+    # -- manifest -------------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        manifest = read_json(self._dir("manifest.json"))
+        if manifest is None:
+            raise ScanError(f"{self.path}: no manifest.json; not a scan ledger")
+        return manifest
+
+    def create_or_check(self, manifest: Mapping) -> dict:
+        """Write the manifest of a new scan, or check that an existing one describes the same scan.
+
+        Raises :class:`ScanError` naming every entry that differs (a changed config file, grid, point list,
+        experiment or flags under the same scan name).
+        """
+        for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves"):
+            self._dir(sub).mkdir(parents=True, exist_ok=True)
+        path = self._dir("manifest.json")
+        new = to_jsonable(dict(manifest))
+        prepared = self._dir("tmp", f"manifest.{uuid.uuid4().hex}.json")
+        write_json(prepared, {**new, "created": now_iso()})
+        try:  # link() fails if the name exists: exactly one creator, and the manifest is never seen half-written
+            os.link(prepared, path)
+        except FileExistsError:
+            pass
+        else:
+            return self.manifest()
+        finally:
+            prepared.unlink(missing_ok=True)
+        old = self.manifest()
+        differences = [key for key in ("experiment", "config", "config_sha256", "params", "points", "flags")
+                       if old.get(key) != new.get(key)]
+        if differences:
+            lines = [f"  {key}: ledger has {old.get(key)!r}, this run has {new.get(key)!r}"
+                     for key in differences if key != "config_sha256"]
+            if "config_sha256" in differences:
+                lines.append(f"  config file {new.get('config')} changed since the scan started "
+                             f"(sha256 {str(old.get('config_sha256'))[:12]}... -> {str(new.get('config_sha256'))[:12]}...)")
+            raise ScanError(f"scan {self.name!r} in {self.path} was started with a different "
+                            f"{', '.join(differences)}:\n" + "\n".join(lines)
+                            + "\nrun it under another --name, or restore what it was started with")
+        return old
+
+    def points(self) -> list[int]:
+        return list(self.manifest()["points"])
+
+    # -- lease primitives -----------------------------------------------------------------------------
+    def lease_dir(self, index: int) -> Path:
+        return self._dir("leases", str(index))
+
+    def end_marker(self, index: int, token: str) -> Path:
+        return self._dir("ends", f"{index}.{token}")
+
+    def new_token(self) -> str:
+        return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def acquire(self, index: int, token: str, owner: Mapping) -> bool:
+        """Try to take point ``index``'s lease; True if this caller holds it now."""
+        if self.is_final(index):
+            return False
+        prepared = self._dir("tmp", token)
+        prepared.mkdir(parents=True, exist_ok=True)
+        write_json(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
+        write_json(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
+        try:
+            os.rename(prepared, self.lease_dir(index))
+        except OSError:  # someone holds it (EEXIST/ENOTEMPTY)
+            shutil.rmtree(prepared, ignore_errors=True)
+            return False
+        if self.is_final(index):  # it became done/failed between our check and the rename: give it back
+            self.end(index, token)
+            self.remove_lease(index, token)
+            return False
+        return True
+
+    def owner(self, index: int) -> dict | None:
+        return read_json(self.lease_dir(index) / "owner.json")
+
+    def heartbeat(self, index: int, token: str, seq: int, extra: Mapping | None = None) -> bool:
+        """Refresh the heartbeat of our lease; False if the lease is no longer ours (fenced)."""
+        if self.fenced(index, token):
+            return False
+        try:
+            write_json(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})})
+        except FileNotFoundError:
+            return False
+        return not self.fenced(index, token)
+
+    def read_heartbeat(self, index: int) -> dict | None:
+        return read_json(self.lease_dir(index) / "heartbeat.json")
+
+    def progress(self, index: int) -> dict:
+        return read_json(self.lease_dir(index) / "progress.json", {}) or {}
+
+    def fenced(self, index: int, token: str) -> bool:
+        """True once lease ``token`` of point ``index`` has ended (stolen, or released)."""
+        return self.end_marker(index, token).exists()
+
+    def end(self, index: int, token: str) -> bool:
+        """End lease ``token``: True for exactly one caller, who then records the attempt's end."""
+        try:
+            self.end_marker(index, token).mkdir()
+        except FileExistsError:
+            return False
+        return True
+
+    def remove_lease(self, index: int, token: str) -> None:
+        """Rename the ended lease out of the way (only after :meth:`end` succeeded), then delete it."""
+        owner = self.owner(index)
+        if owner is None or owner.get("token") != token:
+            return
+        grave = self._dir("graves", f"{index}.{token}")
+        try:
+            os.rename(self.lease_dir(index), grave)
+        except OSError:
+            return
+        shutil.rmtree(grave, ignore_errors=True)
+
+    # -- attempts -------------------------------------------------------------------------------------
+    def record_start(self, index: int, token: str, record: Mapping) -> None:
+        directory = self._dir("attempts", str(index))
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / f"{token}.start.json", {**record, "token": token, "point": index,
+                                                        "start": now_iso(), "start_ts": time.time()})
+
+    def record_end(self, index: int, token: str, record: Mapping) -> dict:
+        directory = self._dir("attempts", str(index))
+        directory.mkdir(parents=True, exist_ok=True)
+        start = read_json(directory / f"{token}.start.json", {}) or {}
+        end = {**record, "token": token, "point": index, "end": now_iso(), "end_ts": time.time()}
+        if start.get("start_ts"):
+            end.setdefault("wall_time", round(end["end_ts"] - start["start_ts"], 3))
+        write_json(directory / f"{token}.end.json", end)
+        return {**start, **end}
+
+    def attempts(self, index: int) -> list[dict]:
+        """Every attempt of point ``index``, oldest first (start merged with end; running ones have no end)."""
+        directory = self._dir("attempts", str(index))
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        records: dict[str, dict] = {}
+        for name in names:
+            if name.startswith("."):
+                continue
+            token, _, kind = name.removesuffix(".json").rpartition(".")
+            records.setdefault(token, {}).update(read_json(directory / name, {}) or {})
+        return sorted(records.values(), key=lambda r: r.get("start_ts") or r.get("end_ts") or 0)
+
+    def counted_attempts(self, index: int) -> list[dict]:
+        """Ended attempts since the last ``retry`` of the point (what the retry limits count)."""
+        since = (read_json(self._dir("retries", f"{index}.json"), {}) or {}).get("time", 0)
+        return [a for a in self.attempts(index) if "end_ts" in a and (a.get("start_ts") or 0) >= since]
+
+    # -- final states ---------------------------------------------------------------------------------
+    def is_final(self, index: int) -> bool:
+        return self._dir("done", f"{index}.json").exists() or self._dir("failed", f"{index}.json").exists()
+
+    def final_states(self) -> dict[int, dict]:
+        """``{index: marker}`` of done, failed and stuck points."""
+        out = {}
+        for sub in ("failed", "done"):
+            directory = self._dir(sub)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(".json") and not name.startswith("."):
+                    marker = read_json(directory / name)
+                    if marker is not None:
+                        out[int(name[:-5])] = marker
+        return out
+
+    def finish_point(self, index: int, attempt: Mapping, decision: Decision) -> None:
+        """Write the final marker of a done/failed/stuck point (by the ender of its last lease only)."""
+        if decision.state == "pending":
+            return
+        marker = {"point": index, "state": decision.state, "reason": decision.reason, "time": now_iso(),
+                  **{k: attempt.get(k) for k in ("epochs", "run_dir", "host", "metric", "exit_code", "token",
+                                                 "last_error")},
+                  "attempts": len(self.attempts(index))}
+        write_json(self._dir("done" if decision.state == "done" else "failed", f"{index}.json"), marker)
+
+    def retry(self, states: Iterable[str] = ("failed", "stuck")) -> list[int]:
+        """Requeue the failed (and stuck) points: their earlier attempts no longer count against the limits."""
+        states = set(states)
+        requeued = []
+        for index, marker in sorted(self.final_states().items()):
+            if marker.get("state") in states:
+                write_json(self._dir("retries", f"{index}.json"), {"time": time.time(), "was": marker})
+                self._dir("failed", f"{index}.json").unlink(missing_ok=True)
+                requeued.append(index)
+        return requeued
+
+    # -- cancel ---------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        write_json(self._dir("cancel.json"), {"time": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+
+    def cancelled_since(self, started: float) -> bool:
+        """True if ``cancel`` was asked after a driver that started at ``started`` (time.time())."""
+        marker = read_json(self._dir("cancel.json"))
+        return bool(marker) and marker.get("time", 0) >= started
+
+    # -- logs -----------------------------------------------------------------------------------------
+    def log_path(self, index: int, token: str) -> Path:
+        directory = self._dir("logs", str(index))
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{token}.log"
+
+
+def last_error_line(log_path: str | os.PathLike | None, max_bytes: int = 16384) -> str | None:
+    """The last meaningful line of a point's log (the error of a crashed point), or None."""
+    if not log_path:
+        return None
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):  # prefer the error over progress bars and log noise after it
+        if "Error" in line or "error" in line or "Exception" in line or "Killed" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else None

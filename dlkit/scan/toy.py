@@ -1,0 +1,117 @@
+"""A toy experiment without Keras that obeys the scan contract: for trying ``dlkit.scan``, its tests and benchmarks.
+
+    python -m dlkit.scan run --experiment dlkit.scan.toy --slots 2 -- --set EpochTime=0.5
+
+It has DLKit's flags (``-C``, ``-s``, ``-p``, ``--OutputBase``, ``--set``), "trains" ``Epochs`` epochs of
+``EpochTime`` seconds, writes ``MetaData.json`` as a ``ModelWrapper`` run would (so ``ScanAnalysis`` reads it),
+saves after every epoch, stops on SIGTERM/SIGINT/SIGUSR1 after saving with exit 75, resumes with ``-p`` to
+the configured total of epochs, and reports its progress to the scan ledger and obeys its fence. Faults on
+demand, by scan point: ``UserErrorPoints`` exit 2, ``CrashPoints`` crash (exit 1) after their first epoch,
+``InterruptPoints`` exit 75 before finishing an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from dlkit.experiment import RUN_DEFAULTS, FLAG_KEYS, UserError, make_parser, resolve_run, run_main
+from dlkit.metadata import METADATA_FILE, atomic_write, claim_run_dir, read_metadata, run_dirs, to_jsonable
+from dlkit.scan import point
+
+DEFAULT_CONFIG = Path(__file__).with_name("toy_config.py")
+
+DEFAULTS = {
+    "Width": 1,
+    "Depth": 1,
+    "Epochs": 3,
+    "EpochTime": 0.0,          # seconds per epoch
+    "UserErrorPoints": [],     # scan points that exit 2
+    "CrashPoints": [],         # scan points that crash after their first epoch
+    "InterruptPoints": [],     # scan points that exit 75 before completing an epoch
+    **RUN_DEFAULTS,
+}
+TEST_OVERRIDES = {"Epochs": 2}
+STATE_FILE = "model.json"      # the toy's "model": its epoch count
+
+
+class _Stop:
+    signal_name: str | None = None
+
+    def __call__(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+
+def _write(run_dir: Path, metadata: dict, state: dict | None = None) -> None:
+    point.guard()  # a fenced point writes nothing
+    if state is not None:
+        atomic_write(run_dir / STATE_FILE, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+    text = json.dumps(to_jsonable(metadata), indent=1)
+    atomic_write(run_dir / METADATA_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def run(argv=None) -> int:
+    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
+    setup = resolve_run(args, DEFAULTS, prefix="Toy", test_overrides=TEST_OVERRIDES, flag_keys=FLAG_KEYS)
+    config, index = setup.config, setup.index
+    if index in config["UserErrorPoints"]:
+        raise UserError(f"scan point {index} is in UserErrorPoints")
+    stop = _Stop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, stop)
+
+    chain, done = [], 0
+    if args.LoadPrevious or config["LoadPreviousModel"]:
+        for _, directory in reversed(run_dirs(setup.output_base, setup.name)):
+            if (directory / STATE_FILE).is_file():
+                previous = read_metadata(directory)
+                chain = list(previous.get("InputMetaData") or []) + [{**previous, "InputMetaData": []}]
+                done = json.loads((directory / STATE_FILE).read_text())["epochs"]
+                break
+    point.guard()
+    run_dir = claim_run_dir(setup.output_base, setup.name)
+    history: dict[str, list] = {"loss": [], "val_loss": []}
+    metadata = {"Name": setup.name, "Configuration": config, "ScanPoint": setup.point, "HyperParamSet": index,
+                "HyperParamHash": setup.hash, **setup.point, "History": history, "EpochTime": [],
+                "InputMetaData": chain, "OutDir": str(run_dir), "Status": "training",
+                "StartTime": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write(run_dir, metadata)
+    point.report(epochs=done, run_dir=run_dir)
+
+    width = float(setup.point.get("Width", config["Width"]))
+    status = "completed"
+    while done < config["Epochs"]:
+        if index in config["InterruptPoints"]:
+            status = "interrupted"
+            break
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < config["EpochTime"] and stop.signal_name is None:
+            time.sleep(min(0.02, config["EpochTime"]))
+        done += 1
+        history["loss"].append(1.0 / (width * done))
+        history["val_loss"].append(1.1 / (width * done))
+        metadata["EpochTime"].append(time.monotonic() - t0)
+        _write(run_dir, metadata, {"epochs": done})
+        point.report(epochs=done)
+        if index in config["CrashPoints"]:
+            raise RuntimeError(f"scan point {index} is in CrashPoints (a simulated crash)")
+        if stop.signal_name is not None:
+            status = "interrupted"
+            break
+    total = done
+    metadata.update(Status=status, Epochs=len(metadata["EpochTime"]), TotalEpochs=total, val_loss=(
+        history["val_loss"][-1] if history["val_loss"] else None), EndTime=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        StopReason=f"signal {stop.signal_name}" if stop.signal_name else f"{status} at {total} epochs")
+    _write(run_dir, metadata, {"epochs": done})
+    return 75 if status == "interrupted" else 0
+
+
+def main(argv=None):
+    sys.exit(run_main(run, argv))
+
+
+if __name__ == "__main__":
+    main()

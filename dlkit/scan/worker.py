@@ -1,0 +1,452 @@
+"""The worker: runs scan points in subprocesses under ledger leases, in K slots, until the scan is done.
+
+Every engine runs points through a :class:`Worker`: the local engine with K slots over all points, a Slurm or
+PBS array task with one slot for its own point, a Dask task likewise. The worker is single-threaded: one
+loop reaps finished points, refreshes the heartbeats of its leases (and notices if one was stolen), takes
+over stale leases of dead holders, and starts pending points in free slots.
+
+Points run in sessions of their own, so a Ctrl-C at the terminal reaches only the worker, which forwards one
+SIGTERM to each point (the point saves and exits 75); a second Ctrl-C kills them. A point whose worker dies
+(``kill -9``) gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``), saves and exits, so no orphan trains on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dlkit.scan import point as point_env
+from dlkit.scan.ledger import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Ledger,
+    classify_attempts,
+    last_error_line,
+    outcome_of,
+    pid_alive,
+    process_start_time,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Worker", "Slot", "point_metric"]
+
+_HOST = socket.gethostname().split(".")[0]
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec():
+    """In the child before exec: get SIGTERM when the worker dies (Linux); harmless elsewhere."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Slot:
+    """Where a point runs: a name and the environment it adds (CUDA_VISIBLE_DEVICES, thread counts)."""
+
+    name: str
+    env: dict = field(default_factory=dict)
+    busy: bool = False
+
+
+@dataclass
+class _Running:
+    index: int
+    token: str
+    proc: subprocess.Popen
+    slot: Slot
+    log_path: Path
+    resume: bool
+    signalled: int = 0
+
+
+def point_metric(run_dir: str | os.PathLike | None, metric: str | None) -> float | None:
+    """The main metric of a finished run: a top-level ``MetaData.json`` key, else the last value in its History
+    (``val_loss`` when no metric is named)."""
+    if not run_dir:
+        return None
+    try:
+        with open(Path(run_dir) / "MetaData.json") as f:
+            metadata = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    key = metric or "val_loss"
+    value = metadata.get(key)
+    if value is None:
+        history = metadata.get("History") or {}
+        values = [v for v in history.get(key) or [] if v is not None]
+        if not values and metric is None:
+            values = [v for v in history.get("loss") or [] if v is not None]
+        value = values[-1] if values else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class Worker:
+    """Run the points of a ledger's scan.
+
+    Parameters
+    ----------
+    ledger
+        The scan's :class:`~dlkit.scan.ledger.Ledger` (its manifest must exist).
+    command
+        ``command(index, resume)`` -> argv of point ``index``; ``resume`` is True when the point ran before
+        (the experiment is then passed ``-p`` to continue from its last save).
+    slots
+        The slots points run in, one point each.
+    points
+        The points this worker may run (default: all of the scan's).
+    wait_for_others
+        Keep going until every point of ``points`` is done/failed/stuck, also those other workers hold (so
+        their points are taken over if those workers die). False: return once none of ``points`` is claimable.
+    max_retries, lease_timeout
+        Crash retries per point; seconds without a heartbeat after which a lease is taken over.
+    job_id
+        The engine's job id (Slurm/PBS), recorded as the owner of each lease.
+    on_update
+        Called after every loop with the worker; the progress bar uses it.
+    """
+
+    def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
+                 points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
+                 lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
+                 on_update: Callable[["Worker"], None] | None = None, engine: str = "local"):
+        if not slots:
+            raise ValueError("Worker needs at least one slot")
+        if lease_timeout <= 0:
+            raise ValueError(f"lease_timeout must be > 0 seconds, got {lease_timeout}")
+        self.ledger = ledger
+        self.command = command
+        self.slots = list(slots)
+        self.points = list(points) if points is not None else ledger.points()
+        self.wait_for_others = wait_for_others
+        self.max_retries = max_retries
+        self.lease_timeout = float(lease_timeout)
+        self.heartbeat_interval = max(0.05, min(30.0, self.lease_timeout / 5))
+        self.job_id = job_id
+        self.metric = metric
+        self.on_update = on_update
+        self.engine = engine
+        self.running: dict[int, _Running] = {}
+        self.stopping: str | None = None
+        self.finished: list[tuple[int, str]] = []   # (point, outcome) of the attempts this worker ended
+        self._seen: dict[int, tuple[str, object, float]] = {}  # foreign leases: token, heartbeat seq, since
+        self._seq = 0
+        self._last_beat = 0.0
+        self._started = time.time()
+        self._pid_start = process_start_time(os.getpid())
+        self._wake_r = self._wake_w = None
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Work until done (or stopped); returns 0, or 75 if a signal or ``cancel`` stopped it."""
+        previous = self._install_signals()
+        try:
+            while True:
+                self._reap()
+                self._beat()
+                if not self.stopping and self.ledger.cancelled_since(self._started):
+                    self.stop("cancel")
+                if self.stopping:
+                    self._signal_points()
+                    if not self.running:
+                        break
+                else:
+                    final = self._final()
+                    self._take_over_stale(final)
+                    self._fill(final)
+                    if not self.running and self._nothing_left(final):
+                        break
+                if self.on_update:
+                    self.on_update(self)
+                self._wait(self._timeout())
+        finally:
+            self._kill_all()
+            self._restore_signals(previous)
+            if self.on_update:
+                self.on_update(self)
+        return EXIT_INTERRUPTED if self.stopping else EXIT_OK
+
+    def stop(self, why: str = "stop") -> None:
+        """Stop gracefully: signal the running points (they save and exit 75), start no more."""
+        if self.stopping and why in ("SIGINT", "SIGTERM", "SIGUSR1"):  # asked again: force
+            for running in self.running.values():
+                running.signalled = max(running.signalled, 1)
+                self._kill(running, signal.SIGKILL)
+        if not self.stopping:
+            log.warning("scan %s: %s - stopping %d running point(s); they save and can be resumed",
+                        self.ledger.name, why, len(self.running))
+            self.stopping = why
+
+    def _timeout(self) -> float:
+        return min(self.heartbeat_interval, 1.0)
+
+    # -- signals and waking ---------------------------------------------------------------------------
+    def _install_signals(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        previous = {"wakeup": signal.set_wakeup_fd(self._wake_w)}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            previous[sig] = signal.signal(sig, lambda s, f: self.stop(signal.Signals(s).name))
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)  # wakes select()
+        return previous
+
+    def _restore_signals(self, previous):
+        if previous is None:
+            return
+        signal.set_wakeup_fd(previous.pop("wakeup"))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = None
+
+    def _wait(self, timeout: float) -> None:
+        if self._wake_r is None:
+            time.sleep(min(timeout, 0.05))
+            return
+        ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -- points ---------------------------------------------------------------------------------------
+    def _final(self) -> set[int]:
+        final = set()
+        for sub in ("done", "failed"):
+            try:
+                names = os.listdir(self.ledger.path / sub)
+            except FileNotFoundError:
+                continue
+            final.update(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        return final
+
+    def _leased(self) -> set[int]:
+        try:
+            return {int(n) for n in os.listdir(self.ledger.path / "leases") if n.isdigit()}
+        except FileNotFoundError:
+            return set()
+
+    def _nothing_left(self, final: set[int]) -> bool:
+        remaining = [i for i in self.points if i not in final]
+        if not remaining:
+            return True
+        if self.wait_for_others:
+            return False
+        leased = self._leased()
+        return all(i in leased for i in remaining)  # the rest is held by live workers
+
+    def _fill(self, final: set[int]) -> None:
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return
+        leased = self._leased()
+        for index in self.points:
+            if not free:
+                break
+            if index in final or index in leased or index in self.running:
+                continue
+            if self._start(index, free[0]):
+                free.pop(0)
+
+    def _owner_record(self) -> dict:
+        return {"host": _HOST, "pid": os.getpid(), "pid_start": self._pid_start, "job_id": self.job_id,
+                "engine": self.engine}
+
+    def _start(self, index: int, slot: Slot) -> bool:
+        token = self.ledger.new_token()
+        if not self.ledger.acquire(index, token, self._owner_record()):
+            return False
+        previous = self.ledger.attempts(index)
+        resume = bool(previous)
+        argv = list(self.command(index, resume))
+        log_path = self.ledger.log_path(index, token)
+        env = {**os.environ, **slot.env, point_env.ENV_DIR: str(self.ledger.path),
+               point_env.ENV_POINT: str(index), point_env.ENV_TOKEN: token}
+        self.ledger.record_start(index, token, {"attempt": len(previous) + 1, "host": _HOST, "slot": slot.name,
+                                                "job_id": self.job_id, "argv": argv, "resume": resume,
+                                                "log": str(log_path), "engine": self.engine})
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True, preexec_fn=_pdeathsig_preexec)
+        except OSError as exc:
+            log.error("scan point %d: cannot start %s: %s", index, argv[0], exc)
+            with open(log_path, "a") as out:
+                out.write(f"error: cannot start {argv!r}: {exc}\n")
+            self._end(index, token, exit_code=127, log_path=log_path)
+            return False
+        slot.busy = True
+        self.running[index] = _Running(index, token, proc, slot, log_path, resume)
+        self._beat(force=True)
+        log.info("scan point %d: started (slot %s, pid %d%s)", index, slot.name, proc.pid,
+                 ", resuming" if resume else "")
+        return True
+
+    def _reap(self) -> None:
+        for index, running in list(self.running.items()):
+            code = running.proc.poll()
+            if code is None:
+                continue
+            del self.running[index]
+            running.slot.busy = False
+            by_user = bool(self.stopping) and code not in (EXIT_OK, 2)
+            self._end(index, running.token, code, running.log_path, stopped_by_user=by_user)
+
+    def _end(self, index: int, token: str, exit_code: int | None, log_path: Path | None,
+             stopped_by_user: bool = False, lost: str | None = None) -> None:
+        """End lease ``token`` and record the attempt; nothing at all if someone else ended it first."""
+        progress = self.ledger.progress(index)
+        if not self.ledger.end(index, token):
+            log.warning("scan point %d: lease %s was taken over by another worker; not recording", index, token)
+            return
+        outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user)
+        run_dir = progress.get("run_dir")
+        record = {"exit_code": exit_code, "outcome": outcome, "epochs": progress.get("epochs"), "run_dir": run_dir,
+                  "host": _HOST if not lost else progress.get("host"), "reason": lost,
+                  "metric": point_metric(run_dir, self.metric) if exit_code == EXIT_OK else None,
+                  "last_error": None if exit_code == EXIT_OK else (lost or last_error_line(log_path))}
+        if lost:
+            record["host"] = (self.ledger.owner(index) or {}).get("host")
+        attempt = self.ledger.record_end(index, token, record)
+        decision = classify_attempts(self.ledger.counted_attempts(index), self.max_retries)
+        self.ledger.finish_point(index, attempt, decision)
+        self.ledger.remove_lease(index, token)
+        self.finished.append((index, decision.state))
+        level = logging.INFO if decision.state in ("done", "pending") else logging.WARNING
+        log.log(level, "scan point %d: exit %s (%s) -> %s: %s", index, exit_code, outcome, decision.state,
+                decision.reason)
+
+    # -- heartbeats and fencing -----------------------------------------------------------------------
+    def _beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < self.heartbeat_interval:
+            return
+        self._last_beat = now
+        self._seq += 1
+        for index, running in list(self.running.items()):
+            extra = {"child_pid": running.proc.pid, "child_start": process_start_time(running.proc.pid)}
+            if not self.ledger.heartbeat(index, running.token, self._seq, extra):
+                log.error("scan point %d: our lease %s was taken over (this worker was stopped past the lease "
+                          "timeout); killing the point, writing nothing", index, running.token)
+                self._kill(running, signal.SIGKILL)
+                running.proc.wait()
+                running.slot.busy = False
+                del self.running[index]
+
+    def _take_over_stale(self, final: set[int]) -> None:
+        """End the leases of dead holders: a heartbeat unchanged for ``lease_timeout`` of our clock, or a holder
+        process on this host that no longer exists."""
+        now = time.monotonic()
+        mine = set(self.running)
+        for index in sorted(self._leased()):
+            if index in mine or index not in self.points:
+                continue
+            owner = self.ledger.owner(index)
+            beat = self.ledger.read_heartbeat(index)
+            if owner is None or beat is None:  # vanished while we looked
+                self._seen.pop(index, None)
+                continue
+            token = owner.get("token")
+            seen = self._seen.get(index)
+            if seen is None or seen[0] != token or seen[1] != beat.get("seq"):
+                self._seen[index] = (token, beat.get("seq"), now)
+                seen = self._seen[index]
+            dead_here = (owner.get("host") == _HOST and not pid_alive(owner.get("pid"), owner.get("pid_start"))
+                         and not pid_alive(beat.get("child_pid"), beat.get("child_start")))
+            silent = now - seen[2]
+            if self.ledger.fenced(index, token):  # ended, but its ender died before removing it
+                if dead_here or silent >= self.lease_timeout:
+                    self.ledger.remove_lease(index, token)
+                continue
+            if not (dead_here or silent >= self.lease_timeout):
+                continue
+            why = (f"holder {owner.get('host')}:{owner.get('pid')} is gone" if dead_here else
+                   f"no heartbeat from {owner.get('host')}:{owner.get('pid')} for {silent:.0f} s")
+            log.warning("scan point %d: taking over its lease (%s)", index, why)
+            self._end(index, token, exit_code=None, log_path=None, lost=f"lost: {why}")
+            self._seen.pop(index, None)
+
+    # -- stopping -------------------------------------------------------------------------------------
+    def _kill(self, running: _Running, sig: int) -> None:
+        try:
+            os.killpg(running.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _signal_points(self) -> None:
+        for running in self.running.values():
+            if not running.signalled:
+                running.signalled = 1
+                self._kill(running, signal.SIGTERM)
+
+    def _kill_all(self) -> None:
+        """On the way out (also after an exception in the loop): no point outlives its worker."""
+        for running in list(self.running.values()):
+            if running.proc.poll() is None:
+                self._kill(running, signal.SIGTERM if not running.signalled else signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        for running in list(self.running.values()):
+            try:
+                running.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(running, signal.SIGKILL)
+                running.proc.wait()
+        if self.running:  # the loop ended by an exception: what we killed was stopped by us, not crashed
+            self.stopping = self.stopping or "worker exit"
+            self._reap()
+
+
+def default_slots(slots: int | None = None, gpus: Sequence[str] | None = None,
+                  threads_per_point: int | None = None) -> list[Slot]:
+    """K slots; with ``gpus`` each pinned to one GPU (CUDA_VISIBLE_DEVICES), else ``threads_per_point`` CPU
+    threads each (default: the CPU count divided among the slots)."""
+    gpus = [str(g) for g in gpus] if gpus else []
+    if slots is None:
+        slots = len(gpus) or 1
+    if slots < 1:
+        raise ValueError(f"--slots must be >= 1, got {slots}")
+    if gpus:
+        return [Slot(f"gpu{gpus[k % len(gpus)]}", {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]})
+                for k in range(slots)]
+    threads = threads_per_point or max(1, (os.cpu_count() or 1) // slots)
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+    return [Slot(f"cpu{k}", dict(env)) for k in range(slots)]
+
+
+def python_argv(experiment: str) -> list[str]:
+    """How to start an experiment: ``python -m module`` or ``python file.py``."""
+    if experiment.endswith(".py") or os.sep in experiment:
+        return [sys.executable, experiment]
+    return [sys.executable, "-m", experiment]
+
+
+def _env_job_id(environ: Mapping[str, str] | None = None) -> str | None:
+    environ = os.environ if environ is None else environ
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID"):
+        if environ.get(name):
+            task = environ.get("SLURM_ARRAY_TASK_ID") if name == "SLURM_ARRAY_JOB_ID" else None
+            return f"{environ[name]}_{task}" if task else environ[name]
+    return None
