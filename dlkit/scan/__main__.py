@@ -63,6 +63,20 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", default=None, help="only these states (comma list: pending,running,done,...)")
     s.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
 
+    w = sub.add_parser("work", help="run points of an existing scan's ledger (what a Slurm/PBS array task runs)",
+                       description="Join a scan as one more worker: run its points (or --points) until they are "
+                                   "done or held by live workers. Exit 75 if stopped by a signal.")
+    w.add_argument("ledger", metavar="LEDGER_DIR", help="<OutputBase>/.dlkit-scan/<scan name>")
+    w.add_argument("--points", default=None, metavar="LIST", help="only these points (an array task: its index)")
+    w.add_argument("--slots", type=int, default=None, metavar="K")
+    w.add_argument("--gpus", default=None, metavar="LIST")
+    w.add_argument("--threads-per-point", type=int, default=None, metavar="T")
+    w.add_argument("--max-retries", type=int, default=2, metavar="N")
+    w.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS")
+    w.add_argument("--wait-for-others", action="store_true",
+                   help="keep going until every point is final, taking over those of workers that die")
+    w.add_argument("--engine", default="local", help="recorded as the engine of the leases")
+
     t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
     _add_target(t)
     c = sub.add_parser("cancel", help="stop a scan: running points save and exit; run again to resume")
@@ -91,6 +105,10 @@ def _print_status(args) -> bool:
         table = [[row.get(c) if row.get(c) is not None else "" for c in STATUS_COLUMNS] for row in rows]
         print(tabulate(table, headers=STATUS_COLUMNS, tablefmt=args.tablefmt, floatfmt=".4g"))
     return all_final
+
+
+def _gpus(text: str | None) -> list[str] | None:
+    return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,9 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             for name in cancel(args.path, args.name):
                 print(f"scan {name}: cancel requested; running points save and stop")
             return 0
+        if args.command == "work":
+            from dlkit.scan.api import work
+
+            return work(args.ledger, points=args.points, slots=args.slots, gpus=_gpus(args.gpus),
+                        threads_per_point=args.threads_per_point, max_retries=args.max_retries,
+                        lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine)
         from dlkit.scan.api import run
 
-        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        gpus = _gpus(args.gpus)
         frame = run(args.experiment, config=args.config, flags=passthrough, points=args.points, name=args.name,
                     output_base=args.OutputBase, engine=args.engine, metric=args.metric, slots=args.slots,
                     gpus=gpus, threads_per_point=args.threads_per_point, max_retries=args.max_retries,

@@ -29,7 +29,7 @@ from dlkit.scan.ledger import Ledger, ScanError, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_manifest", "parse_points", "open_scan", "run", "status", "status_rows", "retry", "cancel",
+__all__ = ["make_manifest", "parse_points", "open_scan", "run", "work", "status", "status_rows", "retry", "cancel",
            "point_command", "ENGINES", "Engine", "LocalEngine", "STATUS_COLUMNS"]
 
 #: Flags the scan sets itself for each point; passing them after ``--`` is an error.
@@ -167,6 +167,22 @@ class LocalEngine(Engine):
         with _ProgressBar(ledger, manifest, progress) as bar:
             worker.on_update = bar.update
             return worker.run()
+
+
+def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1, gpus: Sequence[str] | None = None,
+         threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
+         wait_for_others: bool = False, engine: str = "local") -> int:
+    """Join an existing scan as one worker (a Slurm/PBS array task, a Dask task): run ``points`` (default all)
+    until each is final or held by a live worker; returns 0, or 75 if a signal stopped it."""
+    from dlkit.scan.worker import Worker, _env_job_id, default_slots
+
+    ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+    manifest = ledger.manifest()
+    selected = parse_points(points, manifest["size"]) if points is not None else manifest["points"]
+    worker = Worker(ledger, point_command(manifest, ledger.output_base), default_slots(slots, gpus, threads_per_point),
+                    points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
+                    lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine)
+    return worker.run()
 
 
 class _ProgressBar:

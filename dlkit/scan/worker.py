@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Worker", "Slot", "point_metric"]
 
-_HOST = socket.gethostname().split(".")[0]
+#: The host name recorded in leases; ``DLKIT_SCAN_HOST`` overrides it where several machines share a hostname
+#: (containers). A lease of this host whose holder process is gone is taken over at once, without the timeout.
+_HOST = os.environ.get("DLKIT_SCAN_HOST") or socket.gethostname().split(".")[0]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -144,6 +146,7 @@ class Worker:
         self.stopping: str | None = None
         self.finished: list[tuple[int, str]] = []   # (point, outcome) of the attempts this worker ended
         self._seen: dict[int, tuple[str, object, float]] = {}  # foreign leases: token, heartbeat seq, since
+        self._alive: set[int] = set()  # foreign leases seen heartbeating
         self._seq = 0
         self._last_beat = 0.0
         self._started = time.time()
@@ -254,8 +257,8 @@ class Worker:
             return True
         if self.wait_for_others:
             return False
-        leased = self._leased()
-        return all(i in leased for i in remaining)  # the rest is held by live workers
+        leased = self._leased()  # the rest is held by workers seen alive (a stale lease is waited for and taken)
+        return all(i in leased and i in self._alive for i in remaining)
 
     def _fill(self, final: set[int]) -> None:
         free = [s for s in self.slots if not s.busy]
@@ -370,6 +373,8 @@ class Worker:
                 continue
             token = owner.get("token")
             seen = self._seen.get(index)
+            if seen is not None and seen[0] == token and seen[1] != beat.get("seq"):
+                self._alive.add(index)  # its heartbeat advanced while we watched: a live holder
             if seen is None or seen[0] != token or seen[1] != beat.get("seq"):
                 self._seen[index] = (token, beat.get("seq"), now)
                 seen = self._seen[index]
@@ -387,6 +392,7 @@ class Worker:
             log.warning("scan point %d: taking over its lease (%s)", index, why)
             self._end(index, token, exit_code=None, log_path=None, lost=f"lost: {why}")
             self._seen.pop(index, None)
+            self._alive.discard(index)
 
     # -- stopping -------------------------------------------------------------------------------------
     def _kill(self, running: _Running, sig: int) -> None:

@@ -1,0 +1,348 @@
+"""dlkit.scan: every point exactly once through concurrent workers, kill -9, SIGSTOP, Ctrl-C and restarts.
+
+The fast fake experiment is dlkit.scan.toy (no Keras). "Exactly once" is counted independently of the ledger's
+own state markers: from the attempt records (attempts with exit code 0) and from the run directories on disk
+(MetaData.json with Status "completed"), read with plain json.
+"""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dlkit.scan import Ledger, ScanError
+from dlkit.scan.ledger import Decision, classify_attempts
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def write_config(tmp_path, n=4, epochs=3, epoch_time=0.1, extra=""):
+    path = tmp_path / "toy_scan.py"
+    path.write_text(f"Config = {{'Epochs': {epochs}, 'EpochTime': {epoch_time}{extra}}}\n"
+                    f"Params = {{'Width': {list(range(1, n + 1))}}}\n")
+    return path
+
+
+def scan_cmd(config, out, *options, flags=()):
+    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "dlkit.scan.toy", "-C", str(config),
+            "--OutputBase", str(out), "--no-progress", *options, "--", *flags]
+
+
+def start(cmd, host=None, **kwargs):
+    env = dict(os.environ)
+    if host:
+        env["DLKIT_SCAN_HOST"] = host
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def ledger_of(out) -> Ledger:
+    (ledger,) = Ledger.find(out)
+    return ledger
+
+
+def ended_attempts(ledger, index):
+    return [json.loads(p.read_text()) for p in (ledger.path / "attempts" / str(index)).glob("*.end.json")]
+
+
+def completed_runs(out) -> Counter:
+    """HyperParamSet -> number of run directories whose MetaData.json says completed."""
+    counts = Counter()
+    for md in Path(out).glob("*/MetaData.json"):
+        metadata = json.loads(md.read_text())
+        if metadata.get("Status") == "completed":
+            counts[metadata["HyperParamSet"]] += 1
+    return counts
+
+
+def assert_each_done_once(out, n):
+    ledger = ledger_of(out)
+    for i in range(n):
+        codes = [a.get("exit_code") for a in ended_attempts(ledger, i)]
+        assert codes.count(0) == 1, f"point {i}: attempts ended with {codes}"
+    assert completed_runs(out) == Counter({i: 1 for i in range(n)})
+    assert sorted(int(p.stem) for p in (ledger.path / "done").glob("*.json")) == list(range(n))
+
+
+def wait_for(predicate, timeout=60, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_points(out):
+    """Points whose lease has a progress report with at least one epoch done -> the lease owner."""
+    try:
+        ledger = ledger_of(out)
+    except ScanError:
+        return {}
+    found = {}
+    for lease in (ledger.path / "leases").iterdir():
+        progress = lease / "progress.json"
+        owner = lease / "owner.json"
+        try:
+            if progress.exists() and json.loads(progress.read_text()).get("epochs", 0) >= 1:
+                found[int(lease.name)] = json.loads(owner.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
+def scan_processes(ledger_path):
+    """PIDs of live processes (other than zombies) running under this ledger, found from /proc."""
+    pids = []
+    needle = f"DLKIT_SCAN_DIR={ledger_path}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+# -- the contract, unit level -------------------------------------------------------------------------
+
+def test_classify_attempts():
+    crash = {"exit_code": 1, "outcome": "crashed"}
+    interrupted = {"exit_code": 75, "outcome": "interrupted"}
+    assert classify_attempts([], 2).state == "pending"
+    assert classify_attempts([crash, {"exit_code": 0, "outcome": "done"}], 2).state == "done"
+    assert classify_attempts([{"exit_code": 2, "outcome": "failed"}], 2).state == "failed"
+    assert classify_attempts([crash, crash], 2).state == "pending"
+    assert classify_attempts([crash, crash, crash], 2) == Decision(
+        "failed", "crashed 3 times (--max-retries 2); last: exit 1")
+    # interruptions: stuck after 3 in a row without a new completed epoch, not while epochs advance
+    progressing = [{**interrupted, "epochs": e} for e in (1, 2, 3, 4)]
+    assert classify_attempts(progressing, 2).state == "pending"
+    assert classify_attempts([{**interrupted, "epochs": 2}] * 2, 2).state == "pending"
+    assert classify_attempts([{**interrupted, "epochs": 0}] * 3, 2).state == "stuck"
+    assert classify_attempts([{**interrupted, "epochs": 2}] * 3, 2).state == "pending"  # the first one made 2
+    assert classify_attempts([{**interrupted, "epochs": 2}] * 4, 2).state == "stuck"
+    assert classify_attempts([{**interrupted, "epochs": 2}, *[{**interrupted, "epochs": 3}] * 2], 2).state == "pending"
+    assert classify_attempts([{**interrupted, "epochs": 3}, *[{**interrupted, "epochs": 3}] * 3], 2).state == "stuck"
+
+
+def _race(path, index, queue):
+    ledger = Ledger(path)
+    token = ledger.new_token()
+    queue.put(token if ledger.acquire(0, token, {"pid": os.getpid()}) else None)
+
+
+def test_lease_is_acquired_and_ended_exactly_once(tmp_path):
+    ledger = Ledger(tmp_path / "ledger")
+    ledger.create_or_check({"experiment": "x", "points": [0], "params": {}, "flags": []})
+    queue = multiprocessing.get_context("fork").Queue()
+    procs = [multiprocessing.get_context("fork").Process(target=_race, args=(ledger.path, 0, queue))
+             for _ in range(12)]
+    for p in procs:
+        p.start()
+    winners = [t for t in (queue.get(timeout=30) for _ in procs) if t]
+    for p in procs:
+        p.join()
+    assert len(winners) == 1
+    assert ledger.owner(0)["token"] == winners[0]
+    assert not ledger.fenced(0, winners[0])
+    assert ledger.end(0, winners[0]) and not ledger.end(0, winners[0])  # a lease ends once
+    assert ledger.fenced(0, winners[0])
+
+
+def test_changed_config_or_flags_refused(tmp_path):
+    config = write_config(tmp_path, n=2, epoch_time=0)
+    out = tmp_path / "out"
+    assert subprocess.run(scan_cmd(config, out)).returncode == 0
+    config.write_text(config.read_text().replace("[1, 2]", "[1, 2, 3]"))
+    result = subprocess.run(scan_cmd(config, out), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "different config_sha256, params" in result.stderr and "[1, 2, 3]" in result.stderr
+    config.write_text(config.read_text().replace("[1, 2, 3]", "[1, 2]"))
+    result = subprocess.run(scan_cmd(config, out, flags=["--set", "Epochs=5"]), capture_output=True, text=True)
+    assert result.returncode == 2 and "different flags" in result.stderr and "Epochs=5" in result.stderr
+    result = subprocess.run(scan_cmd(config, out, flags=["-s", "1"]), capture_output=True, text=True)
+    assert result.returncode == 2 and "'-s'" in result.stderr
+
+
+# -- many workers -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_concurrent_workers_run_each_point_once(tmp_path, workers):
+    n = 10
+    config = write_config(tmp_path, n=n, epochs=2, epoch_time=0.05)
+    out = tmp_path / "out"
+    procs = [start(scan_cmd(config, out, "--slots", "1")) for _ in range(workers)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, outputs
+    assert_each_done_once(out, n)
+    hosts = {a["token"].rsplit("-", 2)[1] for i in range(n) for a in ended_attempts(ledger_of(out), i)}
+    assert len(hosts) > 1  # the work was shared between the worker processes
+
+
+def test_kill9_worker_point_taken_over_after_timeout(tmp_path):
+    config = write_config(tmp_path, n=2, epochs=4, epoch_time=0.4)
+    out = tmp_path / "out"
+    a = start(scan_cmd(config, out, "--slots", "2", "--lease-timeout", "2"), host="hostA")
+    held = wait_for(lambda: running_points(out), what="a running point")
+    # kill -9 the worker and its points: nothing heartbeats any more, and the holder is on "another host"
+    for owner in held.values():
+        assert owner["host"] == "hostA"
+    children = [json.loads((ledger_of(out).lease_dir(i) / "heartbeat.json").read_text())["child_pid"] for i in held]
+    os.kill(a.pid, signal.SIGKILL)
+    for pid in children:
+        os.killpg(pid, signal.SIGKILL)
+    a.wait()
+    t0 = time.monotonic()
+    b = start(scan_cmd(config, out, "--slots", "2", "--lease-timeout", "2"), host="hostB")
+    output = b.communicate(timeout=120)[0]
+    assert b.returncode == 0, output
+    assert time.monotonic() - t0 >= 2.0  # not before the lease timeout
+    assert_each_done_once(out, 2)
+    for i in held:
+        lost = [a for a in ended_attempts(ledger_of(out), i) if a.get("exit_code") is None]
+        assert len(lost) == 1 and "no heartbeat" in lost[0]["reason"] and lost[0]["outcome"] == "interrupted"
+        resumed = [a for a in ledger_of(out).attempts(i) if a.get("exit_code") == 0]
+        assert resumed[0]["resume"] is True and resumed[0]["host"] == "hostB"
+
+
+def test_sigstopped_holder_is_fenced_and_writes_nothing(tmp_path):
+    config = write_config(tmp_path, n=1, epochs=6, epoch_time=0.3)
+    out = tmp_path / "out"
+    a = start(scan_cmd(config, out, "--lease-timeout", "1.5"), host="hostA")
+    held = wait_for(lambda: running_points(out), what="a running point")
+    ledger = ledger_of(out)
+    child = json.loads((ledger.lease_dir(0) / "heartbeat.json").read_text())["child_pid"]
+    token = held[0]["token"]
+    os.kill(a.pid, signal.SIGSTOP)
+    os.killpg(child, signal.SIGSTOP)
+    run_dir = Path(json.loads((ledger.lease_dir(0) / "progress.json").read_text())["run_dir"])
+    snapshot = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    b = start(scan_cmd(config, out, "--lease-timeout", "1.5"), host="hostB")
+    output = b.communicate(timeout=120)[0]
+    assert b.returncode == 0, output
+    os.killpg(child, signal.SIGCONT)  # the point wakes first: at its next save it must see the fence and quit
+    wait_for(lambda: not scan_processes(ledger.path), timeout=10, what="the fenced point to exit by itself")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == snapshot
+    os.kill(a.pid, signal.SIGCONT)
+    output_a = a.communicate(timeout=60)[0]
+    assert a.returncode == 0, output_a  # the holder noticed, killed its point, and found the scan done
+    assert "taken over" in output_a
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == snapshot  # the fenced holder wrote nothing
+    assert not (ledger.path / "attempts" / "0" / f"{token}.end.json").read_text().count('"exit_code": 0')
+    assert_each_done_once(out, 1)
+    assert not scan_processes(ledger.path)
+
+
+def test_sigint_driver_leaves_no_orphans_and_rerun_finishes(tmp_path):
+    config = write_config(tmp_path, n=4, epochs=5, epoch_time=0.3)
+    out = tmp_path / "out"
+    a = start(scan_cmd(config, out, "--slots", "2"))
+    wait_for(lambda: len(running_points(out)) == 2, what="two running points")
+    ledger = ledger_of(out)
+    assert len(scan_processes(ledger.path)) == 2
+    os.kill(a.pid, signal.SIGINT)  # what Ctrl-C sends
+    a.communicate(timeout=60)
+    assert a.returncode == 75
+    assert not scan_processes(ledger.path)
+    interrupted = {i for i in range(4) for x in ended_attempts(ledger, i) if x["exit_code"] == 75}
+    assert len(interrupted) == 2
+    b = subprocess.run(scan_cmd(config, out, "--slots", "2"), capture_output=True, text=True, timeout=120)
+    assert b.returncode == 0, b.stderr
+    assert_each_done_once(out, 4)
+    for i in interrupted:  # resumed with -p, to the configured total of epochs
+        final = [x for x in ledger.attempts(i) if x.get("exit_code") == 0][0]
+        assert final["resume"] and "-p" in final["argv"]
+        metadata = json.loads((Path(final["run_dir"]) / "MetaData.json").read_text())
+        assert metadata["TotalEpochs"] == 5 and len(metadata["InputMetaData"]) == 1
+        assert len(metadata["EpochTime"]) + len(metadata["InputMetaData"][0]["EpochTime"]) == 5
+
+
+def test_failed_crashing_and_stuck_points(tmp_path):
+    extra = ", 'UserErrorPoints': [0], 'CrashPoints': [1], 'InterruptPoints': [2]"
+    config = write_config(tmp_path, n=4, epochs=10, epoch_time=0, extra=extra)
+    out = tmp_path / "out"
+    result = subprocess.run(scan_cmd(config, out, "--slots", "2", "--max-retries", "2"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr  # some points failed
+    ledger = ledger_of(out)
+    assert [a["exit_code"] for a in ended_attempts(ledger, 0)] == [2]  # not retried
+    assert [a["exit_code"] for a in ended_attempts(ledger, 1)] == [1, 1, 1]  # the first try and 2 retries
+    assert [a["exit_code"] for a in ended_attempts(ledger, 2)] == [75, 75, 75]
+    assert [a["exit_code"] for a in ended_attempts(ledger, 3)] == [0]
+    import dlkit.scan
+
+    table = dlkit.scan.status(out).set_index("point")
+    assert list(table["state"]) == ["failed", "failed", "stuck", "done"]
+    assert list(table["attempts"]) == [1, 3, 3, 1]
+    assert "UserErrorPoints" in table.loc[0, "last_error"]
+    assert "CrashPoints" in table.loc[1, "last_error"]
+    assert table.loc[3, "epochs"] == 10 and table.loc[3, "metric"] == pytest.approx(1.1 / (4 * 10))
+
+    # retry requeues the failed and stuck points; their old attempts no longer count against the limits
+    assert dlkit.scan.retry(out) == {ledger.name: [0, 1, 2]}
+    config.write_text(config.read_text())  # same content: same scan
+    result = subprocess.run(scan_cmd(config, out, "--slots", "2"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert len(ended_attempts(ledger, 1)) == 6 and len(ended_attempts(ledger, 0)) == 2
+
+
+def test_cancel_stops_running_points_and_run_resumes(tmp_path):
+    config = write_config(tmp_path, n=2, epochs=4, epoch_time=0.4)
+    out = tmp_path / "out"
+    a = start(scan_cmd(config, out, "--slots", "2"))
+    wait_for(lambda: len(running_points(out)) == 2, what="two running points")
+    cancel = subprocess.run([sys.executable, "-m", "dlkit.scan", "cancel", str(out)], capture_output=True,
+                            text=True, timeout=60)
+    assert cancel.returncode == 0 and "cancel requested" in cancel.stdout
+    a.communicate(timeout=60)
+    assert a.returncode == 75
+    assert not scan_processes(ledger_of(out).path)
+    assert subprocess.run(scan_cmd(config, out, "--slots", "2"), timeout=120).returncode == 0
+    assert_each_done_once(out, 2)
+
+
+def test_status_without_tensorflow(tmp_path):
+    config = write_config(tmp_path, n=3, epoch_time=0)
+    out = tmp_path / "out"
+    assert subprocess.run(scan_cmd(config, out)).returncode == 0
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+            "from dlkit.scan.__main__ import main; rc = main(['status', sys.argv[1]]); "
+            "import dlkit.scan; frame = dlkit.scan.status(sys.argv[1]); print(list(frame['state'])); "
+            "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]; sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "3 done" in result.stdout and "['done', 'done', 'done']" in result.stdout
+    assert "Width=3" in result.stdout
+
+
+def test_point_selection_and_scan_analysis_rows(tmp_path):
+    config = write_config(tmp_path, n=4, epoch_time=0, extra=", 'UserErrorPoints': [2]")
+    out = tmp_path / "out"
+    result = subprocess.run(scan_cmd(config, out, "--points", "1-2"), capture_output=True, text=True)
+    assert result.returncode == 1
+    from dlkit.analysis.scan import PointModels
+
+    models = PointModels(out)
+    assert [m.metadata.get("HyperParamSet") for m in models] == [1, 2]
+    assert [m.status for m in models] == ["ok", "failed"]
+    assert models[0].metadata["Width"] == 2 and "UserErrorPoints" in models[1].message
+    table = subprocess.run([sys.executable, "-m", "dlkit.ScanAnalysis", str(out), "--per-point"],
+                           capture_output=True, text=True)
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert "HyperParamSet" in lines[0] and len(lines) == 4 and "failed" in lines[3]
+    result = subprocess.run(scan_cmd(config, out, "--points", "1-7"), capture_output=True, text=True)
+    assert result.returncode == 2 and "out of range: [4, 5, 6, 7]" in result.stderr
