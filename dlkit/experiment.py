@@ -308,6 +308,10 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
         wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
                       InitialEpoch=initial, **fit_kwargs)
+        if wrapper.MetaData.get("Status") in ("completed", "stopped"):
+            # until finish(): a run killed during its analysis must not look complete (the scan would count it)
+            wrapper.MetaData["TrainStatus"] = wrapper.MetaData["Status"]
+            wrapper.MetaData["Status"] = "analysing"
         wrapper.Save()
     return graceful
 
@@ -317,7 +321,7 @@ def finish(wrapper) -> int:
     from dlkit.callbacks import EXIT_CODE_INTERRUPTED
 
     interrupted = wrapper.Interrupted
-    wrapper.finish()
+    wrapper.finish(Status=wrapper.MetaData.pop("TrainStatus", None))
     if interrupted:
         log.warning("%s: stopped by a signal; saved in %s - resume with -p (exit code %d)", wrapper.Name,
                     wrapper.OutDir, EXIT_CODE_INTERRUPTED)

@@ -65,8 +65,8 @@ def completed_runs(out) -> Counter:
 def assert_each_done_once(out, n):
     ledger = ledger_of(out)
     for i in range(n):
-        codes = [a.get("exit_code") for a in ended_attempts(ledger, i)]
-        assert codes.count(0) == 1, f"point {i}: attempts ended with {codes}"
+        outcomes = [a.get("outcome") for a in ended_attempts(ledger, i)]
+        assert outcomes.count("done") == 1, f"point {i}: attempts ended {outcomes}"
     assert completed_runs(out) == Counter({i: 1 for i in range(n)})
     assert sorted(int(p.stem) for p in (ledger.path / "done").glob("*.json")) == list(range(n))
 
@@ -346,3 +346,44 @@ def test_point_selection_and_scan_analysis_rows(tmp_path):
     assert "HyperParamSet" in lines[0] and len(lines) == 4 and "failed" in lines[3]
     result = subprocess.run(scan_cmd(config, out, "--points", "1-7"), capture_output=True, text=True)
     assert result.returncode == 2 and "out of range: [4, 5, 6, 7]" in result.stderr
+
+
+def test_calodnn_scan_kill9_whole_group_then_rerun(tmp_path):
+    """The README's workflow on the real experiment: a 3-point --Test scan, kill -9 mid-scan, the same command."""
+    from calodnn.simulate import write_dataset
+
+    data = tmp_path / "lcd"
+    write_dataset(data, events_per_class=300, events_per_file=150, seed=5, progress=False)
+    out = tmp_path / "TrainedModels"
+    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "calodnn.ClassificationExperiment",
+           "--points", "0-2", "--slots", "2", "--OutputBase", str(out), "--metric", "Ele_AUC", "--no-progress",
+           "--", "--Test", "--data", str(data), "--set", "BatchSize=64", "--set", "EnergyBins=[10, 510, 4]"]
+    env = dict(os.environ, DLKIT_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+
+    def one_done_one_training():
+        done = list((out / ".dlkit-scan").glob("*/done/*.json"))
+        return done and running_points(out)
+
+    wait_for(one_done_one_training, timeout=200, what="a done point and a point in training")
+    os.killpg(first.pid, signal.SIGKILL)  # the whole process group of the scan command
+    first.wait()
+    second = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_each_done_once(out, 3)
+    ledger = ledger_of(out)
+    assert any(a["outcome"] == "interrupted" for i in range(3) for a in ended_attempts(ledger, i))  # cut off
+    assert not scan_processes(ledger.path)
+    for i in range(3):
+        final = [a for a in ledger.attempts(i) if a.get("outcome") == "done"][0]
+        metadata = json.loads((Path(final["run_dir"]) / "MetaData.json").read_text())
+        assert metadata["TotalEpochs"] == 2 and metadata["HyperParamSet"] == i and "Ele_AUC" in metadata
+    table = subprocess.run([sys.executable, "-m", "dlkit.ScanAnalysis", str(out), "--per-point"],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()[2:]
+    assert len(rows) == 3 and all(" ok " in row for row in rows) and "Ele_AUC" in table.stdout.splitlines()[0]
+    status = subprocess.run([sys.executable, "-m", "dlkit.scan", "status", str(out)], capture_output=True,
+                            text=True, timeout=60)
+    assert "3 done" in status.stdout

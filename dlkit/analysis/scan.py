@@ -224,6 +224,8 @@ def _status_of(metadata: Mapping) -> tuple[str, str]:
         return "ok", reason
     if status in ("stopped", "interrupted", "failed"):
         return status, reason
+    if status == "analysing":
+        return "running/killed", "trained and saved, but its analysis did not finish (still running, or killed)"
     ended = bool(metadata.get("EndTime"))
     if status is None or status in _UNFINISHED:
         if ended:

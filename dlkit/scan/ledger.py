@@ -148,8 +148,8 @@ def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
         return Decision("pending", "not run yet")
     last = attempts[-1]
     code = last.get("exit_code")
-    if code == EXIT_OK:
-        return Decision("done", "exit 0")
+    if code == EXIT_OK or last.get("outcome") == "done":
+        return Decision("done", "exit 0" if code == EXIT_OK else str(last.get("reason")))
     if code == EXIT_USER_ERROR:
         return Decision("failed", "exit 2 (configuration or data error): not retried")
     if last.get("outcome") == "interrupted":

@@ -7,7 +7,9 @@ over stale leases of dead holders, and starts pending points in free slots.
 
 Points run in sessions of their own, so a Ctrl-C at the terminal reaches only the worker, which forwards one
 SIGTERM to each point (the point saves and exits 75); a second Ctrl-C kills them. A point whose worker dies
-(``kill -9``) gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``), saves and exits, so no orphan trains on.
+(``kill -9``) is killed by the kernel (``PR_SET_PDEATHSIG``): an orphan must not go on and complete a run that
+the ledger will give to another worker. Its last epoch's save is intact (saves are atomic), and the worker
+that takes the point over resumes from it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _pdeathsig_preexec():
-    """In the child before exec: get SIGTERM when the worker dies (Linux); harmless elsewhere."""
+    """In the child before exec: die with the worker (Linux); harmless elsewhere."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -95,6 +97,14 @@ def point_metric(run_dir: str | os.PathLike | None, metric: str | None) -> float
             values = [v for v in history.get("loss") or [] if v is not None]
         value = values[-1] if values else None
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _run_completed(run_dir: str | None) -> bool:
+    try:
+        with open(Path(run_dir) / "MetaData.json") as f:
+            return json.load(f).get("Status") == "completed"
+    except (TypeError, OSError, json.JSONDecodeError):
+        return False
 
 
 class Worker:
@@ -321,17 +331,18 @@ class Worker:
              stopped_by_user: bool = False, lost: str | None = None) -> None:
         """End lease ``token`` and record the attempt; nothing at all if someone else ended it first."""
         progress = self.ledger.progress(index)
+        holder = (self.ledger.owner(index) or {}).get("host") if lost else _HOST
         if not self.ledger.end(index, token):
             log.warning("scan point %d: lease %s was taken over by another worker; not recording", index, token)
             return
         outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user)
         run_dir = progress.get("run_dir")
+        if lost and _run_completed(run_dir):  # its worker died after the point finished, before recording it
+            outcome, lost = "done", f"{lost}; its run {run_dir} had completed"
         record = {"exit_code": exit_code, "outcome": outcome, "epochs": progress.get("epochs"), "run_dir": run_dir,
-                  "host": _HOST if not lost else progress.get("host"), "reason": lost,
-                  "metric": point_metric(run_dir, self.metric) if exit_code == EXIT_OK else None,
-                  "last_error": None if exit_code == EXIT_OK else (lost or last_error_line(log_path))}
-        if lost:
-            record["host"] = (self.ledger.owner(index) or {}).get("host")
+                  "host": holder, "reason": lost,
+                  "metric": point_metric(run_dir, self.metric) if outcome == "done" else None,
+                  "last_error": None if outcome == "done" else (lost or last_error_line(log_path))}
         attempt = self.ledger.record_end(index, token, record)
         decision = classify_attempts(self.ledger.counted_attempts(index), self.max_retries)
         self.ledger.finish_point(index, attempt, decision)
@@ -389,6 +400,11 @@ class Worker:
                 continue
             why = (f"holder {owner.get('host')}:{owner.get('pid')} is gone" if dead_here else
                    f"no heartbeat from {owner.get('host')}:{owner.get('pid')} for {silent:.0f} s")
+            if dead_here and beat.get("child_pid"):  # what is left of the point's process group (data readers)
+                try:
+                    os.killpg(int(beat["child_pid"]), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             log.warning("scan point %d: taking over its lease (%s)", index, why)
             self._end(index, token, exit_code=None, log_path=None, lost=f"lost: {why}")
             self._seen.pop(index, None)
