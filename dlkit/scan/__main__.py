@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -40,8 +39,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default=None,
                    help="scan name (default: <experiment>-<config file stem>); its ledger is "
                         "<OutputBase>/.dlkit-scan/<name>/")
-    r.add_argument("--OutputBase", default="TrainedModels", metavar="DIR",
-                   help="where the models (and the ledger) go (default TrainedModels)")
+    r.add_argument("--OutputBase", default=None, metavar="DIR",
+                   help="where the models (and the ledger) go (default TrainedModels; TrainedModels.Test with "
+                        "--Test among the experiment flags)")
     r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
     r.add_argument("--engine", default="local", help="where points run: local (default)")
     r.add_argument("--slots", type=int, default=None, metavar="K", help="points run at once (default: #gpus or 1)")
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     code = frame.attrs.get("exit_code", 0)
     if code:
-        print(f"dlkit-scan: stopped; run the same command again to resume (ledger under "
-              f"{os.path.join(args.OutputBase, '.dlkit-scan')})", file=sys.stderr)
+        print(f"dlkit-scan: stopped; run the same command again to resume (ledger: {frame.attrs['ledger']})",
+              file=sys.stderr)
         return code
     return EXIT_SOME_FAILED if counts.get("failed") or counts.get("stuck") else 0
 

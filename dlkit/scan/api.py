@@ -125,9 +125,14 @@ def point_command(manifest: Mapping, output_base: str | os.PathLike):
 
 
 def open_scan(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
-              output_base: str | os.PathLike = "TrainedModels", metric: str | None = None) -> Ledger:
-    """The ledger of this scan, created on first use; refused if the name holds a different scan."""
+              output_base: str | os.PathLike | None = None, metric: str | None = None) -> Ledger:
+    """The ledger of this scan, created on first use; refused if the name holds a different scan.
+
+    ``output_base`` defaults to ``TrainedModels``, or ``TrainedModels.Test`` with ``--Test`` among the flags
+    (where the experiments put their ``--Test`` runs)."""
     manifest = make_manifest(experiment, config, flags, points, name, metric)
+    if output_base is None:
+        output_base = "TrainedModels.Test" if "--Test" in manifest["flags"] else "TrainedModels"
     ledger = Ledger.at(output_base, manifest.pop("name"))
     ledger.create_or_check(manifest)
     return ledger
@@ -171,9 +176,11 @@ class LocalEngine(Engine):
 
 def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1, gpus: Sequence[str] | None = None,
          threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-         wait_for_others: bool = False, engine: str = "local") -> int:
+         wait_for_others: bool = False, engine: str = "local", batch: bool | None = None) -> int:
     """Join an existing scan as one worker (a Slurm/PBS array task, a Dask task): run ``points`` (default all)
-    until each is final or held by a live worker; returns 0, or 75 if a signal stopped it."""
+    until each is final or held by a live worker; returns 0, or 75 if a signal stopped it. ``batch`` (default:
+    for the slurm and pbs engines) is :class:`~dlkit.scan.worker.Worker`'s: inside a job that its scheduler
+    signals as a whole."""
     from dlkit.scan.worker import Worker, _env_job_id, default_slots
 
     ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
@@ -181,7 +188,8 @@ def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1,
     selected = parse_points(points, manifest["size"]) if points is not None else manifest["points"]
     worker = Worker(ledger, point_command(manifest, ledger.output_base), default_slots(slots, gpus, threads_per_point),
                     points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
-                    lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine)
+                    lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine,
+                    batch=engine in ("slurm", "pbs") if batch is None else batch)
     return worker.run()
 
 
@@ -221,7 +229,7 @@ ENGINES: dict[str, type[Engine]] = {"local": LocalEngine}
 
 
 def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
-        output_base: str | os.PathLike = "TrainedModels", engine: str = "local", metric: str | None = None,
+        output_base: str | os.PathLike | None = None, engine: str = "local", metric: str | None = None,
         **options) -> "Any":
     """Run (or resume) a scan; returns its :func:`status` DataFrame.
 
@@ -237,6 +245,7 @@ def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, na
     code = ENGINES[engine]().run(ledger, **options)
     frame = status(ledger.path)
     frame.attrs["exit_code"] = code
+    frame.attrs["ledger"] = str(ledger.path)
     return frame
 
 

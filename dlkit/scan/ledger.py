@@ -376,7 +376,7 @@ class Ledger:
         for name in names:
             if name.startswith("."):
                 continue
-            token, _, kind = name.removesuffix(".json").rpartition(".")
+            token = name.removesuffix(".json").rpartition(".")[0]
             records.setdefault(token, {}).update(read_json(directory / name, {}) or {})
         return sorted(records.values(), key=lambda r: r.get("start_ts") or r.get("end_ts") or 0)
 

@@ -29,6 +29,7 @@ DEFAULTS = {
     "Depth": 1,
     "Epochs": 3,
     "EpochTime": 0.0,          # seconds per epoch
+    "Busy": False,             # spend EpochTime computing on one core instead of sleeping (the benchmark)
     "UserErrorPoints": [],     # scan points that exit 2
     "CrashPoints": [],         # scan points that crash after their first epoch
     "InterruptPoints": [],     # scan points that exit 75 before completing an epoch
@@ -89,7 +90,10 @@ def run(argv=None) -> int:
             break
         t0 = time.monotonic()
         while time.monotonic() - t0 < config["EpochTime"] and stop.signal_name is None:
-            time.sleep(min(0.02, config["EpochTime"]))
+            if config["Busy"]:
+                sum(i * i for i in range(20000))
+            else:
+                time.sleep(min(0.02, config["EpochTime"]))
         done += 1
         history["loss"].append(1.0 / (width * done))
         history["val_loss"].append(1.1 / (width * done))
