@@ -130,12 +130,18 @@ class Worker:
         The engine's job id (Slurm/PBS), recorded as the owner of each lease.
     on_update
         Called after every loop with the worker; the progress bar uses it.
+    batch
+        The worker runs inside a batch job (a Slurm/PBS array task). A scheduler that ends a job signals every
+        process of it (the worker, the job script's trap that forwards to the worker, the points) at once, so
+        a repeated signal does not force-kill the points (the scheduler kills after its own grace time), and
+        the points are stopped with SIGUSR1: a point that got the scheduler's SIGTERM too does not take the
+        worker's signal as a second SIGTERM ("force quit", :class:`dlkit.callbacks.GracefulExit`).
     """
 
     def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
                  points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
                  lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
-                 on_update: Callable[["Worker"], None] | None = None, engine: str = "local"):
+                 on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False):
         if not slots:
             raise ValueError("Worker needs at least one slot")
         if lease_timeout <= 0:
@@ -152,6 +158,7 @@ class Worker:
         self.metric = metric
         self.on_update = on_update
         self.engine = engine
+        self.batch = batch
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
         self.finished: list[tuple[int, str]] = []   # (point, outcome) of the attempts this worker ended
@@ -195,7 +202,7 @@ class Worker:
 
     def stop(self, why: str = "stop") -> None:
         """Stop gracefully: signal the running points (they save and exit 75), start no more."""
-        if self.stopping and why in ("SIGINT", "SIGTERM", "SIGUSR1"):  # asked again: force
+        if self.stopping and why in ("SIGINT", "SIGTERM", "SIGUSR1") and not self.batch:  # asked again: force
             for running in self.running.values():
                 running.signalled = max(running.signalled, 1)
                 self._kill(running, signal.SIGKILL)
@@ -421,7 +428,7 @@ class Worker:
         for running in self.running.values():
             if not running.signalled:
                 running.signalled = 1
-                self._kill(running, signal.SIGTERM)
+                self._kill(running, signal.SIGUSR1 if self.batch else signal.SIGTERM)
 
     def _kill_all(self) -> None:
         """On the way out (also after an exception in the loop): no point outlives its worker."""
