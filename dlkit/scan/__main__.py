@@ -43,8 +43,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="where the models (and the ledger) go (default TrainedModels; TrainedModels.Test with "
                         "--Test among the experiment flags)")
     r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
-    r.add_argument("--engine", default="local", help="where points run: local (default)")
-    r.add_argument("--slots", type=int, default=None, metavar="K", help="points run at once (default: #gpus or 1)")
+    r.add_argument("--engine", default="local", help="where points run: local (default), slurm, pbs")
+    r.add_argument("--slots", type=int, default=None, metavar="K",
+                   help="points run at once (default: #gpus or 1; cluster engines: the array's %%K, no limit)")
     r.add_argument("--gpus", default=None, metavar="LIST",
                    help="GPU ids, e.g. 0,1,2,3: one slot per GPU (CUDA_VISIBLE_DEVICES)")
     r.add_argument("--threads-per-point", type=int, default=None, metavar="T",
@@ -55,6 +56,25 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--metric", default=None,
                    help="main metric shown by status: a MetaData key (Ele_AUC) or History metric (val_loss)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q = r.add_argument_group("cluster engines (--engine slurm|pbs)",
+                             "one job array of the points not yet final, --slots of them at once (%K); each task "
+                             "runs its point through the ledger. Slurm's spelling for PBS too (--partition is the "
+                             "queue, --time the walltime)")
+    q.add_argument("--partition", default=None, help="partition (PBS: queue)")
+    q.add_argument("--time", default=None, help="time limit per point's task, e.g. 4:00:00 (PBS: walltime)")
+    q.add_argument("--gres", default=None, help="e.g. gpu:1 (PBS: ngpus / gpus)")
+    q.add_argument("--mem", default=None, help="memory per task, e.g. 16G")
+    q.add_argument("--cpus-per-task", type=int, default=None, metavar="C", help="CPUs per task (PBS: ncpus / ppn)")
+    q.add_argument("--account", default=None, help="account to charge (-A)")
+    q.add_argument("--sbatch-extra", action="append", default=None, metavar="DIRECTIVE",
+                   help="one more #SBATCH (or #PBS) line, e.g. --sbatch-extra=--qos=high; repeatable")
+    q.add_argument("--signal-seconds", type=int, default=None, metavar="S",
+                   help="Slurm: SIGUSR1 this long before the time limit; the point saves and the task requeues "
+                        "itself (300)")
+    q.add_argument("--pbs-flavor", choices=("pro", "torque"), default=None,
+                   help="PBS Pro/OpenPBS (-J, PBS_ARRAY_INDEX) or Torque (-t, PBS_ARRAYID); default: from qstat")
+    q.add_argument("--wait", action="store_true",
+                   help="follow the scan to its end (progress bar); resubmit pending points when no job is left")
 
     s = sub.add_parser("status", help="one row per point: state, attempts, epochs, metric, run dir, host, error")
     _add_target(s)
@@ -102,8 +122,9 @@ def _print_status(args) -> bool:
             wanted = {s.strip() for s in args.state.split(",")}
             rows = [row for row in rows if row["state"] in wanted]
         print(f"scan {ledger.name} ({ledger.path}): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        table = [[row.get(c) if row.get(c) is not None else "" for c in STATUS_COLUMNS] for row in rows]
-        print(tabulate(table, headers=STATUS_COLUMNS, tablefmt=args.tablefmt, floatfmt=".4g"))
+        columns = STATUS_COLUMNS + (["queue"] if any(row.get("queue") for row in rows) else [])
+        table = [[row.get(c) if row.get(c) is not None else "" for c in columns] for row in rows]
+        print(tabulate(table, headers=columns, tablefmt=args.tablefmt, floatfmt=".4g"))
     return all_final
 
 
@@ -156,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         from dlkit.scan.api import run
 
         gpus = _gpus(args.gpus)
+        cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
+                                                       "sbatch_extra", "signal_seconds", "pbs_flavor", "wait")
+                   if getattr(args, key) not in (None, False)}
         frame = run(args.experiment, config=args.config, flags=passthrough, points=args.points, name=args.name,
                     output_base=args.OutputBase, engine=args.engine, metric=args.metric, slots=args.slots,
                     gpus=gpus, threads_per_point=args.threads_per_point, max_retries=args.max_retries,
-                    lease_timeout=args.lease_timeout, progress=False if args.no_progress else None)
+                    lease_timeout=args.lease_timeout, progress=False if args.no_progress else None, **cluster)
     except (ScanError, ValueError) as exc:
         print(f"dlkit-scan: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -153,6 +153,11 @@ class Engine:
     def cancel(self, ledger: Ledger) -> None:
         """Stop the engine's own jobs (a cluster engine's scancel/qdel); the ledger marker is set by cancel()."""
 
+    def queue(self, ledger: Ledger) -> dict[int, str]:
+        """What the engine's scheduler says of the scan's points (``{point: "pending 123_4"}``), for status;
+        ``{}`` when it has nothing to say or cannot be asked. Never imports Keras or TensorFlow."""
+        return {}
+
 
 class LocalEngine(Engine):
     """K slots on this machine (``slots``, ``gpus``, ``threads_per_point``); blocks until the scan is done."""
@@ -227,6 +232,11 @@ class _ProgressBar:
 #: The engines by ``--engine`` name.
 ENGINES: dict[str, type[Engine]] = {"local": LocalEngine}
 
+from dlkit.scan.pbs import PBSEngine  # noqa: E402  (they subclass Engine, defined above)
+from dlkit.scan.slurm import SlurmEngine  # noqa: E402
+
+ENGINES.update({"slurm": SlurmEngine, "pbs": PBSEngine})
+
 
 def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
         output_base: str | os.PathLike | None = None, engine: str = "local", metric: str | None = None,
@@ -284,7 +294,25 @@ def status_rows(ledger: Ledger) -> list[dict]:
             row.update(state="running", host=owner.get("host"), epochs=progress.get("epochs", row["epochs"]),
                        run_dir=progress.get("run_dir", row["run_dir"]), heartbeat_age=now - beat.get("time", now))
         rows.append(row)
+    _add_queue(ledger, rows)
     return rows
+
+
+def _add_queue(ledger: Ledger, rows: list[dict]) -> None:
+    """A ``queue`` entry for the unfinished points: what the scan's scheduler (engine.json) says of them."""
+    engine = (read_json(ledger.path / "engine.json", {}) or {}).get("engine")
+    if engine in (None, "local") or engine not in ENGINES:
+        return
+    try:
+        queue = ENGINES[engine]().queue(ledger)
+    except Exception as exc:  # status shows the ledger whatever the scheduler does
+        log.warning("scan %s: cannot ask the %s queue: %s", ledger.name, engine, exc)
+        return
+    if not queue:
+        return
+    for row in rows:
+        if row["state"] not in ("done", "failed", "stuck"):
+            row["queue"] = queue.get(row["point"])
 
 
 def _ledgers(path: str | os.PathLike, name: str | None = None) -> list[Ledger]:

@@ -1,0 +1,328 @@
+"""What the Slurm and PBS engines share: job-array scripts whose tasks join the scan through its ledger.
+
+A cluster engine writes one job-array script per submission into ``<ledger>/scripts/``, one array task per
+point that is not final yet, and records the job ids in ``<ledger>/engine.json``::
+
+    {"engine": "slurm", "jobs": ["123", ...], "submissions": [{"job": "123", "script": ..., "points": [...]}]}
+
+Each task runs ``python -m dlkit.scan work <ledger> --points <its index> --engine <name>`` in the background
+with a trap that forwards SIGUSR1/SIGTERM/SIGINT to it and waits for it: the worker stops its point, which
+saves and exits 75, and the worker exits 75 (see :class:`dlkit.scan.worker.Worker`, ``batch``). The ledger
+decides what a task does: a done point is not run again, an interrupted one resumes with ``-p``, a point held
+by a live worker is left to it. So resubmitting, requeueing or running a task twice is always safe.
+
+Nothing here imports Keras or TensorFlow (``status`` asks the queue through :meth:`ArrayEngine.queue`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import site
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+from dlkit.scan.api import Engine, _ProgressBar
+from dlkit.scan.ledger import Ledger, ScanError, now_iso, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArrayEngine", "compress_ranges", "script_body", "job_environment", "engine_record"]
+
+ENGINE_FILE = "engine.json"
+
+
+def compress_ranges(indices: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0-3,7,9-10"`` (a job array's index list)."""
+    values = sorted(set(int(i) for i in indices))
+    parts = []
+    start = prev = None
+    for value in values:
+        if start is None:
+            start = prev = value
+        elif value == prev + 1:
+            prev = value
+        else:
+            parts.append(f"{start}-{prev}" if prev != start else str(start))
+            start = prev = value
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def job_environment() -> dict:
+    """How the jobs start Python: this interpreter (the venv's), dlkit's import root on ``PYTHONPATH`` (unless
+    it is a site-packages directory), and the directory to run in (the submitting one)."""
+    import dlkit
+
+    root = str(Path(dlkit.__file__).resolve().parent.parent)
+    sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    return {"python": sys.executable, "pythonpath": None if root in sites else root, "workdir": os.getcwd()}
+
+
+def script_body(ledger_path: str, engine: str, index_var: str, python: str, pythonpath: str | None,
+                workdir: str, max_retries: int, lease_timeout: float, threads: str,
+                single_point: int | None = None, selected: Sequence[int] | None = None,
+                requeue: str | None = None) -> str:
+    """The shell part of an array task (after the scheduler's directive lines).
+
+    ``index_var`` is the scheduler's array index variable; ``threads`` a shell expression for the CPU threads
+    of the point; ``single_point`` the point of a job submitted without an array (its index variable unset);
+    ``selected`` the points to run when the array's range holds others (PBS Pro's ``-J`` is one range): other
+    indices exit at once; ``requeue`` the command that requeues this task, run when the worker stopped on
+    SIGUSR1 (the scheduler's warning before the time limit) before its point was final.
+    """
+    q = shlex.quote
+    default = f":-{single_point}" if single_point is not None else ":?not in a job array (submit this script)"
+    lines = [
+        "set -u",
+        f"ledger={q(ledger_path)}",
+        f"point=${{{index_var}{default}}}",
+    ]
+    if selected is not None:
+        lines += [f"case \" {' '.join(str(i) for i in selected)} \" in",
+                  '    *" $point "*) ;;',
+                  '    *) echo "dlkit.scan: array index $point is not a point of this submission"; exit 0 ;;',
+                  "esac"]
+    lines += [f"cd {q(workdir)} || exit 1"]
+    if pythonpath:
+        lines += [f"export PYTHONPATH={q(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    lines += [
+        "final() { [ -e \"$ledger/done/$point.json\" ] || [ -e \"$ledger/failed/$point.json\" ]; }",
+        "# forward the scheduler's signals to the worker: it stops the point, which saves and exits 75",
+        "got= worker=",
+        'forward() { got=$1; if [ -n "$worker" ]; then kill -s "$1" "$worker" 2>/dev/null; fi; }',
+        "trap 'forward USR1' USR1",
+        "trap 'forward TERM' TERM",
+        "trap 'forward INT' INT",
+        f"{q(python)} -m dlkit.scan work \"$ledger\" --points \"$point\" --engine {engine} \\",
+        f"    --max-retries {int(max_retries)} --lease-timeout {lease_timeout:g} --threads-per-point {threads} &",
+        "worker=$!",
+        'while kill -0 "$worker" 2>/dev/null; do wait "$worker"; done',
+        'wait "$worker"; code=$?',
+    ]
+    if requeue:
+        lines += [
+            'if [ "$code" -eq 75 ] && [ "$got" = USR1 ] && ! final; then',
+            '    echo "dlkit.scan: point $point saved before the time limit; requeueing this task to resume it"',
+            f"    {requeue} && exit 0",
+            "fi",
+        ]
+    else:
+        lines += [
+            'if [ "$code" -eq 75 ] && ! final; then',
+            '    echo "dlkit.scan: point $point stopped after saving; run the scan again (or with --wait) to resume it"',
+            "fi",
+        ]
+    lines += ['exit "$code"']
+    return "\n".join(lines) + "\n"
+
+
+def engine_record(ledger: Ledger) -> dict:
+    return read_json(ledger.path / ENGINE_FILE, {}) or {}
+
+
+def _run(argv: Sequence[str], timeout: float = 30.0, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+class ArrayEngine(Engine):
+    """A batch scheduler with job arrays. Subclasses say how to write, submit, list and cancel them."""
+
+    name = "?"
+    submit_command = "?"   #: the program that submits (sbatch, qsub): missing -> a clear error
+    script_prefix = "?"    #: scripts/<prefix>-<n>.sh
+    OPTIONS: frozenset = frozenset()  #: the scheduler options ``run`` takes besides the shared ones
+
+    # -- to implement ---------------------------------------------------------------------------------
+    def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
+                     pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
+                     **options) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def submit_argv(self, script: Path, **options) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def parse_job_id(self, stdout: str) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def queue(self, ledger: Ledger) -> dict[int, str]:
+        """``{point: "pending 123_4 (Reason)"}`` for the scan's array tasks the scheduler still holds (pending,
+        running, requeued, ...); ``{}`` without the scheduler's tools or when it cannot be asked."""
+        return {}
+
+    def cancel(self, ledger: Ledger) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def queue_known(self) -> bool:
+        """Whether :meth:`queue` can ask the scheduler (its query program exists)."""
+        return False
+
+    # -- shared ---------------------------------------------------------------------------------------
+    def job_ids(self, ledger: Ledger) -> list[str]:
+        record = engine_record(ledger)
+        return [str(j) for j in record.get("jobs", [])] if record.get("engine") == self.name else []
+
+    def _record(self, ledger: Ledger, job: str, script: Path, points: Sequence[int]) -> None:
+        record = engine_record(ledger)
+        if record.get("engine") != self.name:
+            record = {"engine": self.name, "jobs": [], "submissions": []}
+        record["jobs"] = [*record.get("jobs", []), job]
+        record["submissions"] = [*record.get("submissions", []),
+                                 {"job": job, "script": os.path.relpath(script, ledger.path), "points": list(points),
+                                  "time": now_iso()}]
+        write_json(ledger.path / ENGINE_FILE, record)
+
+    def _script_path(self, ledger: Ledger) -> Path:
+        directory = ledger.path / "scripts"
+        directory.mkdir(parents=True, exist_ok=True)
+        n = 1 + sum(1 for p in directory.glob(f"{self.script_prefix}-*.sh"))
+        while True:
+            path = directory / f"{self.script_prefix}-{n}.sh"
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o755)
+            except FileExistsError:
+                n += 1
+                continue
+            os.close(fd)
+            return path
+
+    def submit(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, max_retries: int = 2,
+               lease_timeout: float = 120.0, **options) -> str:
+        """Write the array script for ``points`` into the ledger, submit it, record the job; its id."""
+        program = shutil.which(self.submit_command)
+        if program is None:
+            raise ScanError(f"--engine {self.name}: {self.submit_command} not found on PATH (is {self.name} "
+                            "installed here? for this machine use --engine local)")
+        text = self.write_script(ledger, points, slots, max_retries=max_retries, lease_timeout=lease_timeout,
+                                 **{**job_environment(), **options})
+        path = self._script_path(ledger)
+        path.write_text(text)
+        argv = self.submit_argv(path, **options)
+        try:
+            result = _run(argv, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise ScanError(f"{' '.join(argv)}: no answer after 120 s") from None
+        if result.returncode != 0:
+            raise ScanError(f"{' '.join(argv)} failed (exit {result.returncode}): "
+                            f"{(result.stderr or result.stdout).strip()}")
+        job = self.parse_job_id(result.stdout)
+        self._record(ledger, job, path, points)
+        print(f"dlkit-scan: scan {ledger.name}: submitted {self.name} job {job} for {len(points)} point(s) "
+              f"{compress_ranges(points)} ({path})", file=sys.stderr)
+        return job
+
+    def unfinished(self, ledger: Ledger) -> list[int]:
+        final = ledger.final_states()
+        return [i for i in ledger.points() if i not in final]
+
+    def run(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
+            wait: bool = False, progress: bool | None = None, poll: float = 2.0, **options) -> int:
+        """Submit an array for the points that are neither final nor already queued; with ``wait``, follow the
+        scan to its end (resubmitting its pending points when no job of the scan is left in the queue).
+        Returns 0, or 75 if the scan was cancelled while followed."""
+        for key, hint in (("gpus", "ask for GPUs with --gres"), ("threads_per_point", "use --cpus-per-task")):
+            if options.get(key) not in (None, [], ()):
+                raise ScanError(f"--engine {self.name}: --{key.replace('_', '-')} is for the local engine; {hint}")
+        options = {k: v for k, v in options.items() if v is not None and k not in ("gpus", "threads_per_point")}
+        check_options(self.name, options, self.OPTIONS)
+        todo = self.unfinished(ledger)
+        queued = self.queue(ledger)
+        fresh = [i for i in todo if i not in queued]
+        if fresh:
+            self.submit(ledger, fresh, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
+        elif todo:
+            print(f"dlkit-scan: scan {ledger.name}: its {len(todo)} unfinished point(s) are queued already "
+                  f"(jobs {', '.join(self.job_ids(ledger))})", file=sys.stderr)
+        else:
+            print(f"dlkit-scan: scan {ledger.name}: every point is final; nothing to submit", file=sys.stderr)
+        if not wait:
+            return 0
+        return self.follow(ledger, slots=slots, max_retries=max_retries, lease_timeout=lease_timeout,
+                           progress=progress, poll=poll, **options)
+
+    def follow(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
+               progress: bool | None = None, poll: float = 2.0, **options) -> int:
+        started = time.time()
+        manifest = ledger.manifest()
+        empty_polls = 0
+        resubmitted_without_progress = 0
+        attempts_at_submit = None
+        with _ProgressBar(ledger, manifest, progress) as bar:
+            while True:
+                todo = self.unfinished(ledger)
+                running = {i: True for i in todo if ledger.owner(i) is not None}
+                bar.update(SimpleNamespace(running=running))
+                if not todo:
+                    return 0
+                if ledger.cancelled_since(started):
+                    print(f"dlkit-scan: scan {ledger.name}: cancelled", file=sys.stderr)
+                    return 75
+                if not self.queue_known():
+                    raise ScanError(f"--engine {self.name} --wait: cannot ask the queue (its tools are missing)")
+                queue = self.queue(ledger)  # a lease whose task left the queue is stale: not counted
+                if queue:
+                    empty_polls = 0
+                else:
+                    empty_polls += 1
+                if empty_polls >= 2:  # twice in a row: no job of the scan is left, points are still pending
+                    attempts = sum(len(ledger.attempts(i)) for i in todo)
+                    if attempts_at_submit is not None and attempts == attempts_at_submit:
+                        resubmitted_without_progress += 1
+                    else:
+                        resubmitted_without_progress = 0
+                    if resubmitted_without_progress >= 2:
+                        raise ScanError(f"scan {ledger.name}: {self.name} jobs ended without running any of the "
+                                        f"points {compress_ranges(todo)}; see their output in {ledger.path / 'logs'}")
+                    print(f"dlkit-scan: scan {ledger.name}: no job of the scan is queued and "
+                          f"{len(todo)} point(s) are pending; resubmitting", file=sys.stderr)
+                    attempts_at_submit = attempts
+                    self.submit(ledger, todo, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
+                    empty_polls = 0
+                time.sleep(poll)
+
+    @staticmethod
+    def directive_extra(extra: Iterable[str] | str | None) -> list[str]:
+        """``--sbatch-extra`` values: one directive each (``--qos=high`` or ``qos=high``)."""
+        if extra is None:
+            return []
+        if isinstance(extra, str):
+            extra = [extra]
+        return [str(e).strip() for e in extra if str(e).strip()]
+
+
+def check_options(engine: str, options: Mapping, allowed: Iterable[str]) -> None:
+    """Refuse engine options this engine does not know (a typo must not be silently ignored)."""
+    unknown = sorted(k for k, v in options.items() if v not in (None, [], ()) and k not in set(allowed))
+    if unknown:
+        raise ScanError(f"--engine {engine}: unknown option(s) {', '.join(unknown)}")
+
+
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def slurm_time_seconds(text: str) -> int:
+    """A Slurm ``--time`` (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``) in seconds."""
+    match = _SLURM_TIME.match(str(text).strip())
+    if not match:
+        raise ScanError(f"--time {text!r}: not a time (minutes, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    days, a, b, c = match.groups()
+    a, b, c = int(a), int(b) if b else None, int(c) if c else None
+    if days is not None:  # D-H[:M[:S]]
+        return int(days) * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if c is not None:      # H:M:S
+        return a * 3600 + b * 60 + c
+    if b is not None:      # M:S
+        return a * 60 + b
+    return a * 60          # M
+
+
+def hms(seconds: int) -> str:
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

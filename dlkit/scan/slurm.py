@@ -1,0 +1,146 @@
+"""The Slurm engine: a scan as one job array, one task per point, through the scan's ledger.
+
+::
+
+    dlkit-scan run --engine slurm --experiment calodnn.ClassificationExperiment --slots 8 \\
+        --partition gpu --gres gpu:1 --time 4:00:00 --cpus-per-task 4 [--wait] -- --set Epochs=50
+
+writes ``<ledger>/scripts/slurm-<n>.sh`` - ``#SBATCH --array=<points not yet final>%<slots>``,
+``--signal=B:USR1@<signal seconds>``, ``--requeue``, ``--open-mode=append``, output in ``<ledger>/logs/`` - and
+submits it with ``sbatch --parsable``; the job ids go to ``<ledger>/engine.json``. Each task runs its point
+under a lease (:mod:`dlkit.scan.cluster`). How the scan lives through Slurm:
+
+- *Time limit*: Slurm sends SIGUSR1 to the job script ``--signal-seconds`` (300) before the limit; the script
+  forwards it, the point saves and exits 75, and the task requeues itself (``scontrol requeue``). Slurm starts
+  it again after its requeue delay (``AuthInfo=cred_expire``, 120 s by default) and the point resumes with
+  ``-p``: epochs continue and ``TotalEpochs`` counts over the run chain.
+- *Preemption, ``scontrol requeue``*: Slurm sends SIGTERM to every process of the job; the point saves and exits
+  75 and Slurm requeues the task itself.
+- *``scancel``*: the point saves; the task is not requeued. ``dlkit-scan run`` (the same command) submits the
+  points that are neither final nor queued; ``--wait`` does so by itself when no job of the scan is left.
+- ``dlkit-scan cancel`` stops the points and ``scancel``\\ s the scan's jobs.
+
+``dlkit-scan status`` adds a ``queue`` column (what ``squeue`` says of each unfinished point) where squeue
+exists; without Slurm it shows the ledger alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from dlkit.scan.cluster import ArrayEngine, _run, compress_ranges, script_body
+from dlkit.scan.ledger import Ledger, ScanError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SlurmEngine"]
+
+#: squeue states after which a task no longer runs (anything else - pending, running, requeued, held - counts).
+_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+          "OUT_OF_MEMORY", "REVOKED"}
+
+
+class SlurmEngine(ArrayEngine):
+    """Slurm job arrays (``sbatch``, ``squeue``, ``scontrol requeue``, ``scancel``)."""
+
+    name = "slurm"
+    submit_command = "sbatch"
+    script_prefix = "slurm"
+    OPTIONS = frozenset({"partition", "time", "gres", "mem", "cpus_per_task", "account", "sbatch_extra",
+                         "signal_seconds", "job_name"})
+    DEFAULT_SIGNAL_SECONDS = 300
+
+    def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
+                     pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
+                     partition: str | None = None, time: str | None = None, gres: str | None = None,
+                     mem: str | None = None, cpus_per_task: int | None = None, account: str | None = None,
+                     sbatch_extra: Sequence[str] | str | None = None, signal_seconds: int | None = None,
+                     job_name: str | None = None) -> str:
+        """The array script for ``points``: deterministic (no time stamps); paths are the arguments'."""
+        if not points:
+            raise ScanError("no points to submit")
+        if slots is not None and slots < 1:
+            raise ScanError(f"--slots must be >= 1, got {slots}")
+        ledger_path = str(ledger.path.resolve())
+        signal_seconds = self.DEFAULT_SIGNAL_SECONDS if signal_seconds is None else int(signal_seconds)
+        array = compress_ranges(points) + (f"%{slots}" if slots else "")
+        lines = [
+            "#!/bin/bash",
+            f"# dlkit.scan: Slurm job array of scan {ledger.name}, points {compress_ranges(points)}.",
+            "# Written by `dlkit-scan run --engine slurm`; the scan's ledger decides what each task runs,",
+            "# so running a task again (requeue, resubmission) is safe: done points do not run twice.",
+            f"#SBATCH --job-name={job_name or 'dlkit-' + ledger.name}",
+            f"#SBATCH --array={array}",
+            f"#SBATCH --output={ledger_path}/logs/slurm-%A_%a.out",
+            "#SBATCH --open-mode=append",
+            "#SBATCH --requeue",
+            f"#SBATCH --signal=B:USR1@{signal_seconds}",
+        ]
+        for flag, value in (("partition", partition), ("time", time), ("gres", gres), ("mem", mem),
+                            ("cpus-per-task", cpus_per_task), ("account", account)):
+            if value not in (None, ""):
+                lines.append(f"#SBATCH --{flag}={value}")
+        for extra in self.directive_extra(sbatch_extra):
+            lines.append(f"#SBATCH {extra if extra.startswith('-') else '--' + extra}")
+        body = script_body(ledger_path, self.name, "SLURM_ARRAY_TASK_ID", python, pythonpath, workdir,
+                           max_retries, lease_timeout, threads='"${SLURM_CPUS_PER_TASK:-1}"',
+                           requeue='scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+        return "\n".join(lines) + "\n\n" + body
+
+    def submit_argv(self, script: Path, **options) -> list[str]:
+        return ["sbatch", "--parsable", str(script)]
+
+    def parse_job_id(self, stdout: str) -> str:
+        job = stdout.strip().splitlines()[-1].split(";")[0].strip() if stdout.strip() else ""
+        if not job.isdigit():
+            raise ScanError(f"sbatch --parsable printed {stdout.strip()!r}, not a job id")
+        return job
+
+    def queue_known(self) -> bool:
+        return shutil.which("squeue") is not None
+
+    def queue(self, ledger: Ledger) -> dict[int, str]:
+        jobs = set(self.job_ids(ledger))
+        if not jobs or not self.queue_known():
+            return {}
+        try:
+            result = _run(["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%F|%K|%i|%T|%r"], timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("squeue: %s", exc)
+            return {}
+        if result.returncode != 0:
+            log.warning("squeue failed: %s", result.stderr.strip())
+            return {}
+        out: dict[int, str] = {}
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 5:
+                continue
+            array_job, task, job, state, reason = parts
+            if array_job not in jobs or not task.isdigit() or state in _ENDED:
+                continue
+            text = f"{state.lower()} {job}"
+            if state == "PENDING" and reason and reason != "None":
+                text += f" ({reason})"
+            out[int(task)] = text
+        return out
+
+    def cancel(self, ledger: Ledger) -> None:
+        jobs = self.job_ids(ledger)
+        if not jobs:
+            return
+        if shutil.which("scancel") is None:
+            log.warning("scan %s: scancel not found; its Slurm jobs %s are left to Slurm", ledger.name, jobs)
+            return
+        try:
+            result = _run(["scancel", *jobs], timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("scancel %s: %s", " ".join(jobs), exc)
+            return
+        if result.returncode != 0 and result.stderr.strip():
+            log.info("scancel %s: %s", " ".join(jobs), result.stderr.strip())
