@@ -41,7 +41,7 @@ ENGINE_FILE = "engine.json"
 
 def compress_ranges(indices: Iterable[int]) -> str:
     """``[0, 1, 2, 3, 7, 9, 10]`` -> ``"0-3,7,9-10"`` (a job array's index list)."""
-    values = sorted(set(int(i) for i in indices))
+    values = sorted({int(i) for i in indices})
     parts = []
     start = prev = None
     for value in values:
@@ -203,7 +203,7 @@ class ArrayEngine(Engine):
                             "installed here? for this machine use --engine local)")
         text = self.write_script(ledger, points, slots, max_retries=max_retries, lease_timeout=lease_timeout,
                                  **{**job_environment(), **options})
-        path = self._script_path(ledger)
+        path = self._script_path(ledger).resolve()
         path.write_text(text)
         argv = self.submit_argv(path, **options)
         try:

@@ -106,7 +106,7 @@ class PBSEngine(ArrayEngine):
                      job_name: str | None = None) -> str:
         """The array script for ``points``: deterministic (no time stamps); paths are the arguments'."""
         flavor = self._flavor(pbs_flavor)
-        points = sorted(set(int(i) for i in points))
+        points = sorted({int(i) for i in points})
         if not points:
             raise ScanError("no points to submit")
         if slots is not None and slots < 1:
@@ -117,8 +117,8 @@ class PBSEngine(ArrayEngine):
             name = name[:15]  # Torque's limit
         lines = [
             "#!/bin/bash",
-            f"# dlkit.scan: {'PBS Pro' if flavor == 'pro' else 'Torque'} job array of scan {ledger.name}, "
-            f"points {compress_ranges(points)}.",
+            (f"# dlkit.scan: {'PBS Pro' if flavor == 'pro' else 'Torque'} job array of scan {ledger.name}, "
+             f"points {compress_ranges(points)}."),
             "# Written by `dlkit-scan run --engine pbs`; the scan's ledger decides what each task runs,",
             "# so running a task again (rerun, resubmission) is safe: done points do not run twice.",
             f"#PBS -N {name}",
