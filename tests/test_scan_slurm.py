@@ -198,6 +198,50 @@ def test_scancelled_task_is_run_by_the_next_run(tmp_path, slurm, scancel_at_end)
     assert metadata["TotalEpochs"] == 4
 
 
+def test_wait_resubmits_when_no_job_of_the_scan_is_left(tmp_path, slurm, scancel_at_end):  # noqa: F811
+    config = write_config(tmp_path, n=2, epochs=4, epoch_time=0.5)
+    out = tmp_path / "TrainedModels"
+    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "dlkit.scan.toy", "-C", str(config),
+           "--OutputBase", str(out), "--no-progress", "--lease-timeout", "5", "--engine", "slurm", "--wait"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ledger = wait_for(lambda: (out / ".dlkit-scan").is_dir() and (ledger_of(out).path / "engine.json").exists()
+                          and ledger_of(out), what="the submission")
+        scancel_at_end(ledger)
+        (job,) = jobs_of(ledger)
+        again = scan_cli(config, out, "--engine", "slurm")  # while queued: nothing more to submit
+        assert again.returncode == 0 and "queued already" in again.stderr, again.stderr
+        wait_for(lambda: point_training(ledger, 0) and point_training(ledger, 1), what="both points training")
+        subprocess.run(["scancel", job], check=True, capture_output=True, timeout=30)  # the whole array
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    assert "no job of the scan is queued and 2 point(s) are pending; resubmitting" in stderr
+    assert len(jobs_of(ledger)) == 2 and "#SBATCH --array=0-1" in (ledger.path / "scripts" / "slurm-2.sh").read_text()
+    assert_each_done_once(out, range(2))
+    for i in range(2):
+        assert [a["outcome"] for a in ended(ledger, i)] == ["interrupted", "done"]
+
+
+def test_cancel_stops_the_jobs_and_run_resumes(tmp_path, slurm, scancel_at_end):  # noqa: F811
+    config = write_config(tmp_path, n=3, epochs=4, epoch_time=0.5)
+    out = tmp_path / "TrainedModels"
+    assert scan_cli(config, out, "--engine", "slurm", "--slots", "2").returncode == 0
+    ledger = ledger_of(out)
+    scancel_at_end(ledger)
+    (job,) = jobs_of(ledger)
+    wait_for(lambda: point_training(ledger, 0) and point_training(ledger, 1), what="two points training")
+    cancel = cli("cancel", out)
+    assert cancel.returncode == 0 and "cancel requested" in cancel.stdout
+    wait_for(lambda: not squeue_tasks(job), what=f"job {job} (with its pending task 2) gone from the queue")
+    assert [[a["outcome"] for a in ended(ledger, i)] for i in range(3)] == [["interrupted"], ["interrupted"], []]
+    again = scan_cli(config, out, "--engine", "slurm", "--slots", "2", "--wait")
+    assert again.returncode == 0 and "3 done" in again.stderr, again.stderr
+    assert_each_done_once(out, range(3))
+
+
 def test_usr1_reaches_the_point_which_saves_and_the_task_requeues(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=1, epochs=5, epoch_time=0.5)
     out = tmp_path / "TrainedModels"
