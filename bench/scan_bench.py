@@ -12,6 +12,10 @@
   status    ``python -m dlkit.scan status`` on a 1000-point ledger (900 done, 50 failed, 30 pending after
             an interruption, 20 running), the whole command including interpreter start-up; target < 1 s
 
+  dask      the Dask engine (a LocalCluster of 2 workers) against the local engine (2 slots) on the same no-op
+            points, per point; and the driver's memory (VmRSS, sampled every 0.2 s) over a ``--dask-points``
+            no-op scan: flat means the futures are released as they finish
+
 Each figure is the median of ``--repeats`` runs; every run starts from an empty OutputBase.
 """
 
@@ -45,9 +49,9 @@ def write_config(directory: Path, points: int) -> Path:
     return path
 
 
-def scan(config: Path, out: Path, slots: int, *flags: str) -> list[str]:
+def scan(config: Path, out: Path, slots: int, *flags: str, engine: str = "local") -> list[str]:
     return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "dlkit.scan.toy", "-C", str(config),
-            "--OutputBase", str(out), "--slots", str(slots), "--no-progress", "--", *flags]
+            "--OutputBase", str(out), "--slots", str(slots), "--engine", engine, "--no-progress", "--", *flags]
 
 
 def bench_overhead(work: Path, repeats: int, points: int) -> dict:
@@ -126,11 +130,51 @@ def bench_status(work: Path, repeats: int) -> dict:
             "status_rows_in_process_s": in_process, "target_s": 1.0}
 
 
+def _rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def bench_dask(work: Path, repeats: int, points: int, memory_points: int) -> dict:
+    config = write_config(work, points)
+    local, dask = [], []
+    for r in range(repeats):
+        local.append(timed(scan(config, work / f"dlocal{r}", 2)))
+        dask.append(timed(scan(config, work / f"ddask{r}", 2, engine="dask")))
+    (work / "mem").mkdir()
+    config = write_config(work / "mem", memory_points)
+    proc = subprocess.Popen(scan(config, work / "dmem", 2, engine="dask"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    samples = []
+    t0 = time.perf_counter()
+    while proc.poll() is None:
+        rss = _rss_kib(proc.pid)
+        if rss:
+            samples.append((time.perf_counter() - t0, rss))
+        time.sleep(0.2)
+    assert proc.returncode == 0
+    steady = [rss for t, rss in samples if t > 0.2 * samples[-1][0]]  # after start-up
+    quarter = max(1, len(steady) // 4)
+    return {"points": points, "local_s": statistics.median(local), "dask_s": statistics.median(dask),
+            "per_point_local_s": statistics.median(local) / points, "per_point_dask_s": statistics.median(dask) / points,
+            "dask_overhead_per_point_s": (statistics.median(dask) - statistics.median(local)) / points,
+            "memory_points": memory_points, "memory_scan_s": samples[-1][0] if samples else None,
+            "driver_rss_first_quarter_mib": statistics.median(steady[:quarter]) / 1024,
+            "driver_rss_last_quarter_mib": statistics.median(steady[-quarter:]) / 1024,
+            "driver_rss_max_mib": max(steady) / 1024}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--points", type=int, default=20, help="points of the overhead scan")
-    p.add_argument("--only", default="overhead,slots,status")
+    p.add_argument("--dask-points", type=int, default=300, help="points of the Dask memory scan")
+    p.add_argument("--only", default="overhead,slots,status,dask")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dlkit-scan-bench-"))
@@ -145,6 +189,8 @@ def main():
             results["slots"] = bench_slots(work, args.repeats)
         if "status" in only:
             results["status"] = bench_status(work, args.repeats)
+        if "dask" in only:
+            results["dask"] = bench_dask(work, args.repeats, args.points, args.dask_points)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))

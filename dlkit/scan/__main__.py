@@ -71,6 +71,9 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--signal-seconds", type=int, default=None, metavar="S",
                    help="Slurm: SIGUSR1 this long before the time limit; the point saves and the task requeues "
                         "itself (300)")
+    q.add_argument("--dask-cluster", default=None, metavar="SPEC.yaml",
+                   help="--engine dask: a cluster spec (cluster: LocalCluster|SLURMCluster|PBSCluster, jobs: N, "
+                        "options: {...}); default a LocalCluster of --slots workers")
     q.add_argument("--pbs-flavor", choices=("pro", "torque"), default=None,
                    help="PBS Pro/OpenPBS (-J, PBS_ARRAY_INDEX) or Torque (-t, PBS_ARRAYID); default: from qstat")
     q.add_argument("--wait", action="store_true",
@@ -96,6 +99,8 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--wait-for-others", action="store_true",
                    help="keep going until every point is final, taking over those of workers that die")
     w.add_argument("--engine", default="local", help="recorded as the engine of the leases")
+    w.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop (points save and are requeued) once PID is no longer this worker's parent")
 
     t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
     _add_target(t)
@@ -173,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return work(args.ledger, points=args.points, slots=args.slots, gpus=_gpus(args.gpus),
                         threads_per_point=args.threads_per_point, max_retries=args.max_retries,
-                        lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine)
+                        lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine,
+                        parent_pid=args.parent_pid)
         from dlkit.scan.api import run
 
         gpus = _gpus(args.gpus)
         cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
-                                                       "sbatch_extra", "signal_seconds", "pbs_flavor", "wait")
+                                                       "sbatch_extra", "signal_seconds", "pbs_flavor", "wait",
+                                                       "dask_cluster")
                    if getattr(args, key) not in (None, False)}
         frame = run(args.experiment, config=args.config, flags=passthrough, points=args.points, name=args.name,
                     output_base=args.OutputBase, engine=args.engine, metric=args.metric, slots=args.slots,

@@ -181,7 +181,8 @@ class LocalEngine(Engine):
 
 def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1, gpus: Sequence[str] | None = None,
          threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-         wait_for_others: bool = False, engine: str = "local", batch: bool | None = None) -> int:
+         wait_for_others: bool = False, engine: str = "local", batch: bool | None = None,
+         parent_pid: int | None = None) -> int:
     """Join an existing scan as one worker (a Slurm/PBS array task, a Dask task): run ``points`` (default all)
     until each is final or held by a live worker; returns 0, or 75 if a signal stopped it. ``batch`` (default:
     for the slurm and pbs engines) is :class:`~dlkit.scan.worker.Worker`'s: inside a job that its scheduler
@@ -194,7 +195,7 @@ def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1,
     worker = Worker(ledger, point_command(manifest, ledger.output_base), default_slots(slots, gpus, threads_per_point),
                     points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
                     lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine,
-                    batch=engine in ("slurm", "pbs") if batch is None else batch)
+                    batch=engine in ("slurm", "pbs") if batch is None else batch, parent_pid=parent_pid)
     return worker.run()
 
 
@@ -210,22 +211,28 @@ class _ProgressBar:
                         disable=None if enabled is None else not enabled)
         self._last = 0.0
 
-    def update(self, worker) -> None:
+    def update(self, worker=None) -> None:
         now = time.monotonic()
-        if now - self._last < 0.5 and worker.running:
+        if now - self._last < 0.5:
             return
         self._last = now
         states = self.ledger.final_states()
         done = sum(1 for i, m in states.items() if i in self.points and m.get("state") == "done")
         failed = sum(1 for i, m in states.items() if i in self.points and m.get("state") != "done")
+        try:  # the scan's running points, whichever worker holds them
+            running = sum(1 for n in os.listdir(self.ledger.path / "leases") if n.isdigit() and int(n) in self.points)
+        except FileNotFoundError:
+            running = 0
         self.bar.n = done
-        self.bar.set_postfix(running=len(worker.running), failed=failed, refresh=False)
+        self.bar.set_postfix(running=running, failed=failed, refresh=False)
         self.bar.refresh()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self._last = 0.0
+        self.update()  # the final counts
         self.bar.close()
 
 
@@ -235,7 +242,9 @@ ENGINES: dict[str, type[Engine]] = {"local": LocalEngine}
 from dlkit.scan.pbs import PBSEngine  # noqa: E402  (they subclass Engine, defined above)
 from dlkit.scan.slurm import SlurmEngine  # noqa: E402
 
-ENGINES.update({"slurm": SlurmEngine, "pbs": PBSEngine})
+from dlkit.scan.dask_engine import DaskEngine  # noqa: E402
+
+ENGINES.update({"slurm": SlurmEngine, "pbs": PBSEngine, "dask": DaskEngine})
 
 
 def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,

@@ -136,12 +136,16 @@ class Worker:
         a repeated signal does not force-kill the points (the scheduler kills after its own grace time), and
         the points are stopped with SIGUSR1: a point that got the scheduler's SIGTERM too does not take the
         worker's signal as a second SIGTERM ("force quit", :class:`dlkit.callbacks.GracefulExit`).
+    parent_pid
+        Stop (the points save and exit 75, recorded as interrupted) once this process is no longer the worker's
+        parent: a Dask worker that started it was lost, and its point is to be rerun through the ledger.
     """
 
     def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
                  points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
                  lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
-                 on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False):
+                 on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False,
+                 parent_pid: int | None = None):
         if not slots:
             raise ValueError("Worker needs at least one slot")
         if lease_timeout <= 0:
@@ -159,6 +163,7 @@ class Worker:
         self.on_update = on_update
         self.engine = engine
         self.batch = batch
+        self.parent_pid = parent_pid
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
         self.finished: list[tuple[int, str]] = []   # (point, outcome) of the attempts this worker ended
@@ -180,6 +185,8 @@ class Worker:
                 self._beat()
                 if not self.stopping and self.ledger.cancelled_since(self._started):
                     self.stop("cancel")
+                if not self.stopping and self.parent_pid and os.getppid() != self.parent_pid:
+                    self.stop(f"parent process {self.parent_pid} is gone")
                 if self.stopping:
                     self._signal_points()
                     if not self.running:
