@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dlkit[dask]')")
 
+from slurm_fixture import slurm  # noqa: E402,F401  (the session fixture)
 from test_scan import assert_each_done_once, ended_attempts, ledger_of, running_points, scan_processes, wait_for, \
     write_config  # noqa: E402
 
@@ -60,3 +61,21 @@ def test_killed_dask_worker_point_rerun_through_ledger(tmp_path):
     assert metadata["TotalEpochs"] == 4 and len(metadata["InputMetaData"]) == 1
     time.sleep(0.5)
     assert not scan_processes(ledger_of(out).path)
+
+
+def test_dask_jobqueue_slurmcluster_on_local_slurm(tmp_path, slurm):
+    """dask-jobqueue's SLURMCluster against the one-node Slurm that .ci/start-slurm runs: the Dask workers are
+    Slurm jobs, and each point's `dlkit.scan work` runs inside one."""
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install 'dlkit[dask]')")
+    config = write_config(tmp_path, n=2, epochs=2, epoch_time=0.05)
+    out = tmp_path / "out"
+    spec = tmp_path / "slurm.yaml"
+    spec.write_text("cluster: SLURMCluster\njobs: 1\noptions:\n  cores: 1\n  processes: 1\n  memory: 1GB\n"
+                    "  walltime: '00:10:00'\n  scheduler_options: {host: 127.0.0.1}\n"
+                    f"  log_directory: {tmp_path / 'dask-logs'}\n")
+    result = subprocess.run(dask_cmd(config, out, "--dask-cluster", str(spec)), capture_output=True, text=True,
+                            timeout=200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_each_done_once(out, 2)
+    jobs = {a.get("job_id") for i in range(2) for a in ledger_of(out).attempts(i)}
+    assert None not in jobs and jobs  # each point ran inside a Slurm job (its SLURM_JOB_ID recorded)
