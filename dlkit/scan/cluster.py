@@ -125,6 +125,13 @@ def script_body(ledger_path: str, engine: str, index_var: str, python: str, pyth
     return "\n".join(lines) + "\n"
 
 
+def _names(directory: Path) -> frozenset:
+    try:
+        return frozenset(os.listdir(directory))
+    except FileNotFoundError:
+        return frozenset()
+
+
 def engine_record(ledger: Ledger) -> dict:
     return read_json(ledger.path / ENGINE_FILE, {}) or {}
 
@@ -220,11 +227,12 @@ class ArrayEngine(Engine):
         return job
 
     def unfinished(self, ledger: Ledger) -> list[int]:
-        final = ledger.final_states()
-        return [i for i in ledger.points() if i not in final]
+        final = _names(ledger.path / "done") | _names(ledger.path / "failed")
+        return [i for i in ledger.points() if f"{i}.json" not in final]
 
     def run(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-            wait: bool = False, progress: bool | None = None, poll: float = 2.0, **options) -> int:
+            wait: bool = False, progress: bool | None = None, poll: float = 1.0,
+            queue_poll: tuple[float, float] = (2.0, 30.0), **options) -> int:
         """Submit an array for the points that are neither final nor already queued; with ``wait``, follow the
         scan to its end (resubmitting its pending points when no job of the scan is left in the queue).
         Returns 0, or 75 if the scan was cancelled while followed."""
@@ -233,6 +241,8 @@ class ArrayEngine(Engine):
                 raise ScanError(f"--engine {self.name}: --{key.replace('_', '-')} is for the local engine; {hint}")
         options = {k: v for k, v in options.items() if v is not None and k not in ("gpus", "threads_per_point")}
         check_options(self.name, options, self.OPTIONS)
+        if wait and not self.queue_known():
+            raise ScanError(f"--engine {self.name} --wait: cannot ask the queue ({self.name}'s tools are missing)")
         todo = self.unfinished(ledger)
         queued = self.queue(ledger)
         fresh = [i for i in todo if i not in queued]
@@ -246,32 +256,43 @@ class ArrayEngine(Engine):
         if not wait:
             return 0
         return self.follow(ledger, slots=slots, max_retries=max_retries, lease_timeout=lease_timeout,
-                           progress=progress, poll=poll, **options)
+                           progress=progress, poll=poll, queue_poll=queue_poll, **options)
 
     def follow(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-               progress: bool | None = None, poll: float = 2.0, **options) -> int:
+               progress: bool | None = None, poll: float = 1.0, queue_poll: tuple[float, float] = (2.0, 30.0),
+               **options) -> int:
+        """Follow the scan until every point is final: the ledger every ``poll`` s; the queue every
+        ``queue_poll[0]`` s within a minute of a change in the ledger (a point ended, a lease came or went),
+        else every ``queue_poll[1]`` s (squeue/qstat are shared by everyone on a cluster). When the queue holds
+        no job of the scan twice in a row while points are pending, their array is submitted again."""
+        if not self.queue_known():
+            raise ScanError(f"--engine {self.name} --wait: cannot ask the queue ({self.name}'s tools are missing)")
         started = time.time()
         manifest = ledger.manifest()
         empty_polls = 0
         resubmitted_without_progress = 0
         attempts_at_submit = None
+        fingerprint, changed, asked = None, time.monotonic(), -float("inf")
         with _ProgressBar(ledger, manifest, progress) as bar:
             while True:
                 todo = self.unfinished(ledger)
-                running = {i: True for i in todo if ledger.owner(i) is not None}
-                bar.update(SimpleNamespace(running=running))
+                leases = _names(ledger.path / "leases")
+                bar.update(SimpleNamespace(running={n: True for n in leases if n.isdigit()}))
                 if not todo:
                     return 0
                 if ledger.cancelled_since(started):
                     print(f"dlkit-scan: scan {ledger.name}: cancelled", file=sys.stderr)
                     return 75
-                if not self.queue_known():
-                    raise ScanError(f"--engine {self.name} --wait: cannot ask the queue (its tools are missing)")
-                queue = self.queue(ledger)  # a lease whose task left the queue is stale: not counted
-                if queue:
-                    empty_polls = 0
-                else:
-                    empty_polls += 1
+                now = time.monotonic()
+                if (len(todo), leases) != fingerprint:
+                    fingerprint, changed = (len(todo), leases), now
+                interval = queue_poll[0] if now - changed < 60 else queue_poll[1]
+                if now - asked >= interval:
+                    asked = now
+                    if self.queue(ledger):  # a lease whose task left the queue is stale: it does not count
+                        empty_polls = 0
+                    else:
+                        empty_polls += 1
                 if empty_polls >= 2:  # twice in a row: no job of the scan is left, points are still pending
                     attempts = sum(len(ledger.attempts(i)) for i in todo)
                     if attempts_at_submit is not None and attempts == attempts_at_submit:
@@ -285,7 +306,7 @@ class ArrayEngine(Engine):
                           f"{len(todo)} point(s) are pending; resubmitting", file=sys.stderr)
                     attempts_at_submit = attempts
                     self.submit(ledger, todo, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
-                    empty_polls = 0
+                    empty_polls, changed = 0, time.monotonic()
                 time.sleep(poll)
 
     @staticmethod
