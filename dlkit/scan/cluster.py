@@ -215,9 +215,11 @@ class ArrayEngine(Engine):
         argv = self.submit_argv(path, **options)
         try:
             result = _run(argv, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise ScanError(f"{' '.join(argv)}: no answer after 120 s") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            path.unlink(missing_ok=True)
+            raise ScanError(f"{' '.join(argv)}: {exc}") from None
         if result.returncode != 0:
+            path.unlink(missing_ok=True)  # not submitted: the next submission takes its number
             raise ScanError(f"{' '.join(argv)} failed (exit {result.returncode}): "
                             f"{(result.stderr or result.stdout).strip()}")
         job = self.parse_job_id(result.stdout)
