@@ -35,12 +35,32 @@ def scan_cmd(config, out, *options, flags=()):
             "--OutputBase", str(out), "--no-progress", *options, "--", *flags]
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failing test must not leave a (stopped) worker behind: kill what it started, SIGCONT first."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+
+
 def start(cmd, host=None, **kwargs):
     env = dict(os.environ)
     if host:
         env["DLKIT_SCAN_HOST"] = host
-    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+    _started.append(proc)
+    return proc
 
 
 def ledger_of(out) -> Ledger:
