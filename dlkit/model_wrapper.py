@@ -88,6 +88,7 @@ def _provenance() -> dict:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "argv": list(sys.argv),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # a scan slot's GPU
     }
 
 

@@ -12,22 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dlkit.scan import Ledger, ScanError
+from dlkit.scan import Ledger
 from dlkit.scan.ledger import Decision, classify_attempts
+from scan_helpers import (assert_each_done_once, ended_attempts, ledger_of, running_points, scan_processes, wait_for,
+                          write_config)
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def write_config(tmp_path, n=4, epochs=3, epoch_time=0.1, extra=""):
-    path = tmp_path / "toy_scan.py"
-    path.write_text(f"Config = {{'Epochs': {epochs}, 'EpochTime': {epoch_time}{extra}}}\n"
-                    f"Params = {{'Width': {list(range(1, n + 1))}}}\n")
-    return path
 
 
 def scan_cmd(config, out, *options, flags=()):
@@ -61,79 +55,6 @@ def start(cmd, host=None, **kwargs):
                             stderr=subprocess.STDOUT, text=True, **kwargs)
     _started.append(proc)
     return proc
-
-
-def ledger_of(out) -> Ledger:
-    (ledger,) = Ledger.find(out)
-    return ledger
-
-
-def ended_attempts(ledger, index):
-    return [json.loads(p.read_text()) for p in (ledger.path / "attempts" / str(index)).glob("*.end.json")]
-
-
-def completed_runs(out) -> Counter:
-    """HyperParamSet -> number of run directories whose MetaData.json says completed."""
-    counts = Counter()
-    for md in Path(out).glob("*/MetaData.json"):
-        metadata = json.loads(md.read_text())
-        if metadata.get("Status") == "completed":
-            counts[metadata["HyperParamSet"]] += 1
-    return counts
-
-
-def assert_each_done_once(out, n):
-    ledger = ledger_of(out)
-    for i in range(n):
-        outcomes = [a.get("outcome") for a in ended_attempts(ledger, i)]
-        assert outcomes.count("done") == 1, f"point {i}: attempts ended {outcomes}"
-    assert completed_runs(out) == Counter({i: 1 for i in range(n)})
-    assert sorted(int(p.stem) for p in (ledger.path / "done").glob("*.json")) == list(range(n))
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def running_points(out):
-    """Points whose lease has a progress report with at least one epoch done -> the lease owner."""
-    try:
-        ledger = ledger_of(out)
-    except ScanError:
-        return {}
-    found = {}
-    for lease in (ledger.path / "leases").iterdir():
-        progress = lease / "progress.json"
-        owner = lease / "owner.json"
-        try:
-            if progress.exists() and json.loads(progress.read_text()).get("epochs", 0) >= 1:
-                found[int(lease.name)] = json.loads(owner.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return found
-
-
-def scan_processes(ledger_path):
-    """PIDs of live processes (other than zombies) running under this ledger, found from /proc."""
-    pids = []
-    needle = f"DLKIT_SCAN_DIR={ledger_path}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 # -- the contract, unit level -------------------------------------------------------------------------
@@ -407,3 +328,26 @@ def test_calodnn_scan_kill9_whole_group_then_rerun(tmp_path):
     status = subprocess.run([sys.executable, "-m", "dlkit.scan", "status", str(out)], capture_output=True,
                             text=True, timeout=60)
     assert "3 done" in status.stdout
+
+
+def _slot_environment(tmp_path, *options):
+    """(CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS) each run saw, and the slots of the attempts."""
+    config = write_config(tmp_path, n=4, epochs=1, epoch_time=0.2)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
+    assert subprocess.run(scan_cmd(config, out, *options), env=env, timeout=120).returncode == 0
+    seen = set()
+    for md in out.glob("*/MetaData.json"):
+        provenance = json.loads(md.read_text())["Provenance"]
+        seen.add((provenance["cuda_visible_devices"], provenance["omp_num_threads"]))
+    return seen, {a["slot"] for i in range(4) for a in ledger_of(out).attempts(i)}
+
+
+def test_gpu_slots_pin_one_gpu_each(tmp_path):
+    seen, slots = _slot_environment(tmp_path, "--gpus", "3,5")
+    assert {device for device, _ in seen} == {"3", "5"} and slots == {"gpu3", "gpu5"}
+
+
+def test_cpu_slots_get_their_threads(tmp_path):
+    seen, slots = _slot_environment(tmp_path, "--slots", "2", "--threads-per-point", "1")
+    assert seen == {(None, "1")} and slots == {"cpu0", "cpu1"}

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dlkit[dask]')")
 
 from slurm_fixture import slurm  # noqa: E402,F401  (the session fixture)
-from test_scan import assert_each_done_once, ended_attempts, ledger_of, running_points, scan_processes, wait_for, \
-    write_config  # noqa: E402
+from scan_helpers import (assert_each_done_once, ended_attempts, ledger_of, running_points,  # noqa: E402
+                          scan_processes, wait_for, write_config)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -63,7 +63,7 @@ def test_killed_dask_worker_point_rerun_through_ledger(tmp_path):
     assert not scan_processes(ledger_of(out).path)
 
 
-def test_dask_jobqueue_slurmcluster_on_local_slurm(tmp_path, slurm):
+def test_dask_jobqueue_slurmcluster_on_local_slurm(tmp_path, slurm):  # noqa: F811
     """dask-jobqueue's SLURMCluster against the one-node Slurm that .ci/start-slurm runs: the Dask workers are
     Slurm jobs, and each point's `dlkit.scan work` runs inside one."""
     pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install 'dlkit[dask]')")

@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
+from scan_helpers import assert_each_done_once, ledger_of, write_config
+from scan_helpers import ended_attempts as ended
+from scan_helpers import wait_for as _wait_for
 from slurm_fixture import slurm  # noqa: F401  (the session fixture)
 
 from dlkit.scan import Ledger
@@ -32,13 +33,6 @@ FAKE_PBS = Path(__file__).parent / "scripts" / "fake_pbs.py"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def write_config(tmp_path, n=4, epochs=3, epoch_time=0.2):
-    path = tmp_path / "toy_scan.py"
-    path.write_text(f"Config = {{'Epochs': {epochs}, 'EpochTime': {epoch_time}}}\n"
-                    f"Params = {{'Width': {list(range(1, n + 1))}}}\n")
-    return path
-
-
 def scan_cli(config, out, *options, env=None, timeout=120):
     cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "dlkit.scan.toy", "-C", str(config),
            "--OutputBase", str(out), "--no-progress", "--lease-timeout", "5", *options]
@@ -51,42 +45,8 @@ def cli(*args, env=None, timeout=60):
                           timeout=timeout, env=env)
 
 
-def ledger_of(out) -> Ledger:
-    (ledger,) = Ledger.find(out)
-    return ledger
-
-
-def ended(ledger, index):
-    records = [json.loads(p.read_text()) for p in (ledger.path / "attempts" / str(index)).glob("*.end.json")]
-    return sorted(records, key=lambda r: r["end_ts"])
-
-
-def completed_runs(out) -> Counter:
-    counts = Counter()
-    for md in Path(out).glob("*/MetaData.json"):
-        metadata = json.loads(md.read_text())
-        if metadata.get("Status") == "completed":
-            counts[metadata["HyperParamSet"]] += 1
-    return counts
-
-
-def assert_each_done_once(out, points):
-    ledger = ledger_of(out)
-    for i in points:
-        codes = [a.get("exit_code") for a in ended(ledger, i)]
-        assert codes.count(0) == 1, f"point {i}: attempts ended with {codes}"
-    assert completed_runs(out) == Counter({i: 1 for i in points})
-    assert sorted(int(p.stem) for p in (ledger.path / "done").glob("*.json")) == sorted(points)
-
-
 def wait_for(predicate, timeout=90, what="condition", poll=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return _wait_for(predicate, timeout=timeout, what=what, poll=poll)
 
 
 def jobs_of(ledger) -> list[str]:
@@ -399,7 +359,8 @@ def test_fake_qsub_gets_the_submission_and_status_needs_no_scheduler(tmp_path):
     status = cli("status", out, env=env)  # the queue column from qstat -t
     assert status.returncode == 0 and "queue" in status.stdout.splitlines()[1]
     assert "R 4242[1]" in status.stdout and "Q 4242[3]" in status.stdout
-    assert json.loads(calls.read_text().splitlines()[-1]) == {"prog": "qstat", "argv": ["qstat", "-t", "4242[].fakepbs"]}
+    last_call = json.loads(calls.read_text().splitlines()[-1])
+    assert last_call == {"prog": "qstat", "argv": ["qstat", "-t", "4242[].fakepbs"]}
     bare = dict(os.environ, PATH=str(Path(sys.executable).parent))  # no scheduler tools at all
     status = cli("status", out, env=bare)
     assert status.returncode == 0 and "5 pending" in status.stdout and "queue" not in status.stdout

@@ -266,8 +266,9 @@ class Ledger:
             lines = [f"  {key}: ledger has {old.get(key)!r}, this run has {new.get(key)!r}"
                      for key in differences if key != "config_sha256"]
             if "config_sha256" in differences:
+                was, now = str(old.get("config_sha256"))[:12], str(new.get("config_sha256"))[:12]
                 lines.append(f"  config file {new.get('config')} changed since the scan started "
-                             f"(sha256 {str(old.get('config_sha256'))[:12]}... -> {str(new.get('config_sha256'))[:12]}...)")
+                             f"(sha256 {was}... -> {now}...)")
             raise ScanError(f"scan {self.name!r} in {self.path} was started with a different "
                             f"{', '.join(differences)}:\n" + "\n".join(lines)
                             + "\nrun it under another --name, or restore what it was started with")

@@ -13,6 +13,7 @@ demand, by scan point: ``UserErrorPoints`` exit 2, ``CrashPoints`` crash (exit 1
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -78,6 +79,8 @@ def run(argv=None) -> int:
     metadata = {"Name": setup.name, "Configuration": config, "ScanPoint": setup.point, "HyperParamSet": index,
                 "HyperParamHash": setup.hash, **setup.point, "History": history, "EpochTime": [],
                 "InputMetaData": chain, "OutDir": str(run_dir), "Status": "training",
+                "Provenance": {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
                 "StartTime": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write(run_dir, metadata)
     point.report(epochs=done, run_dir=run_dir)
