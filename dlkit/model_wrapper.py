@@ -314,6 +314,7 @@ class ModelWrapper:
         self.MetaData["Provenance"] = _provenance()
         self.MetaData["StartTime"] = _now()
         self._write_metadata()  # a run killed before its first save is still visible (and flagged)
+        scan_point.report(run_dir=str(self.OutDir), epochs=self.PreviousEpochs)  # also if it trains no epoch
         log.info("%s: output directory %s", self.Name, self.OutDir)
         return self.OutDir
 

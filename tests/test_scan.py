@@ -351,3 +351,41 @@ def test_gpu_slots_pin_one_gpu_each(tmp_path):
 def test_cpu_slots_get_their_threads(tmp_path):
     seen, slots = _slot_environment(tmp_path, "--slots", "2", "--threads-per-point", "1")
     assert seen == {(None, "1")} and slots == {"cpu0", "cpu1"}
+
+
+FENCE_SCRIPT = """
+import os, sys
+import keras
+from dlkit import ModelWrapper
+
+class Tiny(ModelWrapper):
+    def Build(self):
+        inputs = keras.Input((3,))
+        self.Model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+wrapper = Tiny("Tiny", OutputBase=sys.argv[1])
+wrapper.Build()
+wrapper.Compile(Loss="mse")
+wrapper.Initialize()
+print(wrapper.OutDir, flush=True)
+os.mkdir(os.path.join(os.environ["DLKIT_SCAN_DIR"], "ends", "0." + os.environ["DLKIT_SCAN_TOKEN"]))  # stolen
+wrapper.Save()
+print("saved although fenced", flush=True)
+"""
+
+
+def test_model_wrapper_reports_its_run_dir_and_obeys_the_fence(tmp_path):
+    """A Keras run under a lease: the run dir is reported when claimed (a -p resume that trains no epoch has
+    no training callbacks to report it), and once the lease is taken over, Save() writes nothing and quits."""
+    ledger = tmp_path / "ledger"
+    (ledger / "leases" / "0").mkdir(parents=True)
+    (ledger / "ends").mkdir()
+    env = dict(os.environ, DLKIT_SCAN_DIR=str(ledger), DLKIT_SCAN_POINT="0", DLKIT_SCAN_TOKEN="tok")
+    result = subprocess.run([sys.executable, "-c", FENCE_SCRIPT, str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 76, result.stderr[-2000:]  # EXIT_FENCED
+    run_dir = Path(result.stdout.splitlines()[0])
+    assert "saved although fenced" not in result.stdout and not (run_dir / "model.keras").exists()
+    progress = json.loads((ledger / "leases" / "0" / "progress.json").read_text())
+    assert progress == {"run_dir": str(run_dir), "epochs": 0}
+    assert json.loads((run_dir / "MetaData.json").read_text())["Status"] == "initialized"  # not touched after

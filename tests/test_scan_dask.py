@@ -79,3 +79,25 @@ def test_dask_jobqueue_slurmcluster_on_local_slurm(tmp_path, slurm):  # noqa: F8
     assert_each_done_once(out, 2)
     jobs = {a.get("job_id") for i in range(2) for a in ledger_of(out).attempts(i)}
     assert None not in jobs and jobs  # each point ran inside a Slurm job (its SLURM_JOB_ID recorded)
+
+
+def test_cancel_stops_a_dask_scan_and_run_resumes(tmp_path):
+    config = write_config(tmp_path, n=6, epochs=4, epoch_time=0.5)
+    out = tmp_path / "out"
+    driver = subprocess.Popen(dask_cmd(config, out, "--slots", "2"), start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: len(running_points(out)) == 2, timeout=120, what="two running points")
+    cancel = subprocess.run([sys.executable, "-m", "dlkit.scan", "cancel", str(out)], capture_output=True, text=True,
+                            timeout=60)
+    assert cancel.returncode == 0
+    output = driver.communicate(timeout=120)[0]
+    assert driver.returncode == 75, output[-3000:]
+    ledger = ledger_of(out)
+    started = {i for i in range(6) if ledger.attempts(i)}
+    assert len(started) == 2  # the queued tasks that started after the cancel ran nothing
+    assert not scan_processes(ledger.path)
+    result = subprocess.run(dask_cmd(config, out, "--slots", "2"), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_each_done_once(out, 6)
+    for i in started:
+        assert [a["outcome"] for a in ended_attempts(ledger, i)] == ["interrupted", "done"]

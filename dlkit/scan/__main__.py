@@ -101,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--engine", default="local", help="recorded as the engine of the leases")
     w.add_argument("--parent-pid", type=int, default=None, metavar="PID",
                    help="stop (points save and are requeued) once PID is no longer this worker's parent")
+    w.add_argument("--since", type=float, default=None, metavar="EPOCH_SECONDS",
+                   help="obey a cancel asked after this time (default: when this worker starts)")
 
     t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
     _add_target(t)
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             return work(args.ledger, points=args.points, slots=args.slots, gpus=_gpus(args.gpus),
                         threads_per_point=args.threads_per_point, max_retries=args.max_retries,
                         lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine,
-                        parent_pid=args.parent_pid)
+                        parent_pid=args.parent_pid, since=args.since)
         from dlkit.scan.api import run
 
         gpus = _gpus(args.gpus)

@@ -182,7 +182,7 @@ class LocalEngine(Engine):
 def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1, gpus: Sequence[str] | None = None,
          threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
          wait_for_others: bool = False, engine: str = "local", batch: bool | None = None,
-         parent_pid: int | None = None) -> int:
+         parent_pid: int | None = None, since: float | None = None) -> int:
     """Join an existing scan as one worker (a Slurm/PBS array task, a Dask task): run ``points`` (default all)
     until each is final or held by a live worker; returns 0, or 75 if a signal stopped it. ``batch`` (default:
     for the slurm and pbs engines) is :class:`~dlkit.scan.worker.Worker`'s: inside a job that its scheduler
@@ -195,7 +195,8 @@ def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1,
     worker = Worker(ledger, point_command(manifest, ledger.output_base), default_slots(slots, gpus, threads_per_point),
                     points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
                     lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine,
-                    batch=engine in ("slurm", "pbs") if batch is None else batch, parent_pid=parent_pid)
+                    batch=engine in ("slurm", "pbs") if batch is None else batch, parent_pid=parent_pid,
+                    since=since)
     return worker.run()
 
 
@@ -300,8 +301,12 @@ def status_rows(ledger: Ledger) -> list[dict]:
         if owner is not None and not ledger.fenced(index, owner.get("token", "")):
             progress = ledger.progress(index)
             beat = ledger.read_heartbeat(index) or {}
+            age = now - beat.get("time", now)
             row.update(state="running", host=owner.get("host"), epochs=progress.get("epochs", row["epochs"]),
-                       run_dir=progress.get("run_dir", row["run_dir"]), heartbeat_age=now - beat.get("time", now))
+                       run_dir=progress.get("run_dir", row["run_dir"]), heartbeat_age=age)
+            if age > 60:  # the holder's clock against ours: a hint, the ledger itself never compares clocks
+                row["last_error"] = (f"no heartbeat for {age:.0f} s: its worker may be gone (another worker takes "
+                                     f"the point over after the lease timeout)")
         rows.append(row)
     _add_queue(ledger, rows)
     return rows

@@ -47,12 +47,13 @@ log = logging.getLogger(__name__)
 __all__ = ["DaskEngine", "make_cluster", "run_point"]
 
 
-def run_point(ledger_path: str, index: int, max_retries: int, lease_timeout: float, env: Mapping | None = None
-              ) -> dict:
-    """The Dask task: run point ``index`` through the ledger in a ``dlkit.scan work`` subprocess."""
+def run_point(ledger_path: str, index: int, max_retries: int, lease_timeout: float, since: float,
+              env: Mapping | None = None) -> dict:
+    """The Dask task: run point ``index`` through the ledger in a ``dlkit.scan work`` subprocess (which obeys a
+    ``cancel`` asked after ``since``, the driver's start)."""
     argv = [sys.executable, "-m", "dlkit.scan", "work", ledger_path, "--points", str(index), "--engine", "dask",
             "--slots", "1", "--max-retries", str(max_retries), "--lease-timeout", str(lease_timeout),
-            "--parent-pid", str(os.getpid())]
+            "--parent-pid", str(os.getpid()), "--since", repr(since)]
     t0 = time.monotonic()
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           env={**os.environ, **(env or {})}, text=True)
@@ -164,7 +165,7 @@ class DaskEngine(Engine):
             pending = iter(todo)
             futures = as_completed()
             for index in pending:
-                futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, pure=False))
+                futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, started, pure=False))
                 if futures.count() >= limit:
                     break
             for future in futures:
@@ -184,7 +185,7 @@ class DaskEngine(Engine):
                     continue
                 index = next(pending, None)
                 if index is not None:
-                    futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, pure=False))
+                    futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, started, pure=False))
 
     def cancel(self, ledger: Ledger) -> None:
         """Nothing beyond the ledger's marker: the tasks' ``work`` processes see it and stop their points."""

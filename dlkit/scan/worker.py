@@ -139,13 +139,16 @@ class Worker:
     parent_pid
         Stop (the points save and exit 75, recorded as interrupted) once this process is no longer the worker's
         parent: a Dask worker that started it was lost, and its point is to be rerun through the ledger.
+    since
+        A ``cancel`` asked after this time (``time.time()``; default: when the worker was made) stops it: a
+        Dask task that starts after its driver was cancelled must not run its point.
     """
 
     def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
                  points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
                  lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
                  on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False,
-                 parent_pid: int | None = None):
+                 parent_pid: int | None = None, since: float | None = None):
         if not slots:
             raise ValueError("Worker needs at least one slot")
         if lease_timeout <= 0:
@@ -171,7 +174,7 @@ class Worker:
         self._alive: set[int] = set()  # foreign leases seen heartbeating
         self._seq = 0
         self._last_beat = 0.0
-        self._started = time.time()
+        self._started = time.time() if since is None else float(since)
         self._pid_start = process_start_time(os.getpid())
         self._wake_r = self._wake_w = None
 
