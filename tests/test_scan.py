@@ -314,7 +314,8 @@ def test_calodnn_scan_kill9_whole_group_then_rerun(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert_each_done_once(out, 3)
     ledger = ledger_of(out)
-    assert any(a["outcome"] == "interrupted" for i in range(3) for a in ended_attempts(ledger, i))  # cut off
+    # the point seen training when the scan was killed lost its worker (resumed, or found complete)
+    assert any(str(a.get("reason")).startswith("lost") for i in range(3) for a in ended_attempts(ledger, i))
     assert not scan_processes(ledger.path)
     for i in range(3):
         final = [a for a in ledger.attempts(i) if a.get("outcome") == "done"][0]
