@@ -11,12 +11,15 @@ through it (:mod:`dlkit.scan.worker`), and the points obey one exit-code contrac
 else  a crash or a kill: retried up to ``max_retries`` (default 2)
 ====  ===================================================================
 
-A point interrupted 3 times in a row without a new completed epoch is ``stuck``. The CLI::
+A point interrupted 3 times in a row without a new completed epoch is ``stuck``. Engines: ``local`` (K slots on
+this machine, :mod:`dlkit.scan.worker`), ``slurm`` and ``pbs`` (job arrays, :mod:`dlkit.scan.cluster`) and ``dask``
+(:mod:`dlkit.scan.dask_engine`). The CLI::
 
     python -m dlkit.scan run --experiment calodnn.ClassificationExperiment --points 0-3 --slots 2 -- --Test
-    python -m dlkit.scan status TrainedModels [--watch]
-    python -m dlkit.scan retry TrainedModels
-    python -m dlkit.scan cancel TrainedModels
+    python -m dlkit.scan run --engine slurm --slots 8 --gres gpu:1 --wait --experiment calodnn.ClassificationExperiment
+    python -m dlkit.scan status TrainedModels.Test [--watch]
+    python -m dlkit.scan retry TrainedModels.Test
+    python -m dlkit.scan cancel TrainedModels.Test
 """
 
 from dlkit.scan.api import ENGINES, Engine, LocalEngine, cancel, make_manifest, open_scan, retry, run, status

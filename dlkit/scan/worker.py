@@ -169,7 +169,6 @@ class Worker:
         self.parent_pid = parent_pid
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
-        self.finished: list[tuple[int, str]] = []   # (point, outcome) of the attempts this worker ended
         self._seen: dict[int, tuple[str, object, float]] = {}  # foreign leases: token, heartbeat seq, since
         self._alive: set[int] = set()  # foreign leases seen heartbeating
         self._seq = 0
@@ -364,7 +363,6 @@ class Worker:
         decision = classify_attempts(self.ledger.counted_attempts(index), self.max_retries)
         self.ledger.finish_point(index, attempt, decision)
         self.ledger.remove_lease(index, token)
-        self.finished.append((index, decision.state))
         level = logging.INFO if decision.state in ("done", "pending") else logging.WARNING
         log.log(level, "scan point %d: exit %s (%s) -> %s: %s", index, exit_code, outcome, decision.state,
                 decision.reason)
