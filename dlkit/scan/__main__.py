@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -198,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    from dlkit.scan.cluster import compress_ranges
+
+    for sub in frame.attrs.get("submitted", []):
+        print(f"scan {frame['scan'].iloc[0]}: submitted {args.engine} job {sub['job']} for {len(sub['points'])} "
+              f"point(s) {compress_ranges(sub['points'])} ({os.path.join(frame.attrs['ledger'], sub['script'])})", file=sys.stderr)
     counts = frame["state"].value_counts().to_dict()
     print(f"scan {frame['scan'].iloc[0]}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
           file=sys.stderr)

@@ -262,11 +262,17 @@ def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, na
     if engine not in ENGINES:
         raise ScanError(f"--engine {engine!r}: unknown (choose from {', '.join(ENGINES)})")
     ledger = open_scan(experiment, config, flags, points, name, output_base, metric)
+    before = len(_submissions(ledger))
     code = ENGINES[engine]().run(ledger, **options)
     frame = status(ledger.path)
     frame.attrs["exit_code"] = code
     frame.attrs["ledger"] = str(ledger.path)
+    frame.attrs["submitted"] = _submissions(ledger)[before:]  # a cluster engine's new jobs: job, script, points
     return frame
+
+
+def _submissions(ledger: Ledger) -> list[dict]:
+    return list((read_json(ledger.path / "engine.json", {}) or {}).get("submissions") or [])
 
 
 def _format_params(params: Mapping) -> str:

@@ -224,8 +224,8 @@ class ArrayEngine(Engine):
                             f"{(result.stderr or result.stdout).strip()}")
         job = self.parse_job_id(result.stdout)
         self._record(ledger, job, path, points)
-        print(f"dlkit-scan: scan {ledger.name}: submitted {self.name} job {job} for {len(points)} point(s) "
-              f"{compress_ranges(points)} ({path})", file=sys.stderr)
+        log.info("scan %s: submitted %s job %s for %d point(s) %s (%s)", ledger.name, self.name, job, len(points),
+                 compress_ranges(points), path)  # the CLI prints the submissions from engine.json
         return job
 
     def unfinished(self, ledger: Ledger) -> list[int]:
@@ -251,10 +251,10 @@ class ArrayEngine(Engine):
         if fresh:
             self.submit(ledger, fresh, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
         elif todo:
-            print(f"dlkit-scan: scan {ledger.name}: its {len(todo)} unfinished point(s) are queued already "
-                  f"(jobs {', '.join(self.job_ids(ledger))})", file=sys.stderr)
+            log.warning("scan %s: its %d unfinished point(s) are queued already (jobs %s)", ledger.name, len(todo),
+                        ", ".join(self.job_ids(ledger)))
         else:
-            print(f"dlkit-scan: scan {ledger.name}: every point is final; nothing to submit", file=sys.stderr)
+            log.info("scan %s: every point is final; nothing to submit", ledger.name)
         if not wait:
             return 0
         return self.follow(ledger, slots=slots, max_retries=max_retries, lease_timeout=lease_timeout,
@@ -283,7 +283,7 @@ class ArrayEngine(Engine):
                 if not todo:
                     return 0
                 if ledger.cancelled_since(started):
-                    print(f"dlkit-scan: scan {ledger.name}: cancelled", file=sys.stderr)
+                    log.warning("scan %s: cancelled", ledger.name)
                     return 75
                 now = time.monotonic()
                 if (len(todo), leases) != fingerprint:
@@ -304,8 +304,8 @@ class ArrayEngine(Engine):
                     if resubmitted_without_progress >= 2:
                         raise ScanError(f"scan {ledger.name}: {self.name} jobs ended without running any of the "
                                         f"points {compress_ranges(todo)}; see their output in {ledger.path / 'logs'}")
-                    print(f"dlkit-scan: scan {ledger.name}: no job of the scan is queued and "
-                          f"{len(todo)} point(s) are pending; resubmitting", file=sys.stderr)
+                    log.warning("scan %s: no job of the scan is queued and %d point(s) are pending; resubmitting",
+                                ledger.name, len(todo))
                     attempts_at_submit = attempts
                     self.submit(ledger, todo, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
                     empty_polls, changed = 0, time.monotonic()
