@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     from dlkit.scan.cluster import compress_ranges
 
     for sub in frame.attrs.get("submitted", []):
+        script = os.path.join(frame.attrs["ledger"], sub["script"])
         print(f"scan {frame['scan'].iloc[0]}: submitted {args.engine} job {sub['job']} for {len(sub['points'])} "
-              f"point(s) {compress_ranges(sub['points'])} ({os.path.join(frame.attrs['ledger'], sub['script'])})", file=sys.stderr)
+              f"point(s) {compress_ranges(sub['points'])} ({script})", file=sys.stderr)
     counts = frame["state"].value_counts().to_dict()
     print(f"scan {frame['scan'].iloc[0]}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
           file=sys.stderr)

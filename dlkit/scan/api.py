@@ -175,7 +175,7 @@ class LocalEngine(Engine):
                         lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"),
                         engine=self.name)
         with _ProgressBar(ledger, manifest, progress) as bar:
-            worker.on_update = bar.update
+            worker.on_update = lambda _: bar.update()
             return worker.run()
 
 
@@ -212,18 +212,15 @@ class _ProgressBar:
                         disable=None if enabled is None else not enabled)
         self._last = 0.0
 
-    def update(self, worker=None) -> None:
+    def update(self) -> None:
         now = time.monotonic()
         if now - self._last < 0.5:
             return
         self._last = now
-        states = self.ledger.final_states()
-        done = sum(1 for i, m in states.items() if i in self.points and m.get("state") == "done")
-        failed = sum(1 for i, m in states.items() if i in self.points and m.get("state") != "done")
-        try:  # the scan's running points, whichever worker holds them
-            running = sum(1 for n in os.listdir(self.ledger.path / "leases") if n.isdigit() and int(n) in self.points)
-        except FileNotFoundError:
-            running = 0
+        # marker names only (no JSON read): this runs in the worker's loop; running = whoever holds the lease
+        done = len(self.ledger.done_indices() & self.points)
+        failed = len(self.ledger.failed_indices() & self.points)
+        running = len(self.ledger.leased_indices() & self.points)
         self.bar.n = done
         self.bar.set_postfix(running=running, failed=failed, refresh=False)
         self.bar.refresh()

@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 from dlkit.scan.api import Engine, _ProgressBar
 from dlkit.scan.ledger import Ledger, ScanError, now_iso, read_json, write_json
@@ -123,13 +122,6 @@ def script_body(ledger_path: str, engine: str, index_var: str, python: str, pyth
         ]
     lines += ['exit "$code"']
     return "\n".join(lines) + "\n"
-
-
-def _names(directory: Path) -> frozenset:
-    try:
-        return frozenset(os.listdir(directory))
-    except FileNotFoundError:
-        return frozenset()
 
 
 def engine_record(ledger: Ledger) -> dict:
@@ -229,8 +221,8 @@ class ArrayEngine(Engine):
         return job
 
     def unfinished(self, ledger: Ledger) -> list[int]:
-        final = _names(ledger.path / "done") | _names(ledger.path / "failed")
-        return [i for i in ledger.points() if f"{i}.json" not in final]
+        final = ledger.final_indices()
+        return [i for i in ledger.points() if i not in final]
 
     def run(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
             wait: bool = False, progress: bool | None = None, poll: float = 1.0,
@@ -278,8 +270,8 @@ class ArrayEngine(Engine):
         with _ProgressBar(ledger, manifest, progress) as bar:
             while True:
                 todo = self.unfinished(ledger)
-                leases = _names(ledger.path / "leases")
-                bar.update(SimpleNamespace(running={n: True for n in leases if n.isdigit()}))
+                leases = frozenset(ledger.leased_indices())
+                bar.update()
                 if not todo:
                     return 0
                 if ledger.cancelled_since(started):

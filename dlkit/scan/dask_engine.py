@@ -154,7 +154,8 @@ class DaskEngine(Engine):
         while True:
             if ledger.cancelled_since(started):
                 return EXIT_INTERRUPTED
-            todo = [i for i in manifest["points"] if not ledger.is_final(i)]
+            final = ledger.final_indices()
+            todo = [i for i in manifest["points"] if i not in final]
             if not todo:
                 return EXIT_OK
             rounds += 1

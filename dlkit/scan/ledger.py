@@ -387,6 +387,29 @@ class Ledger:
         return [a for a in self.attempts(index) if "end_ts" in a and (a.get("start_ts") or 0) >= since]
 
     # -- final states ---------------------------------------------------------------------------------
+    def _indices(self, sub: str, suffix: str = "") -> set[int]:
+        """The point indices named in ``sub/`` (``<i><suffix>``), from the names alone: no file is read."""
+        try:
+            names = os.listdir(self._dir(sub))
+        except FileNotFoundError:
+            return set()
+        cut = len(suffix)
+        return {int(n[:len(n) - cut]) for n in names
+                if n.endswith(suffix) and n[:len(n) - cut].isdigit()}
+
+    def done_indices(self) -> set[int]:
+        return self._indices("done", ".json")
+
+    def failed_indices(self) -> set[int]:
+        """Failed and stuck points."""
+        return self._indices("failed", ".json")
+
+    def final_indices(self) -> set[int]:
+        return self.done_indices() | self.failed_indices()
+
+    def leased_indices(self) -> set[int]:
+        return self._indices("leases")
+
     def is_final(self, index: int) -> bool:
         return self._dir("done", f"{index}.json").exists() or self._dir("failed", f"{index}.json").exists()
 

@@ -194,7 +194,7 @@ class Worker:
                     if not self.running:
                         break
                 else:
-                    final = self._final()
+                    final = self.ledger.final_indices()
                     self._take_over_stale(final)
                     self._fill(final)
                     if not self.running and self._nothing_left(final):
@@ -261,36 +261,21 @@ class Worker:
                 pass
 
     # -- points ---------------------------------------------------------------------------------------
-    def _final(self) -> set[int]:
-        final = set()
-        for sub in ("done", "failed"):
-            try:
-                names = os.listdir(self.ledger.path / sub)
-            except FileNotFoundError:
-                continue
-            final.update(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
-        return final
-
-    def _leased(self) -> set[int]:
-        try:
-            return {int(n) for n in os.listdir(self.ledger.path / "leases") if n.isdigit()}
-        except FileNotFoundError:
-            return set()
-
     def _nothing_left(self, final: set[int]) -> bool:
         remaining = [i for i in self.points if i not in final]
         if not remaining:
             return True
         if self.wait_for_others:
             return False
-        leased = self._leased()  # the rest is held by workers seen alive (a stale lease is waited for and taken)
+        # the rest is held by workers seen alive (a stale lease is waited for and taken over)
+        leased = self.ledger.leased_indices()
         return all(i in leased and i in self._alive for i in remaining)
 
     def _fill(self, final: set[int]) -> None:
         free = [s for s in self.slots if not s.busy]
         if not free:
             return
-        leased = self._leased()
+        leased = self.ledger.leased_indices()
         for index in self.points:
             if not free:
                 break
@@ -389,7 +374,7 @@ class Worker:
         process on this host that no longer exists."""
         now = time.monotonic()
         mine = set(self.running)
-        for index in sorted(self._leased()):
+        for index in sorted(self.ledger.leased_indices()):
             if index in mine or index not in self.points:
                 continue
             owner = self.ledger.owner(index)
