@@ -332,17 +332,13 @@ def _add_queue(ledger: Ledger, rows: list[dict]) -> None:
             row["queue"] = queue.get(row["point"])
 
 
-def _ledgers(path: str | os.PathLike, name: str | None = None) -> list[Ledger]:
-    return Ledger.find(path, name)
-
-
 def status(path: str | os.PathLike, name: str | None = None):
     """The scan's points as a DataFrame (one row per point; with several scans under ``path``, a ``scan``
     column tells them apart)."""
     import pandas as pd
 
     frames = []
-    for ledger in _ledgers(path, name):
+    for ledger in Ledger.find(path, name):
         frame = pd.DataFrame(status_rows(ledger))
         frame.insert(0, "scan", ledger.name)
         frames.append(frame)
@@ -353,13 +349,13 @@ def status(path: str | os.PathLike, name: str | None = None):
 def retry(path: str | os.PathLike, name: str | None = None, states: Iterable[str] = ("failed", "stuck")
           ) -> dict[str, list[int]]:
     """Requeue the failed and stuck points (``run`` the scan again to run them); returns them per scan."""
-    return {ledger.name: ledger.retry(states) for ledger in _ledgers(path, name)}
+    return {ledger.name: ledger.retry(states) for ledger in Ledger.find(path, name)}
 
 
 def cancel(path: str | os.PathLike, name: str | None = None) -> list[str]:
     """Stop a scan cleanly: every worker's running points save and exit 75, and the workers exit."""
     names = []
-    for ledger in _ledgers(path, name):
+    for ledger in Ledger.find(path, name):
         ledger.cancel()
         engine = (read_json(ledger.path / "engine.json", {}) or {}).get("engine", "local")
         if engine in ENGINES:

@@ -21,6 +21,8 @@ import logging
 import os
 from pathlib import Path
 
+from dlkit.scan.ledger import EXIT_FENCED
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ENV_DIR", "ENV_POINT", "ENV_TOKEN", "PointLease", "current", "guard", "report"]
@@ -29,7 +31,6 @@ ENV_DIR = "DLKIT_SCAN_DIR"
 ENV_POINT = "DLKIT_SCAN_POINT"
 ENV_TOKEN = "DLKIT_SCAN_TOKEN"
 
-EXIT_FENCED = 76  # == dlkit.scan.ledger.EXIT_FENCED; not imported, so experiments stay light
 
 
 class PointLease:

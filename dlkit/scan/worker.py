@@ -50,12 +50,16 @@ _HOST = os.environ.get("DLKIT_SCAN_HOST") or socket.gethostname().split(".")[0]
 _PR_SET_PDEATHSIG = 1
 
 
+try:  # looked up here, not in the forked child: a dlopen() between fork and exec can deadlock
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
 def _pdeathsig_preexec():
     """In the child before exec: die with the worker (Linux); harmless elsewhere."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 @dataclass
