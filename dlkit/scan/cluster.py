@@ -137,6 +137,7 @@ class ArrayEngine(Engine):
 
     name = "?"
     submit_command = "?"   #: the program that submits (sbatch, qsub): missing -> a clear error
+    cancel_command = "?"   #: the program that cancels jobs (scancel, qdel)
     script_prefix = "?"    #: scripts/<prefix>-<n>.sh
     OPTIONS: frozenset = frozenset()  #: the scheduler options ``run`` takes besides the shared ones
 
@@ -157,14 +158,29 @@ class ArrayEngine(Engine):
         running, requeued, ...); ``{}`` without the scheduler's tools or when it cannot be asked."""
         return {}
 
-    def cancel(self, ledger: Ledger) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
     def queue_known(self) -> bool:
         """Whether :meth:`queue` can ask the scheduler (its query program exists)."""
         return False
 
     # -- shared ---------------------------------------------------------------------------------------
+    def cancel(self, ledger: Ledger) -> None:
+        """``cancel_command`` (scancel, qdel) the scan's jobs; a missing program or a failure is logged."""
+        jobs = self.job_ids(ledger)
+        if not jobs:
+            return
+        argv = [self.cancel_command, *jobs]
+        if shutil.which(self.cancel_command) is None:
+            log.warning("scan %s: %s not found; its %s jobs %s are left to the scheduler", ledger.name,
+                        self.cancel_command, self.name, jobs)
+            return
+        try:
+            result = _run(argv, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s: %s", " ".join(argv), exc)
+            return
+        if result.returncode != 0 and (result.stderr or "").strip():
+            log.info("%s: %s", " ".join(argv), result.stderr.strip())
+
     def job_ids(self, ledger: Ledger) -> list[str]:
         record = engine_record(ledger)
         return [str(j) for j in record.get("jobs", [])] if record.get("engine") == self.name else []

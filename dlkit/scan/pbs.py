@@ -75,6 +75,7 @@ class PBSEngine(ArrayEngine):
     """PBS Pro / OpenPBS and Torque job arrays (``qsub``, ``qstat -t``, ``qdel``)."""
 
     name = "pbs"
+    cancel_command = "qdel"
     submit_command = "qsub"
     script_prefix = "pbs"
     OPTIONS = frozenset({"partition", "time", "gres", "mem", "cpus_per_task", "account", "sbatch_extra",
@@ -203,18 +204,6 @@ class PBSEngine(ArrayEngine):
                         for sub in engine_submissions(ledger, number):
                             out.update({i: f"{state} {number}" for i in sub})
         return out
-
-    def cancel(self, ledger: Ledger) -> None:
-        jobs = self.job_ids(ledger)
-        if not jobs:
-            return
-        if shutil.which("qdel") is None:
-            log.warning("scan %s: qdel not found; its PBS jobs %s are left to PBS", ledger.name, jobs)
-            return
-        try:
-            _run(["qdel", *jobs], timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("qdel %s: %s", " ".join(jobs), exc)
 
 
 def engine_submissions(ledger: Ledger, number: str) -> list[list[int]]:

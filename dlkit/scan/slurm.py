@@ -49,6 +49,7 @@ class SlurmEngine(ArrayEngine):
     """Slurm job arrays (``sbatch``, ``squeue``, ``scontrol requeue``, ``scancel``)."""
 
     name = "slurm"
+    cancel_command = "scancel"
     submit_command = "sbatch"
     script_prefix = "slurm"
     OPTIONS = frozenset({"partition", "time", "gres", "mem", "cpus_per_task", "account", "sbatch_extra",
@@ -129,18 +130,3 @@ class SlurmEngine(ArrayEngine):
                 text += f" ({reason})"
             out[int(task)] = text
         return out
-
-    def cancel(self, ledger: Ledger) -> None:
-        jobs = self.job_ids(ledger)
-        if not jobs:
-            return
-        if shutil.which("scancel") is None:
-            log.warning("scan %s: scancel not found; its Slurm jobs %s are left to Slurm", ledger.name, jobs)
-            return
-        try:
-            result = _run(["scancel", *jobs], timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("scancel %s: %s", " ".join(jobs), exc)
-            return
-        if result.returncode != 0 and result.stderr.strip():
-            log.info("scancel %s: %s", " ".join(jobs), result.stderr.strip())
