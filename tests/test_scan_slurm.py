@@ -87,6 +87,16 @@ def all_done(ledger, n):
     return len(list((ledger.path / "done").glob("*.json"))) == n
 
 
+def submit(config, out, scancel_at_end, *options):
+    """``dlkit-scan run --engine slurm`` (no --wait), its jobs scancelled at the end: (ledger, the job id)."""
+    result = scan_cli(config, out, "--engine", "slurm", *options)
+    assert result.returncode == 0, result.stderr
+    ledger = ledger_of(out)
+    scancel_at_end(ledger)
+    (job,) = jobs_of(ledger)
+    return ledger, job
+
+
 @pytest.fixture
 def scancel_at_end():
     """scancel the jobs of the ledgers a test registers, whatever happens to it."""
@@ -104,11 +114,7 @@ def scancel_at_end():
 def test_preempted_task_resumes_its_point(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=4, epochs=4, epoch_time=0.5)
     out = tmp_path / "TrainedModels"
-    result = scan_cli(config, out, "--engine", "slurm", "--slots", "2")
-    assert result.returncode == 0, result.stderr
-    ledger = ledger_of(out)
-    scancel_at_end(ledger)
-    (job,) = jobs_of(ledger)
+    ledger, job = submit(config, out, scancel_at_end, "--slots", "2")
     script = (ledger.path / "scripts" / "slurm-1.sh").read_text()
     assert "#SBATCH --array=0-3%2" in script and f"--output={ledger.path}/logs/slurm-%A_%a.out" in script
     wait_for(lambda: point_training(ledger, 0), what="point 0 training")
@@ -131,11 +137,7 @@ def test_preempted_task_resumes_its_point(tmp_path, slurm, scancel_at_end):  # n
 def test_scancelled_task_is_run_by_the_next_run(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=3, epochs=4, epoch_time=0.5)
     out = tmp_path / "TrainedModels"
-    result = scan_cli(config, out, "--engine", "slurm", "--slots", "2")
-    assert result.returncode == 0, result.stderr
-    ledger = ledger_of(out)
-    scancel_at_end(ledger)
-    (job,) = jobs_of(ledger)
+    ledger, job = submit(config, out, scancel_at_end, "--slots", "2")
     # status says what squeue says: point 2 waits for a free slot of the %2
     wait_for(lambda: f"pending {job}_2 (JobArrayTaskLimit)" in cli("status", out).stdout, timeout=30,
              what="status to show point 2 waiting for a slot", poll=0.1)
@@ -188,10 +190,7 @@ def test_wait_resubmits_when_no_job_of_the_scan_is_left(tmp_path, slurm, scancel
 def test_cancel_stops_the_jobs_and_run_resumes(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=3, epochs=16, epoch_time=0.25)
     out = tmp_path / "TrainedModels"
-    assert scan_cli(config, out, "--engine", "slurm", "--slots", "2").returncode == 0
-    ledger = ledger_of(out)
-    scancel_at_end(ledger)
-    (job,) = jobs_of(ledger)
+    ledger, job = submit(config, out, scancel_at_end, "--slots", "2")
     wait_for(lambda: point_training(ledger, 0) and point_training(ledger, 1), what="two points training")
     cancel = cli("cancel", out)
     assert cancel.returncode == 0 and "cancel requested" in cancel.stdout
@@ -205,11 +204,7 @@ def test_cancel_stops_the_jobs_and_run_resumes(tmp_path, slurm, scancel_at_end):
 def test_usr1_reaches_the_point_which_saves_and_the_task_requeues(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=1, epochs=5, epoch_time=0.5)
     out = tmp_path / "TrainedModels"
-    result = scan_cli(config, out, "--engine", "slurm", "--signal-seconds", "60")
-    assert result.returncode == 0, result.stderr
-    ledger = ledger_of(out)
-    scancel_at_end(ledger)
-    (job,) = jobs_of(ledger)
+    ledger, job = submit(config, out, scancel_at_end, "--signal-seconds", "60")
     assert "#SBATCH --signal=B:USR1@60" in (ledger.path / "scripts" / "slurm-1.sh").read_text()
     wait_for(lambda: point_training(ledger, 0), what="point 0 training")
     # what --signal=B:USR1@60 does 60 s before the time limit: SIGUSR1 to the job script (its batch shell) only
@@ -234,11 +229,7 @@ def test_time_limit_warning_stops_the_point_and_requeues_the_task(tmp_path, slur
     """The real --signal=B:USR1@50 of a 1-minute task: Slurm checks it every ~30 s, so it comes 10-40 s in."""
     config = write_config(tmp_path, n=1, epochs=1000, epoch_time=0.5)
     out = tmp_path / "TrainedModels"
-    result = scan_cli(config, out, "--engine", "slurm", "--time", "1", "--signal-seconds", "50")
-    assert result.returncode == 0, result.stderr
-    ledger = ledger_of(out)
-    scancel_at_end(ledger)
-    (job,) = jobs_of(ledger)
+    ledger, job = submit(config, out, scancel_at_end, "--time", "1", "--signal-seconds", "50")
     first = wait_for(lambda: ended(ledger, 0), timeout=55, what="Slurm's USR1 before the time limit")[0]
     assert (first["exit_code"], first["outcome"]) == (75, "interrupted")
     stopped = json.loads((Path(first["run_dir"]) / "MetaData.json").read_text())
