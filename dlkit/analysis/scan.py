@@ -328,6 +328,7 @@ def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
     Without a ledger (runs started by hand with ``-s``), the runs under ``path`` are grouped by their
     ``HyperParamSet`` and the newest complete run of each point is kept.
     """
+    from dlkit.permutator import Permutator
     from dlkit.scan.api import status_rows
     from dlkit.scan.ledger import Ledger, ScanError
 
@@ -345,8 +346,6 @@ def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
     out = []
     for ledger in ledgers:
         grid = ledger.manifest().get("params") or {}
-        from dlkit.permutator import Permutator
-
         scan = Permutator(grid) if grid else None
         for row in status_rows(ledger):
             index = row["point"]
