@@ -29,7 +29,7 @@ from dlkit.generators.preprocess import Normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix"]
+__all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix", "premix_location"]
 
 
 def _check_norm(key, norm):
@@ -72,23 +72,36 @@ def _samples_identity(samples) -> str:
     return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int = 1024, n_workers=None) -> Path:
-    """Mix and shuffle ``samples`` once into ``out_dir/premix-<hash>.h5``; reuse it if it exists.
+def premix_location():
+    """Where premixed files are read and written: ``calodnn-premix`` in the cache location
+    (:func:`dlkit.cachedir.cache_location`: the user's private directory, or ``$DLKIT_CACHE_DIR``)."""
+    from dlkit.cachedir import cache_location
 
-    The file holds the datasets ``keys`` plus ``label`` (class index in ``class_names`` order). It is
-    written under a temporary name and renamed when complete, so a killed premix is never reused.
+    return cache_location().sub("calodnn-premix")
+
+
+def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int = 1024, n_workers=None) -> Path:
+    """Mix and shuffle ``samples`` once into ``premix-<hash>.h5``; reuse it if it exists and may be read.
+
+    ``out_dir``: a :class:`dlkit.cachedir.CacheLocation` (see :func:`premix_location`) or a directory. A
+    file there is reused only if it is this user's (or the shared directory owner's) and no one else can
+    write to it: the name is a hash of the inputs, not of the bytes. The file holds the datasets ``keys``
+    plus ``label`` (class index in ``class_names`` order). It is written under a temporary name and renamed
+    when complete, so a killed premix is never reused.
     """
     import h5py
 
+    from dlkit.cachedir import CacheLocation, cache_location, seal
     from dlkit.generators import MultiClassGenerator
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    location = out_dir if isinstance(out_dir, CacheLocation) else cache_location(out_dir)
     ident = hashlib.sha1(f"{_samples_identity(samples)}|{sorted(keys)}|{list(class_names)}".encode()).hexdigest()[:16]
-    path = out_dir / f"premix-{ident}-{seed}.h5"
-    if path.exists():
-        log.info("premixed file %s exists; reusing it", path)
-        return path
+    name = f"premix-{ident}-{seed}.h5"
+    found = location.find(name)
+    if found is not None:
+        log.info("premixed file %s exists; reusing it", found)
+        return found
+    path = location.write / name
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     class_map = {name: i for i, name in enumerate(class_names)}
     try:
@@ -109,6 +122,7 @@ def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int =
                 pos += m
             if pos != n:
                 raise RuntimeError(f"premix of {len(samples)} entries wrote {pos} of {n} events")
+        seal(tmp)  # h5py creates it 0666 & ~umask: group-writable under umask 002
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -146,7 +160,6 @@ def setup_data(config: dict) -> CaloData:
     """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
     from dlkit.generators import (
         MultiClassGenerator,
-        default_cache_dir,
         make_samples_from_dirs,
         split_fractions,
         split_samples,
@@ -174,7 +187,7 @@ def setup_data(config: dict) -> CaloData:
     if config["Premix"]:
         from dlkit.generators import SampleSpec
 
-        premix_dir = default_cache_dir() / "calodnn-premix"
+        premix_dir = premix_location()
         gens = []
         for part, name in ((train_s, "train"), (val_s, "validation")):
             path = premix(part, keys, particles, premix_dir, seed=config["Seed"], n_workers=workers)

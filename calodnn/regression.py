@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from calodnn.data import Normalize, calo_normalize, premix
+from calodnn.data import Normalize, calo_normalize, premix, premix_location
 from dlkit.analysis import AnalysisResults
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
@@ -102,7 +102,6 @@ def setup_regression_data(config: dict) -> RegressionData:
         MultiClassGenerator,
         SampleSpec,
         Select,
-        default_cache_dir,
         make_samples_from_dirs,
         split_fractions,
         split_samples,
@@ -141,7 +140,7 @@ def setup_regression_data(config: dict) -> RegressionData:
         use_cache = cache and not (training and augmenting)
         use_preload = preload and not (training and augmenting)
         if config["Premix"]:
-            path = premix(part, keys, particles, default_cache_dir() / "calodnn-premix", seed=config["Seed"],
+            path = premix(part, keys, particles, premix_location(), seed=config["Seed"],
                           n_workers=options["n_workers"])
             spec = [SampleSpec(str(path), {k: k for k in keys}, "mixed")]
             gens.append(MultiClassGenerator(spec, batch, onehot=False, class_index=False, shuffle=training,

@@ -37,10 +37,14 @@ COMPLETE_MARKER = "COMPLETE.json"
 
 
 def data_root(package: str) -> Path:
-    """``$DLKIT_DATA/<package>``, else ``$XDG_CACHE_HOME/dlkit/<package>`` (default ``~/.cache``)."""
-    if os.environ.get("DLKIT_DATA"):
-        return Path(os.environ["DLKIT_DATA"]) / package
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dlkit" / package
+    """``$DLKIT_DATA/<package>``, else ``$XDG_CACHE_HOME/dlkit/<package>`` (default ``~/.cache``).
+
+    The root is checked (:func:`dlkit.cachedir.data_dir`): one that another user owns (unless named with
+    ``$DLKIT_DATA``) or that group/others may write to is refused, since a complete-looking dataset planted
+    there would be reused."""
+    from dlkit.cachedir import data_dir
+
+    return data_dir() / package
 
 
 def tmp_name(path: str | os.PathLike) -> Path:

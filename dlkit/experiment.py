@@ -331,11 +331,13 @@ def finish(wrapper) -> int:
 
 def run_main(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call ``run(argv)``; user errors become one line on stderr and exit code 2."""
+    from dlkit.cachedir import UnsafeDirectoryError
     from dlkit.metadata import MetaDataError  # not dlkit.model_wrapper: an experiment without Keras stays light
 
     try:
         return run(argv)
-    except (ConfigError, UserError, MetaDataError, FileNotFoundError, *_pipeline_errors()) as exc:
+    except (ConfigError, UserError, MetaDataError, FileNotFoundError, UnsafeDirectoryError,
+            *_pipeline_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
 

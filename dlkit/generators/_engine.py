@@ -184,7 +184,7 @@ class Engine:
         queue_depth,
         start_method,
         timeout,
-        cache_dir,
+        cache_location,
         cache_key,
         preload,
         seed,
@@ -200,7 +200,7 @@ class Engine:
         self.queue_depth = max(1, int(queue_depth))
         self.start_method = start_method
         self.timeout = float(timeout)
-        self.cache_dir = cache_dir
+        self.cache_location = cache_location  # dlkit.cachedir.CacheLocation or None
         self.cache_key = cache_key
         self.preload = bool(preload)
         self.seed = int(seed)
@@ -369,8 +369,8 @@ class Engine:
     # ------------------------------------------------------------------ caches
     def _setup_stores(self):
         N = self.n_canonical
-        if self.cache_dir is not None:
-            path = find_cache(self.cache_dir, self.cache_key, N, self.outputs)
+        if self.cache_location is not None:
+            path = find_cache(self.cache_location, self.cache_key, N, self.outputs)
             if path is not None:
                 self.disk_path = path
                 self.disk_layout = open_layout(path, self.outputs, N)
@@ -379,10 +379,12 @@ class Engine:
                 logger.info("reading cache %s", path)
             else:
                 try:
-                    self.builder = CacheBuilder(self.cache_dir, self.cache_key, self.outputs, N, self.meta)
+                    self.builder = CacheBuilder(
+                        self.cache_location.write, self.cache_key, self.outputs, N, self.meta
+                    )
                 except OSError as exc:
                     logger.warning(
-                        "cannot create a cache in %s (%s); continuing without", self.cache_dir, exc
+                        "cannot create a cache in %s (%s); continuing without", self.cache_location.write, exc
                     )
                     self.builder = None
                 if self.builder is not None:

@@ -211,12 +211,13 @@ class Worker:
                 if self.disk is not None:
                     os.close(self.disk[0])
                 try:
-                    fd = os.open(arg, os.O_RDWR if writable else os.O_RDONLY)
+                    # O_NOFOLLOW: the consumer checked the file (dlkit.cachedir); never a symlink put there since
+                    fd = os.open(arg, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
                 except FileNotFoundError:
                     if final is None:
                         raise
                     # Completed and renamed before this message was read: nothing is left to write.
-                    fd, writable = os.open(final, os.O_RDONLY), False
+                    fd, writable = os.open(final, os.O_RDONLY | os.O_NOFOLLOW), False
                 self.disk = (fd, layout, writable)
             else:
                 self.ram = (arg, writable)

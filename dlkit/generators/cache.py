@@ -19,7 +19,11 @@ dead builders are removed. The key hashes the files (path, size, mtime), entries
 selections (so filters are covered by their result), dataset layouts, the pre-process identity and an
 optional ``cache_tag``.
 
->>> arrays, header = read_cache("/tmp/dlkit-cache/dlkit-3f2a....cache")          # doctest: +SKIP
+Where caches live and whose may be read is :mod:`dlkit.cachedir`'s: the key is no signature of the bytes,
+so a cache is read only from a directory no one else can write to, and only if its owner is the reader (or
+the owner of a shared directory named on purpose); the default directory is private to the user.
+
+>>> arrays, header = read_cache("/tmp/dlkit-cache-1000/dlkit-3f2a....cache")     # doctest: +SKIP
 >>> arrays["ECAL"].shape                                                         # doctest: +SKIP
 (40000, 25, 25, 25)
 """
@@ -36,12 +40,12 @@ import logging
 import os
 import secrets
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from dlkit.cachedir import CacheLocation, cache_location, dir_owners, open_trusted
 from dlkit.generators._layout import ArraySpec, BlockLayout
 
 logger = logging.getLogger(__name__)
@@ -55,8 +59,9 @@ SUFFIX = ".cache"
 
 
 def default_cache_dir() -> Path:
-    """``$DLKIT_CACHE_DIR`` or ``<tmp>/dlkit-cache``."""
-    return Path(os.environ.get("DLKIT_CACHE_DIR") or Path(tempfile.gettempdir()) / "dlkit-cache")
+    """The directory this user builds caches in (checked, created): ``$DLKIT_CACHE_DIR`` when it is theirs,
+    else the private ``dlkit-cache-<uid>`` (see :func:`dlkit.cachedir.cache_location`)."""
+    return cache_location().write
 
 
 def _stable(obj, depth: int = 0):
@@ -170,28 +175,41 @@ def file_layout(arrays, n_rows: int, header: dict) -> tuple[bytes, BlockLayout]:
         base = (len(raw) + PAGE - 1) // PAGE * PAGE
 
 
-def read_header(path) -> dict | None:
+def _parse_header(f) -> dict | None:
     try:
-        with open(path, "rb") as f:
-            magic = f.read(len(MAGIC))
-            if magic != MAGIC:
-                return None
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 64 * 2**20:
-                return None
-            return json.loads(f.read(n))
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            return None
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 64 * 2**20:
+            return None
+        return json.loads(f.read(n))
     except (OSError, ValueError, struct.error):
         return None
+
+
+def _open_nofollow(path, flags=os.O_RDONLY) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def read_header(path) -> dict | None:
+    try:
+        fd = _open_nofollow(path)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return _parse_header(f)
 
 
 def cache_path(cache_dir, key: str) -> Path:
     return Path(cache_dir) / f"dlkit-{key[:32]}{SUFFIX}"
 
 
-def find_cache(cache_dir, key: str, n_rows: int, outputs) -> Path | None:
-    """The complete cache for ``key``, validated (magic, key, layout, size), or None."""
-    path = cache_path(cache_dir, key)
-    if not path.exists():
+def find_cache(location: CacheLocation, key: str, n_rows: int, outputs) -> Path | None:
+    """The complete cache for ``key`` that this user may read (:meth:`CacheLocation.find`), validated
+    (magic, key, layout, size), or None."""
+    path = location.find(cache_path(".", key).name)
+    if path is None:
         return None
     header = read_header(path)
     want = [a.describe() for a in outputs]
@@ -204,7 +222,7 @@ def find_cache(cache_dir, key: str, n_rows: int, outputs) -> Path | None:
     )
     if ok:
         try:
-            ok = path.stat().st_size == header["size"]
+            ok = path.lstat().st_size == header["size"]
         except OSError:
             ok = False
     if not ok:
@@ -218,7 +236,7 @@ def clean_stale(cache_dir) -> int:
     removed = 0
     for tmp in glob.glob(os.path.join(os.fspath(cache_dir), f"dlkit-*{SUFFIX}.tmp-*")):
         try:
-            fd = os.open(tmp, os.O_RDWR)
+            fd = _open_nofollow(tmp, os.O_RDWR)
         except OSError:
             continue
         try:
@@ -299,17 +317,28 @@ def open_layout(path, outputs, n_rows: int) -> BlockLayout:
 
 
 def read_cache(path, mode: str = "r") -> tuple[dict[str, np.memmap], dict]:
-    """Memory-mapped arrays of a cache file and its header (entries, classes, key)."""
-    header = read_header(path)
-    if header is None:
-        raise ValueError(f"{path} is not a dlkit cache file")
-    out = {}
-    for a in header["arrays"]:
-        out[a["name"]] = np.memmap(
-            path,
-            dtype=np.dtype(a["dtype"]),
-            mode=mode,
-            offset=a["offset"],
-            shape=(header["n_rows"],) + tuple(a["shape"]),
-        )
+    """Memory-mapped arrays of a cache file and its header (entries, classes, key).
+
+    The file must be one this user may read (theirs, or its directory owner's in a directory no one else
+    can write to; see :func:`dlkit.cachedir.open_trusted`)."""
+    fd = open_trusted(path, dir_owners(Path(path).parent))
+    if fd is None:
+        raise ValueError(f"{path}: no cache file you may read (missing, a symlink, or owned or writable by "
+                         "someone else)")
+    if mode == "r+":
+        os.close(fd)
+        fd = _open_nofollow(path, os.O_RDWR)
+    with os.fdopen(fd, "r+b" if mode == "r+" else "rb") as f:
+        header = _parse_header(f)
+        if header is None:
+            raise ValueError(f"{path} is not a dlkit cache file")
+        out = {}
+        for a in header["arrays"]:
+            out[a["name"]] = np.memmap(
+                f,
+                dtype=np.dtype(a["dtype"]),
+                mode=mode,
+                offset=a["offset"],
+                shape=(header["n_rows"],) + tuple(a["shape"]),
+            )
     return out, header

@@ -49,7 +49,8 @@ from dlkit.generators._engine import Engine
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators._plan import Planner
 from dlkit.generators._source import inspect_entries
-from dlkit.generators.cache import cache_key, cache_path, default_cache_dir
+from dlkit.cachedir import cache_location
+from dlkit.generators.cache import cache_key, cache_path
 from dlkit.generators.errors import DataError
 from dlkit.generators.samples import as_samples
 
@@ -241,7 +242,8 @@ class MultiClassGenerator:
         seeded per batch in the reader, so augmentation is deterministic.
     postprocess : ``f(dict) -> batch`` run in the consumer, e.g. ``Select(["ECAL", "HCAL"], "onehot")``.
     n_workers : reader processes (default :func:`default_workers`); queue_depth : tasks per reader.
-    cache : False, True (``$DLKIT_CACHE_DIR`` or <tmp>/dlkit-cache) or a directory. See :mod:`.cache`.
+    cache : False, True (``$DLKIT_CACHE_DIR``, else the private ``<tmp>/dlkit-cache-<uid>``) or a directory;
+        another user's directory is read-only (a shared cache). See :mod:`.cache` and :mod:`dlkit.cachedir`.
     cache_tag : extra text for the cache key (bump it when the pre-process changes in a way its code
         does not show).
     preload : keep every selected, pre-processed event in RAM after the first pass (DLKit's --preload).
@@ -348,11 +350,11 @@ class MultiClassGenerator:
                 f"array names {sorted(clash)} clash with label arrays; rename with keys={{name: path}}"
             )
         if cache is False or cache is None:
-            self.cache_dir = None
-        elif cache is True:
-            self.cache_dir = default_cache_dir()
+            self.cache_location = None
         else:
-            self.cache_dir = Path(cache)
+            self.cache_location = cache_location(None if cache is True else cache)
+        # where this user builds the cache (their own directory)
+        self.cache_dir = None if self.cache_location is None else self.cache_location.write
         key = None
         if self.cache_dir is not None:
             key = cache_key(self._entries, self._inputs, self._outputs, preprocess, cache_tag)
@@ -382,7 +384,7 @@ class MultiClassGenerator:
             queue_depth=queue_depth,
             start_method=start_method,
             timeout=timeout,
-            cache_dir=self.cache_dir,
+            cache_location=self.cache_location,
             cache_key=key,
             preload=preload,
             seed=self.seed,
@@ -444,8 +446,10 @@ class MultiClassGenerator:
 
     @property
     def cache_path(self) -> Path | None:
-        """Where the cache file is (or will be once complete); None without a cache."""
-        return None if self.cache_dir is None else cache_path(self.cache_dir, self._cache_key)
+        """Where the cache file is (a shared one being read, or this user's, once complete); None without."""
+        if self.cache_dir is None:
+            return None
+        return self._engine.disk_path or cache_path(self.cache_dir, self._cache_key)
 
     @property
     def epoch(self) -> int:
