@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "DLKIT_CACHE_DIR"
 DATA_ENV = "DLKIT_DATA"
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_told: set = set()  # shared directories already announced in the log
 
 
 class UnsafeDirectoryError(PermissionError):
@@ -166,8 +167,10 @@ def cache_location(directory: str | os.PathLike | None = None) -> CacheLocation:
     if st.st_uid == os.geteuid():
         return CacheLocation(path)
     own = _private_cache_dir()
-    logger.info("cache directory %s belongs to %s: reading its files, building missing ones in %s", path,
-                _who(st.st_uid), own)
+    if (path, own) not in _told:  # once per process, not once per generator
+        _told.add((path, own))
+        logger.info("cache directory %s belongs to %s: reading its files, building missing ones in %s", path,
+                    _who(st.st_uid), own)
     return CacheLocation(own, path, st.st_uid)
 
 

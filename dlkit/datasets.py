@@ -39,9 +39,9 @@ COMPLETE_MARKER = "COMPLETE.json"
 def data_root(package: str) -> Path:
     """``$DLKIT_DATA/<package>``, else ``$XDG_CACHE_HOME/dlkit/<package>`` (default ``~/.cache``).
 
-    The root is checked (:func:`dlkit.cachedir.data_dir`): one that another user owns (unless named with
-    ``$DLKIT_DATA``) or that group/others may write to is refused, since a complete-looking dataset planted
-    there would be reused."""
+    The root is checked and created (:func:`dlkit.cachedir.data_dir`): one that another user owns (unless
+    named with ``$DLKIT_DATA``) or that group/others may write to is refused, since a complete-looking dataset
+    planted there would be reused."""
     from dlkit.cachedir import data_dir
 
     return data_dir() / package
