@@ -532,6 +532,7 @@ class ScanProgress(keras.callbacks.Callback):
         self.run_dir = run_dir
         self.initial_epoch = int(initial_epoch)
         self.epochs = self.initial_epoch
+        self.history: dict[str, dict[str, float]] = {}
 
     def on_train_begin(self, logs=None):
         if self._lease is not None:
@@ -540,4 +541,12 @@ class ScanProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epochs += 1
         if self._lease is not None:
-            self._lease.report(epochs=self.epochs)
+            # the epoch's metrics by epoch number (over resumes): a search's pruner reads them
+            for key, value in (logs or {}).items():
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    self.history.setdefault(key, {})[str(self.epochs)] = value
+            self._lease.report(epochs=self.epochs, history=self.history)

@@ -29,7 +29,7 @@ import runpy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "resolve_config", "check_value"]
+__all__ = ["ConfigError", "load_config", "run_config_file", "resolve_config", "check_value", "unknown_key_error"]
 
 
 class ConfigError(ValueError):
@@ -42,12 +42,7 @@ def load_config(path: str | os.PathLike) -> tuple[dict, dict | None]:
     ``Params`` is None when the file defines no scan grid. Errors name the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    try:
-        namespace = runpy.run_path(path, run_name="__dlkit_config__")
-    except Exception as exc:  # the user's file raised: say which file, keep the cause chained
-        raise ConfigError(f"config file {path!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    namespace = run_config_file(path)
     if "Config" not in namespace:
         raise ConfigError(f"config file {path!r} defines no 'Config' dict")
     config = namespace["Config"]
@@ -60,6 +55,17 @@ def load_config(path: str | os.PathLike) -> tuple[dict, dict | None]:
     if params is not None:
         params = _check_params(params, f"config file {path!r}")
     return dict(config), params
+
+
+def run_config_file(path: str | os.PathLike) -> dict:
+    """The namespace a config file defines (run in a namespace of its own); errors name the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        return runpy.run_path(path, run_name="__dlkit_config__")
+    except Exception as exc:  # the user's file raised: say which file, keep the cause chained
+        raise ConfigError(f"config file {path!r} failed to load: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_params(params: Any, where: str) -> dict:
@@ -125,7 +131,7 @@ def check_value(key: str, value: Any, default: Any, expected: type | tuple | Non
     fail()
 
 
-def _unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
+def unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if not close:  # also try case-insensitively: 'width' -> 'Width'
         lowered = {k.lower(): k for k in valid}
@@ -171,6 +177,6 @@ def resolve_config(
             raise ConfigError(f"{source}: expected a dict of settings, got {type(layer).__name__}")
         for key, value in layer.items():
             if key not in defaults:
-                raise _unknown_key_error(str(key), valid, source)
+                raise unknown_key_error(str(key), valid, source)
             resolved[key] = check_value(key, value, defaults[key], types.get(key), where=source)
     return resolved

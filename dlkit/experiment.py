@@ -81,6 +81,9 @@ def make_parser(description: str, default_config: str | os.PathLike | None = Non
     p.add_argument("--OutputBase", default=None, metavar="DIR", help="where model directories go (TrainedModels)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config entry; VALUE is JSON (3, 0.1, true, \"SGD\", [1,2]) or a bare string")
+    p.add_argument("--trial", default=None, metavar="FILE",
+                   help="run a dlkit.scan search trial: its sampled params (trials/<i>.json in the search's ledger) "
+                        "over the config, on the grid point -s")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     p.set_defaults(default_config=default_config)
     return p
@@ -152,6 +155,9 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
                 log.warning("--%s does not apply to this experiment (it has no %r config entry); ignored", flag, key)
     scan = Permutator(params) if params else None
     index, point = scan.select(args.hyperparamset) if scan else (None, {})
+    trial = _read_trial(args.trial, index) if getattr(args, "trial", None) else None
+    if trial is not None:
+        point = {**point, **trial["params"]}
     for key in sorted(set(flags) & set(point)):
         if flags[key] != point[key]:
             log.warning("command line %s=%r is overridden by scan point %d's %s=%r (the scan point wins, as in "
@@ -165,13 +171,38 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     layers.append(("command line", flags))
     if scan:
         layers.append((f"scan point {index} of {config_path}", point))
+    if trial is not None:
+        layers.append((f"search trial {args.trial}", trial["params"]))
     config = resolve_config(defaults, *layers, types=types)
     if args.Test and "OutputBase" in config and "OutputBase" not in flags:
         config["OutputBase"] = str(config["OutputBase"]) + ".Test"
     name = prefix + "".join(f"_{k}{point[k]}" for k in (scan.keys if scan else []))
+    hash_ = scan.hash(index) if scan else None
+    if trial is not None:  # a trial's name is its number: sampled floats make poor directory names
+        from dlkit.permutator import point_hash
+
+        name += f"_Trial{trial['trial']}"
+        hash_ = point_hash(point)
+        point = {**point, "Trial": trial["trial"]}
     output_base = Path(config.get("OutputBase", "TrainedModels"))
-    return RunSetup(config=config, index=index, point=point, hash=scan.hash(index) if scan else None, name=name,
+    return RunSetup(config=config, index=index, point=point, hash=hash_, name=name,
                     output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+
+
+def _read_trial(path: str, index: int | None) -> dict:
+    """A search trial's file (``dlkit.scan`` writes it): ``trial``, ``grid_index`` and the sampled ``params``."""
+    try:
+        with open(path) as f:
+            trial = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--trial {path}: cannot read it ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--trial {path}: not JSON ({exc})") from None
+    if not isinstance(trial, dict) or not isinstance(trial.get("params"), dict) or "trial" not in trial:
+        raise ConfigError(f"--trial {path}: expected a search trial (trial, grid_index, params)")
+    if trial.get("grid_index") is not None and trial["grid_index"] != index:
+        raise ConfigError(f"--trial {path}: it belongs to grid point {trial['grid_index']}, not -s {index}")
+    return trial
 
 
 class RunData:
@@ -317,11 +348,19 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
 
 
 def finish(wrapper) -> int:
-    """Write the final metadata and return the process exit code (75 if a signal stopped training)."""
+    """Write the final metadata and return the process exit code: 75 if a signal stopped training, 77
+    (:data:`dlkit.scan.ledger.EXIT_PRUNED`) if that signal came from a search's pruner."""
     from dlkit.callbacks import EXIT_CODE_INTERRUPTED
+    from dlkit.scan import point
 
     interrupted = wrapper.Interrupted
-    wrapper.finish(Status=wrapper.MetaData.pop("TrainStatus", None))
+    status = wrapper.MetaData.pop("TrainStatus", None)
+    if interrupted and point.pruned():
+        wrapper.MetaData["StopReason"] = "pruned by the search"
+        wrapper.finish(Status="pruned")
+        log.info("%s: pruned by the search; saved in %s", wrapper.Name, wrapper.OutDir)
+        return point.EXIT_PRUNED
+    wrapper.finish(Status=status)
     if interrupted:
         log.warning("%s: stopped by a signal; saved in %s - resume with -p (exit code %d)", wrapper.Name,
                     wrapper.OutDir, EXIT_CODE_INTERRUPTED)

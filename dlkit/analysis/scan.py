@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 #: The status flags of a :class:`ScanModel`.
-FLAGS = ("ok", "stopped", "interrupted", "failed", "running/killed", "corrupt", "no metadata", "model error",
+FLAGS = ("ok", "stopped", "interrupted", "pruned", "failed", "running/killed", "corrupt", "no metadata", "model error",
          "missing", "stuck")
 
 #: The columns computed from the model rather than read from its metadata.
@@ -85,6 +85,8 @@ class ScanModel(Mapping):
         a callback (EarlyStopping, TimeStopping) ended training; ``message`` says which;
     ``interrupted``
         a signal stopped it (resumable);
+    ``pruned``
+        a search trial that ``dlkit.scan search``'s pruner stopped early (final: no analysis metrics);
     ``failed``
         training raised; ``message`` holds the error;
     ``running/killed``
@@ -222,7 +224,7 @@ def _status_of(metadata: Mapping) -> tuple[str, str]:
     reason = str(metadata.get("StopReason") or "")
     if status == "completed":
         return "ok", reason
-    if status in ("stopped", "interrupted", "failed"):
+    if status in ("stopped", "interrupted", "pruned", "failed"):
         return status, reason
     if status == "analysing":
         return "running/killed", "trained and saved, but its analysis did not finish (still running, or killed)"
@@ -328,7 +330,6 @@ def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
     Without a ledger (runs started by hand with ``-s``), the runs under ``path`` are grouped by their
     ``HyperParamSet`` and the newest complete run of each point is kept.
     """
-    from dlkit.permutator import Permutator
     from dlkit.scan.api import status_rows
     from dlkit.scan.ledger import Ledger, ScanError
 
@@ -345,14 +346,12 @@ def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
         return [_newest_complete(runs) for _, runs in sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(12))]
     out = []
     for ledger in ledgers:
-        grid = ledger.manifest().get("params") or {}
-        scan = Permutator(grid) if grid else None
         for row in status_rows(ledger):
             index = row["point"]
-            if row["state"] == "done" and row.get("run_dir") and Path(row["run_dir"]).is_dir():
+            if row["state"] in ("done", "pruned") and row.get("run_dir") and Path(row["run_dir"]).is_dir():
                 out.append(_load_one(Path(row["run_dir"]), True, True, False))
                 continue
-            point = scan[index] if scan else {}
+            point = ledger.point_params(index) or {}  # a search trial not sampled yet has none
             status = row["state"] if row["state"] in ("failed", "stuck") else "missing"
             message = row.get("last_error") or ""
             if status == "missing":

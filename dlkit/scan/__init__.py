@@ -8,6 +8,7 @@ through it (:mod:`dlkit.scan.worker`), and the points obey one exit-code contrac
 0     done
 2     configuration or data error: failed, not retried
 75    stopped by a signal after saving: requeued, resumed with ``-p``
+77    a search trial stopped early by the pruner after saving: ``pruned``, final (:mod:`dlkit.scan.search`)
 else  a crash or a kill: retried up to ``max_retries`` (default 2)
 ====  ===================================================================
 
@@ -17,22 +18,27 @@ this machine, :mod:`dlkit.scan.worker`), ``slurm`` and ``pbs`` (job arrays, :mod
 
     python -m dlkit.scan run --experiment calodnn.ClassificationExperiment --points 0-3 --slots 2 -- --Test
     python -m dlkit.scan run --engine slurm --slots 8 --gres gpu:1 --wait --experiment calodnn.ClassificationExperiment
+    python -m dlkit.scan search my_search.py --experiment calodnn.ClassificationExperiment --sampler tpe \
+        --trials 20 --parallel 2 --objective Gamma_AUC --direction maximize -- --Test
     python -m dlkit.scan status TrainedModels.Test [--watch]
     python -m dlkit.scan retry TrainedModels.Test
     python -m dlkit.scan cancel TrainedModels.Test
 """
 
 from dlkit.scan.api import ENGINES, Engine, LocalEngine, cancel, make_manifest, open_scan, retry, run, status
+from dlkit.scan.search import best, search, search_plots
 from dlkit.scan.ledger import (
     EXIT_FENCED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PRUNED,
     EXIT_USER_ERROR,
     LEDGER_DIR,
     Ledger,
     ScanError,
 )
 
-__all__ = ["run", "status", "retry", "cancel", "open_scan", "make_manifest", "Ledger", "ScanError", "Engine",
+__all__ = ["run", "search", "best", "search_plots",
+           "status", "retry", "cancel", "open_scan", "make_manifest", "Ledger", "ScanError", "Engine",
            "LocalEngine", "ENGINES", "LEDGER_DIR", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
-           "EXIT_FENCED"]
+           "EXIT_FENCED", "EXIT_PRUNED"]

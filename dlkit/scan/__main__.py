@@ -1,6 +1,9 @@
 """``python -m dlkit.scan`` (also ``dlkit-scan``): run, see, retry and cancel a scan.
 
     dlkit-scan run --experiment calodnn.ClassificationExperiment --points 0-3 --slots 2 -- --Test
+    dlkit-scan search my_search.py --experiment calodnn.ClassificationExperiment --trials 20 --parallel 2 \
+        --objective Gamma_AUC --direction maximize -- --Test
+    dlkit-scan best TrainedModels.Test
     dlkit-scan status TrainedModels [--watch]
     dlkit-scan retry TrainedModels
     dlkit-scan cancel TrainedModels
@@ -26,25 +29,18 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="the scan under OutputBase (default: all of them)")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dlkit-scan", description="Run every point of a dlkit scan exactly once.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="run (or resume) a scan; extra experiment flags go after '--'",
-                       description="Run the points of a scan that are not done yet. Everything after '--' is "
-                                   "passed to every point (e.g. -- --Test --set Epochs=5).")
+def _add_engine_options(r: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``search`` share: the experiment, the scan's name and OutputBase, the engine options."""
     r.add_argument("--experiment", required=True, metavar="MODULE",
                    help="a dlkit experiment module (calodnn.ClassificationExperiment) or a .py file")
-    r.add_argument("-C", "--config", default=None, help="the scan's config file (default: the experiment's)")
     r.add_argument("--name", default=None,
                    help="scan name (default: <experiment>-<config file stem>); its ledger is "
                         "<OutputBase>/.dlkit-scan/<name>/")
     r.add_argument("--OutputBase", default=None, metavar="DIR",
                    help="where the models (and the ledger) go (default TrainedModels; TrainedModels.Test with "
                         "--Test among the experiment flags)")
-    r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
-    r.add_argument("--engine", default="local", help="where points run: local (default), slurm, pbs")
+    r.add_argument("--engine", default="local",
+                   help="where points run: local (default), slurm, pbs, dask (run only)")
     r.add_argument("--slots", type=int, default=None, metavar="K",
                    help="points run at once (default: #gpus or 1; cluster engines: the array's %%K, no limit)")
     r.add_argument("--gpus", default=None, metavar="LIST",
@@ -54,8 +50,6 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-retries", type=int, default=2, metavar="N", help="retries of a crashing point (2)")
     r.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="a point whose worker sent no heartbeat for this long is taken over (120)")
-    r.add_argument("--metric", default=None,
-                   help="main metric shown by status: a MetaData key (Ele_AUC) or History metric (val_loss)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = r.add_argument_group("cluster engines (--engine slurm|pbs)",
                              "one job array of the points not yet final, --slots of them at once (%K); each task "
@@ -79,6 +73,47 @@ def make_parser() -> argparse.ArgumentParser:
                    help="PBS Pro/OpenPBS (-J, PBS_ARRAY_INDEX) or Torque (-t, PBS_ARRAYID); default: from qstat")
     q.add_argument("--wait", action="store_true",
                    help="follow the scan to its end (progress bar); resubmit pending points when no job is left")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dlkit-scan", description="Run every point of a dlkit scan exactly once.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (or resume) a scan; extra experiment flags go after '--'",
+                       description="Run the points of a scan that are not done yet. Everything after '--' is "
+                                   "passed to every point (e.g. -- --Test --set Epochs=5).")
+    r.add_argument("-C", "--config", default=None, help="the scan's config file (default: the experiment's)")
+    r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
+    r.add_argument("--metric", default=None,
+                   help="main metric shown by status: a MetaData key (Ele_AUC) or History metric (val_loss)")
+    _add_engine_options(r)
+
+    f = sub.add_parser("search", help="random or Bayesian (TPE) search over a config's Search block",
+                       description="Sample trials from the config file's Search block (dlkit.scan.space) with "
+                                   "Optuna, each a ledger point run exactly once; a Params grid in the file is the "
+                                   "outer loop. Run the same command again after a crash or kill to finish it. "
+                                   "Everything after '--' is passed to every trial.")
+    f.add_argument("config", metavar="CONFIG", help="config file with Config, a Search block and optionally Params")
+    f.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna's TPE (default) or random")
+    f.add_argument("--trials", type=int, required=True, metavar="N", help="trials (per grid point)")
+    f.add_argument("--parallel", type=int, default=1, metavar="K", help="trials running at once (1)")
+    f.add_argument("--objective", default="val_loss",
+                   help="MetaData key (Gamma_AUC) or History metric (val_loss, the default) to optimise")
+    f.add_argument("--direction", choices=("minimize", "maximize"), default=None,
+                   help="default: minimize a loss, maximize anything else")
+    f.add_argument("--seed", type=int, default=None, help="the sampler's seed (default: random)")
+    f.add_argument("--pruner", choices=("median", "halving"), default=None,
+                   help="stop poor trials early (Optuna's median or successive-halving pruner); default none")
+    f.add_argument("--prune-metric", default="val_loss", metavar="METRIC",
+                   help="the per-epoch metric the pruner compares (val_loss)")
+    f.add_argument("--points", default=None, metavar="LIST", help="grid points to search at (default all)")
+    _add_engine_options(f)
+
+    b = sub.add_parser("best", help="the best trials of a search, with their params and objective")
+    _add_target(b)
+    b.add_argument("-n", type=int, default=5, help="how many per search (5)")
+    b.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
 
     s = sub.add_parser("status", help="one row per point: state, attempts, epochs, metric, run dir, host, error")
     _add_target(s)
@@ -116,7 +151,7 @@ def _print_status(args) -> bool:
     """Print the tables; True when every point of every scan is final."""
     from tabulate import tabulate
 
-    from dlkit.scan.ledger import Ledger
+    from dlkit.scan.ledger import FINAL_STATES, Ledger
     from dlkit.scan.api import STATUS_COLUMNS, status_rows
 
     all_final = True
@@ -125,7 +160,7 @@ def _print_status(args) -> bool:
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["state"]] = counts.get(row["state"], 0) + 1
-        all_final &= all(row["state"] in ("done", "failed", "stuck") for row in rows)
+        all_final &= all(row["state"] in FINAL_STATES for row in rows)
         if args.state:
             wanted = {s.strip() for s in args.state.split(",")}
             rows = [row for row in rows if row["state"] in wanted]
@@ -134,6 +169,22 @@ def _print_status(args) -> bool:
         table = [[row.get(c) if row.get(c) is not None else "" for c in columns] for row in rows]
         print(tabulate(table, headers=columns, tablefmt=args.tablefmt, floatfmt=".4g"))
     return all_final
+
+
+def _print_table(frame, title: str, tablefmt: str) -> None:
+    from tabulate import tabulate
+
+    print(f"{title}:")
+    print(tabulate(frame.fillna("").values.tolist(), headers=list(frame.columns), tablefmt=tablefmt,
+                   floatfmt=".4g") if len(frame) else "(no finished trial yet)")
+
+
+def _print_best(args) -> int:
+    from dlkit.scan.search import best
+
+    for name, frame in best(args.path, args.name, n=args.n).groupby("scan", sort=False):
+        _print_table(frame.drop(columns="scan"), f"search {name}: best trials", args.tablefmt)
+    return 0
 
 
 def _gpus(text: str | None) -> list[str] | None:
@@ -183,17 +234,26 @@ def main(argv: list[str] | None = None) -> int:
                         threads_per_point=args.threads_per_point, max_retries=args.max_retries,
                         lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine,
                         parent_pid=args.parent_pid, since=args.since)
-        from dlkit.scan.api import run
-
-        gpus = _gpus(args.gpus)
+        if args.command == "best":
+            return _print_best(args)
         cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
                                                        "sbatch_extra", "signal_seconds", "pbs_flavor", "wait",
                                                        "dask_cluster")
                    if getattr(args, key) not in (None, False)}
-        frame = run(args.experiment, config=args.config, flags=passthrough, points=args.points, name=args.name,
-                    output_base=args.OutputBase, engine=args.engine, metric=args.metric, slots=args.slots,
-                    gpus=gpus, threads_per_point=args.threads_per_point, max_retries=args.max_retries,
-                    lease_timeout=args.lease_timeout, progress=False if args.no_progress else None, **cluster)
+        common = dict(flags=passthrough, points=args.points, name=args.name, output_base=args.OutputBase,
+                      engine=args.engine, slots=args.slots, gpus=_gpus(args.gpus),
+                      threads_per_point=args.threads_per_point, max_retries=args.max_retries,
+                      lease_timeout=args.lease_timeout, progress=False if args.no_progress else None, **cluster)
+        if args.command == "search":
+            from dlkit.scan.search import search
+
+            frame = search(args.experiment, args.config, trials=args.trials, sampler=args.sampler,
+                           objective=args.objective, direction=args.direction, parallel=args.parallel,
+                           seed=args.seed, prune=args.pruner, prune_metric=args.prune_metric, **common)
+        else:
+            from dlkit.scan.api import run
+
+            frame = run(args.experiment, config=args.config, metric=args.metric, **common)
     except (ScanError, ValueError) as exc:
         print(f"dlkit-scan: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -208,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = frame["state"].value_counts().to_dict()
     print(f"scan {frame['scan'].iloc[0]}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
           file=sys.stderr)
+    if args.command == "search":
+        _print_table(frame.attrs["best"].head(5), "best trials", "simple")
+        for path in frame.attrs.get("plots", []):
+            print(f"plot: {path}", file=sys.stderr)
     code = frame.attrs.get("exit_code", 0)
     if code:
         print(f"dlkit-scan: stopped; run the same command again to resume (ledger: {frame.attrs['ledger']})",

@@ -25,7 +25,7 @@ from typing import Any
 
 from dlkit.config import ConfigError, load_config
 from dlkit.permutator import Permutator
-from dlkit.scan.ledger import Ledger, ScanError, read_json, sha256_file
+from dlkit.scan.ledger import FINAL_STATES, Ledger, ScanError, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +109,23 @@ def make_manifest(experiment: str, config: str | os.PathLike | None = None, flag
             "points": parse_points(points, size), "flags": flags, "metric": metric}
 
 
-def point_command(manifest: Mapping, output_base: str | os.PathLike):
-    """``command(index, resume)`` -> the argv of one point: the experiment, its config, ``-s``, the flags."""
+def point_command(ledger: Ledger, manifest: Mapping | None = None):
+    """``command(index, resume)`` -> the argv of one point: the experiment, its config, ``-s``, the flags; for a
+    search trial also ``--trial`` (its sampled params) and ``-s`` of its grid point."""
     from dlkit.scan.worker import python_argv
 
+    manifest = manifest or ledger.manifest()
     base = python_argv(manifest["experiment"])
-    output_base = os.fspath(Path(output_base).resolve())
+    output_base = os.fspath(ledger.output_base.resolve())
+    search = manifest.get("search")
 
     def command(index: int, resume: bool) -> list[str]:
-        argv = [*base, "-C", manifest["config"], "-s", str(index), "--OutputBase", output_base,
-                *manifest["flags"]]
+        where = ["-s", str(index)]
+        if search:
+            grid = (index // search["trials"]) if manifest.get("params") else None
+            where = (["-s", str(grid)] if grid is not None else []) + [
+                "--trial", os.fspath(ledger.trial_path(index).resolve())]
+        argv = [*base, "-C", manifest["config"], *where, "--OutputBase", output_base, *manifest["flags"]]
         return argv + ["-p"] if resume else argv
 
     return command
@@ -170,7 +177,7 @@ class LocalEngine(Engine):
         from dlkit.scan.worker import Worker, _env_job_id, default_slots
 
         manifest = ledger.manifest()
-        worker = Worker(ledger, point_command(manifest, ledger.output_base),
+        worker = Worker(ledger, point_command(ledger, manifest),
                         default_slots(slots, gpus, threads_per_point), max_retries=max_retries,
                         lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"),
                         engine=self.name)
@@ -192,11 +199,11 @@ def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1,
     ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
     manifest = ledger.manifest()
     selected = parse_points(points, manifest["size"]) if points is not None else manifest["points"]
-    worker = Worker(ledger, point_command(manifest, ledger.output_base), default_slots(slots, gpus, threads_per_point),
+    worker = Worker(ledger, point_command(ledger, manifest), default_slots(slots, gpus, threads_per_point),
                     points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
                     lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine,
                     batch=engine in ("slurm", "pbs") if batch is None else batch, parent_pid=parent_pid,
-                    since=since)
+                    since=since, ready=(lambda i: ledger.trial_path(i).is_file()) if manifest.get("search") else None)
     return worker.run()
 
 
@@ -279,13 +286,16 @@ def _format_params(params: Mapping) -> str:
 def status_rows(ledger: Ledger) -> list[dict]:
     """One dict per point of the scan (see :data:`STATUS_COLUMNS`), read from the ledger alone."""
     manifest = ledger.manifest()
-    grid = Permutator(manifest["params"]) if manifest.get("params") else None
     final = ledger.final_states()
+    search = manifest.get("search")
     now = time.time()
     rows = []
     for index in manifest["points"]:
-        row = {"point": index, "params": _format_params(grid[index]) if grid else "", "state": "pending",
+        params = ledger.point_params(index, manifest)
+        row = {"point": index, "params": _format_params(params) if params else "", "state": "pending",
                "attempts": 0, "epochs": None, "metric": None, "run_dir": None, "host": None, "last_error": None}
+        if search:
+            row["trial"] = index % search["trials"]
         marker = final.get(index)
         if marker is not None:
             row.update({k: marker.get(k) for k in ("state", "attempts", "epochs", "metric", "run_dir", "host")})
@@ -328,7 +338,7 @@ def _add_queue(ledger: Ledger, rows: list[dict]) -> None:
     if not queue:
         return
     for row in rows:
-        if row["state"] not in ("done", "failed", "stuck"):
+        if row["state"] not in FINAL_STATES:
             row["queue"] = queue.get(row["point"])
 
 

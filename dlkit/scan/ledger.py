@@ -8,7 +8,10 @@
     ends/<i>.<token>/              the lease <token> of point i has ended (released by its holder, or stolen)
     attempts/<i>/<token>.start.json, <token>.end.json
                                    the log of attempts: start, end, exit code, wall time, epochs, run dir, host
-    done/<i>.json, failed/<i>.json the point's final state (failed/<i>.json also for ``stuck``)
+    done/<i>.json, failed/<i>.json the point's final state (failed/<i>.json also for ``stuck``; done/<i>.json
+                                   also for a search trial that was ``pruned``)
+    trials/<i>.json                a search trial's sampled params, written once before the point first starts
+    prune/<i>.<token>.json         the search driver pruned lease <token> of point i: its worker stops it
     retries/<i>.json               attempts before a ``retry`` no longer count against --max-retries
     logs/<i>/<token>.log           the point's stdout and stderr, one file per attempt
     cancel.json                    drivers started before its time stop their points and exit
@@ -58,7 +61,7 @@ from dlkit.metadata import atomic_write, to_jsonable
 log = logging.getLogger(__name__)
 
 __all__ = ["Ledger", "ScanError", "LEDGER_DIR", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_INTERRUPTED", "EXIT_FENCED",
-           "STATES", "classify_attempts", "Decision"]
+           "EXIT_PRUNED", "STATES", "FINAL_STATES", "classify_attempts", "Decision"]
 
 #: The hidden directory under OutputBase that holds the ledgers (hidden: ScanAnalysis skips it).
 LEDGER_DIR = ".dlkit-scan"
@@ -68,9 +71,12 @@ EXIT_OK = 0              #: done
 EXIT_USER_ERROR = 2      #: a configuration/data error: failed, never retried
 EXIT_INTERRUPTED = 75    #: stopped by a signal after saving: requeued, resumed with -p
 EXIT_FENCED = 76         #: the point's lease was stolen while it was stopped: it wrote nothing and quit
+EXIT_PRUNED = 77         #: a search trial stopped early by the pruner, after saving: final, not retried
 
 #: The states of a point, as ``status`` shows them.
-STATES = ("pending", "running", "done", "failed", "stuck")
+STATES = ("pending", "running", "done", "pruned", "failed", "stuck")
+#: The states in which a point never runs again (without ``retry``).
+FINAL_STATES = ("done", "pruned", "failed", "stuck")
 
 #: Interruptions in a row without a new completed epoch that make a point ``stuck``.
 STUCK_AFTER = 3
@@ -150,6 +156,8 @@ def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
     code = last.get("exit_code")
     if code == EXIT_OK or last.get("outcome") == "done":
         return Decision("done", "exit 0" if code == EXIT_OK else str(last.get("reason")))
+    if last.get("outcome") == "pruned":
+        return Decision("pruned", f"stopped early by the search's pruner after {last.get('epochs')} epoch(s)")
     if code == EXIT_USER_ERROR:
         return Decision("failed", "exit 2 (configuration or data error): not retried")
     if last.get("outcome") == "interrupted":
@@ -173,7 +181,11 @@ def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
     return Decision("pending", f"crashed (exit {code}): retry {crashes} of {max_retries}")
 
 
-def outcome_of(exit_code: int | None, lost: bool = False, stopped_by_user: bool = False) -> str:
+def outcome_of(exit_code: int | None, lost: bool = False, stopped_by_user: bool = False,
+               pruned: bool = False) -> str:
+    """What an attempt's end means; ``pruned``: the search pruned this lease (it saved and stopped, 77 or 75)."""
+    if exit_code == EXIT_PRUNED or (pruned and exit_code == EXIT_INTERRUPTED):
+        return "pruned"
     if lost or stopped_by_user:
         return "interrupted"
     if exit_code == EXIT_OK:
@@ -245,7 +257,8 @@ class Ledger:
         Raises :class:`ScanError` naming every entry that differs (a changed config file, grid, point list,
         experiment or flags under the same scan name).
         """
-        for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves"):
+        for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves", "trials",
+                    "prune"):
             self._dir(sub).mkdir(parents=True, exist_ok=True)
         path = self._dir("manifest.json")
         new = to_jsonable(dict(manifest))
@@ -260,7 +273,8 @@ class Ledger:
         finally:
             prepared.unlink(missing_ok=True)
         old = self.manifest()
-        differences = [key for key in ("experiment", "config", "config_sha256", "params", "points", "flags")
+        differences = [key for key in ("experiment", "config", "config_sha256", "params", "points", "flags",
+                                       "search")
                        if old.get(key) != new.get(key)]
         if differences:
             lines = [f"  {key}: ledger has {old.get(key)!r}, this run has {new.get(key)!r}"
@@ -413,6 +427,10 @@ class Ledger:
     def is_final(self, index: int) -> bool:
         return self._dir("done", f"{index}.json").exists() or self._dir("failed", f"{index}.json").exists()
 
+    def final_state(self, index: int) -> dict | None:
+        """The final marker of point ``index`` (done, pruned, failed, stuck), or None."""
+        return read_json(self._dir("done", f"{index}.json")) or read_json(self._dir("failed", f"{index}.json"))
+
     def final_states(self) -> dict[int, dict]:
         """``{index: marker}`` of done, failed and stuck points."""
         out = {}
@@ -437,7 +455,7 @@ class Ledger:
                   **{k: attempt.get(k) for k in ("epochs", "run_dir", "host", "metric", "exit_code", "token",
                                                  "last_error")},
                   "attempts": len(self.attempts(index))}
-        write_json(self._dir("done" if decision.state == "done" else "failed", f"{index}.json"), marker)
+        write_json(self._dir("done" if decision.state in ("done", "pruned") else "failed", f"{index}.json"), marker)
 
     def retry(self, states: Iterable[str] = ("failed", "stuck")) -> list[int]:
         """Requeue the failed (and stuck) points: their earlier attempts no longer count against the limits."""
@@ -449,6 +467,55 @@ class Ledger:
                 self._dir("failed", f"{index}.json").unlink(missing_ok=True)
                 requeued.append(index)
         return requeued
+
+    # -- search trials --------------------------------------------------------------------------------
+    def trial_path(self, index: int) -> Path:
+        return self._dir("trials", f"{index}.json")
+
+    def trial(self, index: int) -> dict | None:
+        """The sampled trial of point ``index`` of a search (None before it is sampled)."""
+        return read_json(self.trial_path(index))
+
+    def trial_indices(self) -> set[int]:
+        return self._indices("trials", ".json")
+
+    def record_trial(self, index: int, record: Mapping) -> dict:
+        """Write the trial of point ``index`` once: the first writer wins and every caller gets the record that
+        stands (link() of a complete file: never half-written, never replaced)."""
+        self._dir("trials").mkdir(exist_ok=True)
+        prepared = self._dir("tmp", f"trial.{index}.{uuid.uuid4().hex}.json")
+        write_json(prepared, {**record, "point": index, "created": now_iso()})
+        try:
+            os.link(prepared, self.trial_path(index))
+        except FileExistsError:
+            pass
+        finally:
+            prepared.unlink(missing_ok=True)
+        return self.trial(index)
+
+    def point_params(self, index: int, manifest: Mapping | None = None) -> dict | None:
+        """The hyperparameters of point ``index``: its grid point, and for a search its sampled params (None if
+        not sampled yet). ``manifest``: the scan's, if already read."""
+        from dlkit.permutator import Permutator
+
+        manifest = manifest or self.manifest()
+        grid = Permutator(manifest["params"]) if manifest.get("params") else None
+        search = manifest.get("search")
+        if not search:
+            return dict(grid[index]) if grid else {}
+        trial = self.trial(index)
+        if trial is None:
+            return None
+        base = dict(grid[trial["grid_index"]]) if grid else {}
+        return {**base, **trial["params"]}
+
+    def prune(self, index: int, token: str, record: Mapping) -> None:
+        """Mark lease ``token`` of point ``index`` as pruned: its worker stops it gracefully."""
+        self._dir("prune").mkdir(exist_ok=True)
+        write_json(self._dir("prune", f"{index}.{token}.json"), {**record, "time": now_iso()})
+
+    def pruned(self, index: int, token: str) -> dict | None:
+        return read_json(self._dir("prune", f"{index}.{token}.json"))
 
     # -- cancel ---------------------------------------------------------------------------------------
     def cancel(self) -> None:

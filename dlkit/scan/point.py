@@ -8,6 +8,7 @@ hand-written experiment needs only::
 
     point.report(epochs=epochs_done, run_dir=out_dir)   # progress shown by `dlkit-scan status`
     point.guard()                                       # before each save: quit if the lease was stolen
+    code = EXIT_PRUNED if point.pruned() else 75        # stopped by a signal: was it a search's pruner?
 
 Outside a scan both are no-ops. :func:`guard` exits the process at once with :data:`EXIT_FENCED` (writing
 nothing) when the point's lease has ended while it ran - a holder that was stopped past the lease timeout
@@ -21,11 +22,11 @@ import logging
 import os
 from pathlib import Path
 
-from dlkit.scan.ledger import EXIT_FENCED
+from dlkit.scan.ledger import EXIT_FENCED, EXIT_PRUNED
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENV_DIR", "ENV_POINT", "ENV_TOKEN", "PointLease", "current", "guard", "report"]
+__all__ = ["ENV_DIR", "ENV_POINT", "ENV_TOKEN", "EXIT_PRUNED", "PointLease", "current", "guard", "report", "pruned"]
 
 ENV_DIR = "DLKIT_SCAN_DIR"
 ENV_POINT = "DLKIT_SCAN_POINT"
@@ -55,6 +56,10 @@ class PointLease:
             log.error("scan point %d: lease %s was taken over by another worker; stopping without writing",
                       self.index, self.token)
             os._exit(EXIT_FENCED)  # no atexit handlers, no flushing of half-written state
+
+    def pruned(self) -> bool:
+        """True if a search's pruner stopped this lease (its worker then signals the point to save and stop)."""
+        return (self.ledger / "prune" / f"{self.index}.{self.token}.json").exists()
 
     def report(self, **progress) -> None:
         """Merge ``progress`` (``epochs``, ``run_dir``, ...) into the lease's ``progress.json``."""
@@ -88,6 +93,12 @@ def guard() -> None:
     lease = current()
     if lease is not None:
         lease.guard()
+
+
+def pruned() -> bool:
+    """:meth:`PointLease.pruned` of the current lease; False outside a scan."""
+    lease = current()
+    return lease is not None and lease.pruned()
 
 
 def report(**progress) -> None:

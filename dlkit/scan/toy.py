@@ -8,6 +8,10 @@ saves after every epoch, stops on SIGTERM/SIGINT/SIGUSR1 after saving with exit 
 the configured total of epochs, and reports its progress to the scan ledger and obeys its fence. Faults on
 demand, by scan point: ``UserErrorPoints`` exit 2, ``CrashPoints`` crash (exit 1) after their first epoch,
 ``InterruptPoints`` exit 75 before finishing an epoch.
+
+For searches it has a known optimum: ``Objective`` = (log10 lr + 2)^2 + ((Width - 64) / 32)^2, smallest (0)
+at lr = 0.01, Width = 64, written when the run completes; the History metric ``val_objective`` approaches it
+as Objective + 1/epoch. A trial pruned by the search saves and exits 77.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("toy_config.py")
 
 DEFAULTS = {
     "Width": 1,
+    "lr": 0.01,
     "Depth": 1,
     "Epochs": 3,
     "EpochTime": 0.0,          # seconds per epoch
@@ -86,6 +91,8 @@ def run(argv=None) -> int:
     point.report(epochs=done, run_dir=run_dir)
 
     width = float(setup.point.get("Width", config["Width"]))
+    objective = objective_of(config["lr"], config["Width"])
+    first = done  # epochs done before this run (-p): the History of this run starts after them
     status = "completed"
     while done < config["Epochs"]:
         if index in config["InterruptPoints"]:
@@ -100,20 +107,32 @@ def run(argv=None) -> int:
         done += 1
         history["loss"].append(1.0 / (width * done))
         history["val_loss"].append(1.1 / (width * done))
+        history.setdefault("val_objective", []).append(objective + 1.0 / done)
         metadata["EpochTime"].append(time.monotonic() - t0)
         _write(run_dir, metadata, {"epochs": done})
-        point.report(epochs=done)
+        point.report(epochs=done, history={k: {str(first + e + 1): v for e, v in enumerate(values)}
+                                           for k, values in history.items()})
         if index in config["CrashPoints"]:
             raise RuntimeError(f"scan point {index} is in CrashPoints (a simulated crash)")
         if stop.signal_name is not None:
             status = "interrupted"
             break
     total = done
+    if status == "interrupted" and point.pruned():
+        status = "pruned"
     metadata.update(Status=status, Epochs=len(metadata["EpochTime"]), TotalEpochs=total, val_loss=(
         history["val_loss"][-1] if history["val_loss"] else None), EndTime=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        StopReason=f"signal {stop.signal_name}" if stop.signal_name else f"{status} at {total} epochs")
+        StopReason=f"signal {stop.signal_name}" if stop.signal_name else f"{status} at {total} epochs",
+        **({"Objective": objective} if status == "completed" else {}))
     _write(run_dir, metadata, {"epochs": done})
-    return 75 if status == "interrupted" else 0
+    return {"interrupted": 75, "pruned": point.EXIT_PRUNED}.get(status, 0)
+
+
+def objective_of(lr: float, width: float) -> float:
+    """The toy's known objective: 0 at lr = 0.01, Width = 64."""
+    import math
+
+    return (math.log10(lr) + 2.0) ** 2 + ((width - 64.0) / 32.0) ** 2
 
 
 def main(argv=None):

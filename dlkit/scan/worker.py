@@ -146,13 +146,23 @@ class Worker:
     since
         A ``cancel`` asked after this time (``time.time()``; default: when the worker was made) stops it: a
         Dask task that starts after its driver was cancelled must not run its point.
+    ready
+        ``ready(index)``: may point ``index`` start now? (A search trial may not before it is sampled.)
+    before_fill
+        ``before_fill(worker, final)`` is called in every loop before free slots are filled (the search driver
+        tells finished trials to its sampler and samples new ones there).
+
+    A point whose lease the search pruned (``prune/<i>.<token>.json``) is stopped like on a signal; it saves and
+    exits 77 (:data:`~dlkit.scan.ledger.EXIT_PRUNED`) and is recorded as ``pruned``.
     """
 
     def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
                  points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
                  lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
                  on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False,
-                 parent_pid: int | None = None, since: float | None = None):
+                 parent_pid: int | None = None, since: float | None = None,
+                 ready: Callable[[int], bool] | None = None,
+                 before_fill: Callable[["Worker", set[int]], None] | None = None):
         if not slots:
             raise ValueError("Worker needs at least one slot")
         if lease_timeout <= 0:
@@ -171,6 +181,8 @@ class Worker:
         self.engine = engine
         self.batch = batch
         self.parent_pid = parent_pid
+        self.ready = ready
+        self.before_fill = before_fill
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
         self._seen: dict[int, tuple[str, object, float]] = {}  # foreign leases: token, heartbeat seq, since
@@ -189,6 +201,7 @@ class Worker:
             while True:
                 self._reap()
                 self._beat()
+                self._stop_pruned()
                 if not self.stopping and self.ledger.cancelled_since(self._started):
                     self.stop("cancel")
                 if not self.stopping and self.parent_pid and os.getppid() != self.parent_pid:
@@ -200,6 +213,8 @@ class Worker:
                 else:
                     final = self.ledger.final_indices()
                     self._take_over_stale(final)
+                    if self.before_fill is not None:
+                        self.before_fill(self, final)
                     self._fill(final)
                     if not self.running and self._nothing_left(final):
                         break
@@ -285,6 +300,8 @@ class Worker:
                 break
             if index in final or index in leased or index in self.running:
                 continue
+            if self.ready is not None and not self.ready(index):
+                continue
             if self._start(index, free[0]):
                 free.pop(0)
 
@@ -340,14 +357,16 @@ class Worker:
         if not self.ledger.end(index, token):
             log.warning("scan point %d: lease %s was taken over by another worker; not recording", index, token)
             return
-        outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user)
+        outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user,
+                             pruned=self.ledger.pruned(index, token) is not None)
         run_dir = progress.get("run_dir")
         if lost and _run_completed(run_dir):  # its worker died after the point finished, before recording it
             outcome, lost = "done", f"{lost}; its run {run_dir} had completed"
         record = {"exit_code": exit_code, "outcome": outcome, "epochs": progress.get("epochs"), "run_dir": run_dir,
                   "host": holder, "reason": lost,
-                  "metric": point_metric(run_dir, self.metric) if outcome == "done" else None,
-                  "last_error": None if outcome == "done" else (lost or last_error_line(log_path))}
+                  "metric": point_metric(run_dir, self.metric) if outcome in ("done", "pruned") else None,
+                  "last_error": None if outcome in ("done", "pruned") else (lost or last_error_line(log_path)),
+                  "history": progress.get("history")}  # per-epoch metrics, for a search's pruner after a restart
         attempt = self.ledger.record_end(index, token, record)
         decision = classify_attempts(self.ledger.counted_attempts(index), self.max_retries)
         self.ledger.finish_point(index, attempt, decision)
@@ -415,6 +434,14 @@ class Worker:
             self._alive.discard(index)
 
     # -- stopping -------------------------------------------------------------------------------------
+    def _stop_pruned(self) -> None:
+        """Stop the points whose lease a search pruned, as on a signal (they save and exit 77)."""
+        for index, running in self.running.items():
+            if not running.signalled and self.ledger.pruned(index, running.token) is not None:
+                log.info("scan point %d: pruned by the search; stopping it (it saves)", index)
+                running.signalled = 1
+                self._kill(running, signal.SIGUSR1 if self.batch else signal.SIGTERM)
+
     def _kill(self, running: _Running, sig: int) -> None:
         try:
             os.killpg(running.proc.pid, sig)
