@@ -107,6 +107,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="stop poor trials early (Optuna's median or successive-halving pruner); default none")
     f.add_argument("--prune-metric", default="val_loss", metavar="METRIC",
                    help="the per-epoch metric the pruner compares (val_loss)")
+    f.add_argument("--prune-direction", choices=("minimize", "maximize"), default=None,
+                   help="whether --prune-metric is better low or high (default: from its name, like --direction)")
     f.add_argument("--points", default=None, metavar="LIST", help="grid points to search at (default all)")
     _add_engine_options(f)
 
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
             frame = search(args.experiment, args.config, trials=args.trials, sampler=args.sampler,
                            objective=args.objective, direction=args.direction, parallel=args.parallel,
-                           seed=args.seed, prune=args.pruner, prune_metric=args.prune_metric, **common)
+                           seed=args.seed, prune=args.pruner, prune_metric=args.prune_metric,
+                           prune_direction=args.prune_direction, **common)
         else:
             from dlkit.scan.api import run
 

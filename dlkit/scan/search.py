@@ -84,7 +84,8 @@ def _experiment_defaults(experiment: str) -> tuple[Mapping | None, Mapping | Non
 def make_search_manifest(experiment: str, config: str | os.PathLike | None = None, flags: Sequence[str] = (),
                          trials: int = 10, sampler: str = "tpe", objective: str = "val_loss",
                          direction: str | None = None, seed: int | None = None, prune: str | None = None,
-                         prune_metric: str = "val_loss", points=None, name: str | None = None) -> dict:
+                         prune_metric: str = "val_loss", prune_direction: str | None = None, points=None,
+                         name: str | None = None) -> dict:
     """The manifest of a search: the scan's (:func:`~dlkit.scan.api.make_manifest`) plus its ``search`` entry;
     its points are ``trials`` per selected grid point."""
     if sampler not in SAMPLERS:
@@ -109,7 +110,9 @@ def make_search_manifest(experiment: str, config: str | os.PathLike | None = Non
     grid_points = parse_points(points, manifest["size"])
     manifest["search"] = {"space": {k: s.to_json() for k, s in space.items()}, "sampler": sampler,
                           "trials": trials, "seed": seed, "objective": objective, "direction": direction,
-                          "pruner": prune, "prune_metric": prune_metric, "grid_points": grid_points}
+                          "pruner": prune, "prune_metric": prune_metric,
+                          "prune_direction": prune_direction or default_direction(prune_metric),
+                          "grid_points": grid_points}
     manifest["points"] = [g * trials + t for g in grid_points for t in range(trials)]
     manifest["size"] = manifest["size"] * trials
     return manifest
@@ -158,7 +161,7 @@ class SearchDriver:
         self.objective = spec["objective"]
         self.prune_metric = spec.get("prune_metric") or "val_loss"
         # the pruner compares intermediate values in the study's direction: flip a metric that runs the other way
-        self.prune_sign = 1.0 if default_direction(self.prune_metric) == spec["direction"] else -1.0
+        self.prune_sign = 1.0 if spec["prune_direction"] == spec["direction"] else -1.0
         self.studies = {g: optuna.create_study(direction=spec["direction"], sampler=self._sampler(g),
                                                pruner=self._pruner()) for g in spec["grid_points"]}
         self.live: dict[int, Any] = {}        # sampled, not told: point -> optuna Trial
@@ -353,7 +356,8 @@ class SearchDriver:
 
 def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe", objective: str = "val_loss",
            direction: str | None = None, parallel: int = 1, seed: int | None = None, prune: str | None = None,
-           prune_metric: str = "val_loss", flags: Sequence[str] = (), points=None, name: str | None = None,
+           prune_metric: str = "val_loss", prune_direction: str | None = None, flags: Sequence[str] = (),
+           points=None, name: str | None = None,
            output_base: str | os.PathLike | None = None, engine: str = "local", plots: bool = True,
            **options):
     """Run (or resume) a search; returns its :func:`~dlkit.scan.api.status` DataFrame, with the best trials in
@@ -361,7 +365,8 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
 
     ``trials`` per selected grid point (``points``), ``parallel`` at once, sampled by ``sampler`` (``tpe`` or
     ``random``, seeded by ``seed``) to optimise ``objective`` in ``direction`` (default: minimize a loss, else
-    maximize); ``prune`` (``median``/``halving``) stops poor trials early on ``prune_metric``. Engines: local
+    maximize); ``prune`` (``median``/``halving``) stops poor trials early on ``prune_metric`` (in
+    ``prune_direction``, by default from its name like ``direction``). Engines: local
     (``slots``/``gpus``/``threads_per_point``, default ``parallel`` slots), slurm and pbs (their ``run``
     options). Running the same call again after a crash, ``kill -9`` or Ctrl-C finishes the same search.
     """
@@ -371,7 +376,7 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
         raise ScanError(f"--parallel {parallel!r}: expected a positive integer")
     ledger = open_search(experiment, config, flags, name, output_base, trials=trials, sampler=sampler,
                          objective=objective, direction=direction, seed=seed, prune=prune, prune_metric=prune_metric,
-                         points=points)
+                         prune_direction=prune_direction, points=points)
     driver = SearchDriver(ledger, parallel)
     if engine == "local":
         code = driver.run_local(**options)

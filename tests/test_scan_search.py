@@ -1,0 +1,158 @@
+"""dlkit.scan search: spaces validated like config entries, trials sampled into the ledger exactly once, a
+known optimum found, a killed driver restarted without losing or rerunning a trial, pruning recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("optuna")
+
+import importlib  # noqa: E402
+
+scan_search = importlib.import_module("dlkit.scan.search")  # the module (dlkit.scan.search is also the function)
+from dlkit.scan.ledger import Ledger, ScanError  # noqa: E402
+from dlkit.scan.space import check_search, choice, int_range, loguniform, uniform  # noqa: E402
+from dlkit.scan.toy import objective_of  # noqa: E402
+
+TOY_DEFAULTS = {"lr": 0.01, "Width": 1, "Epochs": 3, "optimizer": "SGD"}
+
+
+def write_config(path, search="{'lr': loguniform(1e-4, 1.0), 'Width': int_range(1, 128)}", extra=""):
+    path.write_text("from dlkit.scan.space import choice, int_range, loguniform, uniform\n"
+                    f"Config = {{'Epochs': 3}}\n{extra}\nSearch = {search}\n")
+    return path
+
+
+def test_spaces_are_checked_like_config_entries():
+    with pytest.raises(Exception, match="loguniform"):
+        loguniform(0, 1)
+    with pytest.raises(Exception, match="low must be below high"):
+        uniform(2, 1)
+    with pytest.raises(Exception, match="integer"):
+        int_range(1, 2.5)
+    with pytest.raises(Exception, match="unknown key 'lrr'.*'lr'"):
+        check_search({"lrr": loguniform(1e-3, 1)}, "cfg", TOY_DEFAULTS)
+    with pytest.raises(Exception, match="'Width' is both in Params"):
+        check_search({"Width": int_range(1, 4)}, "cfg", TOY_DEFAULTS, grid={"Width": [1, 2]})
+    with pytest.raises(Exception, match="optimizer"):
+        check_search({"optimizer": choice([1, 2])}, "cfg", TOY_DEFAULTS)
+    with pytest.raises(Exception, match="not a space"):
+        check_search({"lr": [0.1, 0.2]}, "cfg", TOY_DEFAULTS)
+
+
+def test_search_manifest_names_a_bad_key(tmp_path):
+    config = write_config(tmp_path / "s.py", "{'Widht': int_range(1, 4)}")
+    with pytest.raises(ScanError, match="unknown key 'Widht'.*'Width'"):
+        scan_search.make_search_manifest("dlkit.scan.toy", config, trials=3)
+
+
+def _finish_in_process(ledger: Ledger, driver, index: int) -> None:
+    """What a worker would do for a trial, in process: lease, end, final marker with the toy's objective."""
+    token = ledger.new_token()
+    assert ledger.acquire(index, token, {"host": "test"})
+    params = ledger.trial(index)["params"]
+    ledger.record_start(index, token, {})
+    ledger.end(index, token)
+    record = ledger.record_end(index, token, {"exit_code": 0, "outcome": "done", "epochs": 3,
+                                              "metric": objective_of(params["lr"], params["Width"])})
+    from dlkit.scan.ledger import classify_attempts
+
+    ledger.finish_point(index, record, classify_attempts(ledger.counted_attempts(index), 2))
+    ledger.remove_lease(index, token)
+
+
+def _best_in_process(tmp_path, sampler: str, seed: int, trials: int) -> float:
+    config = write_config(tmp_path / f"{sampler}{seed}.py")
+    ledger = scan_search.open_search("dlkit.scan.toy", config, name=f"{sampler}{seed}", output_base=tmp_path / "TM",
+                                     trials=trials, sampler=sampler, objective="Objective", direction="minimize",
+                                     seed=seed)
+    driver = scan_search.SearchDriver(ledger, parallel=1)
+    while not driver.finished():
+        driver.step()
+        for index in list(driver.live):
+            _finish_in_process(ledger, driver, index)
+    assert sorted(ledger.trial_indices()) == list(range(trials))
+    frame = scan_search.best(ledger.path)
+    assert len(frame) == trials
+    return float(frame["Objective"].iloc[0])
+
+
+def test_tpe_finds_the_known_optimum_and_beats_random(tmp_path):
+    import numpy as np
+
+    tpe = [_best_in_process(tmp_path, "tpe", seed, 30) for seed in range(5)]
+    rnd = [_best_in_process(tmp_path, "random", seed, 30) for seed in range(5)]
+    assert np.median(tpe) < 0.3, tpe        # within tolerance of the optimum 0 at lr=0.01, Width=64
+    assert np.mean(tpe) < np.mean(rnd), (tpe, rnd)
+
+
+def _search_cmd(config, base, trials, *extra):
+    return [sys.executable, "-m", "dlkit.scan", "search", str(config), "--experiment", "dlkit.scan.toy",
+            "--trials", str(trials), "--objective", "Objective", "--direction", "minimize", "--seed", "3",
+            "--OutputBase", str(base), "--no-progress", *extra]
+
+
+def test_killed_driver_restarts_with_exactly_n_trials_none_run_twice(tmp_path):
+    config = write_config(tmp_path / "s.py")
+    base = tmp_path / "TM"
+    cmd = _search_cmd(config, base, 6, "--parallel", "2", "--", "--set", "EpochTime=0.4")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = Ledger.at(base, "toy-s")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (ledger.path.exists() and len(ledger.done_indices()) >= 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {i: ledger.trial(i)["params"] for i in ledger.trial_indices()}
+    assert 2 <= len(ledger.done_indices()) < 6
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(ledger.trial_indices()) == list(range(6))
+    assert sorted(ledger.done_indices()) == list(range(6))
+    for index, params in before.items():  # a trial sampled before the kill keeps its params
+        assert ledger.trial(index)["params"] == params
+    intervals = []
+    for index in range(6):
+        attempts = ledger.attempts(index)
+        assert sum(a.get("outcome") == "done" for a in attempts) == 1, attempts  # completed exactly once
+        intervals += [(a["start_ts"], a["end_ts"]) for a in attempts if "end_ts" in a]
+        metadata = json.loads((base / f"Toy_Trial{index}" / "MetaData.json").read_text()) \
+            if (base / f"Toy_Trial{index}").is_dir() else None
+        assert metadata is None or metadata["ScanPoint"]["Trial"] == index
+    # two slots: two trials ran at once, never three
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+    assert "best trials" in result.stdout
+    assert (ledger.path / "search_objective.png").is_file()
+
+
+def test_pruner_stops_a_bad_trial_and_records_it_pruned(tmp_path):
+    config = write_config(tmp_path / "s.py")
+    base = tmp_path / "TM"
+    cmd = _search_cmd(config, base, 6, "--sampler", "random", "--pruner", "median", "--prune-metric",
+                      "val_objective", "--prune-direction", "minimize", "--lease-timeout", "5",
+                      "--", "--set", "EpochTime=0.5", "--set", "Epochs=8")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ})
+    assert result.returncode == 0, result.stderr
+    ledger = Ledger.at(base, "toy-s")
+    finals = ledger.final_states()
+    assert len(finals) == 6
+    pruned = [i for i, m in finals.items() if m["state"] == "pruned"]
+    assert pruned, finals
+    for index in pruned:
+        attempt = ledger.attempts(index)[-1]
+        assert attempt["exit_code"] == 77
+        assert attempt["epochs"] < 8
+        metadata = json.loads((base / f"Toy_Trial{index}" / "MetaData.json").read_text())
+        assert metadata["Status"] == "pruned"
