@@ -346,12 +346,13 @@ def PointModels(path, name: str | None = None) -> list[ScanModel]:  # noqa: N802
         return [_newest_complete(runs) for _, runs in sorted(groups.items(), key=lambda kv: str(kv[0]).zfill(12))]
     out = []
     for ledger in ledgers:
+        params_of = ledger.params_lookup()
         for row in status_rows(ledger):
             index = row["point"]
             if row["state"] in ("done", "pruned") and row.get("run_dir") and Path(row["run_dir"]).is_dir():
                 out.append(_load_one(Path(row["run_dir"]), True, True, False))
                 continue
-            point = ledger.point_params(index) or {}  # a search trial not sampled yet has none
+            point = params_of(index) or {}  # a search trial not sampled yet has none
             status = row["state"] if row["state"] in ("failed", "stuck") else "missing"
             message = row.get("last_error") or ""
             if status == "missing":

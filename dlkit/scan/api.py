@@ -288,10 +288,11 @@ def status_rows(ledger: Ledger) -> list[dict]:
     manifest = ledger.manifest()
     final = ledger.final_states()
     search = manifest.get("search")
+    params_of = ledger.params_lookup(manifest)
     now = time.time()
     rows = []
     for index in manifest["points"]:
-        params = ledger.point_params(index, manifest)
+        params = params_of(index)
         row = {"point": index, "params": _format_params(params) if params else "", "state": "pending",
                "attempts": 0, "epochs": None, "metric": None, "run_dir": None, "host": None, "last_error": None}
         if search:

@@ -260,18 +260,9 @@ class Ledger:
         for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves", "trials",
                     "prune"):
             self._dir(sub).mkdir(parents=True, exist_ok=True)
-        path = self._dir("manifest.json")
         new = to_jsonable(dict(manifest))
-        prepared = self._dir("tmp", f"manifest.{uuid.uuid4().hex}.json")
-        write_json(prepared, {**new, "created": now_iso()})
-        try:  # link() fails if the name exists: exactly one creator, and the manifest is never seen half-written
-            os.link(prepared, path)
-        except FileExistsError:
-            pass
-        else:
+        if self._write_once(self._dir("manifest.json"), {**new, "created": now_iso()}):
             return self.manifest()
-        finally:
-            prepared.unlink(missing_ok=True)
         old = self.manifest()
         differences = [key for key in ("experiment", "config", "config_sha256", "params", "points", "flags",
                                        "search")
@@ -287,6 +278,19 @@ class Ledger:
                             f"{', '.join(differences)}:\n" + "\n".join(lines)
                             + "\nrun it under another --name, or restore what it was started with")
         return old
+
+    def _write_once(self, path: Path, data: Any) -> bool:
+        """Create ``path`` with ``data`` unless it exists; True for exactly one of many concurrent callers.
+        link() of a complete file prepared under tmp/: never seen half-written, never replaced."""
+        prepared = self._dir("tmp", f"{path.name}.{uuid.uuid4().hex}")
+        write_json(prepared, data)
+        try:
+            os.link(prepared, path)
+        except FileExistsError:
+            return False
+        finally:
+            prepared.unlink(missing_ok=True)
+        return True
 
     def points(self) -> list[int]:
         return list(self.manifest()["points"])
@@ -481,41 +485,38 @@ class Ledger:
 
     def record_trial(self, index: int, record: Mapping) -> dict:
         """Write the trial of point ``index`` once: the first writer wins and every caller gets the record that
-        stands (link() of a complete file: never half-written, never replaced)."""
-        self._dir("trials").mkdir(exist_ok=True)
-        prepared = self._dir("tmp", f"trial.{index}.{uuid.uuid4().hex}.json")
-        write_json(prepared, {**record, "point": index, "created": now_iso()})
-        try:
-            os.link(prepared, self.trial_path(index))
-        except FileExistsError:
-            pass
-        finally:
-            prepared.unlink(missing_ok=True)
+        stands."""
+        self._write_once(self.trial_path(index), {**record, "point": index, "created": now_iso()})
         return self.trial(index)
 
-    def point_params(self, index: int, manifest: Mapping | None = None) -> dict | None:
-        """The hyperparameters of point ``index``: its grid point, and for a search its sampled params (None if
-        not sampled yet). ``manifest``: the scan's, if already read."""
+    def params_lookup(self, manifest: Mapping | None = None):
+        """``lookup(index)`` -> the hyperparameters of point ``index``: its grid point, and for a search its sampled
+        params (None if not sampled yet). The manifest (``manifest``: already read) and grid are read once."""
         from dlkit.permutator import Permutator
 
         manifest = manifest or self.manifest()
         grid = Permutator(manifest["params"]) if manifest.get("params") else None
-        search = manifest.get("search")
-        if not search:
-            return dict(grid[index]) if grid else {}
-        trial = self.trial(index)
-        if trial is None:
-            return None
-        base = dict(grid[trial["grid_index"]]) if grid else {}
-        return {**base, **trial["params"]}
+
+        def lookup(index: int) -> dict | None:
+            if not manifest.get("search"):
+                return dict(grid[index]) if grid else {}
+            trial = self.trial(index)
+            if trial is None:
+                return None
+            return {**(dict(grid[trial["grid_index"]]) if grid else {}), **trial["params"]}
+
+        return lookup
+
+    def prune_marker(self, index: int, token: str) -> Path:
+        return self._dir("prune", f"{index}.{token}.json")
 
     def prune(self, index: int, token: str, record: Mapping) -> None:
         """Mark lease ``token`` of point ``index`` as pruned: its worker stops it gracefully."""
         self._dir("prune").mkdir(exist_ok=True)
-        write_json(self._dir("prune", f"{index}.{token}.json"), {**record, "time": now_iso()})
+        write_json(self.prune_marker(index, token), {**record, "time": now_iso()})
 
-    def pruned(self, index: int, token: str) -> dict | None:
-        return read_json(self._dir("prune", f"{index}.{token}.json"))
+    def pruned(self, index: int, token: str) -> bool:
+        return self.prune_marker(index, token).exists()
 
     # -- cancel ---------------------------------------------------------------------------------------
     def cancel(self) -> None:

@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from dlkit.scan.ledger import EXIT_FENCED, EXIT_PRUNED
+from dlkit.scan.ledger import EXIT_FENCED, EXIT_PRUNED, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class PointLease:
 
     def pruned(self) -> bool:
         """True if a search's pruner stopped this lease (its worker then signals the point to save and stop)."""
-        return (self.ledger / "prune" / f"{self.index}.{self.token}.json").exists()
+        return Ledger(self.ledger).pruned(self.index, self.token)
 
     def report(self, **progress) -> None:
         """Merge ``progress`` (``epochs``, ``run_dir``, ...) into the lease's ``progress.json``."""

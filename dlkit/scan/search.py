@@ -3,7 +3,7 @@
 ::
 
     python -m dlkit.scan search my_search.py --experiment calodnn.ClassificationExperiment \\
-        --sampler tpe --trials 20 --parallel 2 --objective Gamma_AUC --direction maximize [--prune] -- --Test
+        --sampler tpe --trials 20 --parallel 2 --objective Gamma_AUC --direction maximize [--pruner median] -- --Test
 
     import dlkit.scan
     table = dlkit.scan.search("calodnn.ClassificationExperiment", "my_search.py", trials=20, parallel=2,
@@ -399,13 +399,14 @@ def best(path: str | os.PathLike, name: str | None = None, n: int | None = None)
         spec = manifest.get("search")
         if not spec:
             continue
+        params_of = ledger.params_lookup(manifest)
         rows = []
         for index, marker in sorted(ledger.final_states().items()):
             if marker.get("state") != "done" or not isinstance(marker.get("metric"), (int, float)):
                 continue
             record = ledger.trial(index) or {}
             rows.append({"scan": ledger.name, "point": index, "trial": index % spec["trials"],
-                         "grid_point": record.get("grid_index"), **(ledger.point_params(index, manifest) or {}),
+                         "grid_point": record.get("grid_index"), **(params_of(index) or {}),
                          spec["objective"]: marker["metric"], "epochs": marker.get("epochs"),
                          "run_dir": marker.get("run_dir")})
         frame = pd.DataFrame(rows)

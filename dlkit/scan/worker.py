@@ -358,7 +358,7 @@ class Worker:
             log.warning("scan point %d: lease %s was taken over by another worker; not recording", index, token)
             return
         outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user,
-                             pruned=self.ledger.pruned(index, token) is not None)
+                             pruned=self.ledger.pruned(index, token))
         run_dir = progress.get("run_dir")
         if lost and _run_completed(run_dir):  # its worker died after the point finished, before recording it
             outcome, lost = "done", f"{lost}; its run {run_dir} had completed"
@@ -437,7 +437,7 @@ class Worker:
     def _stop_pruned(self) -> None:
         """Stop the points whose lease a search pruned, as on a signal (they save and exit 77)."""
         for index, running in self.running.items():
-            if not running.signalled and self.ledger.pruned(index, running.token) is not None:
+            if not running.signalled and self.ledger.pruned(index, running.token):
                 log.info("scan point %d: pruned by the search; stopping it (it saves)", index)
                 running.signalled = 1
                 self._kill(running, signal.SIGUSR1 if self.batch else signal.SIGTERM)
