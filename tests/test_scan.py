@@ -240,6 +240,18 @@ def test_failed_crashing_and_stuck_points(tmp_path):
     assert len(ended_attempts(ledger, 1)) == 6 and len(ended_attempts(ledger, 0)) == 2
 
 
+def test_a_point_killed_after_its_run_completed_is_done_not_rerun(tmp_path):
+    """A signal or crash on the way out (after MetaData says completed) must not make the scan train it again."""
+    config = write_config(tmp_path, n=2, extra=", 'KilledAfterPoints': [1]")
+    out = tmp_path / "out"
+    assert subprocess.run(scan_cmd(config, out), timeout=120).returncode == 0
+    ledger = ledger_of(out)
+    (attempt,) = ended_attempts(ledger, 1)
+    assert attempt["exit_code"] == -signal.SIGKILL and attempt["outcome"] == "done"
+    assert "had completed" in attempt["reason"]
+    assert_each_done_once(out, 2)
+
+
 def test_cancel_stops_running_points_and_run_resumes(tmp_path):
     config = write_config(tmp_path, n=2, epochs=4, epoch_time=0.4)
     out = tmp_path / "out"

@@ -7,7 +7,8 @@ It has DLKit's flags (``-C``, ``-s``, ``-p``, ``--OutputBase``, ``--set``), "tra
 saves after every epoch, stops on SIGTERM/SIGINT/SIGUSR1 after saving with exit 75, resumes with ``-p`` to
 the configured total of epochs, and reports its progress to the scan ledger and obeys its fence. Faults on
 demand, by scan point: ``UserErrorPoints`` exit 2, ``CrashPoints`` crash (exit 1) after their first epoch,
-``InterruptPoints`` exit 75 before finishing an epoch.
+``InterruptPoints`` exit 75 before finishing an epoch, ``KilledAfterPoints`` are killed after their run
+completed (as a signal during a backend's teardown would).
 
 For searches it has a known optimum: ``Objective`` = (log10 lr + 2)^2 + ((Width - 64) / 32)^2, smallest (0)
 at lr = 0.01, Width = 64, written when the run completes; the History metric ``val_objective`` approaches it
@@ -39,6 +40,7 @@ DEFAULTS = {
     "UserErrorPoints": [],     # scan points that exit 2
     "CrashPoints": [],         # scan points that crash after their first epoch
     "InterruptPoints": [],     # scan points that exit 75 before completing an epoch
+    "KilledAfterPoints": [],   # scan points killed (SIGKILL) on their way out, after their run completed
     **RUN_DEFAULTS,
 }
 TEST_OVERRIDES = {"Epochs": 2}
@@ -125,6 +127,8 @@ def run(argv=None) -> int:
         StopReason=f"signal {stop.signal_name}" if stop.signal_name else f"{status} at {total} epochs",
         **({"Objective": objective} if status == "completed" else {}))
     _write(run_dir, metadata, {"epochs": done})
+    if index in config["KilledAfterPoints"] and status == "completed":
+        os.kill(os.getpid(), signal.SIGKILL)
     return {"interrupted": 75, "pruned": point.EXIT_PRUNED}.get(status, 0)
 
 

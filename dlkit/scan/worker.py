@@ -360,8 +360,10 @@ class Worker:
         outcome = outcome_of(exit_code, lost=bool(lost), stopped_by_user=stopped_by_user,
                              pruned=self.ledger.pruned(index, token))
         run_dir = progress.get("run_dir")
-        if lost and _run_completed(run_dir):  # its worker died after the point finished, before recording it
-            outcome, lost = "done", f"{lost}; its run {run_dir} had completed"
+        if outcome in ("interrupted", "crashed") and _run_completed(run_dir):
+            # it finished its run, then died before its exit was recorded: its worker was lost, or a signal or a
+            # crash hit the process on its way out (interpreter shutdown, a backend's teardown). Its run is whole.
+            outcome, lost = "done", f"{lost or f'exit {exit_code}'} after its run {run_dir} had completed"
         record = {"exit_code": exit_code, "outcome": outcome, "epochs": progress.get("epochs"), "run_dir": run_dir,
                   "host": holder, "reason": lost,
                   "metric": point_metric(run_dir, self.metric) if outcome in ("done", "pruned") else None,
