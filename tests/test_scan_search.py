@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from slurm_fixture import slurm  # noqa: F401  (the session fixture)
 
 pytest.importorskip("optuna")
 
@@ -156,3 +157,62 @@ def test_pruner_stops_a_bad_trial_and_records_it_pruned(tmp_path):
         assert attempt["epochs"] < 8
         metadata = json.loads((base / f"Toy_Trial{index}" / "MetaData.json").read_text())
         assert metadata["Status"] == "pruned"
+
+
+def _scancel_jobs(ledger: Ledger) -> None:
+    try:
+        jobs = json.loads((ledger.path / "engine.json").read_text()).get("jobs") or []
+    except (OSError, ValueError):
+        return
+    if jobs:
+        subprocess.run(["scancel", *map(str, jobs)], capture_output=True, timeout=30)
+
+
+def _assert_trials_done_once(ledger: Ledger, base, n: int) -> None:
+    """Exactly ``n`` trials, each sampled once and done once (from the attempt logs and the run dirs)."""
+    assert sorted(ledger.trial_indices()) == list(range(n))
+    assert sorted(ledger.done_indices()) == list(range(n))
+    for index in range(n):
+        outcomes = [a.get("outcome") for a in ledger.attempts(index)]
+        assert outcomes.count("done") == 1, (index, outcomes)
+    completed = [json.loads(p.read_text()) for p in base.glob("*/MetaData.json")]
+    completed = [m for m in completed if m.get("Status") == "completed"]
+    assert sorted(m["ScanPoint"]["Trial"] for m in completed) == list(range(n))
+    for metadata in completed:  # each run trained with its trial's sampled params
+        params = ledger.trial(metadata["ScanPoint"]["Trial"])["params"]
+        assert {k: metadata["Configuration"][k] for k in params} == params
+
+
+@pytest.mark.timeout(240)
+def test_search_on_dask_runs_n_trials_once(tmp_path):
+    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dlkit[dask]')")
+    config = write_config(tmp_path / "s.py")
+    base = tmp_path / "TM"
+    result = subprocess.run(_search_cmd(config, base, 4, "--parallel", "2", "--engine", "dask",
+                                        "--", "--set", "EpochTime=0.2"),
+                            capture_output=True, text=True, timeout=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ledger = Ledger.at(base, "toy-s")
+    _assert_trials_done_once(ledger, base, 4)
+    assert json.loads((ledger.path / "engine.json").read_text())["engine"] == "dask"
+    assert "best trials" in result.stdout
+
+
+@pytest.mark.timeout(240)
+def test_search_on_slurm_runs_n_trials_once(tmp_path, slurm):  # noqa: F811
+    config = write_config(tmp_path / "s.py")
+    base = tmp_path / "TM"
+    cmd = _search_cmd(config, base, 4, "--parallel", "2", "--engine", "slurm", "--lease-timeout", "10",
+                      "--", "--set", "EpochTime=0.2")
+    ledger = Ledger.at(base, "toy-s")
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    finally:
+        if ledger.path.is_dir():
+            _scancel_jobs(ledger)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_trials_done_once(ledger, base, 4)
+    for index in range(4):  # every trial ran inside a Slurm job of the search
+        assert all(a.get("job_id") for a in ledger.attempts(index)), ledger.attempts(index)
+    record = json.loads((ledger.path / "engine.json").read_text())
+    assert record["engine"] == "slurm" and {p for s in record["submissions"] for p in s["points"]} == {0, 1, 2, 3}

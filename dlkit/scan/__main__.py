@@ -40,7 +40,7 @@ def _add_engine_options(r: argparse.ArgumentParser) -> None:
                    help="where the models (and the ledger) go (default TrainedModels; TrainedModels.Test with "
                         "--Test among the experiment flags)")
     r.add_argument("--engine", default="local",
-                   help="where points run: local (default), slurm, pbs, dask (run only)")
+                   help="where points run: local (default), slurm, pbs, dask")
     r.add_argument("--slots", type=int, default=None, metavar="K",
                    help="points run at once (default: #gpus or 1; cluster engines: the array's %%K, no limit)")
     r.add_argument("--gpus", default=None, metavar="LIST",
@@ -167,9 +167,14 @@ def _print_status(args) -> bool:
             wanted = {s.strip() for s in args.state.split(",")}
             rows = [row for row in rows if row["state"] in wanted]
         print(f"scan {ledger.name} ({ledger.path}): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        columns = STATUS_COLUMNS + (["queue"] if any(row.get("queue") for row in rows) else [])
+        columns = list(STATUS_COLUMNS)
+        if any("trial" in row for row in rows):  # a search: its trial number beside the point, the objective named
+            columns.insert(1, "trial")
+        columns += ["queue"] if any(row.get("queue") for row in rows) else []
         table = [[row.get(c) if row.get(c) is not None else "" for c in columns] for row in rows]
-        print(tabulate(table, headers=columns, tablefmt=args.tablefmt, floatfmt=".4g"))
+        metric = ledger.manifest().get("metric")
+        headers = [metric if c == "metric" and metric else c for c in columns]
+        print(tabulate(table, headers=headers, tablefmt=args.tablefmt, floatfmt=".4g"))
     return all_final
 
 

@@ -30,6 +30,7 @@ or a ``distributed`` cluster object passed to :func:`dlkit.scan.run` as ``dask_c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -44,7 +45,7 @@ from dlkit.scan.ledger import EXIT_INTERRUPTED, EXIT_OK, Ledger, ScanError, writ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DaskEngine", "make_cluster", "run_point"]
+__all__ = ["DaskEngine", "make_cluster", "run_point", "collect"]
 
 
 def run_point(ledger_path: str, index: int, max_retries: int, lease_timeout: float, since: float,
@@ -59,6 +60,21 @@ def run_point(ledger_path: str, index: int, max_retries: int, lease_timeout: flo
                           env={**os.environ, **(env or {})}, text=True)
     return {"point": index, "exit_code": proc.returncode, "seconds": time.monotonic() - t0,
             "stderr": proc.stderr[-2000:] if proc.returncode not in (EXIT_OK, EXIT_INTERRUPTED) else ""}
+
+
+def collect(ledger: Ledger, future) -> None:
+    """Log how a finished :func:`run_point` task ended and release it (flat memory: nothing of it is kept).
+    Its point's outcome is the ledger's business: a failed task's point goes back through the ledger."""
+    try:
+        result = future.result()
+    except Exception as exc:  # noqa: BLE001 - a lost worker (KilledWorker) or a task error
+        log.warning("scan %s: a Dask task failed (%s: %s); its point goes back through the ledger",
+                    ledger.name, type(exc).__name__, exc)
+    else:
+        if result["stderr"]:
+            log.warning("scan %s: point %d: dlkit.scan work exited %d: %s", ledger.name,
+                        result["point"], result["exit_code"], result["stderr"].strip().splitlines()[-1])
+    future.release()
 
 
 def _load_spec(spec: str | os.PathLike | Mapping) -> dict:
@@ -119,33 +135,42 @@ class DaskEngine(Engine):
     def run(self, ledger: Ledger, slots: int | None = None, dask_cluster: Any = None, max_retries: int = 2,
             lease_timeout: float = 120.0, progress: bool | None = None, in_flight: int | None = None,
             **options) -> int:
+        manifest = ledger.manifest()
+        with self.client(ledger, slots, dask_cluster, **options) as client, \
+                _ProgressBar(ledger, manifest, progress) as bar:
+            return self._drive(ledger, manifest, client, bar, max_retries, lease_timeout, in_flight)
+
+    @contextlib.contextmanager
+    def client(self, ledger: Ledger, slots: int | None = None, dask_cluster: Any = None, **options):
+        """A ``distributed.Client`` on the scan's cluster (made from ``dask_cluster`` and closed at the end, or
+        the cluster object given), with Dask's own retries off; records the engine in the ledger."""
         unused = sorted(k for k, v in options.items() if v not in (None, False, ()) and k not in ("gpus",
                                                                                                  "threads_per_point"))
         if unused:
             raise ScanError(f"--engine dask does not take {', '.join('--' + k.replace('_', '-') for k in unused)}")
         try:
             import dask
-            from distributed import Client, as_completed
+            from distributed import Client
         except ImportError:
             raise ScanError("--engine dask needs dask.distributed (pip install 'dlkit[dask]')") from None
 
         if not log.isEnabledFor(logging.INFO):  # distributed logs every connection at INFO; keep `run` quiet
             logging.getLogger("distributed").setLevel(logging.WARNING)
-        manifest = ledger.manifest()
         write_json(ledger.path / "engine.json", {"engine": self.name})
         # Retries go through the ledger only: a task whose worker died must not be rerun by Dask behind its back.
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             own = dask_cluster is None or isinstance(dask_cluster, (str, os.PathLike, Mapping))
             cluster = make_cluster(dask_cluster, slots) if own else dask_cluster
             try:
-                with Client(cluster) as client, _ProgressBar(ledger, manifest, progress) as bar:
-                    return self._drive(ledger, manifest, client, as_completed, bar, max_retries, lease_timeout,
-                                       in_flight)
+                with Client(cluster) as client:
+                    yield client
             finally:
                 if own:
                     cluster.close()
 
-    def _drive(self, ledger, manifest, client, as_completed, bar, max_retries, lease_timeout, in_flight) -> int:
+    def _drive(self, ledger, manifest, client, bar, max_retries, lease_timeout, in_flight) -> int:
+        from distributed import as_completed
+
         started = time.time()
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = in_flight or max(2 * workers, 4)
@@ -170,16 +195,7 @@ class DaskEngine(Engine):
                 if futures.count() >= limit:
                     break
             for future in futures:
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001 - a lost worker (KilledWorker) or a task error
-                    log.warning("scan %s: a Dask task failed (%s: %s); its point goes back through the ledger",
-                                ledger.name, type(exc).__name__, exc)
-                else:
-                    if result["stderr"]:
-                        log.warning("scan %s: point %d: dlkit.scan work exited %d: %s", ledger.name,
-                                    result["point"], result["exit_code"], result["stderr"].strip().splitlines()[-1])
-                future.release()  # flat memory: nothing of a finished task is kept
+                collect(ledger, future)
                 del future
                 bar.update()
                 if ledger.cancelled_since(started):

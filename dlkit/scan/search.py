@@ -26,6 +26,10 @@ So a search killed at any moment and started again ends with exactly ``trials`` 
 **The objective** is a MetaData entry of the finished run (``Gamma_AUC``) or the last value of a History metric
 (``val_loss``). A trial that fails permanently, or whose run lacks the objective, is told as failed.
 
+**Engines:** local (``parallel`` slots), dask (each trial a task on a LocalCluster or a dask-jobqueue cluster),
+slurm and pbs (each batch of newly sampled trials a small job array); the driver samples and tells on the machine
+it runs on, the trials run wherever the engine puts them.
+
 **Pruning** (``prune="median"`` or ``"halving"``): a running point reports its epochs' metrics to its lease
 (:class:`dlkit.callbacks.ScanProgress`); the driver reports ``prune_metric`` to the trial after every epoch and
 asks Optuna's pruner. A pruned trial's lease gets a ``prune/`` marker; its worker stops the point as on a signal,
@@ -57,6 +61,8 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving")
 #: The cluster engines a search can drive (one small job array per batch of newly sampled trials).
 _ARRAY_ENGINES = ("slurm", "pbs")
+#: Every engine a search runs on.
+SEARCH_ENGINES = ("local", "dask", *_ARRAY_ENGINES)
 
 
 def _import_optuna():
@@ -320,6 +326,38 @@ class SearchDriver:
         self.step()  # tell the last ones
         return code
 
+    def run_dask(self, slots: int | None = None, dask_cluster=None, max_retries: int = 2,
+                 lease_timeout: float = 120.0, progress: bool | None = None, poll: float = 1.0, **options) -> int:
+        """Drive a search on a Dask cluster (a LocalCluster of ``parallel`` workers by default): each sampled trial
+        is one :func:`~dlkit.scan.dask_engine.run_point` task; a trial whose task ended before it was final (a
+        lost worker) is submitted again once its lease can have expired."""
+        from dlkit.scan.dask_engine import DaskEngine, collect, run_point
+
+        started = time.time()
+        path = str(self.ledger.path)
+        tasks: dict[int, Any] = {}         # point -> its task's future
+        not_before: dict[int, float] = {}  # point -> when its next task may start (a lost worker's lease)
+        with DaskEngine().client(self.ledger, slots or self.parallel, dask_cluster, **options) as client, \
+                _ProgressBar(self.ledger, self.manifest, progress) as bar:
+            while True:
+                for index, future in list(tasks.items()):
+                    if future.done():
+                        collect(self.ledger, future)
+                        del tasks[index]
+                        not_before[index] = time.monotonic() + min(lease_timeout, 5.0)
+                self.step()
+                bar.update()
+                if self.finished():
+                    return EXIT_OK
+                if self.ledger.cancelled_since(started):
+                    log.warning("search %s: cancelled", self.ledger.name)
+                    return EXIT_INTERRUPTED
+                for index in sorted(self.live):
+                    if index not in tasks and time.monotonic() >= not_before.get(index, 0.0):
+                        tasks[index] = client.submit(run_point, path, index, max_retries, lease_timeout, started,
+                                                     pure=False)
+                time.sleep(poll)
+
     def run_array(self, engine, max_retries: int = 2, lease_timeout: float = 120.0, progress: bool | None = None,
                   poll: float = 2.0, queue_poll: float = 30.0, **options) -> int:
         """Drive a Slurm/PBS search from here: each batch of newly sampled trials is one small job array; a
@@ -368,10 +406,10 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
     maximize); ``prune`` (``median``/``halving``) stops poor trials early on ``prune_metric`` (in
     ``prune_direction``, by default from its name like ``direction``). Engines: local
     (``slots``/``gpus``/``threads_per_point``, default ``parallel`` slots), slurm and pbs (their ``run``
-    options). Running the same call again after a crash, ``kill -9`` or Ctrl-C finishes the same search.
+    options), dask (``dask_cluster``, default a LocalCluster of ``parallel`` workers). Running the same call again after a crash, ``kill -9`` or Ctrl-C finishes the same search.
     """
-    if engine != "local" and engine not in _ARRAY_ENGINES:
-        raise ScanError(f"--engine {engine!r}: a search runs on local, {', '.join(_ARRAY_ENGINES)}")
+    if engine not in SEARCH_ENGINES:
+        raise ScanError(f"--engine {engine!r}: a search runs on {', '.join(SEARCH_ENGINES)}")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ScanError(f"--parallel {parallel!r}: expected a positive integer")
     ledger = open_search(experiment, config, flags, name, output_base, trials=trials, sampler=sampler,
@@ -380,6 +418,8 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
     driver = SearchDriver(ledger, parallel)
     if engine == "local":
         code = driver.run_local(**options)
+    elif engine == "dask":
+        code = driver.run_dask(**options)
     else:
         code = driver.run_array(ENGINES[engine](), **options)
     frame = status(ledger.path)
