@@ -406,7 +406,8 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
     maximize); ``prune`` (``median``/``halving``) stops poor trials early on ``prune_metric`` (in
     ``prune_direction``, by default from its name like ``direction``). Engines: local
     (``slots``/``gpus``/``threads_per_point``, default ``parallel`` slots), slurm and pbs (their ``run``
-    options), dask (``dask_cluster``, default a LocalCluster of ``parallel`` workers). Running the same call again after a crash, ``kill -9`` or Ctrl-C finishes the same search.
+    options), dask (``dask_cluster``, default a LocalCluster of ``parallel`` workers). Running the same call
+    again after a crash, ``kill -9`` or Ctrl-C finishes the same search.
     """
     if engine not in SEARCH_ENGINES:
         raise ScanError(f"--engine {engine!r}: a search runs on {', '.join(SEARCH_ENGINES)}")
