@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from slurm_fixture import slurm  # noqa: F401  (the session fixture)
@@ -216,3 +217,52 @@ def test_search_on_slurm_runs_n_trials_once(tmp_path, slurm):  # noqa: F811
         assert all(a.get("job_id") for a in ledger.attempts(index)), ledger.attempts(index)
     record = json.loads((ledger.path / "engine.json").read_text())
     assert record["engine"] == "slurm" and {p for s in record["submissions"] for p in s["points"]} == {0, 1, 2, 3}
+
+
+@pytest.mark.timeout(480)
+def test_calodnn_search_of_4_trials_then_status_best_and_scan_analysis(tmp_path):
+    """A real calodnn --Test search on the local engine: 4 trials, 2 at a time, each trained once with its
+    sampled params; best(), status and ScanAnalysis --per-point show the trials with those params."""
+    import pandas as pd
+
+    from calodnn.simulate import write_dataset
+
+    data = tmp_path / "lcd"
+    write_dataset(data, events_per_class=300, events_per_file=150, seed=5, progress=False)
+    config = tmp_path / "calo_search.py"
+    config.write_text("from dlkit.scan.space import choice, loguniform\nConfig = {'Depth': 1}\n"
+                      "Search = {'lr': loguniform(1e-3, 1e-1), 'Width': choice([16, 32, 64])}\n")
+    out = tmp_path / "TM"
+    cmd = [sys.executable, "-m", "dlkit.scan", "search", str(config), "--experiment",
+           "calodnn.ClassificationExperiment", "--trials", "4", "--parallel", "2", "--objective", "Gamma_AUC",
+           "--seed", "1", "--OutputBase", str(out), "--no-progress",
+           "--", "--Test", "--data", str(data), "--set", "BatchSize=64", "--set", "EnergyBins=[10, 510, 4]"]
+    env = dict(os.environ, DLKIT_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ledger,) = Ledger.find(out)
+    _assert_trials_done_once(ledger, out, 4)
+
+    frame = scan_search.best(out)
+    assert len(frame) == 4 and list(frame["Gamma_AUC"]) == sorted(frame["Gamma_AUC"], reverse=True)
+    for row in frame.itertuples():  # the objective is the run's own Gamma_AUC, the params its trial's
+        metadata = json.loads((Path(row.run_dir) / "MetaData.json").read_text())
+        assert metadata["Gamma_AUC"] == pytest.approx(row.Gamma_AUC) and 0.5 < row.Gamma_AUC <= 1
+        assert (row.lr, row.Width) == (metadata["Configuration"]["lr"], metadata["Configuration"]["Width"])
+    assert f"{frame['Gamma_AUC'].iloc[0]:.4g}" in result.stdout.split("best trials:")[1]
+
+    status = subprocess.run([sys.executable, "-m", "dlkit.scan", "status", str(out)], capture_output=True,
+                            text=True, timeout=60)
+    header = status.stdout.splitlines()[1].split()
+    assert header[:3] == ["point", "trial", "params"] and "Gamma_AUC" in header, status.stdout
+    assert "4 done" in status.stdout
+
+    csv = tmp_path / "per_point.csv"
+    table = subprocess.run([sys.executable, "-m", "dlkit.ScanAnalysis", str(out), "--per-point", "--csv", str(csv)],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = pd.read_csv(csv)
+    assert len(rows) == 4 and set(rows["Status"]) == {"ok"}
+    for row in rows.itertuples():
+        params = ledger.trial(int(row.Trial))["params"]
+        assert row.lr == pytest.approx(params["lr"]) and row.Width == params["Width"]
