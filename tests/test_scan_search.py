@@ -266,3 +266,23 @@ def test_calodnn_search_of_4_trials_then_status_best_and_scan_analysis(tmp_path)
     for row in rows.itertuples():
         params = ledger.trial(int(row.Trial))["params"]
         assert row.lr == pytest.approx(params["lr"]) and row.Width == params["Width"]
+
+
+def test_a_failing_trial_is_told_failed_and_does_not_hang_the_search(tmp_path):
+    config = write_config(tmp_path / "s.py")
+    base = tmp_path / "TM"
+    cmd = _search_cmd(config, base, 4, "--parallel", "2", "--max-retries", "1", "--",
+                      "--set", "UserErrorPoints=[1]", "--set", "CrashPoints=[2]")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr  # some trials failed
+    ledger = Ledger.at(base, "toy-s")
+    states = {i: m["state"] for i, m in ledger.final_states().items()}
+    assert states == {0: "done", 1: "failed", 2: "failed", 3: "done"}
+    assert [a["exit_code"] for a in ledger.attempts(1)] == [2]       # a user error is not retried
+    assert [a["exit_code"] for a in ledger.attempts(2)] == [1, 1]    # a crash is, --max-retries times
+    assert sorted(scan_search.best(base)["point"]) == [0, 3]
+    driver = scan_search.SearchDriver(ledger, parallel=1)  # a restarted driver tells them failed, runs nothing
+    trials = {t.user_attrs["point"]: t.state.name for t in driver.studies[0].trials}
+    assert trials == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "COMPLETE"} and driver.finished()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and len(ledger.attempts(2)) == 2

@@ -8,7 +8,7 @@ saves after every epoch, stops on SIGTERM/SIGINT/SIGUSR1 after saving with exit 
 the configured total of epochs, and reports its progress to the scan ledger and obeys its fence. Faults on
 demand, by scan point: ``UserErrorPoints`` exit 2, ``CrashPoints`` crash (exit 1) after their first epoch,
 ``InterruptPoints`` exit 75 before finishing an epoch, ``KilledAfterPoints`` are killed after their run
-completed (as a signal during a backend's teardown would).
+completed (as a signal during a backend's teardown would); in a search, these lists name trial numbers.
 
 For searches it has a known optimum: ``Objective`` = (log10 lr + 2)^2 + ((Width - 64) / 32)^2, smallest (0)
 at lr = 0.01, Width = 64, written when the run completes; the History metric ``val_objective`` approaches it
@@ -66,7 +66,8 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     setup = resolve_run(args, DEFAULTS, prefix="Toy", test_overrides=TEST_OVERRIDES, flag_keys=FLAG_KEYS)
     config, index = setup.config, setup.index
-    if index in config["UserErrorPoints"]:
+    fault = setup.point.get("Trial", index)  # a search trial's faults are chosen by its trial number
+    if fault in config["UserErrorPoints"]:
         raise UserError(f"scan point {index} is in UserErrorPoints")
     stop = _Stop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
@@ -97,7 +98,7 @@ def run(argv=None) -> int:
     first = done  # epochs done before this run (-p): the History of this run starts after them
     status = "completed"
     while done < config["Epochs"]:
-        if index in config["InterruptPoints"]:
+        if fault in config["InterruptPoints"]:
             status = "interrupted"
             break
         t0 = time.monotonic()
@@ -114,7 +115,7 @@ def run(argv=None) -> int:
         _write(run_dir, metadata, {"epochs": done})
         point.report(epochs=done, history={k: {str(first + e + 1): v for e, v in enumerate(values)}
                                            for k, values in history.items()})
-        if index in config["CrashPoints"]:
+        if fault in config["CrashPoints"]:
             raise RuntimeError(f"scan point {index} is in CrashPoints (a simulated crash)")
         if stop.signal_name is not None:
             status = "interrupted"
@@ -127,7 +128,7 @@ def run(argv=None) -> int:
         StopReason=f"signal {stop.signal_name}" if stop.signal_name else f"{status} at {total} epochs",
         **({"Objective": objective} if status == "completed" else {}))
     _write(run_dir, metadata, {"epochs": done})
-    if index in config["KilledAfterPoints"] and status == "completed":
+    if fault in config["KilledAfterPoints"] and status == "completed":
         os.kill(os.getpid(), signal.SIGKILL)
     return {"interrupted": 75, "pruned": point.EXIT_PRUNED}.get(status, 0)
 
