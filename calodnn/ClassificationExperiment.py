@@ -15,6 +15,7 @@ import logging
 import sys
 
 from calodnn.configs import CONFIG_DIR
+from dlkit.config import above, at_least
 from dlkit.experiment import (
     FLAG_KEYS,
     RUN_DEFAULTS,
@@ -74,6 +75,8 @@ DEFAULTS = {
     "EnergyBins": [10.0, 510.0, 10],
 }
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 
@@ -89,7 +92,7 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS)
+                        flag_keys=FLAG_KEYS, ranges=RANGES)
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from calodnn.analysis import classification_analysis, summary_table

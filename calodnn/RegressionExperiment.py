@@ -23,6 +23,7 @@ import sys
 
 from calodnn.configs import CONFIG_DIR
 from calodnn.regression import REGRESSION_SIM_CONFIG
+from dlkit.config import above, at_least
 from dlkit.experiment import (
     FLAG_KEYS,
     RUN_DEFAULTS,
@@ -84,6 +85,8 @@ DEFAULTS = {
     "EnergyBins": [10.0, 510.0, 10],
 }
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float),
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0), "EnergyScale": above(0)}
          "Augment": (bool, str)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
@@ -124,7 +127,7 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="CaloReg", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS)
+                        flag_keys=FLAG_KEYS, ranges=RANGES)
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     check_config(setup.config)

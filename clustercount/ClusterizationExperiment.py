@@ -35,6 +35,7 @@ from clustercount.common import (
     training_callbacks,
 )
 from clustercount.configs import CONFIG_DIR
+from dlkit.config import at_least
 from dlkit.experiment import (
     configure_device,
     finish,
@@ -80,6 +81,10 @@ DEFAULTS = {
 }
 #: --Test: a small simulated dataset, 2 epochs, a small PID study, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimWaveforms": 4000, "Epochs": 2, "PIDMomenta": [5.0, 20.0], "PIDTracks": 20, "PIDCells": 50}
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"TimeBins": at_least(1), "PeakModelPoint": at_least(0), "KernelSize": at_least(1),
+          "ConvLayers": at_least(1), "Neurons": at_least(1), "PIDTracks": at_least(1), "PIDCells": at_least(1),
+          "PIDSeed": at_least(0)}
 #: Results shown in the summary (and worth a ScanAnalysis column).
 RESULT_KEYS = ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "BaselineCalibratedRMS", "BaselineGapNs",
                "NclSpreadRatio", "NclSlope", "MeanTrueNcl", "MeanPredictedNcl", "MeanDetectedPeaks", "PID_RatioMean",
@@ -112,7 +117,7 @@ def run(argv=None) -> int:
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="Clusterization", test_overrides=TEST_OVERRIDES,
                         types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float), "PeakModelSet": dict},
-                        flag_keys=FLAG_KEYS)
+                        flag_keys=FLAG_KEYS, ranges=RANGES)
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from clustercount.analysis import clusterization_analysis, summary_table

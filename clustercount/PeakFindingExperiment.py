@@ -28,6 +28,7 @@ from clustercount.common import (
     training_callbacks,
 )
 from clustercount.configs import CONFIG_DIR
+from dlkit.config import above, at_least
 from dlkit.experiment import (
     configure_device,
     finish,
@@ -60,6 +61,10 @@ DEFAULTS = {
 }
 #: --Test: a small simulated dataset, 60k candidates, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimWaveforms": 4000, "MaxEvents": 60000, "Epochs": 2}
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"CandidateThreshold": above(0), "WindowBefore": at_least(0), "WindowAfter": at_least(0),
+          "MatchTolerance": at_least(0), "WindowScale": above(0), "LSTMLayers": at_least(1), "DenseLayers": at_least(0),
+          "Neurons": at_least(1), "SimWaveforms": at_least(1)}
 #: Results shown in the summary (and worth a ScanAnalysis column).
 RESULT_KEYS = ("Peak_AUC", "Primary_AUC", "Secondary_AUC", "DerivEfficiency", "DerivFakeRate", "EffAtDerivFake",
                "FakeAtDerivEff", "Accuracy", "NTestCandidates")
@@ -77,7 +82,7 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="PeakFinding", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS)
+                        flag_keys=FLAG_KEYS, ranges=RANGES)
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from clustercount.analysis import peak_finding_analysis, summary_table

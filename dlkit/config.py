@@ -17,19 +17,23 @@ The configuration a model is built from is resolved in layers, each overriding t
 
 :func:`resolve_config` does that and validates every layer against the defaults: an unknown key is an
 error naming the key, where it came from and the closest valid names; a value of the wrong type is an
-error naming key, value and expected type.
+error naming key, value and expected type; a number out of its range (:data:`RANGES`, or the experiment's
+own) is an error naming key, value, where it came from and the range.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import os
 import runpy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ConfigError", "load_config", "run_config_file", "resolve_config", "check_value", "unknown_key_error"]
+__all__ = ["ConfigError", "load_config", "run_config_file", "resolve_config", "check_value", "unknown_key_error",
+           "Range", "RANGES", "at_least", "above", "FRACTION", "check_range"]
 
 
 class ConfigError(ValueError):
@@ -131,6 +135,64 @@ def check_value(key: str, value: Any, default: Any, expected: type | tuple | Non
     fail()
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric config entry: ``low``/``high`` (None: unbounded), each closed unless
+    ``low_open``/``high_open``. ``None`` as a value is left to the type check (an entry whose default is None)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}" if self.low is not None else "a finite number"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+def above(low: float) -> Range:
+    return Range(low=low, low_open=True)
+
+
+#: A fraction of the events: 0 <= x < 1.
+FRACTION = Range(0.0, 1.0, high_open=True)
+
+#: The ranges of the numeric entries that dlkit's experiments share, checked wherever an experiment has the
+#: entry; an experiment adds its own through ``resolve_config(ranges=...)``. A numeric entry with no range here
+#: or there must still be finite (no nan, no inf).
+RANGES: dict[str, Range] = {
+    "Epochs": at_least(1), "BatchSize": at_least(1), "lr": above(0), "decay": at_least(0),
+    "momentum": Range(0.0, 1.0), "Dropout": FRACTION, "ValidationFraction": FRACTION, "TestFraction": FRACTION,
+    "MaxEvents": at_least(0), "Workers": at_least(0), "RunningTime": above(0), "Seed": at_least(0),
+    "EarlyStopping_patience": at_least(0), "EarlyStopping_min_delta": at_least(0), "Width": at_least(1),
+    "Depth": at_least(1), "Filters": at_least(1), "SimEventsPerClass": at_least(1), "SimEventsPerFile": at_least(1),
+    "SimSeed": at_least(0),
+}
+
+
+def check_range(key: str, value: Any, allowed: Range | None, where: str) -> None:
+    """Raise :class:`ConfigError` naming ``key``, ``value``, ``where`` it came from and the range when a
+    number is outside ``allowed`` (or, without a range, not finite)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return
+    if value not in (allowed or Range()):
+        raise ConfigError(f"{where}: entry {key!r} = {value!r} is out of range; expected {allowed or Range()}")
+
+
 def unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
     if not close:  # also try case-insensitively: 'width' -> 'Width'
@@ -144,6 +206,7 @@ def resolve_config(
     defaults: Mapping[str, Any],
     *layers: tuple[str, Mapping[str, Any] | None],
     types: Mapping[str, type | tuple] | None = None,
+    ranges: Mapping[str, Range] | None = None,
 ) -> dict:
     """Merge ``layers`` over ``defaults``, validating keys and types, and return the resolved dict.
 
@@ -158,6 +221,9 @@ def resolve_config(
         A ``None`` mapping is skipped. ``source`` appears in error messages.
     types
         Expected types for keys whose default is None (or to widen a type, e.g. ``(int, float)``).
+    ranges
+        Allowed values of numeric keys, over :data:`RANGES` (e.g. ``{"TimeBins": at_least(16)}``); checked on
+        the resolved values, so an error names the layer the value came from.
 
     Examples
     --------
@@ -170,6 +236,7 @@ def resolve_config(
         if key not in defaults:
             raise ConfigError(f"types: key {key!r} has no default")
     resolved = {key: value for key, value in defaults.items()}
+    source_of = dict.fromkeys(defaults, "experiment defaults")
     for source, layer in layers:
         if layer is None:
             continue
@@ -179,4 +246,8 @@ def resolve_config(
             if key not in defaults:
                 raise unknown_key_error(str(key), valid, source)
             resolved[key] = check_value(key, value, defaults[key], types.get(key), where=source)
+            source_of[key] = source
+    ranges = {**RANGES, **(ranges or {})}
+    for key, value in resolved.items():
+        check_range(key, value, ranges.get(key), source_of[key])
     return resolved

@@ -131,10 +131,12 @@ class RunSetup:
 
 def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: str,
                 test_overrides: Mapping[str, Any] | None = None, types: Mapping[str, Any] | None = None,
-                flag_keys: Mapping[str, str] | None = None) -> RunSetup:
+                flag_keys: Mapping[str, str] | None = None, ranges: Mapping[str, Any] | None = None) -> RunSetup:
     """Resolve defaults < config file < ``--Test`` < flags < scan point, and name the run.
 
-    ``flag_keys`` maps argparse destinations to config keys (e.g. ``{"runningtime": "RunningTime"}``);
+    ``ranges`` are the experiment's own :class:`~dlkit.config.Range` of each numeric entry (over
+    :data:`dlkit.config.RANGES`). ``flag_keys`` maps argparse destinations to config keys (e.g.
+    ``{"runningtime": "RunningTime"}``);
     only flags given on the command line override. The model name is ``prefix`` followed by the scan
     point's ``_<key><value>`` in scan-key order, so it is stable across processes and Python versions.
     """
@@ -173,7 +175,7 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         layers.append((f"scan point {index} of {config_path}", point))
     if trial is not None:
         layers.append((f"search trial {args.trial}", trial["params"]))
-    config = resolve_config(defaults, *layers, types=types)
+    config = resolve_config(defaults, *layers, types=types, ranges=ranges)
     if args.Test and "OutputBase" in config and "OutputBase" not in flags:
         config["OutputBase"] = str(config["OutputBase"]) + ".Test"
     name = prefix + "".join(f"_{k}{point[k]}" for k in (scan.keys if scan else []))

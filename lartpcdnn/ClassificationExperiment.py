@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from dlkit.config import Range, above, at_least
 from dlkit.experiment import (
     FLAG_KEYS,
     RUN_DEFAULTS,
@@ -87,6 +88,9 @@ DEFAULTS = {
 # (dlkit.config.check_value accepts None only for entries whose default is None, although its docstring
 # says declaring a type suffices: NoneType is listed explicitly where a non-None default may be switched off.)
 TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float),
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"EnergyMin": at_least(0), "DownSampleFactor": at_least(1), "ScanWindowSize": at_least(1),
+          "NormScale": above(0), "DensePool": at_least(1), "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
          "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
 #: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
@@ -103,7 +107,7 @@ def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     configure_device(args)
     setup = resolve_run(args, DEFAULTS, prefix="LArTPCDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS)
+                        flag_keys=FLAG_KEYS, ranges=RANGES)
     log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
 
     from lartpcdnn.analysis import classification_analysis, summary_table

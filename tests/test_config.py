@@ -1,5 +1,6 @@
 """dlkit.config: plain-Python config files, layered resolution and validation."""
 
+import re
 import textwrap
 
 import pytest
@@ -115,3 +116,48 @@ def test_check_value_numpy_scalars():
     np = pytest.importorskip("numpy")
     assert check_value("lr", np.float32(0.5), 0.1) == 0.5
     assert check_value("Width", np.int64(3), 1) == 3
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"Epochs": 0}, "command line: entry 'Epochs' = 0 is out of range; expected >= 1"),
+    ({"Epochs": -1}, "entry 'Epochs' = -1 is out of range; expected >= 1"),
+    ({"BatchSize": 0}, "entry 'BatchSize' = 0 is out of range; expected >= 1"),
+    ({"lr": -1}, "entry 'lr' = -1.0 is out of range; expected > 0"),
+    ({"lr": 0}, "entry 'lr' = 0.0 is out of range; expected > 0"),
+    ({"RunningTime": -5}, "entry 'RunningTime' = -5 is out of range; expected > 0"),
+    ({"lr": float("nan")}, "entry 'lr' = nan is out of range"),
+])
+def test_numbers_out_of_range_are_errors_naming_the_key(layer, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(DEFAULTS, ("command line", layer), types={"RunningTime": (int, float)})
+    assert message in str(info.value)
+
+
+def test_ranges_of_an_experiment_and_the_layer_a_value_came_from():
+    from dlkit.config import Range, above, at_least
+
+    defaults = {"Epochs": 3, "Width": 64, "Scale": 1.0, "Frac": 0.5, "Free": 1.0}
+    ranges = {"Epochs": at_least(0), "Scale": above(0), "Frac": Range(0, 1, low_open=True, high_open=True)}
+    assert resolve_config(defaults, ("c", {"Epochs": 0}), ranges=ranges)["Epochs"] == 0  # widened for it
+    for layer, where, text in (({"Scale": 0.0}, "config file a.py", "> 0"), ({"Frac": 1}, "scan point 3", "in (0, 1)"),
+                               ({"Width": 0}, "scan point 3", ">= 1"), ({"Free": float("inf")}, "config file a.py",
+                                                                        "a finite number")):
+        with pytest.raises(ConfigError, match=rf"^{where}: entry '{list(layer)[0]}' .* expected {re.escape(text)}$"):
+            resolve_config(defaults, ("config file a.py", {}), (where, layer), ranges=ranges)
+    assert 0.5 in Range(0, 1) and 1 not in Range(0, 1, high_open=True) and float("nan") not in Range()
+
+
+@pytest.mark.parametrize("flags, key", [(["--set", "Epochs=0"], "Epochs"), (["--set", "BatchSize=-5"], "BatchSize"),
+                                        (["-r", "-5"], "RunningTime"), (["--set", "lr=-1"], "lr")])
+def test_experiment_cli_refuses_out_of_range_numbers_before_any_data(tmp_path, flags, key):
+    import subprocess
+    import sys
+
+    config = write(tmp_path, "Config = {}\n")  # no grid: a scan point would override lr
+    result = subprocess.run([sys.executable, "-m", "calodnn.ClassificationExperiment", "--Test", "-C", str(config),
+                             "--data", str(tmp_path / "no-data-needed"), "--OutputBase", str(tmp_path / "TM"), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"entry '{key}'" in lines[0] and "out of range" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "TM").exists()

@@ -79,12 +79,12 @@ def default_direction(metric: str) -> str:
     return "minimize" if "loss" in metric.lower() else "maximize"
 
 
-def _experiment_defaults(experiment: str) -> tuple[Mapping | None, Mapping | None]:
-    """The experiment module's DEFAULTS and TYPES, to validate the Search keys (None for a .py file)."""
+def _experiment_defaults(experiment: str) -> tuple[Mapping | None, Mapping | None, Mapping | None]:
+    """The experiment module's DEFAULTS, TYPES and RANGES, to validate the Search keys (None for a .py file)."""
     if experiment.endswith(".py"):
-        return None, None
+        return None, None, None
     module = importlib.import_module(experiment)
-    return getattr(module, "DEFAULTS", None), getattr(module, "TYPES", None)
+    return tuple(getattr(module, name, None) for name in ("DEFAULTS", "TYPES", "RANGES"))
 
 
 def make_search_manifest(experiment: str, config: str | os.PathLike | None = None, flags: Sequence[str] = (),
@@ -109,8 +109,8 @@ def make_search_manifest(experiment: str, config: str | os.PathLike | None = Non
         if space is None:
             raise ScanError(f"config file {manifest['config']}: defines no Search block (a dict of spaces from "
                             "dlkit.scan.space, e.g. Search = {'lr': loguniform(1e-4, 1e-1)}); see dlkit.scan.space")
-        defaults, types = _experiment_defaults(experiment)
-        check_search(space, f"config file {manifest['config']!r}", defaults, manifest["params"], types)
+        defaults, types, ranges = _experiment_defaults(experiment)
+        check_search(space, f"config file {manifest['config']!r}", defaults, manifest["params"], types, ranges)
     except ConfigError as exc:
         raise ScanError(str(exc)) from None
     grid_points = parse_points(points, manifest["size"])

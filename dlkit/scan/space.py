@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dlkit.config import ConfigError, check_value, run_config_file, unknown_key_error
+from dlkit.config import RANGES, ConfigError, check_range, check_value, run_config_file, unknown_key_error
 
 __all__ = ["Space", "uniform", "loguniform", "int_range", "choice", "check_search", "load_search", "from_json"]
 
@@ -127,9 +127,11 @@ def from_json(data: Mapping) -> Space:
 
 
 def check_search(search: Any, where: str, defaults: Mapping | None = None, grid: Mapping | None = None,
-                 types: Mapping | None = None) -> dict[str, Space]:
+                 types: Mapping | None = None, ranges: Mapping | None = None) -> dict[str, Space]:
     """Validate a ``Search`` block: a dict of :class:`Space`, each key a config entry of the experiment
-    (``defaults``) that is not also scanned in ``Params`` (``grid``), with values of that entry's type."""
+    (``defaults``) that is not also scanned in ``Params`` (``grid``), with values of that entry's type and
+    within its range (:data:`dlkit.config.RANGES` and the experiment's ``ranges``)."""
+    ranges = {**RANGES, **(ranges or {})}
     if not isinstance(search, Mapping) or not search:
         raise ConfigError(f"{where}: 'Search' must be a non-empty dict of spaces (uniform, loguniform, int_range, "
                           f"choice from dlkit.scan.space), got {search!r}")
@@ -148,6 +150,7 @@ def check_search(search: Any, where: str, defaults: Mapping | None = None, grid:
             values = list(space.choices) if space.kind == "choice" else [space.low, space.high]
             for value in values:
                 check_value(key, value, defaults[key], (types or {}).get(key), where=f"{where}: Search")
+                check_range(key, value, ranges.get(key), f"{where}: Search")
         out[key] = space
     return out
 

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from dlkit.config import at_least
 from dlkit.experiment import RUN_DEFAULTS, FLAG_KEYS, UserError, make_parser, resolve_run, run_main
 from dlkit.metadata import METADATA_FILE, atomic_write, claim_run_dir, read_metadata, run_dirs, to_jsonable
 from dlkit.scan import point
@@ -44,6 +45,8 @@ DEFAULTS = {
     **RUN_DEFAULTS,
 }
 TEST_OVERRIDES = {"Epochs": 2}
+#: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
+RANGES = {"Epochs": at_least(0), "EpochTime": at_least(0)}  # Epochs=0: the no-op point of the benchmark
 STATE_FILE = "model.json"      # the toy's "model": its epoch count
 
 
@@ -64,7 +67,8 @@ def _write(run_dir: Path, metadata: dict, state: dict | None = None) -> None:
 
 def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    setup = resolve_run(args, DEFAULTS, prefix="Toy", test_overrides=TEST_OVERRIDES, flag_keys=FLAG_KEYS)
+    setup = resolve_run(args, DEFAULTS, prefix="Toy", test_overrides=TEST_OVERRIDES, flag_keys=FLAG_KEYS,
+                        ranges=RANGES)
     config, index = setup.config, setup.index
     fault = setup.point.get("Trial", index)  # a search trial's faults are chosen by its trial number
     if fault in config["UserErrorPoints"]:
