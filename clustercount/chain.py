@@ -41,6 +41,7 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
     from clustercount import PeakFindingExperiment as pfe
     from dlkit.config import ConfigError
     from dlkit.datasets import cached_dataset, data_root
+    from dlkit.metadata import METADATA_FILE, atomic_write, read_metadata, to_jsonable
 
     point = int(config.get("PeakModelPoint", 18))
     overrides = dict(config.get("PeakModelSet") or {})
@@ -68,6 +69,11 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
         dirs = [d for d in Path(tmp).iterdir() if d.is_dir() and (d / "model.keras").is_file()]
         if len(dirs) != 1:
             raise RuntimeError(f"expected one trained peak model under {tmp}, found {[d.name for d in dirs]}")
+        # its MetaData names where it lives once the cache is renamed into place, not this build directory
+        metadata = read_metadata(dirs[0])
+        metadata["OutDir"] = str(path / dirs[0].name)
+        atomic_write(dirs[0] / METADATA_FILE,
+                     lambda f: Path(f).write_text(json.dumps(to_jsonable(metadata), indent=1)))
         return [f for f in dirs[0].rglob("*") if f.is_file()]
 
     cached_dataset(path, key, build, {"kind": "peakmodel", "point": point, "overrides": overrides,

@@ -131,7 +131,8 @@ class RunSetup:
 
 def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: str,
                 test_overrides: Mapping[str, Any] | None = None, types: Mapping[str, Any] | None = None,
-                flag_keys: Mapping[str, str] | None = None, ranges: Mapping[str, Any] | None = None) -> RunSetup:
+                flag_keys: Mapping[str, str] | None = None, ranges: Mapping[str, Any] | None = None,
+                import_backend: bool = True) -> RunSetup:
     """Resolve defaults < config file < ``--Test`` < flags < scan point, and name the run.
 
     ``ranges`` are the experiment's own :class:`~dlkit.config.Range` of each numeric entry (over
@@ -139,6 +140,8 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     ``{"runningtime": "RunningTime"}``);
     only flags given on the command line override. The model name is ``prefix`` followed by the scan
     point's ``_<key><value>`` in scan-key order, so it is stable across processes and Python versions.
+    Once the configuration is valid, Keras is imported (``import_backend``) without TensorFlow's start-up
+    noise (:mod:`dlkit.quiet`); an experiment without Keras passes False.
     """
     config_path = args.config or args.default_config
     file_config, params = load_config(config_path) if config_path else ({}, None)
@@ -176,6 +179,8 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     if trial is not None:
         layers.append((f"search trial {args.trial}", trial["params"]))
     config = resolve_config(defaults, *layers, types=types, ranges=ranges)
+    if getattr(args, "LoadModel", None):  # before any data is set up: a typo in -L must not cost a data setup
+        check_model_dir(args.LoadModel)
     if args.Test and "OutputBase" in config and "OutputBase" not in flags:
         config["OutputBase"] = str(config["OutputBase"]) + ".Test"
     name = prefix + "".join(f"_{k}{point[k]}" for k in (scan.keys if scan else []))
@@ -187,8 +192,26 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         hash_ = point_hash(point)
         point = {**point, "Trial": trial["trial"]}
     output_base = Path(config.get("OutputBase", "TrainedModels"))
+    if import_backend:
+        from dlkit.quiet import import_keras
+
+        import_keras()
     return RunSetup(config=config, index=index, point=point, hash=hash_, name=name,
                     output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """``-L DIR``: a saved model directory (its MetaData.json readable, its model file there), else a
+    :class:`UserError` naming it."""
+    from dlkit.metadata import MODEL_FILE, read_metadata
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise UserError(f"-L {path}: no such model directory")
+    read_metadata(directory)  # MetaDataError: missing or not valid JSON, naming the file
+    if not (directory / MODEL_FILE).is_file():
+        raise UserError(f"-L {path}: no {MODEL_FILE} in it (the run never saved a model)")
+    return directory
 
 
 def _read_trial(path: str, index: int | None) -> dict:
@@ -289,9 +312,7 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
     if args.LoadModel:
         from dlkit.model_wrapper import read_metadata
 
-        directory = Path(args.LoadModel)
-        if not directory.is_dir():
-            raise UserError(f"-L {args.LoadModel}: no such model directory")
+        directory = check_model_dir(args.LoadModel)
         name = read_metadata(directory).get("Name") or setup.name
         wrapper = make_wrapper(name, **common)
         wrapper.Load(directory)

@@ -39,9 +39,13 @@ def small(lcd, *extra):
 
 
 def test_end_to_end_cli_subprocess(lcd, env, tmp_path):
+    env = {k: v for k, v in env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # what a user gets: dlkit's own quieting
     proc = subprocess.run([sys.executable, "-m", "calodnn.ClassificationExperiment", *small(lcd), "-s", "12"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cuda drivers", "cpu_feature_guard",
+                  "GeneratorDataset"):  # TensorFlow's start-up and teardown lines do not reach the user's log
+        assert noise not in proc.stderr, proc.stderr[-3000:]
     out = tmp_path / "TrainedModels.Test" / "CaloDNN_Depth1_Width64_decay0.01_lr0.1"
     md = read_metadata(out)
     assert md["Status"] == "completed" and md["Epochs"] == 2 and md["HyperParamSet"] == 12

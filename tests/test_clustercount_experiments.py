@@ -101,6 +101,7 @@ def test_clusterization_cli_with_pid(waves, env, tmp_path):
     assert "peakmodel-" in peak_model and (tmp_path / "data" / "clustercount") in Path(peak_model).parents
     peak_md = read_metadata(peak_model)
     assert peak_md["Status"] == "completed" and peak_md["HyperParamSet"] == 18 and peak_md["Epochs"] == 2
+    assert peak_md["OutDir"] == peak_model  # where the cached model lives, not its temporary build directory
     assert peak_md["Configuration"]["MaxEvents"] == 12000 and 0 < peak_md["ThresholdAtDerivFake"] < 1
     for key in ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "BaselineCalibratedRMS",
                 "PID_RatioMean", "PID_TruthRatioMean", "PID_dEdxTruncation"):

@@ -15,19 +15,20 @@ class DataError(GeneratorError):
     ``file`` and ``key`` say where; the message repeats them so a log line alone is enough.
     """
 
-    def __init__(self, message: str, file: str | None = None, key: str | None = None):
+    def __init__(self, message: str, file: str | None = None, key: str | None = None, kind: str = "file"):
         self.file = None if file is None else str(file)
         self.key = key
+        self.kind = kind  # what ``file`` names: "file" or "directory"
         self.reason = message
         where = []
         if file is not None:
-            where.append(f"file {str(file)!r}")
+            where.append(f"{kind} {str(file)!r}")
         if key is not None:
             where.append(f"key {key!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
     def __reduce__(self):
-        return (type(self), (self.reason, self.file, self.key))
+        return (type(self), (self.reason, self.file, self.key, self.kind))
 
 
 class WorkerDiedError(GeneratorError):

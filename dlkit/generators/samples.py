@@ -217,14 +217,14 @@ def make_samples_from_dirs(
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise DataError("sample directory not found", file=root)
+        raise DataError("sample directory not found", file=root, kind="directory")
     if classes is None:
         names = sorted(
             (d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))), key=_natural_key
         )
         mapping = {d: d for d in names if _files(os.path.join(root, d, pattern))}
         if not mapping:
-            raise DataError(f"no sub-directory with files matching {pattern!r}", file=root)
+            raise DataError(f"no sub-directory with files matching {pattern!r}", file=root, kind="directory")
     elif isinstance(classes, Mapping):
         mapping = {str(k): v for k, v in classes.items()}
     else:
@@ -235,7 +235,7 @@ def make_samples_from_dirs(
         full = os.path.join(root, sub)
         patterns[name] = os.path.join(full, pattern) if os.path.isdir(full) else full
         if not glob.has_magic(sub) and not os.path.isdir(full):
-            raise DataError(f"class directory for {name!r} not found", file=full)
+            raise DataError(f"class directory for {name!r} not found", file=full, kind="directory")
     return make_samples_from_globs(patterns, keys, rate=rate, weight=weight, filter=filter)
 
 

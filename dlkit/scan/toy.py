@@ -68,7 +68,7 @@ def _write(run_dir: Path, metadata: dict, state: dict | None = None) -> None:
 def run(argv=None) -> int:
     args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
     setup = resolve_run(args, DEFAULTS, prefix="Toy", test_overrides=TEST_OVERRIDES, flag_keys=FLAG_KEYS,
-                        ranges=RANGES)
+                        ranges=RANGES, import_backend=False)
     config, index = setup.config, setup.index
     fault = setup.point.get("Trial", index)  # a search trial's faults are chosen by its trial number
     if fault in config["UserErrorPoints"]:
