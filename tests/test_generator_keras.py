@@ -1,15 +1,17 @@
-"""dlkit.generators with Keras: fit/evaluate on MultiClassGenerator, exact epochs under Keras' iteration.
+"""dlkit.generators with Keras: fit/evaluate/predict on MultiClassGenerator, exact epochs on every backend.
 
-Keras (TF backend) probes two batches for the tensor signature before the first epoch, calls
-``__getitem__`` from tf.data threads in shuffled index order and wraps aligned arrays without copying;
-the generator must still give every event exactly once per Keras epoch, and no batch may be overwritten
-while TensorFlow holds it.
+Keras fetches batches the generator must not count as training: TensorFlow probes two for the tensor
+signature outside any epoch, JAX and torch fetch one inside an epoch that ``reset()`` then ends, to build the
+model symbolically. Whatever the trainer does, every Keras epoch must train on every event exactly once, and
+no batch may be overwritten while the backend holds it. The checks do not count the probes: they read what
+the epochs and the optimizer actually saw.
 """
 
 from __future__ import annotations
 
 import threading
 
+import h5py
 import numpy as np
 import pytest
 from test_generators import h5dir, no_leftovers  # noqa: F401 - fixtures
@@ -44,6 +46,35 @@ def small_model():
     return m
 
 
+def h5_part(specs, key):
+    """``key`` of every event of a split part, read with plain h5py (file order)."""
+    out = []
+    for s in specs:
+        with h5py.File(s.file, "r") as f:
+            out.append(f[key][s.start : s.stop])
+    return np.concatenate(out)
+
+
+def last_epochs(seen, n_batches, epochs):
+    """The event ids of each of the last ``epochs`` epochs of ``n_batches`` batches the generator served
+    (whatever the trainer fetched before them)."""
+    assert len(seen) >= epochs * n_batches
+    tail = seen[len(seen) - epochs * n_batches :]
+    return [np.sort(np.concatenate([i for i, _ in tail[e * n_batches : (e + 1) * n_batches]])) for e in range(epochs)]
+
+
+class SumOfOutputs(keras.losses.Loss):
+    """The model's output summed over the batch: with a bias-free linear model its gradient is the sum
+    of the batch's inputs, whatever the weights, so plain SGD moves the kernel by -lr * (sum of every input
+    trained on), independently of the order and the batching."""
+
+    def __init__(self):
+        super().__init__(reduction="sum", name="sum_of_outputs")
+
+    def call(self, y_true, y_pred):
+        return keras.ops.sum(y_pred, axis=-1)
+
+
 @pytest.mark.timeout(240)
 def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F811
     samples = make_samples_from_dirs(h5dir, ["X", "H", "id"])
@@ -54,31 +85,41 @@ def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F
         MultiClassGenerator(train, 32, n_workers=2, postprocess=rec_t, seed=1) as tgen,
         MultiClassGenerator(val, 32, n_workers=1, postprocess=rec_v, seed=1) as vgen,
     ):
-        ids_train = np.sort(tgen.read_all()["id"])
-        ids_val = np.sort(vgen.read_all()["id"])
+        ids_train, ids_val = np.sort(h5_part(train, "id")), np.sort(h5_part(val, "id"))
         model = small_model()
         hist = model.fit(tgen, validation_data=vgen, epochs=epochs, verbose=0)
         assert np.all(np.isfinite(hist.history["loss"])) and len(hist.history["val_loss"]) == epochs
-        n, nv = len(tgen), len(vgen)
-        # Keras' two signature probes come first; they are served again when the epoch starts
-        assert len(rec_t.seen) == 2 + epochs * n
-        for e in range(epochs):
-            got = np.concatenate([i for i, _ in rec_t.seen[2 + e * n : 2 + (e + 1) * n]])
-            assert np.array_equal(np.sort(got), ids_train), f"train epoch {e}"
-        assert len(rec_v.seen) == 2 + epochs * nv
-        for e in range(epochs):
-            got = np.concatenate([i for i, _ in rec_v.seen[2 + e * nv : 2 + (e + 1) * nv]])
-            assert np.array_equal(np.sort(got), ids_val), f"validation epoch {e}"
-        # evaluate() probes again and then reads one exact epoch
-        before = len(rec_v.seen)
+        for e, got in enumerate(last_epochs(rec_t.seen, len(tgen), epochs)):
+            assert np.array_equal(got, ids_train), f"train epoch {e}"
+        for e, got in enumerate(last_epochs(rec_v.seen, len(vgen), epochs)):
+            assert np.array_equal(got, ids_val), f"validation epoch {e}"
+        # evaluate() may probe again; then it reads one exact epoch
         model.evaluate(vgen, verbose=0)
-        got = np.concatenate([i for i, _ in rec_v.seen[before + 2 :]])
-        assert np.array_equal(np.sort(got), ids_val)
+        assert np.array_equal(last_epochs(rec_v.seen, len(vgen), 1)[0], ids_val)
         assert len(tgen._engine.slots) <= tgen._engine.max_slots
 
 
 @pytest.mark.timeout(240)
-def test_zero_copy_batches_are_not_overwritten_while_tensorflow_holds_them(h5dir):  # noqa: F811
+def test_training_sees_every_event_once_per_epoch(h5dir):  # noqa: F811
+    """What the optimizer trained on, not what was fetched: after E epochs of SGD on the sum of a linear
+    model's outputs the kernel moved by -E * lr * (sum of every training event's inputs, read with h5py).
+    A batch trained twice or never (an epoch shifted by a probe) moves it by a whole batch's sum more or less."""
+    samples = make_samples_from_dirs(h5dir, ["X", "id"])
+    train, _ = split_samples(samples, [0.75, 0.25], seed=2)
+    ref = h5_part(train, "X").astype(np.float64).sum(axis=0)
+    epochs, lr = 2, 1e-3
+    x = keras.Input((4, 3), name="X")
+    out = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")(keras.layers.Flatten()(x))
+    model = keras.Model(x, out)
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=SumOfOutputs())
+    with MultiClassGenerator(train, 32, n_workers=2, postprocess=Select(["X"], "onehot"), seed=4) as gen:
+        model.fit(gen, epochs=epochs, verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.layers[-1].kernel)[:, 0]
+    assert np.allclose(kernel, -epochs * lr * ref.reshape(-1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timeout(240)
+def test_zero_copy_batches_are_not_overwritten_while_the_backend_holds_them(h5dir):  # noqa: F811
     """Predictions on generator batches equal predictions on the same data read with plain h5py."""
     samples = make_samples_from_dirs(h5dir, ["X", "H", "id"])
     with MultiClassGenerator(

@@ -24,9 +24,14 @@ consumer asks for the next batch, and after that for as long as anything still r
 instead of overwriting them.
 
 Keras: ``__getitem__(i)`` serves the *next* batch of the epoch whatever ``i`` is (batches are already
-shuffled, Keras' index shuffling adds nothing), so ``fit(shuffle=True)`` is fine. Batches requested
-outside an epoch by the thread that then starts one (Keras' two signature-probing calls, a look at
-``gen[0]``) are served again when the epoch begins, so every epoch holds each selected event exactly once.
+shuffled, Keras' index shuffling adds nothing), so ``fit(shuffle=True)`` is fine. Every epoch starts at
+an epoch boundary of the generator, so every Keras epoch holds each selected event exactly once, on every
+backend, however many batches the trainer fetched before it: an epoch that ends before its last batch (the
+JAX and torch trainers' one-batch symbolic build, which ``reset()`` ends; a ``break``; a stopped fit) is
+served again from its first batch by the next one, and batches requested outside an epoch by the thread
+that then starts one (TensorFlow's two signature probes, a look at ``gen[0]``) are served again when the
+epoch begins. Hence ``fit(steps_per_epoch=k)`` with k below ``len(gen)`` repeats the same k batches: make
+shorter epochs with ``max_events`` instead.
 The generator runs its own processes: Keras must iterate it single-threaded (the PyDataset defaults
 ``workers=1, use_multiprocessing=False``; do not change them).
 """
@@ -548,10 +553,15 @@ class MultiClassGenerator:
             self._in_epoch = True
 
     def on_epoch_end(self):
+        """An epoch that ended early is served again from its first batch: the trainers' probes and a
+        stopped epoch never shift the next one."""
         with self._lock:
             self._in_epoch = False
-            if self._pos % len(self):
-                logger.debug("epoch ended %d batches into the generator's epoch", self._pos % len(self))
+            offset = self._pos % len(self)
+            if offset:
+                logger.debug("epoch ended after %d of %d batches: its first batch is served next", offset, len(self))
+                self._pos -= offset
+                self._engine.rewind(self._pos)
 
     # ------------------------------------------------------------------ whole dataset
     def build_cache(self, progress: bool | None = None) -> Path | None:
