@@ -77,23 +77,31 @@ def test_second_run_of_same_name_gets_new_directory(tmp_path, data):
     assert dirs == ["Dense", "Dense.1", "Dense.2"]
 
 
-def _claim(base, queue):
-    from dlkit.model_wrapper import ModelWrapper as MW
+def test_processes_claiming_one_name_at_once_get_distinct_directories(tmp_path):
+    # No timeouts that a loaded machine could exceed: the processes import only dlkit.metadata (race_helpers,
+    # not this module), the barrier has no timeout, and pytest-timeout bounds the whole test.
+    from race_helpers import claim
 
-    queue.put(str(MW("Race", OutputBase=base).MakeOutputDir()))
-
-
-def test_two_processes_claiming_one_name_get_two_directories(tmp_path):
+    n = 8
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_claim, args=(str(tmp_path), queue)) for _ in range(4)]
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=claim, args=(str(tmp_path), barrier, queue)) for _ in range(n)]
     for p in procs:
         p.start()
-    claimed = [queue.get(timeout=60) for _ in procs]
+    claimed = [queue.get() for _ in procs]
     for p in procs:
-        p.join(timeout=60)
-    assert len(set(claimed)) == 4
-    assert sorted(Path(c).name for c in claimed) == ["Race", "Race.1", "Race.2", "Race.3"]
+        p.join()
+    assert [p.exitcode for p in procs] == [0] * n
+    assert sorted(Path(c).name for c in claimed) == sorted(["Race"] + [f"Race.{i}" for i in range(1, n)])
+    assert all(Path(c).is_dir() for c in claimed)
+
+
+def test_make_output_dir_claims_through_claim_run_dir(tmp_path):
+    from dlkit.metadata import claim_run_dir
+    from dlkit.model_wrapper import ModelWrapper
+
+    assert claim_run_dir(tmp_path, "Race").name == "Race"
+    assert ModelWrapper("Race", OutputBase=tmp_path).MakeOutputDir().name == "Race.1"
 
 
 def test_resume_restores_optimizer_state_and_chains_history(tmp_path, data):
