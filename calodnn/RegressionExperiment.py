@@ -85,9 +85,9 @@ DEFAULTS = {
     "EnergyBins": [10.0, 510.0, 10],
 }
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float),
+         "Augment": (bool, str)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0), "EnergyScale": above(0)}
-         "Augment": (bool, str)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 

@@ -88,10 +88,10 @@ DEFAULTS = {
 # (dlkit.config.check_value accepts None only for entries whose default is None, although its docstring
 # says declaring a type suffices: NoneType is listed explicitly where a non-None default may be switched off.)
 TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float),
+         "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"EnergyMin": at_least(0), "DownSampleFactor": at_least(1), "ScanWindowSize": at_least(1),
           "NormScale": above(0), "DensePool": at_least(1), "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
-         "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
 #: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
 
