@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MODEL_FILE", "METADATA_FILE", "MetaDataError", "to_jsonable", "atomic_write", "read_metadata",
-           "chained_history", "run_dirs", "claim_run_dir"]
+           "metadata_problems", "chained_history", "run_dirs", "claim_run_dir"]
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "MetaData.json"
@@ -85,6 +85,61 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     if not isinstance(metadata, dict):
         raise MetaDataError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
     return metadata
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _history_problem(history) -> str | None:
+    if not isinstance(history, Mapping):
+        return f"expected a dict of per-epoch lists, got {type(history).__name__}"
+    for metric, values in history.items():
+        if not isinstance(values, list) or not all(v is None or _number(v) for v in values):
+            return f"{metric!r} must be a list of numbers, got {values!r:.60}"
+    return None
+
+
+def metadata_problems(metadata: Mapping) -> dict[str, str]:
+    """``{key: what is wrong}`` of a ``MetaData.json`` against its schema; empty when it is valid.
+
+    Required: ``Name`` and ``Status`` (strings) and ``History`` (metric -> list of numbers, null for a missing
+    value). Where present: ``Configuration`` and ``ScanPoint`` dicts, ``EpochTime`` a list of numbers, epoch
+    counts non-negative integers, times strings, ``InputMetaData`` a list of metadata dicts (their History
+    checked too), every ``*_AUC`` a number in [0, 1]. Other keys are free (experiments add their own).
+    """
+    problems: dict[str, str] = {}
+    for key in ("Name", "Status"):
+        if key not in metadata:
+            problems[key] = "missing"
+        elif not isinstance(metadata[key], str):
+            problems[key] = f"expected a string, got {metadata[key]!r:.60}"
+    if "History" not in metadata:
+        problems["History"] = "missing"
+    elif (problem := _history_problem(metadata["History"])) is not None:
+        problems["History"] = problem
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if key in ("Configuration", "ScanPoint") and not isinstance(value, Mapping):
+            problems[key] = f"expected a dict, got {type(value).__name__}"
+        elif key == "EpochTime" and not (isinstance(value, list) and all(_number(v) for v in value)):
+            problems[key] = f"expected a list of seconds, got {value!r:.60}"
+        elif key in ("Epochs", "TotalEpochs", "InitialEpoch", "PreviousEpochs") and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            problems[key] = f"expected a non-negative integer, got {value!r:.60}"
+        elif key in ("StartTime", "EndTime", "SaveTime") and not isinstance(value, str):
+            problems[key] = f"expected a time string, got {value!r:.60}"
+        elif key.endswith("_AUC") and not (_number(value) and 0.0 <= value <= 1.0):
+            problems[key] = f"expected a number in [0, 1], got {value!r:.60}"
+        elif key == "InputMetaData":
+            if not isinstance(value, list) or not all(isinstance(run, Mapping) for run in value):
+                problems[key] = "expected a list of the earlier runs' metadata"
+            else:
+                for i, run in enumerate(value):
+                    if "History" in run and (problem := _history_problem(run["History"])) is not None:
+                        problems[f"InputMetaData[{i}].History"] = problem
+    return problems
 
 
 def chained_history(metadata: Mapping) -> dict[str, list]:

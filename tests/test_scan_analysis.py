@@ -98,6 +98,40 @@ def test_cli_one_good_one_interrupted_one_corrupt(three, capsys):
     assert "Dense_64_1: interrupted: signal SIGTERM" in err and "3 runs" in err
 
 
+def test_metadata_failing_its_schema_is_flagged_with_the_reason(tmp_path, capsys):
+    base = tmp_path / "TrainedModels"
+    write_run(base, "Dense_32_1", auc=0.91)
+    write_run(base, "Dense_64_1", width=64, auc=0.95)
+    write_run(base, "Dense_128_1", width=128, auc=0.93, History={"loss": "oops", "val_loss": [0.5]})
+    write_run(base, "Dense_256_1", width=256, auc=0.99, Ele_AUC="0.99")   # a string AUC
+    bare = base / "Dense_512_1"
+    bare.mkdir()
+    (bare / "MetaData.json").write_text(json.dumps({"Ele_AUC": 0.97, "EndTime": "2025-01-01T01:00:00"}))
+    models = {m.name: m for m in LoadModels(base)}
+    assert models["Dense_32_1"].status == models["Dense_64_1"].status == "ok"
+    assert models["Dense_128_1"].status == "invalid"
+    assert "History: 'loss' must be a list of numbers, got 'oops'" in models["Dense_128_1"].message
+    assert models["Dense_128_1"].history == {}  # not 's' (the last character of "oops")
+    assert models["Dense_256_1"].status == "invalid"
+    assert "Ele_AUC: expected a number in [0, 1], got '0.99'" in models["Dense_256_1"].message
+    assert models["Dense_512_1"].status == "invalid"
+    assert all(f"{key}: missing" in models["Dense_512_1"].message for key in ("Name", "Status", "History"))
+    # sorted by Ele_AUC: the good numbers in order, the string AUC not among them
+    frame = ScanTable(list(models.values()), ["Model Name", "Status", "Ele_AUC", "loss"], sort=["Ele_AUC"],
+                      reverse=True)
+    assert list(frame["Model Name"]) == ["Dense_512_1", "Dense_64_1", "Dense_128_1", "Dense_32_1", "Dense_256_1"]
+    assert list(frame["Status"]) == ["invalid", "ok", "invalid", "ok", "invalid"]
+    row = frame.set_index("Model Name").loc["Dense_256_1"]
+    assert row["Ele_AUC"] is None or pd.isna(row["Ele_AUC"])
+    row = frame.set_index("Model Name").loc["Dense_128_1"]
+    assert row["loss"] is None or pd.isna(row["loss"])
+    assert main([str(base)]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert out.count("invalid") == 7 and "3 invalid, 2 ok" in out  # 3 in the table, 3 reasons, the count
+    assert "Dense_128_1: invalid: History: 'loss' must be a list of numbers, got 'oops'" in out
+
+
 def test_cli_columns_sort_csv_and_status(scan, tmp_path, capsys):
     csv = tmp_path / "scan.csv"
     code = main([str(scan), "-c", "Model Name,Status,Width,Depth,Ele_AUC,History.val_loss[-1]", "-s", "2,3,0",

@@ -54,8 +54,8 @@ __all__ = [
 ]
 
 #: The status flags of a :class:`ScanModel`.
-FLAGS = ("ok", "stopped", "interrupted", "pruned", "failed", "running/killed", "corrupt", "no metadata", "model error",
-         "missing", "stuck")
+FLAGS = ("ok", "stopped", "interrupted", "pruned", "failed", "running/killed", "corrupt", "invalid", "no metadata",
+         "model error", "missing", "stuck")
 
 #: The columns computed from the model rather than read from its metadata.
 COMPUTED_COLUMNS = ("Model Name", "Status", "Message", "Path", "Epochs")
@@ -93,6 +93,10 @@ class ScanModel(Mapping):
         no ``EndTime``: still running, or killed (SIGKILL, node failure) - possibly without model;
     ``corrupt``
         ``MetaData.json`` unreadable (``message`` says why);
+    ``invalid``
+        ``MetaData.json`` fails its schema (:func:`dlkit.metadata.metadata_problems`): a required key missing
+        or a value of the wrong type; ``message`` names each key and why; the bad values show as empty cells
+        (never sorted among good ones);
     ``no metadata``
         the directory holds no ``MetaData.json``;
     ``model error``
@@ -110,6 +114,7 @@ class ScanModel(Mapping):
         self.message = message
         self.model = model
         self.name = name if name is not None else self.path.name
+        self.invalid: dict[str, str] = {}  # key -> what is wrong with it (status "invalid")
         self._history: dict | None = None
 
     # -- Mapping over the metadata -------------------------------------------------------------
@@ -154,6 +159,8 @@ class ScanModel(Mapping):
     @property
     def history(self) -> dict[str, list]:
         """The training history over all resumes (:func:`dlkit.model_wrapper.chained_history`)."""
+        if self._history is None and any(k.endswith("History") for k in self.invalid):
+            self._history = {}
         if self._history is None:
             try:
                 self._history = _mw().chained_history(self.metadata) if self.metadata else {}
@@ -248,7 +255,12 @@ def _load_one(path: Path, metadata_only: bool, safe_mode: bool, compile: bool) -
     else:
         try:
             model = ScanModel(path, mw.read_metadata(path))
-            model.status, model.message = _status_of(model.metadata)
+            model.invalid = mw.metadata_problems(model.metadata)
+            if model.invalid:
+                model.status = "invalid"
+                model.message = "; ".join(f"{key}: {why}" for key, why in model.invalid.items())
+            else:
+                model.status, model.message = _status_of(model.metadata)
         except (mw.MetaDataError, OSError) as exc:
             model = ScanModel(path, {}, "corrupt", str(exc))
     if not metadata_only:
@@ -446,7 +458,7 @@ def column_value(model: ScanModel, column) -> Any:
     """The value of one table column for one run (None when absent); see the module docstring."""
     if isinstance(column, (list, tuple)):
         value = _walk(model.metadata, column)
-        return None if value is _MISSING else value
+        return None if value is _MISSING or str(column[0]) in model.invalid else value
     if column == "Model Name":
         return model.name
     if column == "Status":
@@ -457,6 +469,8 @@ def column_value(model: ScanModel, column) -> Any:
         return str(model.path)
     if column == "Epochs":
         return model.epochs
+    if re.split(r"[.\[]", str(column), maxsplit=1)[0] in model.invalid:
+        return None  # a value that failed the schema is not shown, nor sorted among the good ones
     value = _lookup(model.metadata, column)
     if value is _MISSING:
         point = model.metadata.get("ScanPoint")
