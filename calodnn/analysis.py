@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from tabulate import tabulate
 
@@ -18,11 +20,14 @@ from dlkit.analysis import (
 )
 from dlkit.metadata import chained_history
 
+log = logging.getLogger(__name__)
+
 __all__ = ["classification_analysis", "pairwise_scores", "summary_table"]
 
 
 def classification_analysis(wrapper, data, config) -> AnalysisResults:
     """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix."""
+    log.info("%s: analysis of the test sample", wrapper.Name)
     names = list(data.class_names)
     x, y, energy = data.read_test()
     scores = np.asarray(wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 1024), verbose=0))

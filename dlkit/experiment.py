@@ -25,7 +25,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +198,7 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         from dlkit.quiet import import_keras
 
         import_keras()
+    log.info("%s: setting up the data", name)
     return RunSetup(config=config, index=index, point=point, hash=hash_, name=name,
                     output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
 
@@ -258,6 +261,7 @@ RUN_DEFAULTS = {
     "monitor": "val_loss",
     "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
     "OutputBase": "TrainedModels",
+    "AllowEmptyClasses": False,  # a class with no events is an error naming it and its files, unless True
 }
 
 #: Flags that set config entries of every experiment (argparse destination -> config key).
@@ -307,6 +311,7 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
     ``compile_model(wrapper)`` builds the optimizer and compiles a freshly built model (a loaded
     model keeps its compiled optimizer and state).
     """
+    log.info("%s: %s the model", setup.name, "loading" if args.LoadModel else "building")
     common = dict(OutputBase=setup.output_base, Config=setup.config, ScanPoint=setup.point or None,
                   HyperParamSet=setup.index, HyperParamHash=setup.hash)
     if args.LoadModel:
@@ -359,6 +364,7 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     if initial:
         log.info("%s: resuming after %d earlier epoch(s); training %d more to reach Epochs=%d", wrapper.Name,
                  initial, max(epochs - initial, 0), epochs)
+    log.info("%s: training", wrapper.Name)
     with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
         wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
                       InitialEpoch=initial, **fit_kwargs)
@@ -366,7 +372,10 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
             # until finish(): a run killed during its analysis must not look complete (the scan would count it)
             wrapper.MetaData["TrainStatus"] = wrapper.MetaData["Status"]
             wrapper.MetaData["Status"] = "analysing"
+        log.info("%s: saving", wrapper.Name)
         wrapper.Save()
+    if graceful.interrupted and not wrapper.Interrupted:  # the signal came during the save: stop before analysis
+        raise Interrupted(graceful.received_signal)
     return graceful
 
 
@@ -391,17 +400,46 @@ def finish(wrapper) -> int:
     return 0
 
 
+class Interrupted(BaseException):
+    """A stop signal outside training (data setup, analysis, the final save): raised in the main thread so the
+    run unwinds - its data pipeline's reader processes and shared memory released - and exits 75. (During
+    training :class:`~dlkit.callbacks.GracefulExit` handles the signals itself: the epoch ends and is saved.)"""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def run_main(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call ``run(argv)``; user errors become one line on stderr and exit code 2."""
+    """Call ``run(argv)``; user errors become one line on stderr and exit code 2; SIGTERM, SIGINT or SIGUSR1
+    at any phase ends the run with exit code 75 (77 for a search trial the pruner stopped), its last save
+    intact and nothing of it left running."""
     from dlkit.cachedir import UnsafeDirectoryError
     from dlkit.metadata import MetaDataError  # not dlkit.model_wrapper: an experiment without Keras stays light
+    from dlkit.scan import point
+    from dlkit.scan.ledger import EXIT_INTERRUPTED
 
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
         return run(argv)
     except (ConfigError, UserError, MetaDataError, FileNotFoundError, UnsafeDirectoryError,
             *_pipeline_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: GracefulExit's forced quit (2nd signal)
+        name = getattr(exc, "signal_name", "a second signal")
+        print(f"stopped by {name}; the last save is intact: run again with -p to resume (exit code "
+              f"{EXIT_INTERRUPTED})", file=sys.stderr)
+        return point.EXIT_PRUNED if point.pruned() else EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _pipeline_errors() -> tuple[type[BaseException], ...]:
