@@ -178,7 +178,8 @@ def setup_data(config: dict) -> CaloData:
     particles = list(config["Particles"])
     keys = [*inputs, "energy"]
     samples = make_samples_from_dirs(data_dir, keys, classes=particles)
-    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
+                                           allow_empty_classes=config["AllowEmptyClasses"])
     class_map = {name: i for i, name in enumerate(particles)}
     workers = config["Workers"] or None
     cache = bool(config["Cache"])

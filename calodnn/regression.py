@@ -123,7 +123,8 @@ def setup_regression_data(config: dict) -> RegressionData:
         raise ConfigError("config entry 'Particles' is empty; expected e.g. ['Ele'] or ['Ele', 'Gamma']")
     keys = [*inputs, "energy"]
     samples = make_samples_from_dirs(data_dir, keys, classes=particles)
-    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
+                                           allow_empty_classes=config["AllowEmptyClasses"])
     augmenting = train_preprocess is not normalize
     cache, preload = bool(config["Cache"]), bool(config["Preload"])
     if augmenting and (cache or preload):

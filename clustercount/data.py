@@ -506,7 +506,8 @@ class ClusterData(_Data):
 def _generators(config, samples, keys, preprocess, name):
     from dlkit.generators import MultiClassGenerator, Select, split_fractions, split_samples
 
-    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
+                                           allow_empty_classes=config["AllowEmptyClasses"])
     options = dict(n_workers=config["Workers"] or None)
     common = dict(onehot=False, class_index=False, seed=config["Seed"], preprocess=preprocess,
                   postprocess=Select(keys[0], keys[1]), preload=config["Preload"], **options)

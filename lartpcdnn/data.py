@@ -155,7 +155,8 @@ def setup_data(config: dict) -> LArData:
     _check_image_config(samples[0], config)
     if config["EnergyMin"] is not None:
         samples = [s.with_filter(EnergyCut(low=float(config["EnergyMin"]), key="Energy")) for s in samples]
-    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"])
+    train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
+                                           allow_empty_classes=config["AllowEmptyClasses"])
     class_map = {name: i for i, name in enumerate(particles)}
     options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"])}
     batch = config["BatchSize"]

@@ -46,3 +46,35 @@ def test_load_model_directory_is_checked_before_the_data(tmp_path, what):
     assert "sample directory" not in line
     assert {"missing": f"-L {directory}: no such model directory", "no-model": "no model.keras in it",
             "no-metadata": "MetaData.json"}[what] in line
+
+
+def _lcd_with_an_empty_class(root):
+    """A calodnn dataset whose ChPi files hold no events (h5py datasets of length 0)."""
+    import h5py
+
+    from calodnn.simulate import write_dataset
+
+    write_dataset(root, events_per_class=60, events_per_file=60, seed=5, progress=False)
+    for path in (root / "ChPi").glob("*.h5"):
+        with h5py.File(path, "r") as f:
+            arrays = {k: f[k][:0] for k in f}
+        with h5py.File(path, "w") as f:
+            for k, v in arrays.items():
+                f.create_dataset(k, data=v)
+    return root
+
+
+def test_a_class_without_events_is_an_error_naming_it_and_its_files(tmp_path):
+    from dlkit.generators import DataError, MultiClassGenerator, make_samples_from_dirs, split_samples
+
+    root = _lcd_with_an_empty_class(tmp_path / "lcd")
+    line = error_line(cli(tmp_path, "--data", str(root)))
+    assert "class 'ChPi' has no events" in line and str(root / "ChPi") in line and "AllowEmptyClasses" in line
+    samples = make_samples_from_dirs(root, ["ECAL", "energy"], classes=["Ele", "ChPi"])
+    assert len(split_samples(samples, [0.5, 0.5], allow_empty_classes=True)[0]) == 1  # allowed: Ele only
+    with pytest.raises(DataError, match="class 'ChPi' has no events in its file"):
+        MultiClassGenerator(samples, 16, n_workers=1)
+    with pytest.raises(DataError, match="class 'Gamma' has no events \\(no file of it is given\\)"):
+        MultiClassGenerator(samples[:1], 16, class_index_map={"Ele": 0, "Gamma": 1}, n_workers=1)
+    with MultiClassGenerator(samples, 16, n_workers=1, allow_empty_classes=True) as gen:
+        assert gen.events_per_epoch == 60

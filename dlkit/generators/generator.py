@@ -219,6 +219,21 @@ def _with_pydataset(cls: type) -> type:
     return made
 
 
+def _check_no_empty_class(entries, class_names) -> None:
+    """A class of the generator without a single event is a mistake (a wrong directory, a filter that selects
+    nothing): say which, and where it was looked for."""
+    events = [0] * len(class_names)
+    files: list[list[str]] = [[] for _ in class_names]
+    for e in entries:
+        events[e.class_index] += e.n
+        files[e.class_index].append(e.path)
+    for name, n, paths in zip(class_names, events, files):
+        if n == 0:
+            where = f"in its file(s) {', '.join(sorted(set(paths))[:3])}" if paths else "(no file of it is given)"
+            raise DataError(f"class {name!r} has no events {where}; pass allow_empty_classes=True (config entry "
+                            "AllowEmptyClasses) to go on without it")
+
+
 class MultiClassGenerator:
     """Parallel multi-class HDF5 batch generator with shared memory and an on-disk cache.
 
@@ -257,6 +272,7 @@ class MultiClassGenerator:
         process leaves idle instead of pre-empting its threads, which made CPU training ~10 % faster
         (BENCHMARKS.md); pass 0 when the readers must compete equally with other busy processes.
     timeout : seconds without any reader progress before raising.
+    allow_empty_classes : a class without events is a :class:`DataError` naming it and its files unless True.
     """
 
     def __init__(
@@ -286,6 +302,7 @@ class MultiClassGenerator:
         start_method: str = "spawn",
         nice: int = 19,
         timeout: float = 300.0,
+        allow_empty_classes: bool = False,
     ):
         import keras
 
@@ -315,6 +332,8 @@ class MultiClassGenerator:
         self.n_classes = len(self.class_names)
         rate_array = _rates(self.samples, rates, self.class_index_map)
         self._entries, self._inputs = inspect_entries(self.samples, self.class_index_map)
+        if not allow_empty_classes:
+            _check_no_empty_class(self._entries, self.class_names)
         self._outputs = _probe(self._entries, self._inputs, preprocess)
         self._planner = Planner(
             [e.class_index for e in self._entries],

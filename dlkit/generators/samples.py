@@ -279,8 +279,14 @@ def split_fractions(config: Mapping, samples=()) -> list[float]:
     return fractions
 
 
+def _file_list(entries, shown: int = 3) -> str:
+    files = sorted({s.file for s in entries}, key=_natural_key)
+    return ", ".join(files[:shown]) + (f" and {len(files) - shown} more" if len(files) > shown else "")
+
+
 def split_samples(
-    samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True
+    samples, fractions: Sequence[float], seed: int = 0, shuffle_files: bool = True,
+    allow_empty_classes: bool = False,
 ) -> list[list[SampleSpec]]:
     """Split a specification into disjoint parts by *events*, reproducibly.
 
@@ -288,7 +294,8 @@ def split_samples(
     ``shuffle_files`` is False), and the concatenated event sequence is cut at the cumulative
     ``fractions`` (e.g. ``[0.8, 0.1, 0.1]``; a sum below 1 leaves the rest unused). Each part is a list of
     entries with event ranges; a file may appear in two parts with disjoint ranges. Filters and rates are
-    kept; filters then select inside each range.
+    kept; filters then select inside each range. A class without events (its files empty, or its filter
+    selecting none) is a :class:`DataError` naming it and its files, unless ``allow_empty_classes``.
     """
     samples = as_samples(samples)
     fractions = [float(f) for f in fractions]
@@ -306,6 +313,10 @@ def split_samples(
             rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
             order = rng.permutation(len(entries))
         total = int(counts.sum())
+        if total == 0 and not allow_empty_classes:
+            raise DataError(f"class {name!r} has no events in its {len(entries)} file(s) "
+                            f"{_file_list(entries)}; set AllowEmptyClasses (allow_empty_classes=True) to train "
+                            "without it")
         cuts = np.floor(np.cumsum([0.0] + fractions) * total + 1e-9).astype(np.int64)
         cuts[-1] = min(cuts[-1], total)
         pos = 0
