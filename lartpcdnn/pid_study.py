@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,22 +194,42 @@ def topology_ceiling(labels, through, class_names, fake_rate: float = 0.01) -> d
     return out
 
 
-def _dataset(x, y, idx, batch, shuffle, seed, flip=False):
-    import tensorflow as tf
+def batches(x, y, idx, batch, shuffle, seed, flip=False):
+    """The events ``idx`` of the in-memory views ``x`` (float16) and one-hot ``y`` as a
+    ``keras.utils.PyDataset`` of ``({view: float32}, y)`` batches, numpy only, so it feeds every Keras backend.
 
-    ds = tf.data.Dataset.from_tensor_slices(({k: x[k][idx] for k in VIEW_NAMES}, y[idx]))
-    if shuffle:
-        ds = ds.shuffle(len(idx), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch)
+    ``shuffle``: a new seeded order every epoch; ``flip``: each event's drift direction (ticks, both views
+    together) mirrored with probability 1/2, seeded per epoch and batch.
+    """
+    import keras
 
-    def cast(inputs, labels):
-        inputs = {k: tf.cast(v, tf.float32) for k, v in inputs.items()}
-        if flip:  # mirror the drift direction (ticks) of the whole event, both views together
-            do = tf.random.uniform([tf.shape(labels)[0], 1, 1]) < 0.5
-            inputs = {k: tf.where(do, tf.reverse(v, axis=[2]), v) for k, v in inputs.items()}
-        return inputs, labels
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = self._order()
 
-    return ds.map(cast).prefetch(2)
+        def _order(self):
+            idx_ = np.asarray(idx)
+            return np.random.default_rng([seed, self.epoch]).permutation(idx_) if shuffle else idx_
+
+        def __len__(self):
+            return (len(idx) + batch - 1) // batch
+
+        def __getitem__(self, i):
+            rows = self.order[i * batch:(i + 1) * batch]
+            inputs = {k: x[k][rows].astype(np.float32) for k in VIEW_NAMES}
+            if flip:
+                do = np.random.default_rng([seed, self.epoch, i, 1]).random(len(rows)) < 0.5
+                for k in VIEW_NAMES:
+                    inputs[k][do] = inputs[k][do][:, :, ::-1]
+            return inputs, y[rows]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
 
 
 def run(particles=DEFAULT_PARTICLES, events_per_class: int = 2000, epochs: int = 20, batch: int = 64,
@@ -247,12 +266,11 @@ def run(particles=DEFAULT_PARTICLES, events_per_class: int = 2000, epochs: int =
     callbacks = [keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=2, min_lr=lr / 32),
                  keras.callbacks.EarlyStopping("val_loss", patience=5, restore_best_weights=True)]
     t0 = time.perf_counter()
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*tf.data.Dataset", category=UserWarning)
-    history = model.fit(_dataset(data, y, train, batch, True, train_seed, flip), epochs=epochs,
-                        validation_data=_dataset(data, y, val, 256, False, seed), callbacks=callbacks,
+    history = model.fit(batches(data, y, train, batch, True, train_seed, flip), epochs=epochs, shuffle=False,
+                        validation_data=batches(data, y, val, 256, False, seed), callbacks=callbacks,
                         verbose=2 if progress else 0)
     t_train = time.perf_counter() - t0
-    scores = model.predict(_dataset(data, y, test, 256, False, seed), verbose=0)
+    scores = model.predict(batches(data, y, test, 256, False, seed), verbose=0)
     table, _, metadata = efficiency_table(y[test], scores, particles, fake_rate)
     from sklearn.metrics import roc_auc_score
 

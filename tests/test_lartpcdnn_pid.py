@@ -1,9 +1,16 @@
 """lartpcdnn.pid_study: chunked simulate+process cache, splits, the topology bound, a tiny end-to-end run."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from lartpcdnn.pid_study import (
+    batches,
     load_processed,
     markdown,
     run,
@@ -74,3 +81,56 @@ def test_tiny_run_end_to_end(tmp_path):
         assert 0 <= c["AUC"] <= 1 and 0 <= c["Eff1pctFake"] <= 1 and c["n_signal"] == 2
     assert "bound" in r["classes"]["muon"] and "muon_pionPlus_AUC" in r["pairs"]
     assert "| muon |" in markdown(r)
+
+
+def test_batches_every_event_once_per_epoch_flip_and_order():
+    """The training feed: each epoch every selected event exactly once (a new seeded order), float32 views;
+    the flip mirrors the ticks of both views of the same events; unshuffled, the events come in ``idx`` order."""
+    rng = np.random.default_rng(0)
+    n = 23
+    x = {"induction": rng.normal(size=(n, 3, 5)).astype(np.float16),
+         "collection": rng.normal(size=(n, 3, 5)).astype(np.float16)}
+    y = np.eye(n, dtype=np.float32)  # one column per event: y names the event
+    idx = np.array([0, 2, 3, 5, 7, 8, 11, 13, 17, 19, 22])
+    feed = batches(x, y, idx, 4, True, seed=3, flip=True)
+    orders = []
+    for _ in range(3):
+        seen = []
+        for i in range(len(feed)):
+            inputs, labels = feed[i]
+            events = np.argmax(labels, axis=1)
+            seen.extend(events)
+            mirrored = np.array([not np.array_equal(inputs["collection"][j], x["collection"][e].astype(np.float32))
+                                 for j, e in enumerate(events)])
+            for k in ("induction", "collection"):
+                assert inputs[k].dtype == np.float32
+                ref = x[k][events].astype(np.float32)
+                ref[mirrored] = ref[mirrored][:, :, ::-1]
+                np.testing.assert_array_equal(inputs[k], ref)
+        assert sorted(seen) == idx.tolist()
+        orders.append(seen)
+        feed.on_epoch_end()
+    assert orders[0] != orders[1]
+    plain = batches(x, y, idx, 4, False, seed=3)
+    assert np.concatenate([np.argmax(plain[i][1], axis=1) for i in range(len(plain))]).tolist() == idx.tolist()
+
+
+def test_tiny_run_without_tensorflow(tmp_path):
+    """The study runs on JAX or torch in a Python where TensorFlow cannot be imported."""
+    backend = next((b for b in ("jax", "torch") if importlib.util.find_spec(b) is not None), None)
+    if backend is None:
+        pytest.skip("neither JAX nor torch is installed (pip install '.[jax]' or '.[torch]')")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None  # no TensorFlow in this Python\n"
+        "from lartpcdnn.pid_study import run\n"
+        f"r = run(['electron', 'muon'], events_per_class=8, epochs=1, batch=4, filters=2, depth=1, width=8,"
+        f" chunk=4, workers=1, cache={str(tmp_path)!r}, progress=False, flip=True)\n"
+        "assert r['events'] == {'train': 12, 'validation': 2, 'test': 2}, r['events']\n"
+        "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND=backend,
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
