@@ -287,6 +287,8 @@ def training_callbacks(wrapper, config) -> list:
     """
     import keras
 
+    from dlkit.callbacks import AtomicModelCheckpoint
+
     callbacks = []
     if config.get("EarlyStopping"):
         callbacks.append(keras.callbacks.EarlyStopping(monitor=config["monitor"],
@@ -294,8 +296,8 @@ def training_callbacks(wrapper, config) -> list:
                                                        min_delta=config["EarlyStopping_min_delta"],
                                                        restore_best_weights=True))
     if config.get("ModelCheckpoint"):
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
-                                                         monitor=config["monitor"], save_best_only=True))
+        callbacks.append(AtomicModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
+                                               monitor=config["monitor"], save_best_only=True))
     return callbacks
 
 

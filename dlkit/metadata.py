@@ -6,7 +6,9 @@ Kept apart from :mod:`dlkit.model_wrapper` so scan tables and notebooks read tho
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -17,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODEL_FILE", "METADATA_FILE", "MetaDataError", "to_jsonable", "atomic_write", "read_metadata",
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODEL_FILE", "METADATA_FILE", "MODEL_HASH", "MetaDataError", "save_pair", "read_saved_pair",
+           "file_sha256", "to_jsonable", "atomic_write", "read_metadata",
            "metadata_problems", "chained_history", "run_dirs", "claim_run_dir"]
 
 MODEL_FILE = "model.keras"
@@ -70,6 +75,75 @@ def atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: MetaData's record of the model file it belongs to (its sha256), checked when the model is loaded.
+MODEL_HASH = "ModelSHA256"
+#: A save's complete metadata waits here until its model file is in place (see :func:`save_pair`).
+PENDING_METADATA = f".{METADATA_FILE}.pending"
+_PENDING_MODEL = f".{MODEL_FILE}.pending.keras"  # Keras insists on the .keras suffix
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsynced(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_pair(directory: str | os.PathLike, write_model, metadata: dict) -> None:
+    """Save a model file and its metadata as one: a kill at any moment leaves a consistent pair.
+
+    ``write_model(path)`` writes the model; ``metadata`` gets the file's sha256 (:data:`MODEL_HASH`). Both are
+    written complete (fsynced) under hidden names, then the model and the metadata are renamed into place.
+    Killed before the first rename: the previous pair stands. Killed between the renames: the new model and
+    its complete pending metadata are there, and :func:`read_saved_pair` reads that metadata with the model.
+    """
+    directory = Path(directory)
+    model_tmp, meta_tmp = directory / _PENDING_MODEL, directory / PENDING_METADATA
+    try:
+        write_model(model_tmp)
+        _fsynced(model_tmp)
+        metadata[MODEL_HASH] = file_sha256(model_tmp)
+        meta_tmp.write_text(json.dumps(to_jsonable(metadata), indent=1))
+        _fsynced(meta_tmp)
+    except BaseException:
+        model_tmp.unlink(missing_ok=True)
+        meta_tmp.unlink(missing_ok=True)
+        raise
+    os.replace(model_tmp, directory / MODEL_FILE)
+    os.replace(meta_tmp, directory / METADATA_FILE)
+
+
+def read_saved_pair(directory: str | os.PathLike) -> dict:
+    """The metadata that belongs to the directory's ``model.keras`` (what :meth:`ModelWrapper.Load` resumes
+    from): ``MetaData.json``, or - for a :func:`save_pair` killed between its renames - the complete pending
+    metadata saved with that model. Nothing is changed on disk (the run that wrote it may be someone else's).
+    :class:`MetaDataError` when no metadata matches the model file."""
+    directory = Path(directory)
+    metadata = read_metadata(directory)
+    expected, model = metadata.get(MODEL_HASH), directory / MODEL_FILE
+    if not expected or not model.is_file():
+        return metadata  # saved before dlkit recorded the hash, or no model yet
+    actual = file_sha256(model)
+    if actual == expected:
+        return metadata
+    try:
+        pending = json.loads((directory / PENDING_METADATA).read_text())
+    except (OSError, ValueError):
+        pending = {}
+    if isinstance(pending, dict) and pending.get(MODEL_HASH) == actual:
+        logger.warning("%s: its last save was cut short between the model and MetaData.json; using the metadata "
+                       "saved with the model (%s)", directory, PENDING_METADATA)
+        return pending
+    raise MetaDataError(f"{model} is not the model its {METADATA_FILE} was saved with ({MODEL_HASH} differs): the "
+                        "directory was changed by hand, or a save was cut short outside dlkit")
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:

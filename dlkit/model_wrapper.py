@@ -71,7 +71,9 @@ from dlkit.metadata import (  # noqa: E402 - re-exported: DLKit users import the
     chained_history,
     claim_run_dir,
     read_metadata,
+    read_saved_pair,
     run_dirs,
+    save_pair,
     to_jsonable,
 )
 from dlkit.scan import point as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
@@ -424,10 +426,13 @@ class ModelWrapper:
         return self.MetaData.get("Status") == "interrupted"
 
     # -- saving and loading ---------------------------------------------------------------------
-    def _write_metadata(self) -> None:
-        scan_point.guard()
+    def _refresh_metadata(self) -> None:
         self.MetaData["History"] = self.History
         self.MetaData["Configuration"] = to_jsonable(self.Config or self.MetaData.get("Configuration"))
+
+    def _write_metadata(self) -> None:
+        scan_point.guard()
+        self._refresh_metadata()
         text = json.dumps(to_jsonable(self.MetaData), indent=1)
 
         def write(tmp):
@@ -436,7 +441,8 @@ class ModelWrapper:
         atomic_write(self.OutDir / METADATA_FILE, write)
 
     def Save(self, OutDir: str | os.PathLike | None = None) -> Path:  # noqa: N802
-        """Save the model (with optimizer state) and metadata atomically; returns the directory."""
+        """Save the model (with optimizer state) and metadata as one (:func:`dlkit.metadata.save_pair`: a kill at
+        any moment leaves a consistent pair, MetaData records the model file's sha256); returns the directory."""
         if OutDir is not None:
             self.OutDir = Path(OutDir)
             self.OutDir.mkdir(parents=True, exist_ok=True)
@@ -448,9 +454,8 @@ class ModelWrapper:
         scan_point.guard()
         self._record_optimizer()
         self.MetaData["SaveTime"] = _now()
-        # Keras insists on a .keras suffix, hence the temporary name's.
-        atomic_write(self.OutDir / MODEL_FILE, lambda tmp: self.Model.save(str(tmp)), suffix=".tmp.keras")
-        self._write_metadata()
+        self._refresh_metadata()
+        save_pair(self.OutDir, lambda tmp: self.Model.save(str(tmp)), self.MetaData)
         return self.OutDir
 
     def Load(self, InDir: str | os.PathLike, MetaDataOnly: bool = False, safe_mode: bool = True,
@@ -463,7 +468,7 @@ class ModelWrapper:
         lambdas to load: only for files you trust.
         """
         InDir = Path(InDir)
-        previous = read_metadata(InDir)
+        previous = read_metadata(InDir) if MetaDataOnly else read_saved_pair(InDir)
         if not MetaDataOnly:
             model_path = InDir / MODEL_FILE
             if not model_path.is_file():

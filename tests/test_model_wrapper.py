@@ -14,6 +14,7 @@ import pytest
 
 import keras
 from dlkit import ModelWrapper
+from dlkit.metadata import read_saved_pair
 from dlkit.model_wrapper import MetaDataError, chained_history, read_metadata, to_jsonable
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -311,3 +312,42 @@ def test_sigterm_mid_fit_saves_and_exits_with_documented_code(tmp_path):
     resumed = ModelWrapper("Tiny", OutputBase=tmp_path / "TM", LoadPrevious=True)
     resumed.Initialize()
     assert resumed.MetaData["InputDir"] == str(out)
+
+
+def _kill_during_save(tmp_path, mode, k):
+    out = tmp_path / f"{mode}{k}"
+    result = subprocess.run([sys.executable, str(SCRIPTS / "kill_during_save.py"), mode, str(out), str(k)],
+                            capture_output=True, text=True, timeout=180)
+    return result, out / "Dense"
+
+
+def test_a_kill_at_any_step_of_a_save_leaves_a_consistent_resumable_pair(tmp_path):
+    """The model and MetaData.json of a run always belong together: killed at each file operation of the
+    second epoch's save (a model file cut half-way included), the directory loads, and the model's optimizer
+    has taken exactly as many steps as MetaData records epochs (4 batches each)."""
+    killed = []
+    for k in range(1, 20):
+        result, run = _kill_during_save(tmp_path, "pair", k)
+        if result.returncode == 0:
+            assert "done" in result.stdout
+            break
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        killed.append(result.stdout.strip())
+        loaded = Dense("Dense", OutputBase=tmp_path / "resume").Load(run)
+        epochs = len(read_saved_pair(run)["History"]["loss"])  # what Load resumed from
+        assert loaded.MetaData["InputMetaData"][-1]["History"] == read_saved_pair(run)["History"]
+        assert epochs in (1, 2) and int(loaded.Model.optimizer.iterations.numpy()) == 4 * epochs, killed[-1]
+    assert "killed at replace model.keras" in killed and "killed at replace MetaData.json" in killed, killed
+    assert any(k.startswith("killed at write .model.keras") for k in killed), killed
+
+
+def test_a_kill_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
+    killed = []
+    for k in range(1, 6):
+        result, run = _kill_during_save(tmp_path, "checkpoint", k)
+        if result.returncode == 0:
+            break
+        killed.append(result.stdout.strip())
+        checkpoint = keras.saving.load_model(run / "Checkpoint.keras")  # whole: the first epoch's or the second's
+        assert int(checkpoint.optimizer.iterations.numpy()) in (4, 8), killed[-1]
+    assert killed and killed[0].startswith("killed at write"), killed
