@@ -13,6 +13,7 @@ every line except those (an import error, a real warning still reach stderr), an
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import sys
@@ -63,4 +64,7 @@ def import_keras():
     with filtered_stderr():
         import keras
         keras.ops.zeros(())  # the backend's runtime starts here (TF prints its second batch of lines)
+        if keras.backend.backend() != "tensorflow" and importlib.util.find_spec("tensorflow") is not None:
+            # on JAX and torch, keras.utils.set_random_seed imports TensorFlow too when it is installed
+            import tensorflow  # noqa: F401
     return keras
