@@ -574,3 +574,45 @@ def test_split_fractions_from_config(samples):
     for val, test in ((0.6, 0.5), (0.0, 0.2), (0.1, -0.1)):
         with pytest.raises(ConfigError, match="'ValidationFraction'.*'TestFraction'"):
             split_fractions({"ValidationFraction": val, "TestFraction": test})
+
+
+def test_a_flipped_bit_in_a_finished_cache_is_caught_named_and_rebuilt(samples, tmp_path):
+    """The cache's per-block xxh3 checksums (computed independently here with xxhash over the header's blocks):
+    a bit flipped inside the arrays fails its block on the first read, naming the file; the file is removed
+    and the next generator rebuilds it and serves exactly the source's events."""
+    import xxhash
+
+    cache_dir = tmp_path / "cache"
+    with MultiClassGenerator(samples, 64, n_workers=2, seed=1, cache=cache_dir) as gen:
+        for _ in gen:
+            pass
+        path = gen.cache_path
+    _, header = read_cache(path)
+    spec = header["checksum"]
+    raw = path.read_bytes()
+    assert len(raw) == header["size"] == spec["offset"] + 8 * spec["count"]
+    table = np.frombuffer(raw[spec["offset"]:], dtype="<u8")
+    for k in range(spec["count"]):
+        lo = spec["start"] + k * spec["block"]
+        assert int(table[k]) == xxhash.xxh3_64_intdigest(raw[lo:min(lo + spec["block"], spec["end"])])
+    x_offset = next(a["offset"] for a in header["arrays"] if a["name"] == "X")
+    flipped = bytearray(raw)
+    flipped[x_offset + 100] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with MultiClassGenerator(samples, 64, n_workers=2, seed=1, cache=cache_dir) as gen:
+        assert gen.cache_path == path
+        with pytest.raises(DataError, match="cache block 0 .* fails its checksum") as info:
+            for _ in gen:
+                pass
+        assert info.value.file == str(path)
+    assert not path.exists()
+    ref = all_ids(samples)
+    with MultiClassGenerator(samples, 64, n_workers=2, seed=1, cache=cache_dir, provenance=True) as gen:
+        for epoch in range(2):  # the rebuild, then a read of the rebuilt cache
+            batches = [{k: v.copy() for k, v in b.items()} for b in gen]
+            assert np.array_equal(np.sort(np.concatenate([b["id"] for b in batches])), ref)
+            for b in batches:
+                for e in np.unique(b["_entry"]):
+                    rows = np.flatnonzero(b["_entry"] == e)
+                    assert np.array_equal(b["X"][rows], h5_rows(samples[e].file, "X", b["_event"][rows]))
+    assert path.exists()

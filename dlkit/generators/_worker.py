@@ -124,6 +124,7 @@ class Worker:
         self.h5: OrderedDict[str, object] = OrderedDict()
         self.scratch: dict[str, np.ndarray] = {}
         self.disk = None  # (fd, layout, writable)
+        self.checker = None  # a finished cache's BlockChecker (read-only stores)
         self.ram = None  # (segment name, writable)
 
     # -- resources -------------------------------------------------------------------------------
@@ -208,6 +209,7 @@ class Worker:
         if kind == "store":
             _, which, arg, layout, writable, final = msg
             if which == "disk":
+                found_complete = not writable  # a finished cache found at start: verified as it is read
                 if self.disk is not None:
                     os.close(self.disk[0])
                 try:
@@ -219,6 +221,11 @@ class Worker:
                     # Completed and renamed before this message was read: nothing is left to write.
                     fd, writable = os.open(final, os.O_RDONLY | os.O_NOFOLLOW), False
                 self.disk = (fd, layout, writable)
+                self.checker = None
+                if found_complete:
+                    from dlkit.generators.cache import BlockChecker
+
+                    self.checker = BlockChecker(fd, arg)
             else:
                 self.ram = (arg, writable)
             return None
@@ -256,6 +263,23 @@ class Worker:
         raise ValueError(f"unknown message {kind!r}")
 
     # -- reading ---------------------------------------------------------------------------------
+    def _check(self, offset, nbytes):
+        """Verify the finished cache's blocks under [offset, offset + nbytes) the first time they are read; a
+        corrupt file is removed (when it is this user's) so the next run rebuilds it."""
+        if self.checker is None:
+            return
+        from dlkit.generators.errors import DataError
+
+        try:
+            self.checker.check(offset, nbytes)
+        except DataError as exc:
+            try:
+                if os.stat(self.checker.path).st_uid == os.getuid():
+                    os.unlink(self.checker.path)
+            except OSError:
+                pass
+            raise TaskError(exc.reason, self.checker.path, None) from None
+
     def _scatter_read(self, fd, file_off, cnt, tgt, rows, start, path, key):
         """Read ``cnt`` consecutive rows at ``file_off`` into target rows ``rows`` (or start..)."""
         rb = tgt.rb
@@ -370,6 +394,7 @@ class Worker:
                     rows = None if perm is None else perm[off : off + cnt]
                     if src == "disk":
                         fd, layout, _ = self.disk
+                        self._check(layout.offsets[layout.index(a.name)] + g * a.row_bytes, cnt * a.row_bytes)
                         self._scatter_read(
                             fd,
                             layout.offsets[layout.index(a.name)] + g * a.row_bytes,
@@ -510,6 +535,7 @@ class Worker:
         store = self.segments[self.ram[0]].views[a.name]
         tgt = _Target(store, a.row_bytes, 0)
         g0, cnt = int(spec["g0"]), int(spec["count"])
+        self._check(layout.offsets[layout.index(a.name)] + g0 * a.row_bytes, cnt * a.row_bytes)
         self._scatter_read(
             fd, layout.offsets[layout.index(a.name)] + g0 * a.row_bytes, cnt, tgt, None, g0, "<cache>", a.name
         )

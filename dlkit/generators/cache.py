@@ -4,6 +4,7 @@ Layout (one raw file, little overhead, readable with numpy alone)::
 
     bytes 0..      b"DLKITCACHE\\n" + 8-byte little-endian header length + JSON header
     aligned 4096   array 0: n_rows x row_bytes, contiguous, then array 1 (4096-aligned), ...
+    then           the checksum table: one little-endian xxh3-64 per 4 MiB block of the arrays' bytes
 
 Events are stored in *canonical* order (entries in specification order, selected events in file
 order), not as the first epoch's batches, so later epochs are shuffled afresh, exactly as the first one
@@ -18,6 +19,11 @@ event is in it, so an interrupted first epoch never leaves a cache that is used;
 dead builders are removed. The key hashes the files (path, size, mtime), entries, event ranges and
 selections (so filters are covered by their result), dataset layouts, the pre-process identity and an
 optional ``cache_tag``.
+
+A finished cache is checked block by block: the builder hashes every 4 MiB block of the arrays (xxh3, several
+GB/s) before the rename, and each reader process verifies a block the first time it reads from it; a block
+that fails (a flipped bit, a disk error, a file changed by hand) is a :class:`DataError` naming the file and the
+block, and the file is removed so the next run rebuilds it (its owner's runs only).
 
 Where caches live and whose may be read is :mod:`dlkit.cachedir`'s: the key is no signature of the bytes,
 so a cache is read only from a directory no one else can write to, and only if its owner is the reader (or
@@ -47,12 +53,14 @@ import numpy as np
 
 from dlkit.cachedir import CacheLocation, cache_location, dir_owners, open_trusted
 from dlkit.generators._layout import ArraySpec, BlockLayout
+from dlkit.generators.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CACHE_VERSION", "callable_identity", "clean_stale", "default_cache_dir", "read_cache"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the checksum table
+CHECK_BLOCK = 4 << 20  # bytes per checksummed block
 MAGIC = b"DLKITCACHE\n"
 PAGE = 4096
 SUFFIX = ".cache"
@@ -157,17 +165,73 @@ def _header_bytes(header: dict) -> bytes:
     return MAGIC + struct.pack("<Q", len(text)) + text
 
 
+def checksum_spec(start: int, end: int) -> dict:
+    """Where the checksums of bytes [start, end) go: the table right after them, one uint64 per block."""
+    return {"algo": "xxh3_64", "block": CHECK_BLOCK, "start": int(start), "end": int(end), "offset": int(end),
+            "count": -(-(int(end) - int(start)) // CHECK_BLOCK)}
+
+
+def _block_sum(fd: int, spec: dict, k: int) -> int:
+    import xxhash
+
+    lo = spec["start"] + k * spec["block"]
+    n = min(spec["block"], spec["end"] - lo)
+    data = os.pread(fd, n, lo)
+    if len(data) != n:
+        raise OSError(f"short read of checksummed block {k}")
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def write_checksums(fd: int, spec: dict) -> None:
+    """Hash every block of a complete cache file and write the table (before the file is renamed into place)."""
+    table = np.array([_block_sum(fd, spec, k) for k in range(spec["count"])], dtype="<u8")
+    os.pwrite(fd, table.tobytes(), spec["offset"])
+
+
+class BlockChecker:
+    """A reader's view of a finished cache's checksums: :meth:`check` verifies each block the first time a
+    read touches it (in this process), and raises :class:`DataError` naming the file and the block."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+        raw = os.pread(fd, 64 * 1024, 0)
+        (n,) = struct.unpack("<Q", raw[len(MAGIC):len(MAGIC) + 8])
+        start = len(MAGIC) + 8
+        text = raw[start:start + n] if start + n <= len(raw) else os.pread(fd, n, start)
+        self.spec = json.loads(text)["checksum"]
+        table = os.pread(fd, 8 * self.spec["count"], self.spec["offset"])
+        self.table = np.frombuffer(table, dtype="<u8")
+        self.verified = np.zeros(self.spec["count"], dtype=bool)
+
+    def check(self, offset: int, nbytes: int) -> None:
+        spec = self.spec
+        first = max(0, (offset - spec["start"]) // spec["block"])
+        last = min(spec["count"] - 1, (offset + nbytes - 1 - spec["start"]) // spec["block"])
+        for k in range(first, last + 1):
+            if self.verified[k]:
+                continue
+            if _block_sum(self.fd, spec, k) != int(self.table[k]):
+                lo = spec["start"] + k * spec["block"]
+                raise DataError(f"cache block {k} (bytes {lo}-{min(lo + spec['block'], spec['end'])}) fails its "
+                                "checksum: the file is corrupt; it is removed and the next run rebuilds it",
+                                file=self.path)
+            self.verified[k] = True
+
+
 def file_layout(arrays, n_rows: int, header: dict) -> tuple[bytes, BlockLayout]:
-    """Header bytes and the array layout that follows it."""
+    """Header bytes and the array layout that follows it (then the checksum table: ``header["checksum"]``,
+    the file's whole ``size``)."""
     # The header stores the layout, whose offsets depend on the header size: iterate to a fixed point.
     base = PAGE
     while True:
         layout = BlockLayout.build(arrays, n_rows, align=PAGE, base=base)
+        sums = checksum_spec(layout.offsets[0] if layout.offsets else base, layout.size)
         header = dict(
             header,
             n_rows=int(n_rows),
             arrays=[dict(a.describe(), offset=o) for a, o in zip(arrays, layout.offsets)],
-            size=int(layout.size),
+            checksum=sums,
+            size=int(layout.size + 8 * sums["count"]),
         )
         raw = _header_bytes(header)
         if len(raw) <= base:
@@ -265,17 +329,19 @@ class CacheBuilder:
         self.tmp = Path(f"{self.final}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         header = dict(meta, version=CACHE_VERSION, key=key, created=time.time())
         raw, self.layout = file_layout(list(outputs), n_rows, header)
+        self.checksum = json.loads(raw[len(MAGIC) + 8:])["checksum"]
+        size = self.checksum["offset"] + 8 * self.checksum["count"]
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Allocate the whole file now: it fails early if the disk is too small, and writes into
             # allocated blocks run ~20x faster on ext4 than into a sparse file (see BENCHMARKS.md).
             try:
-                os.posix_fallocate(self.fd, 0, self.layout.size)
+                os.posix_fallocate(self.fd, 0, size)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise
-                os.ftruncate(self.fd, self.layout.size)
+                os.ftruncate(self.fd, size)
             os.pwrite(self.fd, raw, 0)
         except BaseException:
             self.abort()
@@ -284,6 +350,7 @@ class CacheBuilder:
         logger.info("building cache %s (%.1f MiB)", self.final, self.layout.size / 2**20)
 
     def finalize(self) -> Path:
+        write_checksums(self.fd, self.checksum)
         os.replace(self.tmp, self.final)
         self._close()
         self.done = True
@@ -313,7 +380,7 @@ def open_layout(path, outputs, n_rows: int) -> BlockLayout:
     header = read_header(path)
     arrays = [ArraySpec(a["name"], a["dtype"], tuple(a["shape"])) for a in header["arrays"]]
     offsets = tuple(a["offset"] for a in header["arrays"])
-    return BlockLayout(tuple(arrays), int(header["n_rows"]), offsets, int(header["size"]))
+    return BlockLayout(tuple(arrays), int(header["n_rows"]), offsets, int(header["checksum"]["offset"]))
 
 
 def read_cache(path, mode: str = "r") -> tuple[dict[str, np.memmap], dict]:
