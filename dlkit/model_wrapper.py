@@ -77,6 +77,7 @@ from dlkit.metadata import (  # noqa: E402 - re-exported: DLKit users import the
     to_jsonable,
 )
 from dlkit.scan import point as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
+from dlkit.saving import load_model  # noqa: E402
 
 
 def _provenance() -> dict:
@@ -462,7 +463,8 @@ class ModelWrapper:
              compile: bool = True) -> "ModelWrapper":  # noqa: N802
         """Load a saved model directory to continue from it.
 
-        The optimizer state is restored with the model. The loaded run's metadata becomes the base
+        The optimizer state is restored with the model, also from a save made on another Keras backend
+        (:func:`dlkit.saving.load_model`). The loaded run's metadata becomes the base
         of this run's, and is appended (without its own chain) to ``InputMetaData``; history and
         epoch times start afresh for the new run. ``safe_mode=False`` allows models with Python
         lambdas to load: only for files you trust.
@@ -474,7 +476,7 @@ class ModelWrapper:
             if not model_path.is_file():
                 raise MetaDataError(f"{model_path}: model file missing; the run in {InDir} never saved a model")
             try:
-                self.Model = keras.saving.load_model(str(model_path), compile=compile, safe_mode=safe_mode)
+                self.Model = load_model(model_path, compile=compile, safe_mode=safe_mode)  # any backend's save
             except Exception as exc:
                 raise MetaDataError(f"{model_path}: cannot load model: {type(exc).__name__}: {exc}") from exc
             if compile and getattr(self.Model, "optimizer", None) is not None:
