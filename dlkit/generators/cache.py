@@ -171,20 +171,21 @@ def checksum_spec(start: int, end: int) -> dict:
             "count": -(-(int(end) - int(start)) // CHECK_BLOCK)}
 
 
-def _block_sum(fd: int, spec: dict, k: int) -> int:
+def _block_sum(fd: int, spec: dict, k: int, buffer: memoryview) -> int:
+    """xxh3 of block ``k``, read into ``buffer`` (reused: a fresh 4 MiB bytes per block costs 4x the hash)."""
     import xxhash
 
     lo = spec["start"] + k * spec["block"]
     n = min(spec["block"], spec["end"] - lo)
-    data = os.pread(fd, n, lo)
-    if len(data) != n:
+    if os.preadv(fd, [buffer[:n]], lo) != n:
         raise OSError(f"short read of checksummed block {k}")
-    return xxhash.xxh3_64_intdigest(data)
+    return xxhash.xxh3_64_intdigest(buffer[:n])
 
 
 def write_checksums(fd: int, spec: dict) -> None:
     """Hash every block of a complete cache file and write the table (before the file is renamed into place)."""
-    table = np.array([_block_sum(fd, spec, k) for k in range(spec["count"])], dtype="<u8")
+    buffer = memoryview(bytearray(spec["block"]))
+    table = np.array([_block_sum(fd, spec, k, buffer) for k in range(spec["count"])], dtype="<u8")
     os.pwrite(fd, table.tobytes(), spec["offset"])
 
 
@@ -202,6 +203,7 @@ class BlockChecker:
         table = os.pread(fd, 8 * self.spec["count"], self.spec["offset"])
         self.table = np.frombuffer(table, dtype="<u8")
         self.verified = np.zeros(self.spec["count"], dtype=bool)
+        self.buffer = memoryview(bytearray(self.spec["block"]))
 
     def check(self, offset: int, nbytes: int) -> None:
         spec = self.spec
@@ -210,7 +212,7 @@ class BlockChecker:
         for k in range(first, last + 1):
             if self.verified[k]:
                 continue
-            if _block_sum(self.fd, spec, k) != int(self.table[k]):
+            if _block_sum(self.fd, spec, k, self.buffer) != int(self.table[k]):
                 lo = spec["start"] + k * spec["block"]
                 raise DataError(f"cache block {k} (bytes {lo}-{min(lo + spec['block'], spec['end'])}) fails its "
                                 "checksum: the file is corrupt; it is removed and the next run rebuilds it",
