@@ -204,8 +204,11 @@ class BlockChecker:
         self.table = np.frombuffer(table, dtype="<u8")
         self.verified = np.zeros(self.spec["count"], dtype=bool)
         self.buffer = memoryview(bytearray(self.spec["block"]))
+        self.remaining = int(self.spec["count"])
 
     def check(self, offset: int, nbytes: int) -> None:
+        if self.remaining == 0:  # every block verified: nothing more to do in this process
+            return
         spec = self.spec
         first = max(0, (offset - spec["start"]) // spec["block"])
         last = min(spec["count"] - 1, (offset + nbytes - 1 - spec["start"]) // spec["block"])
@@ -218,6 +221,7 @@ class BlockChecker:
                                 "checksum: the file is corrupt; it is removed and the next run rebuilds it",
                                 file=self.path)
             self.verified[k] = True
+            self.remaining -= 1
 
 
 def file_layout(arrays, n_rows: int, header: dict) -> tuple[bytes, BlockLayout]:
