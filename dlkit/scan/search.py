@@ -326,6 +326,18 @@ class SearchDriver:
         self.step()  # tell the last ones
         return code
 
+    def _advance(self, bar, started: float) -> int | None:
+        """One turn of a driving loop: :meth:`step`, the progress bar; the exit code once the search is over
+        (0) or cancelled since ``started`` (75), else None."""
+        self.step()
+        bar.update()
+        if self.finished():
+            return EXIT_OK
+        if self.ledger.cancelled_since(started):
+            log.warning("search %s: cancelled", self.ledger.name)
+            return EXIT_INTERRUPTED
+        return None
+
     def run_dask(self, slots: int | None = None, dask_cluster=None, max_retries: int = 2,
                  lease_timeout: float = 120.0, progress: bool | None = None, poll: float = 1.0, **options) -> int:
         """Drive a search on a Dask cluster (a LocalCluster of ``parallel`` workers by default): each sampled trial
@@ -345,13 +357,9 @@ class SearchDriver:
                         collect(self.ledger, future)
                         del tasks[index]
                         not_before[index] = time.monotonic() + min(lease_timeout, 5.0)
-                self.step()
-                bar.update()
-                if self.finished():
-                    return EXIT_OK
-                if self.ledger.cancelled_since(started):
-                    log.warning("search %s: cancelled", self.ledger.name)
-                    return EXIT_INTERRUPTED
+                code = self._advance(bar, started)
+                if code is not None:
+                    return code
                 for index in sorted(self.live):
                     if index not in tasks and time.monotonic() >= not_before.get(index, 0.0):
                         tasks[index] = client.submit(run_point, path, index, max_retries, lease_timeout, started,
@@ -370,13 +378,9 @@ class SearchDriver:
         asked = time.monotonic()
         with _ProgressBar(self.ledger, self.manifest, progress) as bar:
             while True:
-                self.step()
-                bar.update()
-                if self.finished():
-                    return EXIT_OK
-                if self.ledger.cancelled_since(started):
-                    log.warning("search %s: cancelled", self.ledger.name)
-                    return EXIT_INTERRUPTED
+                code = self._advance(bar, started)
+                if code is not None:
+                    return code
                 if time.monotonic() - asked > queue_poll and engine.queue_known():
                     queued, asked = engine.queue(self.ledger), time.monotonic()
                     leased = self.ledger.leased_indices()
