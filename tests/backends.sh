@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The Keras-backend subsets (README, "Development"): what must hold on every backend, run under
+# KERAS_BACKEND=jax and KERAS_BACKEND=torch, then the cross-backend save/load matrix once (each of its
+# backends runs in its own process). Needs the jax and torch extras in the active venv:
+#     pip install '.[jax,torch]' torch==2.13.0 && tests/backends.sh
+# Arguments: the backends to run the subset under (default: jax torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+subset=(
+    tests/test_generator_keras.py                 # every event exactly once per Keras epoch, zero-copy batches
+    tests/test_losses.py
+    tests/test_callbacks.py
+    tests/test_model_wrapper.py
+    tests/test_calodnn_experiment.py::test_end_to_end_cli_subprocess            # one --Test run per package
+    tests/test_lartpcdnn_experiment.py::test_end_to_end_cli_subprocess
+    tests/test_lartpcdnn_pid.py::test_tiny_run_without_tensorflow
+    tests/test_clustercount_experiments.py::test_two_step_pipeline_and_scan_table
+)
+backends=("$@")
+[ ${#backends[@]} -gt 0 ] || backends=(jax torch)
+for backend in "${backends[@]}"; do
+    echo "== KERAS_BACKEND=$backend"
+    KERAS_BACKEND=$backend pytest -q "${subset[@]}"
+done
+echo "== save on X / load on Y, X and Y in tensorflow, jax, torch"
+pytest -q tests/test_backends.py
