@@ -268,9 +268,9 @@ def _load_one(path: Path, metadata_only: bool, safe_mode: bool, compile: bool) -
         try:
             if not model_path.is_file():
                 raise FileNotFoundError(f"{model_path}: missing")
-            import keras
+            from dlkit.saving import load_model  # a save of any backend, also with compile=True
 
-            model.model = keras.saving.load_model(str(model_path), compile=compile, safe_mode=safe_mode)
+            model.model = load_model(model_path, compile=compile, safe_mode=safe_mode)
         except Exception as exc:  # noqa: BLE001 - any load error becomes a flag, not a crash
             note = f"{type(exc).__name__}: {exc}" if not isinstance(exc, FileNotFoundError) else str(exc)
             run = model.status + (f": {model.message}" if model.message else "")
