@@ -118,6 +118,37 @@ def test_training_sees_every_event_once_per_epoch(h5dir):  # noqa: F811
     assert np.allclose(kernel, -epochs * lr * ref.reshape(-1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.timeout(120)
+def test_an_epoch_that_ends_early_is_served_again_from_its_first_batch(h5dir):  # noqa: F811
+    """The trainers' patterns without a trainer: a bracket that fetches a batch and ends (JAX/torch's symbolic
+    build), a ``break`` out of an epoch, batches fetched outside any epoch (TensorFlow's probes): the next epoch
+    is still the generator's epoch from its first batch, the same batches an undisturbed generator serves."""
+    samples = make_samples_from_dirs(h5dir, ["X", "id"])
+    ids = np.sort(h5_part(samples, "id"))
+
+    def epoch(gen):
+        gen.on_epoch_begin()
+        got = [gen[i]["id"].copy() for i in range(len(gen))]
+        gen.on_epoch_end()
+        return got
+
+    with MultiClassGenerator(samples, 64, n_workers=1, seed=5) as ref:
+        expected = [epoch(ref), epoch(ref)]
+    with MultiClassGenerator(samples, 64, n_workers=1, seed=5) as gen:
+        gen.on_epoch_begin()
+        gen[0]
+        gen.on_epoch_end()  # a one-batch bracket
+        first = epoch(gen)
+        for k, _ in enumerate(gen):  # a break after 3 batches of the second epoch
+            if k == 2:
+                break
+        gen[0], gen[1]  # outside any epoch
+        second = epoch(gen)
+    for got, want in zip((first, second), expected, strict=True):
+        assert np.array_equal(np.sort(np.concatenate(got)), ids)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 @pytest.mark.timeout(240)
 def test_zero_copy_batches_are_not_overwritten_while_the_backend_holds_them(h5dir):  # noqa: F811
     """Predictions on generator batches equal predictions on the same data read with plain h5py."""
