@@ -26,6 +26,7 @@ from dlkit.experiment import (
     make_parser,
     resolve_run,
     run_main,
+    summary_footer,
     train,
     training_callbacks,
 )
@@ -110,6 +111,7 @@ def run(argv=None) -> int:
                 wrapper.Save()
         code = finish(wrapper)
     print(summary_table(wrapper))
+    print(summary_footer(setup))
     return code
 
 

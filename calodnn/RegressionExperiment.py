@@ -33,6 +33,7 @@ from dlkit.experiment import (
     make_parser,
     resolve_run,
     run_main,
+    summary_footer,
     train,
     training_callbacks,
 )
@@ -145,6 +146,7 @@ def run(argv=None) -> int:
                 wrapper.Save()
         code = finish(wrapper)
     print(regression_summary(wrapper))
+    print(summary_footer(setup))
     return code
 
 

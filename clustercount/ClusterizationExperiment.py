@@ -43,6 +43,7 @@ from dlkit.experiment import (
     make_parser,
     resolve_run,
     run_main,
+    summary_footer,
     train,
 )
 
@@ -141,6 +142,7 @@ def run(argv=None) -> int:
                 wrapper.Save()
         code = finish(wrapper)
     print(summary_table(wrapper, RESULT_KEYS))
+    print(summary_footer(setup))
     return code
 
 

@@ -103,14 +103,16 @@ def check_value(key: str, value: Any, default: Any, expected: type | tuple | Non
 
     Returns the value, with ints promoted to float where a float is expected and lists accepted where
     a tuple is expected (JSON round trips turn tuples into lists). ``None`` is always accepted for
-    entries whose default is None or that declare ``expected``; an entry whose default is None and
-    that declares no type accepts anything.
+    entries whose default is None or that declare ``expected`` (declaring the type is how an entry with a
+    value by default says None switches it off); an entry whose default is None and that declares no type
+    accepts anything.
     """
+    declared = expected is not None
     if expected is None:
         if default is None:
             return value
         expected = type(default)
-    if value is None and default is None:  # also when a type is declared for a None default
+    if value is None and (default is None or declared):
         return None
     types = expected if isinstance(expected, tuple) else (expected,)
 

@@ -25,9 +25,11 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from dlkit.permutator import Permutator
 log = logging.getLogger(__name__)
 
 __all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
-           "training_callbacks", "train", "finish", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
+           "training_callbacks", "train", "finish", "summary_footer", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
            "RUN_DEFAULTS", "RunData"]
 
 #: Exit status for configuration, data and usage errors.
@@ -72,7 +74,8 @@ def make_parser(description: str, default_config: str | os.PathLike | None = Non
     p.add_argument("--NoTrain", action="store_true", help="skip training (e.g. analyse a loaded model)")
     p.add_argument("--NoAnalysis", action="store_true", help="skip the analysis after training")
     p.add_argument("--Test", action="store_true",
-                   help="quick test: few events, 2 epochs, output under <OutputBase>.Test/")
+                   help="quick test: few events, 2 epochs, output under <OutputBase>.Test/ (TrainedModels.Test/; "
+                        "an --OutputBase given on the command line is used as it is)")
     p.add_argument("--nopremix", action="store_true", help="mix the per-class files on the fly instead of premixing")
     p.add_argument("--preload", action="store_true", help="keep the whole dataset in memory")
     p.add_argument("--nocache", action="store_true", help="do not write or use the generator's on-disk cache")
@@ -129,6 +132,7 @@ class RunSetup:
     output_base: Path
     scan_size: int
     flags: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)  # when the run started (its configuration resolved)
 
 
 def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: str,
@@ -145,6 +149,7 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     Once the configuration is valid, Keras is imported (``import_backend``) without TensorFlow's start-up
     noise (:mod:`dlkit.quiet`); an experiment without Keras passes False.
     """
+    started = time.monotonic()
     config_path = args.config or args.default_config
     file_config, params = load_config(config_path) if config_path else ({}, None)
     flag_keys = dict(flag_keys or {})
@@ -200,7 +205,7 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         import_keras()
     log.info("%s: setting up the data", name)
     return RunSetup(config=config, index=index, point=point, hash=hash_, name=name,
-                    output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags)
+                    output_base=output_base, scan_size=len(scan) if scan else 1, flags=flags, started=started)
 
 
 def check_model_dir(path: str | os.PathLike) -> Path:
@@ -379,6 +384,15 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     if graceful.interrupted and not wrapper.Interrupted:  # the signal came during the save: stop before analysis
         raise Interrupted(graceful.received_signal)
     return graceful
+
+
+def summary_footer(setup: RunSetup) -> str:
+    """The lines an experiment prints after its summary table: the run's wall time (from its configuration on:
+    imports, data, training, analysis) and the command that compares it with the other runs of its scan."""
+    minutes, seconds = divmod(round(time.monotonic() - setup.started), 60)
+    wall = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    return (f"wall time: {wall}\n"
+            f"next: python -m dlkit.ScanAnalysis {shlex.quote(str(setup.output_base))}   # compare the runs")
 
 
 def finish(wrapper) -> int:

@@ -28,6 +28,7 @@ from dlkit.experiment import (
     make_parser,
     resolve_run,
     run_main,
+    summary_footer,
     train,
     training_callbacks,
 )
@@ -85,10 +86,9 @@ DEFAULTS = {
     "EnergyBins": [0.1, 1.0, 6],
     "FakeRate": 0.01,           # working point of the efficiency tables (DUNE: ~90 % at 1 %)
 }
-# (dlkit.config.check_value accepts None only for entries whose default is None, although its docstring
-# says declaring a type suffices: NoneType is listed explicitly where a non-None default may be switched off.)
-TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float),
-         "ScanWindowSize": (int, type(None)), "NormScale": (int, float, type(None))}
+#: Declared types; a declared entry also accepts None (ScanWindowSize, NormScale: None switches them off).
+TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float), "ScanWindowSize": int,
+         "NormScale": (int, float)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"EnergyMin": at_least(0), "DownSampleFactor": at_least(1), "ScanWindowSize": at_least(1),
           "NormScale": above(0), "DensePool": at_least(1), "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
@@ -125,6 +125,7 @@ def run(argv=None) -> int:
                 wrapper.Save()
         code = finish(wrapper)
     print(summary_table(wrapper, setup.config["FakeRate"]))
+    print(summary_footer(setup))
     return code
 
 

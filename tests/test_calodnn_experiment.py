@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,11 @@ def test_end_to_end_cli_subprocess(lcd, env, tmp_path):
     for stem in ("ROC", "AUCvsEnergy", "Confusion", "History", "GammaPi0_AUCvsEnergy"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.pdf").exists()
     assert "Ele_AUC" in proc.stdout  # the summary table
+    # a batch log: one line per epoch, no progress-bar redraws (ANSI codes, carriage returns)
+    assert "\x1b[" not in proc.stdout and "\r" not in proc.stdout and "━" not in proc.stdout
+    assert "Epoch 2/2" in proc.stdout and len(proc.stdout) < 20_000
+    assert re.search(r"^wall time: (\d+ min )?\d+ s$", proc.stdout, re.M), proc.stdout[-500:]
+    assert "\nnext: python -m dlkit.ScanAnalysis TrainedModels.Test " in proc.stdout
     # The scan point really reached the model: one hidden layer of 64 per branch.
     import keras
 

@@ -161,3 +161,16 @@ def test_experiment_cli_refuses_out_of_range_numbers_before_any_data(tmp_path, f
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"entry '{key}'" in lines[0] and "out of range" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "TM").exists()
+
+
+def test_none_is_accepted_where_a_type_is_declared_as_the_docstring_says():
+    # an entry with a value by default, switched off with None: declaring its type allows None
+    assert check_value("NormScale", None, 50.0, (int, float)) is None
+    assert check_value("ScanWindowSize", None, 256, int) is None
+    with pytest.raises(ConfigError, match="'Width' = None"):
+        check_value("Width", None, 64)  # no declared type: None is not an int
+    from lartpcdnn.ClassificationExperiment import DEFAULTS as LAR, TYPES as LAR_TYPES
+
+    resolved = resolve_config(LAR, ("command line", {"ScanWindowSize": None, "NormScale": None}), types=LAR_TYPES)
+    assert resolved["ScanWindowSize"] is None and resolved["NormScale"] is None
+    assert all(type(None) not in (t if isinstance(t, tuple) else (t,)) for t in LAR_TYPES.values())

@@ -118,3 +118,34 @@ def test_load_previous_trains_the_remaining_epochs(lcd, tmp_path, monkeypatch):
     assert again["Epochs"] == 0 and again["EpochTime"] == [] and again["TotalEpochs"] == 3
     assert len(chained_history(again)["loss"]) == 3
     assert (_newest(base) / "model.keras").is_file()  # saved: a later -p resumes from here
+
+
+def test_test_flag_output_location_is_what_its_help_says(tmp_path):
+    parser = make_parser("test")
+    assert "an --OutputBase given on the command line is used as it is" in " ".join(parser.format_help().split())
+    config = tmp_path / "c.py"
+    config.write_text("Config = {}\n")
+    flag_keys = {"OutputBase": "OutputBase"}
+    args = parser.parse_args(["-C", str(config), "--Test"])
+    assert resolve_run(args, DEFAULTS, "T", flag_keys=flag_keys).output_base.name == "TrainedModels.Test"
+    args = parser.parse_args(["-C", str(config), "--Test", "--OutputBase", str(tmp_path / "mine")])
+    assert resolve_run(args, DEFAULTS, "T", flag_keys=flag_keys).output_base == tmp_path / "mine"
+    config.write_text("Config = {'OutputBase': 'Scans'}\n")  # a config file's OutputBase gets .Test
+    args = parser.parse_args(["-C", str(config), "--Test"])
+    assert resolve_run(args, DEFAULTS, "T", flag_keys=flag_keys).output_base.name == "Scans.Test"
+
+
+@pytest.mark.parametrize("module", ["calodnn.ClassificationExperiment", "calodnn.RegressionExperiment",
+                                    "lartpcdnn.ClassificationExperiment", "clustercount.PeakFindingExperiment",
+                                    "clustercount.ClusterizationExperiment", "dlkit.ScanAnalysis", "dlkit.scan"])
+def test_help_imports_no_deep_learning_backend(module):
+    """--help is read before anything heavy is imported (it took 10-20 s and 800 MB with TensorFlow)."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\nsys.argv = ['prog', '--help']\n"
+            f"try:\n    runpy.run_module({module!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "usage:" in result.stdout, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]
