@@ -58,6 +58,20 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux /proc; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
     """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it over ``path``.
 
@@ -65,6 +79,7 @@ def atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: a save must be readable as any new file is
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -347,7 +347,8 @@ class ModelWrapper:
         ``-p``). If ``InitialEpoch >= Epochs`` nothing is trained (no ``fit``, no callbacks): the run is
         ``"completed"`` and ``StopReason`` says the configured epochs were already done.
 
-        ``Callbacks`` run in the given order (put dlkit's AUC callback before checkpoints that
+        Without a ``verbose`` argument, Keras' progress bar is shown on a terminal and one line per epoch is
+        written otherwise (a batch job's log). ``Callbacks`` run in the given order (put dlkit's AUC callback before checkpoints that
         monitor it). Returns the Keras History. The status becomes ``"completed"`` or, if a callback
         stopped training early, ``"stopped"`` (``StopReason`` says which and why); an exception
         marks the run ``"failed"`` (saved metadata says so) and is re-raised. ``MetaData["Epochs"]`` is
@@ -383,6 +384,8 @@ class ModelWrapper:
             self._finish_training(None, f"the configured {Epochs} epochs were already done ({InitialEpoch} "
                                         f"before this run); trained none")
             return history
+        # Keras' progress bar redraws with ANSI codes: in a batch log (stdout not a terminal) one line per epoch
+        fit_kwargs.setdefault("verbose", "auto" if sys.stdout.isatty() else 2)
         try:
             history = self.Model.fit(x, y, batch_size=BatchSize, epochs=Epochs, initial_epoch=InitialEpoch,
                                      callbacks=[bookkeeping, *callbacks], validation_data=validation_data,

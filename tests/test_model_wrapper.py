@@ -351,3 +351,20 @@ def test_a_kill_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path)
         checkpoint = keras.saving.load_model(run / "Checkpoint.keras")  # whole: the first epoch's or the second's
         assert int(checkpoint.optimizer.iterations.numpy()) in (4, 8), killed[-1]
     assert killed and killed[0].startswith("killed at write"), killed
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_files_honour_the_umask(tmp_path, data, umask):
+    """MetaData.json and model.keras are as readable as any new file (a colleague on the cluster reads them);
+    they were 0600, from mkstemp."""
+    x, y = data
+    old = os.umask(umask)
+    try:
+        wrapper = make(tmp_path)
+        wrapper.Train(x, y, Epochs=1, BatchSize=32, verbose=0)
+        out = wrapper.Save()
+        wrapper.finish(Status="completed")  # a metadata-only write after the save
+    finally:
+        os.umask(old)
+    for name in ("MetaData.json", "model.keras"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
