@@ -87,8 +87,8 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only MetaDataOnly=False loads imports Keras
 
-    from dlkit.analysis.scan import (COMPUTED_COLUMNS, GetGoodParams, LoadModels, PointModels, ScanTable,
-                                     column_value, default_columns, format_table)
+    from dlkit.analysis.scan import (GetGoodParams, LoadModels, PointModels, ScanTable, UnknownColumnError,
+                                     default_columns, format_table)
 
     try:
         if args.per_point:
@@ -129,12 +129,8 @@ def main(argv=None) -> int:
     sort = _tokens(args.sort) or None
     try:
         frame = ScanTable(models, columns, sort=sort, reverse=args.reverse)
-    except IndexError as exc:
+    except (IndexError, UnknownColumnError) as exc:
         return _fail(str(exc))
-
-    for c in columns:
-        if c not in COMPUTED_COLUMNS and all(column_value(m, c) is None for m in models):
-            print(f"ScanAnalysis: warning: column {c!r} found in no run (see --list-keys)", file=sys.stderr)
     print(format_table(frame, tablefmt=args.tablefmt, floatfmt=args.floatfmt))
 
     flagged = [m for m in models if m.status != "ok"]

@@ -239,7 +239,7 @@ def test_scan_table_expressions_select_and_sort(scan):
     table = ScanTable(models, ["Model Name", "FinalScore[1]", "History.loss[0]", "Configuration.lr",
                                "InputMetaData[0].History.loss[-1]", "ScanPoint.Width",
                                ("History", "val_loss"),
-                               "val_loss", "Nowhere"],
+                               "val_loss"],
                       select=lambda md: md["Depth"] == 1 and md.status == "ok", sort="-FinalScore[1]")
     assert list(table["Model Name"]) == ["Dense_64_1.1", "Dense_32_1"]
     assert list(table["FinalScore[1]"]) == pytest.approx([0.97, 0.91])
@@ -249,7 +249,6 @@ def test_scan_table_expressions_select_and_sort(scan):
     assert pd.isna(table["InputMetaData[0].History.loss[-1]"].iloc[1])
     assert list(table["ScanPoint.Width"]) == [64, 32]
     assert table["History.val_loss"].iloc[1] == pytest.approx([1.2 / (i + 1) for i in range(4)])
-    assert table["Nowhere"].isna().all()
     # DLKit's index sort, a list of keys, reverse; missing values sort last either way
     by_index = ScanTable(models, ["Model Name", "Width", "Depth", "Ele_AUC"], sort=[1, 2, 0])
     assert list(by_index["Model Name"])[:5] == ["Dense_32_1", "Dense_32_2", "Dense_64_1.1", "Dense_64_2",
@@ -362,3 +361,24 @@ def test_real_model_wrapper_runs(tmp_path):
     broken = {m.name: m for m in LoadModels(base, MetaDataOnly=False)}
     assert broken["Tiny"].status == "model error" and "model.keras: missing" in broken["Tiny"].message
     assert broken["Tiny.1"].status == "ok"
+
+
+def test_an_unknown_sort_or_column_key_is_an_error_naming_it_and_the_closest_names(scan, capsys):
+    from dlkit.analysis.scan import UnknownColumnError
+
+    models = LoadModels(scan)
+    with pytest.raises(UnknownColumnError, match=r"sort key 'Gamma_AUCC': no run has it; did you mean 'Gamma_AUC'"):
+        ScanTable(models, sort="-Gamma_AUCC")
+    with pytest.raises(UnknownColumnError, match=r"column 'Ele_AUCx': no run has it; did you mean 'Ele_AUC'"):
+        ScanTable(models, ["Model Name", "Ele_AUCx"])
+    # present somewhere, even empty everywhere, is not unknown: a None value is a value
+    for run in ("Dense_32_1", "Dense_32_2"):
+        path = scan / run / "MetaData.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "Note": None}))
+    assert list(ScanTable(LoadModels(scan), ["Model Name", "Note", "Configuration.lr", "History.loss[-1]"],
+                          sort="Note").columns)[1] == "Note"
+    assert main([str(scan), "-s", "Gamma_AUCC"]) == 2
+    err = capsys.readouterr().err
+    assert "sort key 'Gamma_AUCC'" in err and "'Gamma_AUC'" in err and "Traceback" not in err
+    assert main([str(scan), "-c", "Model Name,Widht"]) == 2
+    assert "column 'Widht': no run has it; did you mean 'Width'" in capsys.readouterr().err

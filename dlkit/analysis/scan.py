@@ -26,6 +26,7 @@ over resumes (``"loss"``, ``"val_accuracy"``). Nothing is ``eval``'d: selections
 
 from __future__ import annotations
 
+import difflib
 import glob
 import logging
 import math
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ScanModel", "LoadModels", "PointModels", "ScanTable", "format_table", "default_columns", "column_value",
-    "find_model_dirs",
+    "check_columns", "UnknownColumnError", "find_model_dirs",
     "GetGoodParams", "GetHistorical", "GetEpochs", "ResetNames", "SelectModels", "PlotMetaData",
     "PlotMetaDataMany", "FLAGS",
     "load_models", "scan_table", "get_good_params", "get_historical", "get_epochs", "reset_names",
@@ -454,11 +455,21 @@ def _last(values) -> Any:
     return None
 
 
+class UnknownColumnError(LookupError):
+    """A table column or sort key that no run has; the message names it and the closest valid names."""
+
+
 def column_value(model: ScanModel, column) -> Any:
     """The value of one table column for one run (None when absent); see the module docstring."""
+    value = _column_value(model, column)
+    return None if value is _MISSING else value
+
+
+def _column_value(model: ScanModel, column) -> Any:
+    """:func:`column_value`, with ``_MISSING`` where the run has no such column (None: it has, empty)."""
     if isinstance(column, (list, tuple)):
         value = _walk(model.metadata, column)
-        return None if value is _MISSING or str(column[0]) in model.invalid else value
+        return None if value is not _MISSING and str(column[0]) in model.invalid else value
     if column == "Model Name":
         return model.name
     if column == "Status":
@@ -478,7 +489,30 @@ def column_value(model: ScanModel, column) -> Any:
             value = point[column]
     if value is _MISSING and column in model.history:
         value = _last(model.history[column])
-    return None if value is _MISSING else value
+    return value
+
+
+def check_columns(models: Sequence[ScanModel], columns: Sequence, what: str = "column") -> None:
+    """Raise :class:`UnknownColumnError` for a column (or sort key) that no run in ``models`` has - a typo such
+    as ``Gamma_AUCC`` - naming it and the closest names the runs do have."""
+    if not models:
+        return
+    for column in columns:
+        if isinstance(column, int) or column in COMPUTED_COLUMNS:
+            continue
+        if any(_column_value(m, column) is not _MISSING for m in models):
+            continue
+        known = set(COMPUTED_COLUMNS)
+        for m in models:
+            known.update(k for k in m.metadata if isinstance(k, str))
+            point = m.metadata.get("ScanPoint")
+            known.update(point if isinstance(point, Mapping) else ())
+            known.update(m.history)
+        name = ".".join(map(str, column)) if isinstance(column, (list, tuple)) else str(column)
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UnknownColumnError(f"{what} {name!r}: no run has it{hint} (python -m dlkit.ScanAnalysis DIR "
+                                 "--list-keys lists the keys)")
 
 
 def _missing(value) -> bool:
@@ -533,6 +567,8 @@ def _sort_models(models: list[ScanModel], sort, columns: Sequence, reverse: bool
                 raise IndexError(f"sort column {spec} out of range: the table has {len(columns)} columns "
                                  f"({', '.join(map(str, columns))})")
             spec = columns[spec]
+        else:
+            check_columns(models, [spec], "sort key")
         resolved.append((spec, descending))
     ordered = list(models)
     for spec, descending in reversed(resolved):  # stable sorts, least significant key first
@@ -574,7 +610,8 @@ def ScanTable(Models, columns: Sequence | None = None, sort=None, select: Callab
     sort
         A column name or index, or a list of them (DLKit's ``[1, 2, 0]``): indices refer to
         ``columns``; names may be any column expression, and a leading ``-`` sorts that key descending.
-        Missing values sort last.
+        Missing values sort last. A column or sort key that no run has is an :class:`UnknownColumnError`
+        naming it and the closest valid names.
     select
         ``callable(model) -> bool`` on each :class:`ScanModel` (which reads like its metadata dict);
         runs for which it raises KeyError/TypeError/ValueError/IndexError are left out.
@@ -593,6 +630,7 @@ def ScanTable(Models, columns: Sequence | None = None, sort=None, select: Callab
         columns = defaults
     else:
         columns = [defaults[c] if isinstance(c, int) and not isinstance(c, bool) else c for c in columns]
+    check_columns(models, columns)
     models = _sort_models(models, sort, columns, reverse)
     rows = [[column_value(m, c) for c in columns] for m in models]
     return _column_frame(rows, list(columns))
