@@ -355,13 +355,6 @@ class Engine:
         _shm.unlink(shm)
         return shm
 
-    def _drop_segment(self, shm):
-        for w in self.workers:
-            self._send(w, ("detach", shm.name))
-        if shm in self.res.segments:
-            self.res.segments.remove(shm)
-        _shm.close(shm)
-
     def _add_slot(self):
         shm = self._new_segment(self.slot_layout)
         self.slots.append(_Slot(len(self.slots), shm))
