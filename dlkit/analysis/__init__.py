@@ -11,6 +11,8 @@ Functions return numbers, DataFrames and matplotlib figures; saving and printing
   ``ScanTable``, ``GetHistorical``, ``PlotMetaDataMany``, ...); ``python -m dlkit.ScanAnalysis`` prints it.
 - :mod:`~dlkit.analysis.plots`: ROC, binned values, confusion, history (over resumes), resolution,
   response, scan plots; :func:`save_figure` writes PNG and PDF.
+- :mod:`~dlkit.analysis.uncertainty`: Clopper-Pearson intervals of efficiencies (:func:`clopper_pearson`)
+  and seeded bootstrap intervals of AUCs (:func:`bootstrap_auc`), the error bars of the binned tables.
 - :class:`AnalysisResults`: what an analysis step returns (metadata, tables, figures) and saves.
 """
 
@@ -25,6 +27,7 @@ from dlkit.analysis.classification import (
     rejection_at_efficiency,
 )
 from dlkit.analysis.plots import (
+    binned_value_columns,
     history_boundaries,
     plot_binned,
     plot_chained_history,
@@ -40,6 +43,7 @@ from dlkit.analysis.regression import (
     RegressionAnalysis,
     fit_resolution,
     gaussian_core,
+    resolution_fit_table,
     resolution_function,
     resolution_vs_energy,
 )
@@ -57,12 +61,14 @@ from dlkit.analysis.scan import (
     SelectModels,
     format_table,
 )
+from dlkit.analysis.uncertainty import ONE_SIGMA, bootstrap_auc, clopper_pearson
 
 __all__ = [
     "AnalysisResults", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc",
     "rejection_at_efficiency", "confusion",
     "MultiClassificationAnalysis", "BinMultiClassificationAnalysis",
-    "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "RegressionAnalysis",
+    "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "resolution_fit_table",
+    "RegressionAnalysis", "clopper_pearson", "bootstrap_auc", "ONE_SIGMA", "binned_value_columns",
     "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",
     "ResetNames", "SelectModels", "PlotMetaData", "PlotMetaDataMany",
     "plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries", "plot_chained_history",

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import auc, confusion_matrix, roc_curve
 
+from dlkit.analysis.uncertainty import ONE_SIGMA, bootstrap_auc
+
 log = logging.getLogger(__name__)
 
 __all__ = ["class_indices", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc",
@@ -82,16 +84,25 @@ def bin_data_index(values, vmin: float, vmax: float, nbins: int):
     return [np.flatnonzero(which == b) for b in range(nbins)], edges
 
 
-def binned_auc(y, scores, values, edges, class_names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-class one-vs-rest AUC in bins of ``values`` (e.g. AUC vs true energy).
+def binned_auc(y, scores, values, edges, class_names: Sequence[str] | None = None, n_boot: int = 200,
+               cl: float = ONE_SIGMA, seed: int = 0) -> pd.DataFrame:
+    """Per-class one-vs-rest AUC in bins of ``values`` (e.g. AUC vs true energy), with bootstrap intervals.
 
-    Returns a DataFrame indexed by bin centre with one column per class plus ``n_events``.
+    Returns a DataFrame indexed by bin centre with ``bin_low, bin_high, n_events`` and, per class, the AUC
+    (column ``<name>``), its ``cl`` interval (``<name>_lower``, ``<name>_upper``:
+    :func:`~dlkit.analysis.bootstrap_auc`, ``n_boot`` stratified resamples of the bin's events, seeded
+    with ``seed``; NaN with ``n_boot=0``) and the bin's signal count ``n_<name>``. A bin without both
+    signal and background events of a class gives NaN. :func:`~dlkit.analysis.plot_binned` draws the
+    intervals as error bars.
+
+    >>> table = binned_auc(y, scores, energy, np.linspace(10, 510, 11), names, n_boot=config.get("AUCBootstrap", 200))
     """
     scores = np.asarray(scores)
     names = _names(scores.shape[1], class_names)
     values = np.asarray(values).reshape(-1)
     edges = np.asarray(edges, dtype=float)
     truth = class_indices(y)
+    rng = np.random.default_rng(seed)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (values >= lo) & (values < hi)
@@ -99,10 +110,13 @@ def binned_auc(y, scores, values, edges, class_names: Sequence[str] | None = Non
         for i, name in enumerate(names):
             positive = truth[sel] == i
             if positive.all() or not positive.any():
-                row[name] = np.nan
+                row[name] = row[f"{name}_lower"] = row[f"{name}_upper"] = np.nan
             else:
                 fpr, tpr, _ = roc_curve(positive, scores[sel, i])
                 row[name] = float(auc(fpr, tpr))
+                row[f"{name}_lower"], row[f"{name}_upper"] = bootstrap_auc(positive, scores[sel, i], n_boot, cl,
+                                                                           rng)
+            row[f"n_{name}"] = int(positive.sum())
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.index = pd.Index(0.5 * (edges[:-1] + edges[1:]), name="bin_centre")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-__all__ = ["plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries",
+__all__ = ["plot_roc", "plot_binned", "binned_value_columns", "plot_confusion", "plot_history", "history_boundaries",
            "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "save_figure"]
 
 
@@ -39,14 +39,39 @@ def plot_roc(curves: Mapping[str, Mapping], title: str | None = None, log_reject
     return fig
 
 
+def _interval_columns(frame: pd.DataFrame, column) -> tuple[str, str] | None:
+    lower, upper = f"{column}_lower", f"{column}_upper"
+    return (lower, upper) if lower in frame.columns and upper in frame.columns else None
+
+
+def binned_value_columns(frame: pd.DataFrame) -> list:
+    """The value columns of a binned table: not the bin edges, the counts (``n_*``) or the interval bounds."""
+    bounds = {b for c in frame.columns for b in (_interval_columns(frame, c) or ())}
+    return [c for c in frame.columns
+            if c not in ("bin_low", "bin_high") and c not in bounds and not str(c).startswith("n_")]
+
+
 def plot_binned(frame: pd.DataFrame, columns=None, xlabel: str = "true energy [GeV]", ylabel: str = "AUC",
                 title: str | None = None) -> Figure:
-    """Lines of per-bin values (e.g. :func:`~dlkit.analysis.binned_auc`) vs the bin centre."""
+    """Per-bin values (e.g. :func:`~dlkit.analysis.binned_auc`) vs the bin centre, with error bars.
+
+    A column ``c`` with ``c_lower`` and ``c_upper`` columns beside it (the bootstrap intervals of
+    :func:`~dlkit.analysis.binned_auc`, the Clopper-Pearson intervals of the efficiency tables) is drawn
+    with those asymmetric error bars. By default every value column is drawn (not the bin edges, the
+    ``n_*`` counts or the interval bounds).
+    """
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
-    columns = columns or [c for c in frame.columns if c not in ("bin_low", "bin_high", "n_events")]
+    columns = columns or binned_value_columns(frame)
     for col in columns:
-        ax.plot(frame.index, frame[col], marker="o", label=str(col))
+        y = frame[col].to_numpy(dtype=float)
+        bounds = _interval_columns(frame, col)
+        if bounds is None:
+            ax.plot(frame.index, y, marker="o", label=str(col))
+            continue
+        lower, upper = (frame[b].to_numpy(dtype=float) for b in bounds)
+        yerr = np.nan_to_num(np.clip(np.stack([y - lower, upper - y]), 0, None))
+        ax.errorbar(frame.index, y, yerr=yerr, marker="o", ms=4, capsize=2, label=str(col))
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -140,9 +165,13 @@ def _energy(table: pd.DataFrame) -> np.ndarray:
 
 
 def _fit_label(fit: Mapping) -> str:
+    """``a=0.151±0.003, b=0 (at bound), c=0.0102±0.0004``: each parameter with its fit error, or flagged."""
     parts = []
     for p in ("a", "b", "c"):
         value, error = fit.get(p, np.nan), fit.get(f"{p}_err", np.nan)
+        if fit.get(f"{p}_at_bound"):
+            parts.append(f"{p}=0 (at bound)")
+            continue
         parts.append(f"{p}={value:.3g}" + (f"\u00b1{error:.2g}" if error and np.isfinite(error) else ""))
     return ", ".join(parts)
 

@@ -26,7 +26,7 @@ from scipy.stats import norm
 log = logging.getLogger(__name__)
 
 __all__ = ["gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution",
-           "RegressionAnalysis"]
+           "resolution_fit_table", "RegressionAnalysis"]
 
 _PARAMS = ("a", "b", "c")
 
@@ -221,10 +221,14 @@ def fit_resolution(energy, sigma_over_e, errors=None, fix: Mapping[str, float] |
 
     Returns
     -------
-    dict with ``a, b, c, a_err, b_err, c_err, chi2, ndf, n_points``; NaNs (and a warning) if fewer
-    points than free parameters remain or the fit fails. A parameter that ends at its bound 0 gets
-    error NaN (the curve depends on its square, so the fit has no curvature there); refit with it
-    fixed (``fix={"b": 0}``) to get the others' errors without it.
+    dict with ``a, b, c, a_err, b_err, c_err, a_at_bound, b_at_bound, c_at_bound, chi2, ndf, n_points``;
+    NaNs (and a warning) if fewer points than free parameters remain or the fit fails. A parameter that
+    ends at (or numerically at) its bound 0 is flagged ``<p>_at_bound = True`` and gets error NaN (the
+    curve depends on its square, so the fit has no curvature there): at bound means a value below
+    ``1e-6 * max(sigma/E)``, or a term (``a/sqrt(E)``, ``b/E``, ``c`` at the lowest fitted energy) below
+    ``1e-3`` of the smallest point, i.e. below 1e-6 of it in quadrature. :func:`~dlkit.analysis.plot_resolution`
+    writes "at bound" in the legend. Refit with it fixed (``fix={"b": 0}``) to get the others' errors
+    without it. Fixed parameters are not flagged.
 
     >>> fit = fit_resolution(table.e_mean, table.resolution, table.resolution_err)
     >>> f"a = {fit['a']:.3f} +- {fit['a_err']:.3f}"
@@ -243,6 +247,7 @@ def fit_resolution(energy, sigma_over_e, errors=None, fix: Mapping[str, float] |
     energy, y, err = energy[good], y[good], err[good]
     out = {p: float(fix.get(p, math.nan)) for p in _PARAMS}
     out.update({f"{p}_err": 0.0 if p in fix else math.nan for p in _PARAMS})
+    out.update({f"{p}_at_bound": False for p in _PARAMS})
     out.update(chi2=math.nan, ndf=max(int(len(y) - len(free)), 0), n_points=int(len(y)))
     if len(y) < max(len(free), 1):
         log.warning("fit_resolution: %d usable points for %d free parameters; no fit", len(y), len(free))
@@ -271,13 +276,39 @@ def fit_resolution(energy, sigma_over_e, errors=None, fix: Mapping[str, float] |
         return out
     chi2 = float(np.sum(((y - model(energy, *popt)) / err) ** 2))
     perr = np.sqrt(np.clip(np.diag(pcov), 0, None))
+    # the largest contribution of each term to sigma/E over the fitted range, against the smallest point
+    reach = {"a": 1 / math.sqrt(float(energy.min())), "b": 1 / float(energy.min()), "c": 1.0}
+    smallest = float(np.min(y[y > 0])) if np.any(y > 0) else scale
     for p, value, error in zip(free, popt, perr):
-        at_bound = value <= 1e-6 * scale  # sigma/E depends on p**2: no curvature at 0, no error
+        # sigma/E depends on p**2: no curvature at 0, no error
+        at_bound = bool(value <= 1e-6 * scale or value * reach[p] <= 1e-3 * smallest)
         out[p], out[f"{p}_err"] = float(value), math.nan if at_bound else float(error)
+        out[f"{p}_at_bound"] = at_bound
         if at_bound:
             log.info("fit_resolution: %s is at its bound 0; its error is undefined (NaN)", p)
     out["chi2"] = chi2
     return out
+
+
+def resolution_fit_table(fits: Mapping[str, Mapping]) -> pd.DataFrame:
+    """The :func:`fit_resolution` results of several fits (``{label: fit}``), one row each, as a table.
+
+    Columns ``a, a_err, a_at_bound, b, ..., c_at_bound, chi2, ndf, n_points`` and ``fit`` (the parameters
+    written out, ``a=0.151±0.003, b=0 (at bound), ...``, as in :func:`~dlkit.analysis.plot_resolution`'s
+    legend), indexed by ``label``: the CSV beside the resolution plot.
+
+    >>> resolution_fit_table({name: table.attrs["fit"] for name, table in tables.items()})
+    """
+    from dlkit.analysis.plots import _fit_label
+
+    columns = [f"{p}{suffix}" for p in _PARAMS for suffix in ("", "_err", "_at_bound")]
+    columns += ["chi2", "ndf", "n_points"]
+    rows = []
+    for label, fit in fits.items():
+        row = {c: fit.get(c, False if c.endswith("_at_bound") else math.nan) for c in columns}
+        row["fit"] = _fit_label(fit)
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.Index([str(k) for k in fits], name="label"), columns=[*columns, "fit"])
 
 
 def RegressionAnalysis(e_true, e_pred, edges=10, prefix: str = "", fit: str = "gaussian_core",
@@ -287,7 +318,8 @@ def RegressionAnalysis(e_true, e_pred, edges=10, prefix: str = "", fit: str = "g
 
     ``table`` is :func:`resolution_vs_energy`'s with the :func:`fit_resolution` result in
     ``table.attrs["fit"]``. ``metadata`` holds the keys a scan table shows (each prefixed with
-    ``prefix``): ``Resolution_a``, ``Resolution_a_err``, ... ``Resolution_c_err``, ``Resolution_chi2``,
+    ``prefix``): ``Resolution_a``, ``Resolution_a_err``, ``Resolution_a_at_bound`` (see
+    :func:`fit_resolution`), ... ``Resolution_c_at_bound``, ``Resolution_chi2``,
     ``Resolution_ndf``, ``MeanBias`` (mean of ``e_pred - e_true``) and ``MeanRelativeBias`` (mean of
     ``(e_pred - e_true) / e_true``). The resolution is fitted against each bin's mean true energy.
 
@@ -302,7 +334,7 @@ def RegressionAnalysis(e_true, e_pred, edges=10, prefix: str = "", fit: str = "g
     table.attrs["fit"] = result
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = (e_pred_a - e_true_a) / e_true_a
-    keys = ("a", "a_err", "b", "b_err", "c", "c_err", "chi2", "ndf")
+    keys = ("a", "a_err", "a_at_bound", "b", "b_err", "b_at_bound", "c", "c_err", "c_at_bound", "chi2", "ndf")
     metadata = {f"{prefix}Resolution_{k}": result[k] for k in keys}
     metadata[f"{prefix}MeanBias"] = float(np.mean(e_pred_a - e_true_a)) if e_true_a.size else math.nan
     finite = relative[np.isfinite(relative)]
