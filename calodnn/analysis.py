@@ -26,7 +26,10 @@ __all__ = ["classification_analysis", "pairwise_scores", "summary_table"]
 
 
 def classification_analysis(wrapper, data, config) -> AnalysisResults:
-    """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix."""
+    """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix.
+
+    The AUCs vs energy carry bootstrap intervals (``<Class>_lower``, ``<Class>_upper`` in the CSVs, error
+    bars in the plots) from ``config["AUCBootstrap"]`` resamples per bin (default 200)."""
     log.info("%s: analysis of the test sample", wrapper.Name)
     names = list(data.class_names)
     x, y, energy = data.read_test()
@@ -37,7 +40,9 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     metadata["NTestEvents"] = int(len(y_index))
     lo, hi, nbins = config["EnergyBins"]
     edges = np.linspace(lo, hi, int(nbins) + 1)
-    tables = {"AUCvsEnergy": binned_auc(y, scores, energy, edges, names), "Confusion": confusion(y, scores, names)}
+    n_boot = int(config.get("AUCBootstrap", 200))  # bootstrap resamples of each bin's AUC interval
+    tables = {"AUCvsEnergy": binned_auc(y, scores, energy, edges, names, n_boot=n_boot),
+              "Confusion": confusion(y, scores, names)}
     figures = {
         "ROC": plot_roc(curves, title=wrapper.Name),
         "AUCvsEnergy": plot_binned(tables["AUCvsEnergy"], title=f"{wrapper.Name}: one-vs-rest AUC"),
@@ -49,8 +54,10 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
         pair = np.stack([1 - pair_scores, pair_scores], axis=1)
         pair_curves, pair_md = multiclass_roc(labels, pair, ["Pi0", "Gamma"])
         metadata["GammaPi0_AUC"] = pair_md["Gamma_AUC"]
-        table = binned_auc(labels, pair, energy[keep], edges, ["Pi0", "Gamma"])[["n_events", "Gamma"]]
-        tables["GammaPi0_AUCvsEnergy"] = table.rename(columns={"Gamma": "GammaPi0_AUC"})
+        table = binned_auc(labels, pair, energy[keep], edges, ["Pi0", "Gamma"], n_boot=n_boot)
+        table = table[["n_events", "n_Gamma", "Gamma", "Gamma_lower", "Gamma_upper"]]
+        tables["GammaPi0_AUCvsEnergy"] = table.rename(columns={
+            "Gamma": "GammaPi0_AUC", "Gamma_lower": "GammaPi0_AUC_lower", "Gamma_upper": "GammaPi0_AUC_upper"})
         figures["GammaPi0_AUCvsEnergy"] = plot_binned(tables["GammaPi0_AUCvsEnergy"], ["GammaPi0_AUC"],
                                                       title=f"{wrapper.Name}: gamma vs pi0")
     if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model

@@ -204,7 +204,7 @@ def resolution_tables(e_true, e_pred, particle_index, particles, edges, sigma=No
 
 def regression_analysis(wrapper, data: RegressionData, config: dict) -> AnalysisResults:
     """Predict the test set; per particle the resolution fit, response, bias; plots and tables."""
-    from dlkit.analysis import plot_chained_history, plot_resolution, plot_response
+    from dlkit.analysis import plot_chained_history, plot_resolution, plot_response, resolution_fit_table
     from dlkit.metadata import chained_history
 
     x, e_true, index = data.read_test()
@@ -220,7 +220,19 @@ def regression_analysis(wrapper, data: RegressionData, config: dict) -> Analysis
     if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model
         figures["History"] = plot_chained_history(wrapper.MetaData, title=wrapper.Name)
     csv_tables = {f"Resolution_{name}": t for name, t in tables.items()}
+    if tables:  # a, b, c per particle with their fit errors and "at bound" flags (the legend's numbers)
+        csv_tables["ResolutionFit"] = resolution_fit_table({name: t.attrs["fit"] for name, t in tables.items()})
     return AnalysisResults(metadata=metadata, tables=csv_tables, figures=figures)
+
+
+def _parameter_text(md, key: str) -> str:
+    """``0.1512 +- 0.0031``, or ``0 (at bound)`` for a fit parameter that ended at its bound 0."""
+    value, error = md.get(key), md.get(f"{key}_err")
+    if md.get(f"{key}_at_bound"):
+        return "0 (at bound)"
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.4f}" + (f" +- {error:.4f}" if error is not None and np.isfinite(error) and error else "")
 
 
 def regression_summary(wrapper) -> str:
@@ -237,8 +249,8 @@ def regression_summary(wrapper) -> str:
     particles = [k[:-len("_Resolution_a")] for k in md if k.endswith("_Resolution_a")]
     if particles:
         frame = pd.DataFrame(
-            [[p, md.get(f"{p}_Resolution_a"), md.get(f"{p}_Resolution_b"), md.get(f"{p}_Resolution_c"),
-              md.get(f"{p}_MeanRelativeBias")] for p in particles],
+            [[p, *(_parameter_text(md, f"{p}_Resolution_{k}") for k in "abc"), md.get(f"{p}_MeanRelativeBias")]
+             for p in particles],
             columns=["particle", "a [GeV^1/2]", "b [GeV]", "c", "mean (E_pred-E)/E"])
         text += "\n\nsigma/E = a/sqrt(E) (+) b/E (+) c\n" + tabulate(frame, headers="keys", tablefmt="simple",
                                                                       floatfmt=".4f", showindex=False)

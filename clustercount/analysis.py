@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from dlkit.analysis import AnalysisResults
+from dlkit.analysis import AnalysisResults, clopper_pearson
 from dlkit.metadata import chained_history
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ def peak_finding_metrics(label, scores, deriv) -> tuple[dict, dict]:
 
 
 def _efficiency_vs_amplitude(label, amplitude, selected: dict, edges) -> pd.DataFrame:
+    """Per amplitude bin and selection: the fraction of signal (``<name>_eff``) and of noise (``<name>_fake``)
+    candidates accepted, each with its Clopper-Pearson 68.3 % interval (``<name>_eff_lower``, ...)."""
     rows = []
     sig = label == 1
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -71,8 +73,11 @@ def _efficiency_vs_amplitude(label, amplitude, selected: dict, edges) -> pd.Data
         row = {"amp_low": lo, "amp_high": hi, "n_signal": int((inside & sig).sum()),
                "n_noise": int((inside & ~sig).sum())}
         for name, sel in selected.items():
-            row[f"{name}_eff"] = float(sel[inside & sig].mean()) if (inside & sig).any() else np.nan
-            row[f"{name}_fake"] = float(sel[inside & ~sig].mean()) if (inside & ~sig).any() else np.nan
+            for kind, events in (("eff", inside & sig), ("fake", inside & ~sig)):
+                k, n = int(np.count_nonzero(sel[events])), int(np.count_nonzero(events))
+                lower, upper = clopper_pearson(k, n)
+                row[f"{name}_{kind}"] = k / n if n else np.nan
+                row[f"{name}_{kind}_lower"], row[f"{name}_{kind}_upper"] = lower, upper
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.index = pd.Index(0.5 * (edges[:-1] + edges[1:]), name="amplitude_noise_rms")
@@ -99,8 +104,11 @@ def _efficiency_figure(table, title) -> Figure:
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     for name, style in (("LSTM", "o-"), ("derivative", "s--")):
-        ax.plot(table.index, table[f"{name}_eff"], style, label=f"{name} efficiency")
-        ax.plot(table.index, table[f"{name}_fake"], style, alpha=0.5, label=f"{name} fake rate")
+        for kind, what, alpha in (("eff", "efficiency", 1.0), ("fake", "fake rate", 0.5)):
+            y = table[f"{name}_{kind}"].to_numpy(dtype=float)
+            lower, upper = (table[f"{name}_{kind}_{b}"].to_numpy(dtype=float) for b in ("lower", "upper"))
+            yerr = np.nan_to_num(np.clip(np.stack([y - lower, upper - y]), 0, None))
+            ax.errorbar(table.index, y, yerr=yerr, fmt=style, ms=4, capsize=2, alpha=alpha, label=f"{name} {what}")
     ax.set(xlabel="candidate height above baseline [noise RMS]", ylabel="fraction accepted", ylim=(0, 1.02),
            title=title)
     ax.grid(alpha=0.3)

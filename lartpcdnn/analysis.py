@@ -16,8 +16,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from dlkit.analysis import (
+    ONE_SIGMA,
     AnalysisResults,
     binned_auc,
+    clopper_pearson,
     confusion,
     multiclass_roc,
     pairwise_scores,
@@ -40,24 +42,43 @@ HARD_PAIRS = (("electron", "photon"), ("photon", "pion0"), ("muon", "pionPlus"),
               ("proton", "pionPlus"))
 
 
+def _passing(signal_scores, background_scores, fake_rate: float) -> tuple[int, int]:
+    """``(k, n)``: the signal events above the threshold of :func:`efficiency_at_fake_rate`, of ``n``;
+    ``k = -1`` without signal or background."""
+    s = np.asarray(signal_scores, np.float64).reshape(-1)
+    b = np.sort(np.asarray(background_scores, np.float64).reshape(-1))[::-1]
+    if not s.size or not b.size:
+        return -1, int(s.size)
+    if not 0 <= fake_rate < 1:
+        raise ValueError(f"fake_rate must be in [0, 1), got {fake_rate}")
+    k = int(np.floor(fake_rate * b.size + 1e-9))
+    return int(np.count_nonzero(s > b[k])), int(s.size)
+
+
 def efficiency_at_fake_rate(signal_scores, background_scores, fake_rate: float = FAKE_RATE) -> float:
     """Fraction of signal with score above the threshold that lets at most ``fake_rate`` of the background pass.
 
     The threshold is the ``k+1``-th highest background score with ``k = floor(fake_rate * n_b)`` (the
     strictest cut with at most ``k`` background events above it); NaN without signal or background.
     """
-    s = np.asarray(signal_scores, np.float64).reshape(-1)
-    b = np.sort(np.asarray(background_scores, np.float64).reshape(-1))[::-1]
-    if not s.size or not b.size:
-        return float("nan")
-    if not 0 <= fake_rate < 1:
-        raise ValueError(f"fake_rate must be in [0, 1), got {fake_rate}")
-    k = int(np.floor(fake_rate * b.size + 1e-9))
-    return float(np.mean(s > b[k]))
+    k, n = _passing(signal_scores, background_scores, fake_rate)
+    return float("nan") if k < 0 else k / n
 
 
-def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = FAKE_RATE):
-    """Per class: AUC, efficiency at ``fake_rate`` (one vs rest), event counts; and metadata entries.
+def _efficiency_with_interval(signal_scores, background_scores, fake_rate: float, cl: float) -> dict:
+    """Efficiency at ``fake_rate``, its Clopper-Pearson interval and the signal count (the interval is that of
+    the signal binomial at the threshold: the threshold's own fluctuation with the background is not in it)."""
+    k, n = _passing(signal_scores, background_scores, fake_rate)
+    if k < 0:
+        return {"eff": float("nan"), "lower": float("nan"), "upper": float("nan"), "n": n}
+    lower, upper = clopper_pearson(k, n, cl)
+    return {"eff": k / n, "lower": lower, "upper": upper, "n": n}
+
+
+def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = FAKE_RATE, cl: float = ONE_SIGMA):
+    """Per class: AUC, efficiency at ``fake_rate`` (one vs rest) with its Clopper-Pearson ``cl`` interval
+    (columns ``efficiency lower``, ``efficiency upper``: the signal binomial at the fixed threshold), event
+    counts; and metadata entries.
 
     Returns ``(table, curves, metadata)`` with ``metadata`` holding ``<Class>_AUC`` (DLKit's keys) and
     ``<Class>_Eff<percent>pctFake``, ``curves`` as :func:`dlkit.analysis.multiclass_roc` gives them.
@@ -69,16 +90,22 @@ def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = F
     rows = []
     for i, name in enumerate(class_names):
         sig = truth == i
-        eff = efficiency_at_fake_rate(scores[sig, i], scores[~sig, i], fake_rate)
-        metadata[f"{name}_{tag}"] = eff
-        rows.append({"class": name, "AUC": metadata[f"{name}_AUC"], f"efficiency at {fake_rate:.0%} fake": eff,
+        e = _efficiency_with_interval(scores[sig, i], scores[~sig, i], fake_rate, cl)
+        metadata[f"{name}_{tag}"] = e["eff"]
+        rows.append({"class": name, "AUC": metadata[f"{name}_AUC"], f"efficiency at {fake_rate:.0%} fake": e["eff"],
+                     "efficiency lower": e["lower"], "efficiency upper": e["upper"],
                      "n_signal": int(sig.sum()), "n_background": int((~sig).sum())})
     return pd.DataFrame(rows).set_index("class"), curves, metadata
 
 
-def binned_efficiency(y, scores, values, edges, class_names: Sequence[str], fake_rate: float = FAKE_RATE
-                      ) -> pd.DataFrame:
-    """Efficiency at ``fake_rate`` per class in bins of ``values`` (e.g. true energy), one vs rest in each bin."""
+def binned_efficiency(y, scores, values, edges, class_names: Sequence[str], fake_rate: float = FAKE_RATE,
+                      cl: float = ONE_SIGMA) -> pd.DataFrame:
+    """Efficiency at ``fake_rate`` per class in bins of ``values`` (e.g. true energy), one vs rest in each bin.
+
+    Per class the efficiency (column ``<name>``), its Clopper-Pearson ``cl`` interval (``<name>_lower``,
+    ``<name>_upper``; :func:`dlkit.analysis.clopper_pearson` of the signal events passing the bin's
+    threshold) and the bin's signal count ``n_<name>``; :func:`dlkit.analysis.plot_binned` draws the error bars.
+    """
     scores = np.asarray(scores)
     truth = class_indices(y)
     values = np.asarray(values).reshape(-1)
@@ -89,7 +116,9 @@ def binned_efficiency(y, scores, values, edges, class_names: Sequence[str], fake
         row = {"bin_low": lo, "bin_high": hi, "n_events": int(sel.sum())}
         for i, name in enumerate(class_names):
             sig = sel & (truth == i)
-            row[name] = efficiency_at_fake_rate(scores[sig, i], scores[sel & (truth != i), i], fake_rate)
+            e = _efficiency_with_interval(scores[sig, i], scores[sel & (truth != i), i], fake_rate, cl)
+            row[name], row[f"{name}_lower"], row[f"{name}_upper"], row[f"n_{name}"] = (
+                e["eff"], e["lower"], e["upper"], e["n"])
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.index = pd.Index(0.5 * (edges[:-1] + edges[1:]), name="bin_centre")
@@ -108,7 +137,8 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     metadata["NTestEvents"] = len(y_index)
     lo, hi, nbins = config["EnergyBins"]
     edges = np.linspace(lo, hi, int(nbins) + 1)
-    tables = {"Efficiency": table, "AUCvsEnergy": binned_auc(y, scores, energy, edges, names),
+    n_boot = int(config.get("AUCBootstrap", 200))
+    tables = {"Efficiency": table, "AUCvsEnergy": binned_auc(y, scores, energy, edges, names, n_boot=n_boot),
               "EfficiencyvsEnergy": binned_efficiency(y, scores, energy, edges, names, fake),
               "Confusion": confusion(y, scores, names)}
     pairs = []
