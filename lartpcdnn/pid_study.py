@@ -298,6 +298,8 @@ def run(particles=DEFAULT_PARTICLES, events_per_class: int = 2000, epochs: int =
         "history": hist,
         "test_accuracy": float(np.mean(np.argmax(scores, 1) == labels[test])),
         "classes": {n: {"AUC": metadata[f"{n}_AUC"], tag: metadata[f"{n}_{tag}"],
+                        f"{tag}_lower": float(table.loc[n, "efficiency lower"]),  # Clopper-Pearson 68.3 %
+                        f"{tag}_upper": float(table.loc[n, "efficiency upper"]),
                         "n_signal": int(np.sum(labels[test] == i)), **ceiling.get(n, {})}
                     for i, n in enumerate(particles)},
         "pairs": pairs,
@@ -314,7 +316,10 @@ def markdown(result: dict) -> str:
     for n, c in result["classes"].items():
         tg = f"{c['through_going']:.2f}" if "through_going" in c else "-"
         bound = f"{c['bound']:.2f}" if "bound" in c else "-"
-        lines.append(f"| {n} | {c['AUC']:.3f} | {c[tag]:.3f} | {tg} | {bound} |")
+        eff = f"{c[tag]:.3f}"
+        if f"{tag}_lower" in c:  # the Clopper-Pearson 68.3 % interval (results saved before it had none)
+            eff += f" [{c[f'{tag}_lower']:.3f}, {c[f'{tag}_upper']:.3f}]"
+        lines.append(f"| {n} | {c['AUC']:.3f} | {eff} | {tg} | {bound} |")
     return "\n".join(lines)
 
 

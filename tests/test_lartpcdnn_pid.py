@@ -79,8 +79,10 @@ def test_tiny_run_end_to_end(tmp_path):
     for name in ("electron", "muon", "pionPlus"):
         c = r["classes"][name]
         assert 0 <= c["AUC"] <= 1 and 0 <= c["Eff1pctFake"] <= 1 and c["n_signal"] == 2
+        assert c["Eff1pctFake_lower"] <= c["Eff1pctFake"] <= c["Eff1pctFake_upper"]  # Clopper-Pearson, 2 events
+        assert c["Eff1pctFake_upper"] - c["Eff1pctFake_lower"] > 0.4
     assert "bound" in r["classes"]["muon"] and "muon_pionPlus_AUC" in r["pairs"]
-    assert "| muon |" in markdown(r)
+    assert "| muon |" in markdown(r) and "[0." in markdown(r)
 
 
 def test_batches_every_event_once_per_epoch_flip_and_order():
