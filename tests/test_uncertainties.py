@@ -91,16 +91,17 @@ def test_bootstrap_auc_covers_the_analytic_auc_and_shrinks_with_n():
     truth = norm.cdf(d / np.sqrt(2))
     rng = np.random.default_rng(7)
     widths = {}
-    for n in (50, 500):
+    for n, experiments in ((50, 300), (500, 100)):
         covered, width, aucs = [], [], []
-        for experiment in range(120):
+        for experiment in range(experiments):
             labels, scores = _gaussian_sample(rng, n, n, d)
             lower, upper = bootstrap_auc(labels, scores, n_boot=100, seed=experiment)
             aucs.append(roc_auc_score(labels, scores))
             covered.append(lower <= truth <= upper)
             width.append(upper - lower)
         widths[n] = np.mean(width)
-        assert 0.55 <= np.mean(covered) <= 0.82, (n, np.mean(covered))  # 68 % +- 3 sigma of 120 experiments
+        # 68 % within ~3 sigma of the experiments (the percentile bootstrap undercovers a little at small n)
+        assert 0.55 <= np.mean(covered) <= 0.82, (n, np.mean(covered))
         # the interval's half width estimates the spread of the AUC over repeated experiments
         assert widths[n] / 2 == pytest.approx(np.std(aucs), rel=0.25)
     assert 2.5 < widths[50] / widths[500] < 4.0  # ~ sqrt(10)
