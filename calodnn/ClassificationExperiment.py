@@ -74,10 +74,11 @@ DEFAULTS = {
     **RUN_DEFAULTS,
     # analysis
     "EnergyBins": [10.0, 510.0, 10],
+    "AUCBootstrap": 200,        # bootstrap resamples per bin for the AUC-vs-energy intervals (0: none)
 }
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
-RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0)}
+RANGES = {"AUCBootstrap": at_least(0), "CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0)}
 #: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 

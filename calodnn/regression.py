@@ -28,7 +28,6 @@ import pandas as pd
 from tabulate import tabulate
 
 from calodnn.data import Normalize, calo_normalize, premix, premix_location
-from dlkit.analysis import AnalysisResults
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
 
@@ -202,9 +201,15 @@ def resolution_tables(e_true, e_pred, particle_index, particles, edges, sigma=No
     return tables, metadata
 
 
-def regression_analysis(wrapper, data: RegressionData, config: dict) -> AnalysisResults:
+def regression_analysis(wrapper, data: RegressionData, config: dict) -> "AnalysisResults":
     """Predict the test set; per particle the resolution fit, response, bias; plots and tables."""
-    from dlkit.analysis import plot_chained_history, plot_resolution, plot_response, resolution_fit_table
+    from dlkit.analysis import (
+        AnalysisResults,
+        plot_chained_history,
+        plot_resolution,
+        plot_response,
+        resolution_fit_table,
+    )
     from dlkit.metadata import chained_history
 
     x, e_true, index = data.read_test()

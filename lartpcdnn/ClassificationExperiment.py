@@ -85,13 +85,15 @@ DEFAULTS = {
     # analysis
     "EnergyBins": [0.1, 1.0, 6],
     "FakeRate": 0.01,           # working point of the efficiency tables (DUNE: ~90 % at 1 %)
+    "AUCBootstrap": 200,        # bootstrap resamples per bin for the AUC-vs-energy intervals (0: none)
 }
 #: Declared types; a declared entry also accepts None (ScanWindowSize, NormScale: None switches them off).
 TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float), "ScanWindowSize": int,
          "NormScale": (int, float)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
-RANGES = {"EnergyMin": at_least(0), "DownSampleFactor": at_least(1), "ScanWindowSize": at_least(1),
-          "NormScale": above(0), "DensePool": at_least(1), "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
+RANGES = {"AUCBootstrap": at_least(0), "EnergyMin": at_least(0), "DownSampleFactor": at_least(1),
+          "ScanWindowSize": at_least(1), "NormScale": above(0), "DensePool": at_least(1),
+          "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
 #: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
 
