@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections import Counter
 
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only MetaDataOnly=False loads imports Keras
 
+    from dlkit.experiment import TENSORBOARD_DIR
     from dlkit.analysis.scan import (GetGoodParams, LoadModels, PointModels, ScanTable, UnknownColumnError,
                                      default_columns, format_table)
 
@@ -138,6 +140,12 @@ def main(argv=None) -> int:
         print(f"  {m.name}: {m.status}" + (f": {m.message}" if m.message else ""), file=sys.stderr)
     counts = Counter(m.status for m in models)
     print(f"{len(models)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), file=sys.stderr)
+    logged = [m for m in models if (m.path / TENSORBOARD_DIR).is_dir()]
+    if logged:  # TensorBoard finds every run's logs below the directory it is given
+        roots = sorted({str(m.path.parent) for m in logged})
+        where = (f"--logdir {shlex.quote(roots[0])}" if len(roots) == 1 else
+                 "--logdir_spec " + shlex.quote(",".join(f"{os.path.basename(r)}:{r}" for r in roots)))
+        print(f"TensorBoard ({len(logged)} run(s) with logs): tensorboard {where}")
     if args.csv:
         try:
             frame.to_csv(args.csv, index=False)

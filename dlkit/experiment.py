@@ -22,6 +22,7 @@ Exit codes: 0 success; 2 a configuration, data or usage error (one line on stder
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -81,6 +82,9 @@ def make_parser(description: str, default_config: str | os.PathLike | None = Non
     p.add_argument("--nocache", action="store_true", help="do not write or use the generator's on-disk cache")
     p.add_argument("-r", "--runningtime", type=float, default=None, metavar="SECONDS",
                    help="stop training cleanly (and save) once SECONDS of wall time are spent")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write Keras' TensorBoard logs into the run directory (tensorboard/); watch them with "
+                        "tensorboard --logdir <OutputBase> (needs pip install 'dlkit[tensorboard]')")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="dataset directory (one sub-directory per class); default: simulate one into the cache")
     p.add_argument("--OutputBase", default=None, metavar="DIR", help="where model directories go (TrainedModels)")
@@ -188,6 +192,9 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     config = resolve_config(defaults, *layers, types=types, ranges=ranges)
     if getattr(args, "LoadModel", None):  # before any data is set up: a typo in -L must not cost a data setup
         check_model_dir(args.LoadModel)
+    if config.get("TensorBoard") and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard (config entry TensorBoard): TensorBoard is not installed; "
+                        "pip install 'dlkit[tensorboard]'")
     if args.Test and "OutputBase" in config and "OutputBase" not in flags:
         config["OutputBase"] = str(config["OutputBase"]) + ".Test"
     name = prefix + "".join(f"_{k}{point[k]}" for k in (scan.keys if scan else []))
@@ -267,11 +274,15 @@ RUN_DEFAULTS = {
     "ModelCheckpoint": False,   # also keep the best epoch (by monitor) as Checkpoint.keras
     "OutputBase": "TrainedModels",
     "AllowEmptyClasses": False,  # a class with no events is an error naming it and its files, unless True
+    "TensorBoard": False,       # Keras' TensorBoard logs in <run dir>/tensorboard (--tensorboard; dlkit[tensorboard])
 }
+
+#: Where a run's TensorBoard logs go, inside its run directory.
+TENSORBOARD_DIR = "tensorboard"
 
 #: Flags that set config entries of every experiment (argparse destination -> config key).
 FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "OutputBase",
-             "LoadPrevious": "LoadPreviousModel"}
+             "LoadPrevious": "LoadPreviousModel", "tensorboard": "TensorBoard"}
 
 
 def compile_model(wrapper, metrics=("accuracy",)) -> None:
@@ -287,8 +298,9 @@ def training_callbacks(wrapper, config) -> list:
     """The optional callbacks DLKit configs switch on.
 
     ``EarlyStopping`` (``monitor``, ``EarlyStopping_patience``, ``EarlyStopping_min_delta``; the best
-    weights are restored, so the saved model is the best epoch's) and ``ModelCheckpoint`` (the best epoch
-    also kept as ``Checkpoint.keras`` in the model directory).
+    weights are restored, so the saved model is the best epoch's), ``ModelCheckpoint`` (the best epoch
+    also kept as ``Checkpoint.keras`` in the model directory) and ``TensorBoard`` (Keras' logs, per epoch, in
+    ``<run dir>/tensorboard``: ``tensorboard --logdir <OutputBase>`` shows every run of the scan).
     """
     import keras
 
@@ -303,6 +315,8 @@ def training_callbacks(wrapper, config) -> list:
     if config.get("ModelCheckpoint"):
         callbacks.append(AtomicModelCheckpoint(str(Path(wrapper.OutDir) / "Checkpoint.keras"),
                                                monitor=config["monitor"], save_best_only=True))
+    if config.get("TensorBoard"):
+        callbacks.append(keras.callbacks.TensorBoard(str(Path(wrapper.OutDir) / TENSORBOARD_DIR), write_graph=False))
     return callbacks
 
 

@@ -138,3 +138,26 @@ def test_resolved_config_is_json(lcd, env, tmp_path):
     md_path = next((tmp_path / "TrainedModels.Test").iterdir()) / "MetaData.json"
     config = json.loads(md_path.read_text())["Configuration"]
     assert config["optimizer"] == "Adam" and config["Width"] == 32 and config["decay"] == 0.01
+
+
+def test_tensorboard_logs_each_epoch_and_scan_analysis_names_the_logdir(lcd, env, tmp_path, capsys):
+    """--tensorboard: Keras' logs in the run directory, their per-epoch loss the run's History (read back with
+    TensorBoard's own event reader), and ScanAnalysis prints the tensorboard command for the scan."""
+    pytest.importorskip("tensorboard", reason="TensorBoard is not installed (pip install 'dlkit[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    from dlkit.ScanAnalysis import main as scan_analysis
+
+    assert run(small(lcd, "-s", "0", "--tensorboard", "--NoAnalysis")) == 0
+    base = tmp_path / "TrainedModels.Test"
+    out = base / "CaloDNN_Depth1_Width32_decay0.1_lr0.1"
+    md = read_metadata(out)
+    assert md["Configuration"]["TensorBoard"] is True
+    events = EventAccumulator(str(out / "tensorboard" / "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    logged = [float(make_ndarray(event.tensor_proto)) for event in events.Tensors("epoch_loss")]
+    assert logged == pytest.approx(md["History"]["loss"], rel=1e-5)
+    capsys.readouterr()
+    assert scan_analysis([str(base)]) == 0
+    assert f"tensorboard --logdir {base}" in capsys.readouterr().out
