@@ -17,6 +17,7 @@ are raised here as :class:`DataError` (naming file and key) or :class:`Generator
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import logging
 import multiprocessing
@@ -80,9 +81,31 @@ class _Resources:
         self.conns = []
         self.segments = []
         self.builder = None
+        self.held = None  # fd of the finished cache this generator reads, under a shared flock (dlkit.cache)
         self.lock = threading.Lock()
         self.closed = False
         self.owner = os.getpid()
+
+    def hold(self, path) -> None:
+        """Hold a shared flock on the cache file ``path`` while the generator lives: ``python -m dlkit.cache
+        clean`` and the size limit leave a cache alone while a job reads it."""
+        self.release()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return
+        self.held = fd
+
+    def release(self) -> None:
+        if self.held is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.held)
+            self.held = None
 
     def cleanup(self):
         with self.lock:
@@ -126,6 +149,7 @@ class _Resources:
             if self.builder is not None:
                 self.builder.abort()
                 self.builder = None
+            self.release()
             for p in self.procs:
                 with contextlib.suppress(Exception):
                     p.close()
@@ -366,6 +390,7 @@ class Engine:
             path = find_cache(self.cache_location, self.cache_key, N, self.outputs)
             if path is not None:
                 self.disk_path = path
+                self.res.hold(path)
                 self.disk_layout = open_layout(path, self.outputs, N)
                 for w in self.workers:
                     self._send(w, ("store", "disk", str(path), self.disk_layout, False, None))
@@ -453,6 +478,7 @@ class Engine:
             if self.builder is not None:
                 try:
                     self.disk_path = self.builder.finalize()
+                    self.res.hold(self.disk_path)
                     self.disk_layout = self.builder.layout
                 except OSError as exc:
                     logger.warning("could not finalize the cache (%s)", exc)

@@ -337,6 +337,9 @@ class CacheBuilder:
         raw, self.layout = file_layout(list(outputs), n_rows, header)
         self.checksum = json.loads(raw[len(MAGIC) + 8:])["checksum"]
         size = self.checksum["offset"] + 8 * self.checksum["count"]
+        from dlkit.cache import evict_to_limit
+
+        evict_to_limit(self.final.parent, incoming=size)  # DLKIT_CACHE_MAX_GB: make room, oldest first
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
