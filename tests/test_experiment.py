@@ -137,7 +137,8 @@ def test_test_flag_output_location_is_what_its_help_says(tmp_path):
 
 @pytest.mark.parametrize("module", ["calodnn.ClassificationExperiment", "calodnn.RegressionExperiment",
                                     "lartpcdnn.ClassificationExperiment", "clustercount.PeakFindingExperiment",
-                                    "clustercount.ClusterizationExperiment", "dlkit.ScanAnalysis", "dlkit.scan"])
+                                    "clustercount.ClusterizationExperiment", "dlkit.ScanAnalysis", "dlkit.scan",
+                                    "dlkit.cache"])
 def test_help_imports_no_deep_learning_backend(module):
     """--help is read before anything heavy is imported (it took 10-20 s and 800 MB with TensorFlow)."""
     import subprocess
