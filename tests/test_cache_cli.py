@@ -104,3 +104,27 @@ def test_size_limit_evicts_the_least_recently_used(tmp_path, dirs, monkeypatch):
     with pytest.raises(ValueError, match="DLKIT_CACHE_MAX_GB='lots'"):
         dlcache.evict_to_limit(cache_dir)
     assert [e.kind for e in dlcache.entries(datasets=False)] == ["generator cache"] * 2
+
+
+def test_eviction_keeps_the_premixed_file_a_constructed_generator_will_read(tmp_path, dirs, monkeypatch):
+    """calodnn builds its train and validation generators on premixed files in the cache directory before
+    training starts: the size limit, triggered by one generator's new cache, must not remove the other's input."""
+    cache_dir, _ = dirs
+    premixed = cache_dir / "calodnn-premix"
+    premixed.mkdir()
+    path = premixed / "premix-0123456789abcdef-0.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = np.arange(400 * 64, dtype=np.float32).reshape(400, 64)
+    old = time.time() - 86400
+    os.utime(path, (old, old))  # the least recently used entry
+    waiting = MultiClassGenerator([SampleSpec(str(path), ["X"], "mixed")], 50, n_workers=1, cache=False)
+    try:
+        monkeypatch.setenv(dlcache.MAX_GB_ENV, "1e-9")  # nothing fits: evict everything that may go
+        (tmp_path / "other").mkdir()
+        build_cache(write_samples(tmp_path / "other"), cache_dir)
+        assert path.exists()  # held by the waiting generator
+        assert sum(len(b["X"]) for b in waiting) == 400
+    finally:
+        waiting.close()
+    assert [e.path for e in dlcache.entries(datasets=False) if e.kind == "premix"] == [path]
+    assert not [e for e in dlcache.entries(datasets=False) if e.in_use]

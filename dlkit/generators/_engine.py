@@ -34,6 +34,7 @@ from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 
+from dlkit.cachedir import CACHE_ENV, user_cache_dir
 from dlkit.generators import _shm
 from dlkit.generators._layout import BlockLayout
 from dlkit.generators._plan import mask_runs
@@ -82,6 +83,7 @@ class _Resources:
         self.segments = []
         self.builder = None
         self.held = None  # fd of the finished cache this generator reads, under a shared flock (dlkit.cache)
+        self.sources = []  # fds of its source files that live in a cache directory (premixed files), likewise
         self.lock = threading.Lock()
         self.closed = False
         self.owner = os.getpid()
@@ -106,6 +108,21 @@ class _Resources:
             with contextlib.suppress(OSError):
                 os.close(self.held)
             self.held = None
+
+    def hold_sources(self, paths) -> None:
+        """Shared flocks on source files kept in a cache directory (calodnn's premixed files), so the size
+        limit or ``dlkit.cache clean`` cannot remove a file this generator is about to read."""
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.sources.append(fd)
 
     def cleanup(self):
         with self.lock:
@@ -150,6 +167,10 @@ class _Resources:
                 self.builder.abort()
                 self.builder = None
             self.release()
+            for fd in self.sources:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.sources.clear()
             for p in self.procs:
                 with contextlib.suppress(Exception):
                     p.close()
@@ -225,6 +246,11 @@ class Engine:
         self.start_method = start_method
         self.timeout = float(timeout)
         self.cache_location = cache_location  # dlkit.cachedir.CacheLocation or None
+        # sources kept in a cache directory (calodnn's premixed files): held while the generator lives
+        dirs = [str(d) for d in cache_location.read_dirs] if cache_location is not None else [
+            str(user_cache_dir()), os.environ.get(CACHE_ENV, "")]
+        dirs = [d.rstrip(os.sep) + os.sep for d in dirs if d]
+        self.cached_sources = sorted({e.path for e in entries if any(e.path.startswith(d) for d in dirs)})
         self.cache_key = cache_key
         self.preload = bool(preload)
         self.seed = int(seed)
@@ -233,6 +259,7 @@ class Engine:
         self.slot_layout = BlockLayout.build(slot_arrays, planner.batch_size)
         self.n_canonical = planner.n_canonical
         self.res = _Resources()
+        self.res.hold_sources(self.cached_sources)  # from construction on: a later start finds them there
         self.started = False
         self.failed: BaseException | None = None
         self.workers: list[_WorkerHandle] = []
