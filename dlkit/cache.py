@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -55,16 +54,12 @@ class Entry:
 
 def _in_use(path: Path) -> bool:
     """Whether a process holds a lock on ``path`` (a reader's shared flock): an exclusive try-lock fails."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    from dlkit.generators.cache import try_lock
+
+    fd = try_lock(path, exclusive=True)
+    if fd is None:
+        return path.exists()
+    os.close(fd)
     return False
 
 

@@ -17,7 +17,6 @@ are raised here as :class:`DataError` (naming file and key) or :class:`Generator
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
 import multiprocessing
@@ -39,7 +38,7 @@ from dlkit.generators import _shm
 from dlkit.generators._layout import BlockLayout
 from dlkit.generators._plan import mask_runs
 from dlkit.generators._worker import worker_main
-from dlkit.generators.cache import CacheBuilder, find_cache, open_layout
+from dlkit.generators.cache import CacheBuilder, find_cache, open_layout, try_lock
 from dlkit.generators.errors import DataError, GeneratorError, GeneratorTimeoutError, WorkerDiedError
 
 logger = logging.getLogger(__name__)
@@ -82,47 +81,19 @@ class _Resources:
         self.conns = []
         self.segments = []
         self.builder = None
-        self.held = None  # fd of the finished cache this generator reads, under a shared flock (dlkit.cache)
-        self.sources = []  # fds of its source files that live in a cache directory (premixed files), likewise
+        # fds under shared flocks, kept while the generator lives: the cache it reads and its source files in a
+        # cache directory (premixed files), so the size limit and `dlkit.cache clean` leave them alone
+        self.locks = []
         self.lock = threading.Lock()
         self.closed = False
         self.owner = os.getpid()
 
-    def hold(self, path) -> None:
-        """Hold a shared flock on the cache file ``path`` while the generator lives: ``python -m dlkit.cache
-        clean`` and the size limit leave a cache alone while a job reads it."""
-        self.release()
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return
-        self.held = fd
-
-    def release(self) -> None:
-        if self.held is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.held)
-            self.held = None
-
-    def hold_sources(self, paths) -> None:
-        """Shared flocks on source files kept in a cache directory (calodnn's premixed files), so the size
-        limit or ``dlkit.cache clean`` cannot remove a file this generator is about to read."""
+    def hold(self, *paths) -> None:
+        """Hold a shared flock on each of ``paths`` until cleanup (one that cannot be locked is skipped)."""
         for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self.sources.append(fd)
+            fd = try_lock(path)
+            if fd is not None:
+                self.locks.append(fd)
 
     def cleanup(self):
         with self.lock:
@@ -166,11 +137,10 @@ class _Resources:
             if self.builder is not None:
                 self.builder.abort()
                 self.builder = None
-            self.release()
-            for fd in self.sources:
+            for fd in self.locks:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self.sources.clear()
+            self.locks.clear()
             for p in self.procs:
                 with contextlib.suppress(Exception):
                     p.close()
@@ -259,7 +229,7 @@ class Engine:
         self.slot_layout = BlockLayout.build(slot_arrays, planner.batch_size)
         self.n_canonical = planner.n_canonical
         self.res = _Resources()
-        self.res.hold_sources(self.cached_sources)  # from construction on: a later start finds them there
+        self.res.hold(*self.cached_sources)  # from construction on: a later start finds them there
         self.started = False
         self.failed: BaseException | None = None
         self.workers: list[_WorkerHandle] = []

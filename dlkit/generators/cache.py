@@ -262,6 +262,23 @@ def _open_nofollow(path, flags=os.O_RDONLY) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def try_lock(path, exclusive: bool = False) -> int | None:
+    """``path`` opened read-only (no symlink) under a non-blocking ``flock``, shared or exclusive; None when it
+    cannot be opened or another process holds a conflicting lock. Readers hold shared locks on the caches and
+    premixed files they use; builders an exclusive one on their temporary; whoever removes files tries an
+    exclusive one first."""
+    try:
+        fd = _open_nofollow(path)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def read_header(path) -> dict | None:
     try:
         fd = _open_nofollow(path)
@@ -305,15 +322,9 @@ def clean_stale(cache_dir) -> int:
     """Remove temporaries whose builder is gone (their flock can be taken). Returns how many."""
     removed = 0
     for tmp in glob.glob(os.path.join(os.fspath(cache_dir), f"dlkit-*{SUFFIX}.tmp-*")):
-        try:
-            fd = _open_nofollow(tmp, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue  # a live builder holds it
+        fd = try_lock(tmp, exclusive=True)
+        if fd is None:
+            continue  # a live builder holds it (or it is gone)
         try:
             os.unlink(tmp)
             removed += 1
