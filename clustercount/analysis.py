@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from dlkit.analysis import AnalysisResults, clopper_pearson
+from dlkit.analysis import AnalysisResults, clopper_pearson, style
 from dlkit.metadata import chained_history
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ def _efficiency_vs_amplitude(label, amplitude, selected: dict, edges) -> pd.Data
 
 
 def _roc_figure(curve, md, title) -> Figure:
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 5))
     ax.plot(curve["fpr"], curve["tpr"], label=f"LSTM (AUC {curve['auc']:.4f})")
     ax.plot([md["DerivFakeRate"]], [md["DerivEfficiency"]], "s", color="C3",
             label=f"derivative ({md['DerivEfficiency']:.3f} at {md['DerivFakeRate']:.4f})")
@@ -95,36 +94,32 @@ def _roc_figure(curve, md, title) -> Figure:
                 label=f"LSTM at the same fake rate: {md['EffAtDerivFake']:.3f}")
     ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="fake rate (noise candidates accepted)",
            ylabel="efficiency (signal candidates accepted)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    style.legend(ax, loc="lower right")
     return fig
 
 
 def _efficiency_figure(table, title) -> Figure:
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
-    for name, style in (("LSTM", "o-"), ("derivative", "s--")):
+    fig, ax = style.figure((6, 4.5))
+    for name, fmt in (("LSTM", "o-"), ("derivative", "s--")):
         for kind, what, alpha in (("eff", "efficiency", 1.0), ("fake", "fake rate", 0.5)):
             y = table[f"{name}_{kind}"].to_numpy(dtype=float)
             lower, upper = (table[f"{name}_{kind}_{b}"].to_numpy(dtype=float) for b in ("lower", "upper"))
             yerr = np.nan_to_num(np.clip(np.stack([y - lower, upper - y]), 0, None))
-            ax.errorbar(table.index, y, yerr=yerr, fmt=style, ms=4, capsize=2, alpha=alpha, label=f"{name} {what}")
+            ax.errorbar(table.index, y, yerr=yerr, fmt=fmt, ms=4, capsize=2, alpha=alpha, label=f"{name} {what}")
     ax.set(xlabel="candidate height above baseline [noise RMS]", ylabel="fraction accepted", ylim=(0, 1.02),
            title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    style.legend(ax)
     return fig
 
 
 def _scores_figure(label, scores, threshold, title) -> Figure:
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 4.5))
     bins = np.linspace(0, 1, 51)
     ax.hist(scores[label == 0], bins, histtype="step", density=True, label="noise candidates")
     ax.hist(scores[label == 1], bins, histtype="step", density=True, label="signal candidates")
     ax.axvline(threshold, color="grey", ls=":", label="cut at the derivative's fake rate")
     ax.set(yscale="log", xlabel="LSTM score", ylabel="density", title=title)
-    ax.legend(fontsize=8)
+    style.legend(ax)
     return fig
 
 
@@ -156,8 +151,7 @@ def waveform_figure(model, data, threshold: float, title: str | None = None, ind
         return None
     scores = np.asarray(model.predict(window / np.float32(data.scale), verbose=0)).reshape(-1)
     t = np.arange(len(wave)) * dt
-    fig = Figure(figsize=(11, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((11, 4.5))
     ax.plot(t, wave, lw=0.7, color="k")
     h = wave[sample]
     ax.plot(t[sample[ptype == 1]], h[ptype == 1] + 3, "v", color="C3", ms=5, label="truth: primary")
@@ -168,7 +162,7 @@ def waveform_figure(model, data, threshold: float, title: str | None = None, ind
     around = sample[ptype > 0] if (ptype > 0).any() else sample
     lo, hi = t[around].min() - 40, t[around].max() + 60
     ax.set(xlim=(lo, hi), xlabel="time [ns]", ylabel="amplitude [mV]", title=title)
-    ax.legend(fontsize=8, ncol=2)
+    style.legend(ax, ncol=2)
     return fig
 
 
@@ -251,33 +245,30 @@ def tune_baseline(tp_counts, n_true, gaps) -> dict:
 
 
 def _residual_figure(residuals: dict, title) -> Figure:
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6.5, 4.5))
     lo = min(np.percentile(r, 0.5) for r in residuals.values())
     hi = max(np.percentile(r, 99.5) for r in residuals.values())
     bins = np.linspace(np.floor(lo) - 0.5, np.ceil(hi) + 0.5, int(np.ceil(hi) - np.floor(lo)) + 2)
     for name, r in residuals.items():
         ax.hist(r, bins, histtype="step", lw=1.5, label=f"{name}: mean {np.mean(r):+.2f}, spread {np.std(r):.2f}")
     ax.set(xlabel="N$_{cl}$ reconstructed - true", ylabel="waveforms", title=title)
-    ax.legend(fontsize=8)
+    style.legend(ax)
     return fig
 
 
 def _counts_figure(series: dict, title) -> Figure:
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6.5, 4.5))
     hi = max(np.percentile(v, 99.8) for v in series.values())
     bins = np.arange(-0.5, hi + 1.5, 1.0)
     for name, v in series.items():
         ax.hist(v, bins, histtype="step", lw=1.5, label=f"{name} (mean {np.mean(v):.2f})")
     ax.set(xlabel="number per waveform", ylabel="waveforms", title=title)
-    ax.legend(fontsize=8)
+    style.legend(ax)
     return fig
 
 
 def _profile_figure(true, preds: dict, title) -> Figure:
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 5))
     values = np.unique(true)
     for name, p in preds.items():
         means = [p[true == v].mean() for v in values]
@@ -285,8 +276,7 @@ def _profile_figure(true, preds: dict, title) -> Figure:
         ax.errorbar(values, means, yerr=stds, fmt="o", ms=3, capsize=2, label=name)
     ax.plot(values, values, color="grey", ls=":", lw=1)
     ax.set(xlabel="true N$_{cl}$", ylabel="reconstructed N$_{cl}$ (mean, spread)", title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    style.legend(ax)
     return fig
 
 

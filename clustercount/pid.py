@@ -43,6 +43,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from clustercount.baselines import PeakList, time_proximity_counts
+from dlkit.analysis import style
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
 from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
 from dlkit.analysis import AnalysisResults
@@ -258,43 +259,39 @@ def pid_study(directory, options: PIDOptions, predict=None, baseline_gap_ns: flo
 
 
 def _separation_figure(table, best, options, title) -> Figure:
-    fig = Figure(figsize=(7, 7))
-    ax, rx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    fig, (ax, rx) = style.figure((7, 7), nrows=2, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     styles = {"S_dNdx_truth": ("dN/dx, true cluster count (Poisson limit)", "k:"),
               "S_dNdx_ideal": ("dN/dx, perfect peak finding + time proximity", "C7d:"),
               "S_dNdx_ML": ("dN/dx, CNN cluster count", "C0o-"),
               "S_dNdx_baseline": ("dN/dx, derivative + time proximity", "C2s--"),
               "S_dEdx": (f"dE/dx, truncated mean ({best:.0%} lowest)", "C3^-")}
-    for col, (label, style) in styles.items():
+    for col, (label, fmt) in styles.items():
         if col in table:
-            ax.plot(table.index, table[col], style, label=label)
+            ax.plot(table.index, table[col], fmt, label=label)
     ax.set(xscale="log", ylabel=f"{options.particles[0]}/{options.particles[1]} separation power",
            title=f"{title} {options.n_tracks} tracks x {options.n_cells} cells".strip())
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    style.legend(ax)
     styles = (("ratio_ML", "C0o-"), ("ratio_truth", "k:"), ("ratio_ideal", "C7d:"), ("ratio_baseline", "C2s--"))
-    for col, style in styles:
+    for col, fmt in styles:
         if col in table:
-            rx.plot(table.index, table[col], style, label=col.replace("ratio_", ""))
+            rx.plot(table.index, table[col], fmt, label=col.replace("ratio_", ""))
     rx.axhline(1.5, color="grey", ls="--", lw=1, label="target 1.5")
     rx.axhline(1.0, color="grey", ls=":", lw=1)
     rx.set(xscale="log", xlabel="momentum [GeV/c]", ylabel="S(dN/dx) / S(dE/dx)")
-    rx.grid(alpha=0.3)
-    rx.legend(fontsize=7, ncol=4)
+    style.legend(rx, ncol=4)
     return fig
 
 
 def _distribution_figure(per_track, options, best, title) -> Figure:
     p = options.momenta[min(1, len(options.momenta) - 1)]
     names = [n for n in ("ML", "truth") if n in per_track[(p, options.particles[0])]] + [f"dEdx{best:g}"]
-    fig = Figure(figsize=(4 * len(names), 3.8))
-    axes = fig.subplots(1, len(names))
+    fig, axes = style.figure((4 * len(names), 3.8), ncols=len(names))
     for ax, name in zip(np.atleast_1d(axes), names):
         for part in options.particles:
             ax.hist(per_track[(p, part)][name], 20, histtype="step", lw=1.5, label=part)
         label = {"ML": "dN/dx (CNN) [1/cm]", "truth": "dN/dx (true) [1/cm]"}.get(name, "truncated charge / cm")
         ax.set(xlabel=label, ylabel="tracks", title=f"{p:g} GeV/c")
-        ax.legend(fontsize=8)
+        style.legend(ax)
     fig.suptitle(title)
     return fig
 

@@ -1,6 +1,7 @@
 """Plots with matplotlib's object-oriented API: no pyplot state, safe without a display.
 
-Every function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes PNG and PDF.
+Every function returns a :class:`matplotlib.figure.Figure` in the style of :mod:`dlkit.analysis.style`;
+:func:`save_figure` writes PNG and PDF.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from dlkit.analysis import style
+
 __all__ = ["plot_roc", "plot_binned", "binned_value_columns", "plot_confusion", "plot_history", "history_boundaries",
            "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "save_figure"]
 
 
 def plot_roc(curves: Mapping[str, Mapping], title: str | None = None, log_rejection: bool = False) -> Figure:
     """ROC curves (signal efficiency vs fake rate, or rejection) with the AUC in the legend."""
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 5))
     for name, c in curves.items():
         if len(c["fpr"]) == 0:
             continue
@@ -33,7 +35,7 @@ def plot_roc(curves: Mapping[str, Mapping], title: str | None = None, log_reject
     else:
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.set(xlabel="background efficiency (fake rate)", ylabel="signal efficiency", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right" if not log_rejection else "upper right")
+    style.legend(ax, loc="lower right" if not log_rejection else "upper right")
     if title:
         ax.set_title(title)
     return fig
@@ -60,8 +62,7 @@ def plot_binned(frame: pd.DataFrame, columns=None, xlabel: str = "true energy [G
     with those asymmetric error bars. By default every value column is drawn (not the bin edges, the
     ``n_*`` counts or the interval bounds).
     """
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 4.5))
     columns = columns or binned_value_columns(frame)
     for col in columns:
         y = frame[col].to_numpy(dtype=float)
@@ -73,8 +74,7 @@ def plot_binned(frame: pd.DataFrame, columns=None, xlabel: str = "true energy [G
         yerr = np.nan_to_num(np.clip(np.stack([y - lower, upper - y]), 0, None))
         ax.errorbar(frame.index, y, yerr=yerr, marker="o", ms=4, capsize=2, label=str(col))
     ax.set(xlabel=xlabel, ylabel=ylabel)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    style.legend(ax)
     if title:
         ax.set_title(title)
     return fig
@@ -82,34 +82,40 @@ def plot_binned(frame: pd.DataFrame, columns=None, xlabel: str = "true energy [G
 
 def plot_confusion(frame: pd.DataFrame, title: str | None = None) -> Figure:
     """A confusion matrix DataFrame as an annotated image."""
-    fig = Figure(figsize=(5.5, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((5.5, 4.5))
+    ax.grid(False)
     image = ax.imshow(frame.values, cmap="Blues", vmin=0)
     ax.set_xticks(range(frame.shape[1]), frame.columns)
     ax.set_yticks(range(frame.shape[0]), frame.index)
-    ax.set(xlabel="predicted", ylabel="true")
+    ax.set(xlabel="predicted class", ylabel="true class")
     for (i, j), value in np.ndenumerate(frame.values):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center",
                 color="white" if value > 0.5 * frame.values.max() else "black")
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
     if title:
         ax.set_title(title)
     return fig
 
 
 def plot_history(history: Mapping[str, list], keys=None, title: str | None = None,
-                 boundaries: list[int] | None = None) -> Figure:
-    """Training curves per epoch; ``boundaries`` marks the epochs where a resumed run began."""
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
-    keys = keys or [k for k in history if "loss" in k]
+                 boundaries: list[int] | None = None, loss_name: str | None = None) -> Figure:
+    """Training curves vs epoch (integer ticks); ``boundaries`` marks the epochs where a resumed run began.
+
+    The y axis is named after the metrics (``loss (binary cross-entropy)`` with ``loss_name``, the
+    run's ``Loss`` entry).
+
+    >>> plot_history(md["History"], ["loss", "val_loss"], loss_name=md["Loss"])
+    """
+    fig, ax = style.figure((6, 4.5))
+    keys = keys or [k for k in history if "loss" in k] or list(history)
     for key in keys:
         values = np.array([np.nan if v is None else v for v in history[key]], dtype=float)
-        ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
-    for b in boundaries or []:
-        ax.axvline(b + 0.5, color="grey", ls=":", lw=1)
-    ax.set(xlabel="epoch", ylabel="value")
-    ax.legend()
+        ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=style.metric_label(key))
+    for i, b in enumerate(boundaries or []):
+        ax.axvline(b + 0.5, color="grey", ls=":", lw=1, label="resumed" if i == 0 else None)
+    style.epoch_axis(ax)
+    ax.set_ylabel(style.metric_axis_label(keys, loss_name))
+    style.legend(ax)
     if title:
         ax.set_title(title)
     return fig
@@ -144,7 +150,7 @@ def plot_chained_history(metadata: Mapping, keys=None, title: str | None = None)
 
     history = chained_history(metadata)
     return plot_history(history, keys=keys, title=title if title is not None else metadata.get("Name"),
-                        boundaries=history_boundaries(metadata))
+                        boundaries=history_boundaries(metadata), loss_name=metadata.get("Loss"))
 
 
 def _as_series(tables, extra=None) -> list[tuple[str | None, pd.DataFrame, object]]:
@@ -191,8 +197,7 @@ def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, titl
     """
     from dlkit.analysis.regression import resolution_function
 
-    fig = Figure(figsize=(6.5, 4.8))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6.5, 4.8))
     series = _as_series(tables, fits)
     for i, (label, table, fit) in enumerate(series):
         label = labels[i] if labels is not None else label
@@ -213,12 +218,10 @@ def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, titl
             text = _fit_label(fit)
             ax.plot(grid, resolution_function(grid, fit["a"], fit["b"], fit["c"]), color=color,
                     label=f"{label}: {text}" if label else text)
-    ax.set(xlabel=xlabel, ylabel="\u03c3/E")
+    ax.set(xlabel=xlabel, ylabel="relative resolution \u03c3/E")
     if logx:
         ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    style.legend(ax, outside=len(series) > 2)
     if title:
         ax.set_title(title)
     return fig
@@ -232,8 +235,7 @@ def plot_response(tables, labels: Sequence[str] | None = None, title: str | None
 
     >>> save_figure(plot_response({"Ele": ele_table, "Gamma": gamma_table}), out_dir, "Response")
     """
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6.5, 4.5))
     for i, (label, table, _) in enumerate(_as_series(tables)):
         label = labels[i] if labels is not None else label
         ax.errorbar(_energy(table), table["response"], yerr=table["response_err"], fmt="o-", ms=4,
@@ -242,9 +244,7 @@ def plot_response(tables, labels: Sequence[str] | None = None, title: str | None
     ax.set(xlabel=xlabel, ylabel="response  E$_{pred}$/E$_{true}$")
     if logx:
         ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    style.legend(ax)
     if title:
         ax.set_title(title)
     return fig
@@ -257,19 +257,16 @@ def plot_scan(frame: pd.DataFrame, x: str, y: str, group: str | None = None, tit
     >>> table = ScanTable("TrainedModels/")
     >>> fig = plot_scan(table, "Width", "Ele_AUC", group="Depth", logx=True)
     """
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
+    fig, ax = style.figure((6, 4.5))
     data = frame[[c for c in dict.fromkeys([x, y, group]) if c is not None]].dropna(subset=[x, y])
     groups = data.groupby(group, sort=True) if group is not None else [(None, data)]
     for value, part in groups:
         part = part.sort_values(x)
-        ax.plot(part[x], part[y], marker="o", label=None if group is None else f"{group}={value}")
+        ax.plot(part[x], part[y], marker="o", label=None if group is None else f"{value}")
     ax.set(xlabel=x, ylabel=y)
     if logx:
         ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    if group is not None and len(data):
-        ax.legend(fontsize=8)
+    style.legend(ax, title=group)
     if title:
         ax.set_title(title)
     return fig

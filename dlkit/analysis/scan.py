@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from dlkit.analysis import style
 
 log = logging.getLogger(__name__)
 
@@ -773,11 +774,17 @@ def _values_for(models: list[ScanModel], keys) -> list:
     return [column_value(m, keys) for m in models]
 
 
+def _loss_name(models: list[ScanModel]) -> str | None:
+    """The runs' common ``Loss`` entry (for axis labels), or None where they differ."""
+    names = {m.metadata.get("Loss") for m in models if isinstance(m.metadata.get("Loss"), str)}
+    return names.pop() if len(names) == 1 else None
+
+
 def _key_label(keys) -> str:
     return ".".join(map(str, keys)) if isinstance(keys, (list, tuple)) else str(keys)
 
 
-def PlotMetaData(Models, keys, mode: str = "epoch", loc: str = "center left", label: str = "", ax=None,
+def PlotMetaData(Models, keys, mode: str = "epoch", loc: str | None = None, label: str = "", ax=None,
                  **kwargs) -> Figure:  # noqa: N802, N803
     """Plot one metadata entry for several runs: lines for list values, a bar chart for scalars.
 
@@ -790,13 +797,15 @@ def PlotMetaData(Models, keys, mode: str = "epoch", loc: str = "center left", la
         For list values: ``"epoch"`` (value vs epoch, one line per run) or ``"hist"`` (a histogram of
         each run's values).
     loc, label
-        Legend location (placed right of the axes) and a suffix for each run's legend label.
+        Legend location (by default ``best`` for a few runs, right of the axes for many) and a suffix for
+        each run's legend label.
     ax
         Draw into this Axes instead of a new Figure.
     kwargs
         Passed to ``Axes.plot`` / ``hist`` / ``bar``.
 
-    Returns the Figure. Runs without the entry are skipped.
+    Returns the Figure. Runs without the entry are skipped. The bars of a fraction (AUC, accuracy,
+    efficiency) start at 0, so that their heights compare honestly.
 
     >>> fig = PlotMetaData(MyModels, "All_History.val_loss")
     >>> fig = PlotMetaData(MyModels, ["Epochs"])
@@ -805,8 +814,7 @@ def PlotMetaData(Models, keys, mode: str = "epoch", loc: str = "center left", la
         raise ValueError(f"mode must be 'epoch' or 'hist', got {mode!r}")
     models = _as_models(Models)
     if ax is None:
-        fig = Figure(figsize=(8, 4.8), layout="constrained")
-        ax = fig.add_subplot()
+        _, ax = style.figure((8, 4.8))
     values = _values_for(models, keys)
     lists = [(m, v) for m, v in zip(models, values) if isinstance(v, list)]
     scalars = [(m, v) for m, v in zip(models, values)
@@ -819,18 +827,25 @@ def PlotMetaData(Models, keys, mode: str = "epoch", loc: str = "center left", la
                 ax.plot(np.arange(1, len(y) + 1), y, label=m.name + label, **kwargs)
             else:
                 ax.hist(y[np.isfinite(y)], label=m.name + label, histtype="step", **kwargs)
-        ax.set(xlabel="epoch" if mode == "epoch" else name, ylabel=name if mode == "epoch" else "entries")
+        quantity = (style.metric_axis_label([name], _loss_name(models)) if "History" in name else name)
         if mode == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc=loc, bbox_to_anchor=(1.0, 0.5) if loc == "center left" else None, fontsize=8)
+            style.epoch_axis(ax)
+            ax.set_ylabel(quantity)
+        else:
+            ax.set(xlabel=quantity, ylabel="entries")
+        style.legend(ax, **({"loc": loc} if loc else {}))
     elif scalars:
         y = np.array([float(v) for _, v in scalars])
         x = np.arange(len(scalars))
         ax.bar(x, y, **kwargs)
         ax.set_xticks(x, [m.name for m, _ in scalars], rotation="vertical", fontsize=8)
-        span = float(y.max() - y.min()) or abs(float(y.max())) * 0.1 or 1.0
-        ax.set_ylim(min(0.0, y.min()) if y.min() >= 0 and y.min() < 0.2 * span else y.min() - 0.2 * span,
-                    y.max() + 0.2 * span)
+        if style.is_fraction(name):
+            style.fraction_axis(ax)
+        else:
+            span = float(y.max() - y.min()) or abs(float(y.max())) * 0.1 or 1.0
+            ax.set_ylim(min(0.0, y.min()) if y.min() >= 0 and y.min() < 0.2 * span else y.min() - 0.2 * span,
+                        y.max() + 0.2 * span)
+        ax.grid(False, axis="x")
         ax.set_ylabel(name + label)
     else:
         log.warning("PlotMetaData: no run has a plottable %r", name)
@@ -881,8 +896,8 @@ def PlotMetaDataMany(Models, N: int, keys, select: Callable | None = None, sort=
     models = _sort_models(models, sort, [], reverse) if sort is not None else models
     groups = _chunks(models, N, switch)[:max_plots] if max_plots else _chunks(models, N, switch)
     key_list = [keys] if isinstance(keys, str) else list(keys)
-    fig = Figure(figsize=(8, 3.6 * max(len(groups), 1)), layout="constrained")
-    axes = fig.subplots(max(len(groups), 1), 1, squeeze=False)[:, 0]
+    fig, axes = style.figure((8, 3.6 * max(len(groups), 1)), nrows=max(len(groups), 1))
+    axes = np.atleast_1d(axes)
     for ax, group in zip(axes, groups):
         for k in key_list:
             PlotMetaData(group, k, ax=ax, label=f" {_key_label(k)}" if len(key_list) > 1 else "", **kwargs)
