@@ -8,6 +8,7 @@ A thin shell over :mod:`dlkit.analysis.scan`::
     python -m dlkit.ScanAnalysis "TrainedModels/Dense_*" -c "Model Name,Width,Ele_AUC,History.val_loss[-1]"
     python -m dlkit.ScanAnalysis TrainedModels/ --sort=-Ele_AUC --select-status ok --csv scan.csv
     python -m dlkit.ScanAnalysis TrainedModels/ --per-point    # one row per scan point, missing/failed ones too
+    python -m dlkit.ScanAnalysis TrainedModels/ --html report.html     # the scan as one HTML file
 
 Failed, interrupted, killed and corrupt runs are rows with their flag in the Status column (reasons
 listed on stderr). Exit status: 0 (also with flagged rows); 2 for a path that does not exist, holds no
@@ -61,6 +62,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--add", default=None, metavar="COLUMNS",
                    help="columns appended to the selected ones")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report: the sortable, filterable table, the metric vs "
+                        "each scanned parameter, parallel coordinates, the best run's plots, links to every run")
+    p.add_argument("--metric", default=None, metavar="NAME",
+                   help="the column the report judges runs by (default: the first *_AUC, else val_loss, else loss)")
+    p.add_argument("--minimize", action="store_true",
+                   help="smaller --metric is better (default: larger, except for losses, errors, resolutions)")
     p.add_argument("--select-status", default=None, metavar="FLAGS",
                    help="keep only runs with these flags: ok, stopped, interrupted, failed, running/killed "
                         "(or killed), corrupt, 'no metadata'")
@@ -90,7 +98,7 @@ def main(argv=None) -> int:
 
     from dlkit.experiment import TENSORBOARD_DIR
     from dlkit.analysis.scan import (GetGoodParams, LoadModels, PointModels, ScanTable, UnknownColumnError,
-                                     default_columns, format_table)
+                                     check_columns, default_columns, format_table)
 
     try:
         if args.per_point:
@@ -131,6 +139,8 @@ def main(argv=None) -> int:
     sort = _tokens(args.sort) or None
     try:
         frame = ScanTable(models, columns, sort=sort, reverse=args.reverse)
+        if args.metric:
+            check_columns(models, [args.metric], "metric")
     except (IndexError, UnknownColumnError) as exc:
         return _fail(str(exc))
     print(format_table(frame, tablefmt=args.tablefmt, floatfmt=args.floatfmt))
@@ -141,16 +151,28 @@ def main(argv=None) -> int:
     counts = Counter(m.status for m in models)
     print(f"{len(models)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), file=sys.stderr)
     logged = [m for m in models if (m.path / TENSORBOARD_DIR).is_dir()]
+    tensorboard = None
     if logged:  # TensorBoard finds every run's logs below the directory it is given
         roots = sorted({str(m.path.parent) for m in logged})
         where = (f"--logdir {shlex.quote(roots[0])}" if len(roots) == 1 else
                  "--logdir_spec " + shlex.quote(",".join(f"{os.path.basename(r)}:{r}" for r in roots)))
-        print(f"TensorBoard ({len(logged)} run(s) with logs): tensorboard {where}")
+        tensorboard = f"tensorboard {where}"
+        print(f"TensorBoard ({len(logged)} run(s) with logs): {tensorboard}")
     if args.csv:
         try:
             frame.to_csv(args.csv, index=False)
         except OSError as exc:
             return _fail(f"cannot write {args.csv}: {exc}")
+    if args.html:
+        from dlkit.analysis.report import write_scan_report
+
+        try:
+            path = write_scan_report(args.html, models, columns=columns, sort=sort, reverse=args.reverse,
+                                     metric=args.metric, maximize=False if args.minimize else None,
+                                     floatfmt=args.floatfmt, tensorboard=tensorboard)
+        except OSError as exc:
+            return _fail(f"cannot write {args.html}: {exc}")
+        print(f"report: {path}", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,9 @@ Functions return numbers, DataFrames and matplotlib figures; saving and printing
 - :mod:`~dlkit.analysis.scan`: DLKit's notebook API to compare the runs of a scan (``LoadModels``,
   ``ScanTable``, ``GetHistorical``, ``PlotMetaDataMany``, ...); ``python -m dlkit.ScanAnalysis`` prints it.
 - :mod:`~dlkit.analysis.plots`: ROC, binned values, confusion, history (over resumes), resolution,
-  response, scan plots; :func:`save_figure` writes PNG and PDF.
+  response, scan plots (metric vs each parameter, parallel coordinates); :func:`save_figure` writes PNG
+  and PDF. :mod:`~dlkit.analysis.style` is the one style they all use.
+- :mod:`~dlkit.analysis.report`: a scan as one self-contained HTML file (``ScanAnalysis --html``).
 - :mod:`~dlkit.analysis.uncertainty`: Clopper-Pearson intervals of efficiencies (:func:`clopper_pearson`)
   and seeded bootstrap intervals of AUCs (:func:`bootstrap_auc`), the error bars of the binned tables.
 - :class:`AnalysisResults`: what an analysis step returns (metadata, tables, figures) and saves.
@@ -33,6 +35,8 @@ from dlkit.analysis.plots import (
     plot_chained_history,
     plot_confusion,
     plot_history,
+    plot_parallel_coordinates,
+    plot_parameters,
     plot_resolution,
     plot_response,
     plot_roc,
@@ -47,6 +51,7 @@ from dlkit.analysis.regression import (
     resolution_function,
     resolution_vs_energy,
 )
+from dlkit.analysis.report import scan_report, write_scan_report
 from dlkit.analysis.results import AnalysisResults
 from dlkit.analysis.scan import (
     GetEpochs,
@@ -72,5 +77,6 @@ __all__ = [
     "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",
     "ResetNames", "SelectModels", "PlotMetaData", "PlotMetaDataMany",
     "plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries", "plot_chained_history",
-    "plot_resolution", "plot_response", "plot_scan", "save_figure",
+    "plot_resolution", "plot_response", "plot_scan", "plot_parameters", "plot_parallel_coordinates",
+    "save_figure", "scan_report", "write_scan_report",
 ]

@@ -6,6 +6,7 @@ Every function returns a :class:`matplotlib.figure.Figure` in the style of :mod:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from matplotlib.figure import Figure
 from dlkit.analysis import style
 
 __all__ = ["plot_roc", "plot_binned", "binned_value_columns", "plot_confusion", "plot_history", "history_boundaries",
-           "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "save_figure"]
+           "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "plot_parameters",
+           "plot_parallel_coordinates", "save_figure"]
 
 
 def plot_roc(curves: Mapping[str, Mapping], title: str | None = None, log_rejection: bool = False) -> Figure:
@@ -267,6 +269,137 @@ def plot_scan(frame: pd.DataFrame, x: str, y: str, group: str | None = None, tit
     if logx:
         ax.set_xscale("log")
     style.legend(ax, title=group)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+#: A numeric parameter with at most this many values (a grid's) is drawn as evenly spaced categories.
+MAX_CATEGORIES = 8
+
+
+def _axis_values(values: pd.Series) -> tuple[np.ndarray, list | None, bool]:
+    """Positions of a parameter's values on an axis: a grid's few values (or strings, lists, mixed types)
+    as evenly spaced categories in order, many numbers (a search's) as they are, on a log axis when
+    log-spaced. Returns (x, category labels or None, log)."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all() and not values.map(lambda v: isinstance(v, bool)).any():
+        x = numeric.to_numpy(dtype=float)
+        grid = np.unique(x)
+        if grid.size <= MAX_CATEGORIES:
+            return np.searchsorted(grid, x).astype(float), [f"{v:g}" for v in grid], False
+        log = (x > 0).all() and x.max() / x.min() >= 20
+        return x, None, bool(log)
+    text = values.map(lambda v: "N/A" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    categories = sorted(text.unique(), key=lambda t: (len(t), t))
+    index = {c: i for i, c in enumerate(categories)}
+    return text.map(index).to_numpy(dtype=float), categories, False
+
+
+def _better(metric: str, maximize: bool | None) -> bool:
+    """Whether larger values of ``metric`` are better (AUCs, accuracies) unless told: losses, errors and
+    resolutions are better small."""
+    if maximize is not None:
+        return maximize
+    return not re.search(r"loss|error|resolution|mse|mae|chi2|_[abc]$", str(metric), re.I)
+
+
+def plot_parameters(frame: pd.DataFrame, parameters: Sequence[str], metric: str, maximize: bool | None = None,
+                    title: str | None = None) -> Figure:
+    """Which parameters matter: the metric vs each scanned parameter, one panel each, every run a point
+    and the median per value a line; the best run is a star.
+
+    ``frame`` is a scan table (:func:`~dlkit.analysis.ScanTable`) with the parameter and metric columns.
+
+    >>> table = ScanTable("TrainedModels/")
+    >>> fig = plot_parameters(table, ["Width", "Depth", "lr"], "Ele_AUC")
+    """
+    parameters = [p for p in parameters if p in frame.columns]
+    data = frame[frame[metric].notna()] if metric in frame.columns else frame.iloc[:0]
+    ncols = min(3, max(len(parameters), 1))
+    nrows = max(1, -(-len(parameters) // ncols))
+    fig, axes = style.figure((4.2 * ncols, 3.4 * nrows), nrows=nrows, ncols=ncols, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    y = pd.to_numeric(data[metric], errors="coerce").to_numpy(dtype=float) if len(data) else np.array([])
+    best = (int(np.nanargmax(y) if _better(metric, maximize) else np.nanargmin(y))
+            if np.isfinite(y).any() else None)
+    jitter = np.random.default_rng(0).uniform(-0.08, 0.08, len(data))  # fixed: the same scan, the same picture
+    for ax, parameter in zip(axes, parameters):
+        x, categories, log = _axis_values(data[parameter])
+        shown = x + jitter if categories is not None else x
+        ax.scatter(shown, y, s=14, alpha=0.6, color="C0", label="run")
+        medians = pd.Series(y).groupby(x).median()
+        ax.plot(medians.index, medians.to_numpy(), color="C1", marker="_", ms=14, lw=1, label="median")
+        if best is not None:
+            ax.plot(shown[best], y[best], "*", color="C3", ms=12, label="best")
+        if categories is not None:
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0)
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(parameter)
+    for ax in axes[len(parameters):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel(metric)
+    if parameters:
+        style.legend(axes[0])
+    else:
+        axes[0].text(0.5, 0.5, "no scanned parameters", ha="center", va="center", transform=axes[0].transAxes)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_parallel_coordinates(frame: pd.DataFrame, parameters: Sequence[str], metric: str,
+                              maximize: bool | None = None, title: str | None = None) -> Figure:
+    """Every run as a line through one vertical axis per parameter and a last one for the metric,
+    coloured by the metric (the better, the brighter); the best run is drawn thick and red.
+
+    Each axis is scaled to its range (log for log-spaced values; categories evenly spaced) and labelled
+    with its values at the ends.
+
+    >>> fig = plot_parallel_coordinates(ScanTable("TrainedModels/"), ["Width", "Depth", "lr"], "Ele_AUC")
+    """
+    from matplotlib.collections import LineCollection
+
+    columns = [p for p in parameters if p in frame.columns] + [metric]
+    data = frame[frame[metric].notna()] if metric in frame.columns else frame.iloc[:0]
+    fig, ax = style.figure((max(6.0, 1.6 * len(columns) + 2), 4.5))
+    ax.grid(False)
+    if data.empty:
+        ax.text(0.5, 0.5, f"no run has {metric}", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    scaled, ticks = [], []
+    for column in columns:
+        x, categories, log = _axis_values(data[column])
+        v = np.log10(x) if log else x
+        low, high = np.nanmin(v), np.nanmax(v)
+        scaled.append((v - low) / (high - low) if high > low else np.full_like(v, 0.5))
+        if categories is not None:
+            ticks.append([(i / max(len(categories) - 1, 1) if len(categories) > 1 else 0.5, c)
+                          for i, c in enumerate(categories)])
+        else:
+            ends = [np.nanmin(x), np.nanmax(x)]
+            ticks.append([(0.0 if high > low else 0.5, f"{ends[0]:.3g}")] +
+                         ([(1.0, f"{ends[1]:.3g}")] if high > low else []))
+    points = np.stack(scaled, axis=1)
+    segments = [np.column_stack([np.arange(len(columns)), row]) for row in points]
+    y = data[metric].to_numpy(dtype=float)
+    better = _better(metric, maximize)
+    lines = LineCollection(segments, array=y, cmap="viridis" if better else "viridis_r", linewidths=1,
+                           alpha=0.7 if len(y) < 200 else 0.35)
+    ax.add_collection(lines)
+    best = int(np.nanargmax(y) if better else np.nanargmin(y))
+    ax.plot(np.arange(len(columns)), points[best], color="C3", lw=2.5, label=f"best: {metric} {y[best]:.4g}")
+    for i, marks in enumerate(ticks):
+        ax.axvline(i, color="black", lw=0.8)
+        for position, text in marks:
+            ax.text(i + 0.03, position, text, fontsize=7, va="center")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set(xlim=(-0.1, len(columns) - 0.6), ylim=(-0.05, 1.05), yticks=[])
+    ax.spines[["left", "bottom"]].set_visible(False)
+    fig.colorbar(lines, ax=ax, label=metric)
+    style.legend(ax, loc="upper left", bbox_to_anchor=(0, 1.12))
     if title:
         ax.set_title(title)
     return fig

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ScanModel", "LoadModels", "PointModels", "ScanTable", "format_table", "default_columns", "column_value",
-    "check_columns", "UnknownColumnError", "find_model_dirs",
+    "check_columns", "UnknownColumnError", "find_model_dirs", "scanned_parameters",
     "GetGoodParams", "GetHistorical", "GetEpochs", "ResetNames", "SelectModels", "PlotMetaData",
     "PlotMetaDataMany", "FLAGS",
     "load_models", "scan_table", "get_good_params", "get_historical", "get_epochs", "reset_names",
@@ -536,13 +536,9 @@ def default_columns(models) -> list[str]:
     """Model Name, Status, the scanned parameters, Epochs, every ``*_AUC``, resolution fit parameters,
     and the final ``loss`` / ``val_loss`` (those present in any run)."""
     models = _as_models(models)
-    scanned: dict[str, None] = {}
     analysis: dict[str, None] = {}
     metrics: dict[str, None] = {}
     for m in models:
-        point = m.metadata.get("ScanPoint")
-        if isinstance(point, Mapping):
-            scanned.update(dict.fromkeys(point))
         for key, value in m.metadata.items():
             wanted = key.endswith("_AUC") or re.search(r"Resolution_[abc]$", key)
             if wanted and not isinstance(value, (list, dict)):
@@ -551,7 +547,17 @@ def default_columns(models) -> list[str]:
             if metric in m.history:
                 metrics.setdefault(metric)
     final = [k for k in ("loss", "val_loss") if k in metrics]
-    return ["Model Name", "Status", *scanned, "Epochs", *analysis, *final]
+    return ["Model Name", "Status", *scanned_parameters(models), "Epochs", *analysis, *final]
+
+
+def scanned_parameters(models) -> list[str]:
+    """The names of the scanned parameters (each run's ``ScanPoint`` keys), in first-seen order."""
+    scanned: dict[str, None] = {}
+    for m in _as_models(models):
+        point = m.metadata.get("ScanPoint")
+        if isinstance(point, Mapping):
+            scanned.update(dict.fromkeys(point))
+    return list(scanned)
 
 
 def _sort_models(models: list[ScanModel], sort, columns: Sequence, reverse: bool) -> list[ScanModel]:
