@@ -228,7 +228,7 @@ def fixed_energy_check(n_per_point: int, seed: int):
 
     cfg = CaloSimConfig(**REGRESSION_SIM_CONFIG)
     geo = _geometry(cfg)
-    f = np.asarray(geo.sampling_fraction, float)
+    f = np.delete(np.asarray(geo.sampling_fraction, float), geo.dead)  # the rendered layers: ECAL then HCAL
     n_ecal = cfg.ecal_shape[2]
     spot = np.r_[np.full(n_ecal, cfg.ecal_spot_gev), np.full(cfg.hcal_shape[2], cfg.hcal_spot_gev)]
     # Variant (not simulated): sampling fluctuations growing with the absorber, spot ~ layer thickness in X0.

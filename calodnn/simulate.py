@@ -47,6 +47,7 @@ __all__ = [
     "PDG_IDS",
     "DEFAULT_EVENTS_PER_CLASS",
     "TEST_EVENTS_PER_CLASS",
+    "TRUTH_KEYS",
     "simulate_events",
     "compute_features",
     "file_seed_sequence",
@@ -65,7 +66,15 @@ PDG_IDS = {"Ele": 11, "Gamma": 22, "Pi0": 111, "ChPi": 211}
 DEFAULT_EVENTS_PER_CLASS = 5000
 TEST_EVENTS_PER_CLASS = 1000
 #: Bumped whenever the same config + seed would give different events (part of the cache key).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hadron showers in the ECAL (prompt EM part), dead material, per-section e/h
+#: Per-event truth of :func:`simulate_events` (``truth=True``), energies in GeV at the EM scale (what calibrated
+#: cells would hold with no sampling fluctuation, noise, threshold or lateral loss; the non-EM part of hadron
+#: showers after its 1/(e/h), the dead material's as deposited): ``truth_ecal_deposit``, ``truth_dead`` (in
+#: the dead material between ECAL and HCAL), ``truth_hcal_deposit``, ``truth_leak`` (past the HCAL's back),
+#: and for charged pions (NaN otherwise) ``truth_interaction_lambda`` (first interaction depth [lambda_int]
+#: from the ECAL face), ``truth_f_em`` and ``truth_f_prompt`` (the EM fraction of the shower and its first-interaction part).
+TRUTH_KEYS = ("truth_ecal_deposit", "truth_dead", "truth_hcal_deposit", "truth_leak", "truth_interaction_lambda",
+              "truth_f_em", "truth_f_prompt")
 #: Moments 1..N_MOMENTS of the energy-weighted x, y and layer distributions.
 N_MOMENTS = 6
 
@@ -89,9 +98,20 @@ class CaloSimConfig(SimConfig):
     ecal_thin_layers: int = _f(17, "Number of front ECAL layers with thin absorber; the rest are thick.")
     ecal_thin_layer_x0: float = _f(0.686, "Thin ECAL layer thickness [X0] (2.4 mm W, X0(W)=3.5 mm).")
     ecal_thick_layer_x0: float = _f(1.371, "Thick ECAL layer thickness [X0] (4.8 mm W).")
-    ecal_lambda_total: float = _f(1.0, "Total ECAL depth [lambda_int]; shared over layers like X0.")
+    ecal_lambda_total: float = _f(0.8, "Total ECAL depth [lambda_int] (79.2 mm of W / lambda_int(W) = 99 mm); "
+                                  "shared over the layers like X0 (one material), so a charged pion's first "
+                                  "interaction is drawn with each layer's own lambda_int: 1 - e^-0.8 = 55 % of "
+                                  "them interact in the ECAL.")
     ecal_depth_mm: float = _f(200.0, "Total ECAL depth [mm] (absorber + sensors + gaps); sets the "
                               "effective lambda_int in mm and the lateral drift of inclined tracks.")
+    dead_x0: float = _f(1.4, "Dead material between the ECAL and the HCAL [X0] (ECAL back plate, services, "
+                        "cryostat-like support: ~25 mm steel-equivalent, X0(Fe) = 17.6 mm). No cell sees the "
+                        "energy deposited there, so a plain sum cannot recover it; its share depends on where "
+                        "the shower is when it crosses the gap.")
+    dead_lambda: float = _f(0.15, "Dead material between the ECAL and the HCAL [lambda_int] (25 mm / "
+                            "lambda_int(Fe) = 168 mm); pions may interact in it.")
+    dead_mm: float = _f(60.0, "Depth of the ECAL-HCAL gap [mm] (dead material + air): the lateral drift of "
+                        "inclined tracks across it.")
     hcal_layer_x0: float = _f(1.1, "HCAL layer thickness [X0] (19 mm steel + scintillator).")
     hcal_lambda_total: float = _f(7.5, "Total HCAL depth [lambda_int], equal per layer.")
     hcal_depth_mm: float = _f(1590.0, "Total HCAL depth [mm] (60 x 26.5 mm).")
@@ -123,19 +143,38 @@ class CaloSimConfig(SimConfig):
     em_core_fraction_slope: float = _f(0.1, "Decrease of the EM core fraction per unit tau.")
     tau_cap: float = _f(3.0, "tau (depth / t_max) beyond which showers stop broadening.")
     # --- charged pions ---------------------------------------------------------------------------------
-    pion_interaction_lambda: float = _f(1.0, "Mean depth of the first hadronic interaction [lambda_int].")
-    had_tmax_slope: float = _f(0.2, "Hadronic t_max = slope ln(E/GeV) + offset [lambda_int].")
+    pion_interaction_lambda: float = _f(1.0, "Mean free path of the charged pion to its first hadronic "
+                                        "interaction [lambda_int] (1 = the nuclear interaction length; the "
+                                        "depth is drawn through the layers, each with its own lambda_int).")
+    had_tmax_slope: float = _f(0.2, "Hadronic t_max = slope ln(E/GeV) + offset [lambda_int] from the "
+                               "interaction point, E the energy left after the first interaction's pi0s.")
     had_tmax_offset: float = _f(0.7, "Hadronic t_max offset [lambda_int].")
     had_b: float = _f(0.9, "Hadronic Gamma-profile slope b [1/lambda_int].")
     had_tmax_fluct: float = _f(0.2, "Event-by-event Gaussian spread of ln t_max (hadronic).")
     had_b_fluct: float = _f(0.1, "Event-by-event Gaussian spread of ln b (hadronic).")
-    had_em_tmax_scale: float = _f(0.6, "t_max of the EM (pi0) part / t_max of the hadronic part: the "
-                                  "pi0s come from the first interactions.")
-    had_k: float = _f(0.82, "Mean EM fraction f_em = 1 - (E/E0)^(k-1).")
+    had_em_tmax_scale: float = _f(0.6, "t_max of the later-generation EM (pi0) part / t_max of the hadronic "
+                                  "part [lambda_int units]: pi0s come from the early generations.")
+    had_k: float = _f(0.82, "Mean EM fraction f_em = 1 - (E/E0)^(k-1) of the whole shower (Groom; E the "
+                      "pion energy).")
     had_e0_gev: float = _f(1.0, "E0 of the f_em formula [GeV].")
-    had_fem_concentration: float = _f(12.0, "f_em ~ Beta(m nu, (1-m) nu) around its mean m: nu (smaller = "
-                                      "larger event-by-event fluctuations).")
-    had_e_over_h: float = _f(1.3, "e/h: the non-EM part is seen with response 1/(e/h) (non-compensating).")
+    had_prompt_em_mean: float = _f(0.3, "Mean fraction of the energy carried by the pi0s of the first "
+                                   "interaction (f_1, part of f_em). They shower in X0 units from the "
+                                   "interaction point, so a pion interacting early in the 23-X0 ECAL leaves "
+                                   "them there: the electron-like part of a hadron shower (Bock et al.'s X0 "
+                                   "component).")
+    had_prompt_em_concentration: float = _f(1.5, "f_1 ~ Beta(m nu, (1-m) nu): nu. Small: a long tail towards "
+                                            "f_1 = 1 (leading-pi0 and charge-exchange-like events, the pions "
+                                            "that look like electrons).")
+    had_prompt_photons: float = _f(4.0, "The first interaction's pi0 energy is shared by this many photons "
+                                   "(sets their shower t_max = ln(E_1 / n / E_c) + C_photon).")
+    had_fem_concentration: float = _f(12.0, "The EM fraction of the rest of the cascade f_r ~ Beta(m nu, "
+                                      "(1-m) nu), its mean m such that f_em = f_1 + (1 - f_1) f_r has the "
+                                      "mean of the formula: nu (smaller = larger event-by-event "
+                                      "fluctuations).")
+    ecal_e_over_h: float = _f(1.3, "e/h of the ECAL: the non-EM part of a hadron shower deposited there is "
+                              "seen with response 1/(e/h) (non-compensating; calibrated cells are at the EM "
+                              "scale).")
+    hcal_e_over_h: float = _f(1.3, "e/h of the HCAL (steel/scintillator).")
     had_response_fluct: float = _f(0.1, "Relative Gaussian spread of the non-EM visible energy "
                                    "(nuclear binding losses), per event.")
     had_core_sigma_lambda: float = _f(0.08, "Hadronic core sigma at the interaction [lambda_int].")
@@ -190,13 +229,17 @@ class CaloSimConfig(SimConfig):
         positive = ("ecal_cell_mm", "hcal_cell_mm", "ecal_thin_layer_x0", "ecal_thick_layer_x0",
                     "ecal_lambda_total", "ecal_depth_mm", "hcal_layer_x0", "hcal_lambda_total",
                     "hcal_depth_mm", "ecal_moliere_mm", "hcal_moliere_mm", "em_critical_energy_gev", "em_b",
-                    "photon_conversion_x0", "pion_interaction_lambda", "had_b", "had_e_over_h",
+                    "photon_conversion_x0", "pion_interaction_lambda", "had_b", "ecal_e_over_h",
+                    "hcal_e_over_h", "had_prompt_em_concentration", "had_prompt_photons",
                     "had_fem_concentration", "em_core_sigma_rm", "em_halo_sigma_rm",
                     "had_core_sigma_lambda", "had_halo_sigma_lambda", "calo_distance_mm")
         positive += ("ecal_sampling_fraction_thin", "ecal_sampling_fraction_thick", "hcal_sampling_fraction")
         bad = [p for p in positive if not getattr(self, p) > 0]
+        bad += [p for p in ("dead_x0", "dead_lambda", "dead_mm") if not getattr(self, p) >= 0]
+        if not 0 < self.had_prompt_em_mean < 1:
+            bad.append("had_prompt_em_mean (in (0, 1))")
         if bad:
-            raise ValueError(f"these must be > 0: {bad}")
+            raise ValueError(f"these must be > 0 (dead_*: >= 0): {bad}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,7 +249,9 @@ class CaloSimConfig(SimConfig):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Geometry:
-    n_ecal: int  # ECAL layers; the combined layer axis is ECAL layers then HCAL layers
+    n_ecal: int  # ECAL layers; the combined layer axis is ECAL layers, the dead layer, then HCAL layers
+    dead: int  # index of the dead-material layer on the combined axis (== n_ecal); never rendered
+    hcal: slice  # the HCAL layers on the combined axis
     x0_edges: np.ndarray  # (Ltot+1,) depth of layer boundaries [X0]
     lam_edges: np.ndarray  # (Ltot+1,) depth of layer boundaries [lambda_int]
     x0_centers: np.ndarray  # (Ltot,)
@@ -221,7 +266,8 @@ class _Geometry:
     hcal_edges_y_mm: np.ndarray
     ecal_calib: np.ndarray  # (X, Y, L) float32 per-cell calibration factors
     hcal_calib: np.ndarray
-    sampling_fraction: np.ndarray  # (Ltot,) visible / deposited energy per layer (raw_visible_energy)
+    sampling_fraction: np.ndarray  # (Ltot,) visible / deposited energy per layer (raw_visible_energy; dead: 0)
+    inv_e_over_h: np.ndarray  # (Ltot,) response to the non-EM part of hadron showers, 1/(e/h) of the section
 
 
 def _cell_edges(n: int, pitch: float) -> np.ndarray:
@@ -243,16 +289,20 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
     def edges(th):
         return np.concatenate([[0.0], np.cumsum(th)])
 
-    x0_edges = edges(np.concatenate([ecal_x0, hcal_x0]))
-    lam_edges = edges(np.concatenate([ecal_lam, hcal_lam]))
-    mm_edges = edges(np.concatenate([ecal_mm, hcal_mm]))
-    sec = np.r_[np.zeros(el, bool), np.ones(hl, bool)]
+    # One dead layer between the sections: showers develop through it, no cell is rendered for it.
+    x0_edges = edges(np.concatenate([ecal_x0, [cfg.dead_x0], hcal_x0]))
+    lam_edges = edges(np.concatenate([ecal_lam, [cfg.dead_lambda], hcal_lam]))
+    mm_edges = edges(np.concatenate([ecal_mm, [cfg.dead_mm], hcal_mm]))
+    sec = np.r_[np.zeros(el, bool), True, np.ones(hl, bool)]
     # Calibration maps: a fixed property of "the detector", so seeded apart from the events.
     crng = np.random.default_rng(np.random.SeedSequence(cfg.detector_seed))
     ecal_calib = (1.0 + cfg.calib_spread * crng.standard_normal(cfg.ecal_shape)).astype(np.float32)
     hcal_calib = (1.0 + cfg.calib_spread * crng.standard_normal(cfg.hcal_shape)).astype(np.float32)
+    dead_mip = cfg.dead_x0 * cfg.hcal_mip_gev / cfg.hcal_layer_x0  # MIP loss in steel-like dead material
     geo = _Geometry(
         n_ecal=el,
+        dead=el,
+        hcal=slice(el + 1, el + 1 + hl),
         x0_edges=x0_edges,
         lam_edges=lam_edges,
         x0_centers=0.5 * (x0_edges[1:] + x0_edges[:-1]),
@@ -261,7 +311,7 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
         moliere_mm=np.where(sec, cfg.hcal_moliere_mm, cfg.ecal_moliere_mm),
         lambda_mm=np.where(sec, cfg.hcal_depth_mm / cfg.hcal_lambda_total,
                            cfg.ecal_depth_mm / cfg.ecal_lambda_total),
-        mip_gev=np.concatenate([ecal_x0 * cfg.ecal_mip_gev_per_x0, np.full(hl, cfg.hcal_mip_gev)]),
+        mip_gev=np.concatenate([ecal_x0 * cfg.ecal_mip_gev_per_x0, [dead_mip], np.full(hl, cfg.hcal_mip_gev)]),
         ecal_edges_mm=_cell_edges(ex, cfg.ecal_cell_mm),
         ecal_edges_y_mm=_cell_edges(ey, cfg.ecal_cell_mm),
         hcal_edges_mm=_cell_edges(hx, cfg.hcal_cell_mm),
@@ -270,7 +320,9 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
         hcal_calib=hcal_calib,
         sampling_fraction=np.concatenate([
             np.where(np.arange(el) < n_thin, cfg.ecal_sampling_fraction_thin, cfg.ecal_sampling_fraction_thick),
-            np.full(hl, cfg.hcal_sampling_fraction)]),
+            [0.0], np.full(hl, cfg.hcal_sampling_fraction)]),
+        inv_e_over_h=np.concatenate([np.full(el, 1.0 / cfg.ecal_e_over_h), [1.0],
+                                     np.full(hl, 1.0 / cfg.hcal_e_over_h)]),
     )
     for f in dataclasses.fields(geo):
         value = getattr(geo, f.name)
@@ -286,17 +338,25 @@ def _geometry(cfg: CaloSimConfig) -> _Geometry:
 
 
 class _Deposits:
-    """Collects transverse Gaussian terms and point-like track deposits of a batch of events."""
+    """Collects transverse Gaussian terms and point-like track deposits of a batch of events, and the energy
+    that leaves through the back (truth)."""
 
-    def __init__(self):
+    def __init__(self, n):
         self.terms = []  # (energy, cx, cy, sigma_mm), each (n, Ltot)
         self.tracks = []  # (energy, cx, cy), each (n, Ltot)
+        self.leak = np.zeros(n)  # energy past the last layer [GeV, calibrated]
+        self.truth = {}  # per-event truth of the shower models (charged pions)
 
     def add_term(self, energy, cx, cy, sigma):
         self.terms.append((energy, cx, cy, sigma))
 
     def add_track(self, energy, cx, cy):
         self.tracks.append((energy, cx, cy))
+
+    def layer_energy(self):
+        """(n, Ltot) energy per layer of all terms and tracks, before any detector response."""
+        total = sum(t[0] for t in self.terms) if self.terms else 0.0
+        return total + (sum(t[0] for t in self.tracks) if self.tracks else 0.0)
 
 
 def _gamma_profile(energy, a, b, t0, edges):
@@ -310,7 +370,8 @@ def _overlap(edges, start, stop):
     """Fraction of each layer (edges) covered by [start, stop) per event: (n, Ltot)."""
     lo = np.maximum(edges[None, :-1], start[:, None])
     hi = np.minimum(edges[None, 1:], stop[:, None])
-    return np.clip(hi - lo, 0.0, None) / np.diff(edges)[None, :]
+    width = np.diff(edges)
+    return np.clip(hi - lo, 0.0, None) / np.where(width > 0, width, 1.0)[None, :]  # a 0-thick dead layer: 0
 
 
 def _landau(rng, shape, width):
@@ -324,17 +385,22 @@ def _axis(x, slope, geo):
     return x[:, None] + slope[:, None] * geo.depth_mm[None, :]
 
 
-def _em_shower(dep, energy, t0, c, multiplicity, x, y, sx, sy, rng, cfg, geo):
-    """An e/gamma shower starting at depth t0 [X0], preceded by `multiplicity` MIP tracks."""
+def _em_shower(dep, energy, t0, c, multiplicity, x, y, sx, sy, rng, cfg, geo, tmax_energy=None):
+    """An e/gamma shower starting at depth t0 [X0], preceded by `multiplicity` MIP tracks.
+
+    ``tmax_energy``: the energy that sets t_max when the shower is several photons' (a hadron shower's pi0s).
+    """
     n = energy.shape[0]
     track = multiplicity * _overlap(geo.x0_edges, t0, t0 + cfg.em_track_x0) * geo.mip_gev[None, :]
     shower_e = np.clip(energy - track.sum(axis=1), 0.0, None)
     track = track * _landau(rng, track.shape, cfg.mip_landau_width)
     # Guard against t_max <= 0 for sub-critical photons (soft pi0 photons): numerics, not physics.
-    tmax = np.maximum(np.log(np.maximum(energy, 1e-6) / cfg.em_critical_energy_gev) + c, 0.1)
+    e_t = energy if tmax_energy is None else tmax_energy
+    tmax = np.maximum(np.log(np.maximum(e_t, 1e-6) / cfg.em_critical_energy_gev) + c, 0.1)
     tmax = tmax * np.exp(cfg.em_tmax_fluct * rng.standard_normal(n))
     b = cfg.em_b * np.exp(cfg.em_b_fluct * rng.standard_normal(n))
     w = _gamma_profile(shower_e, 1.0 + b * tmax, b, t0, geo.x0_edges)
+    dep.leak += shower_e - w.sum(axis=1)
     tau = np.clip((geo.x0_centers[None, :] - t0[:, None]) / tmax[:, None], 0.0, cfg.tau_cap)
     p_core = np.clip(cfg.em_core_fraction - cfg.em_core_fraction_slope * tau, 0.0, 1.0)
     rm = geo.moliere_mm[None, :]
@@ -344,28 +410,74 @@ def _em_shower(dep, energy, t0, c, multiplicity, x, y, sx, sy, rng, cfg, geo):
     dep.add_track(track, cx, cy)
 
 
+def _interaction_depth(n, rng, cfg, geo):
+    """First hadronic interaction [lambda_int from the ECAL face], drawn layer by layer.
+
+    Each layer (ECAL, dead material, HCAL) is crossed with probability e^(-its lambda_int / path); the
+    interaction point within the layer that stops the pion is exponential there too. Equivalent to one
+    exponential in cumulative lambda_int, written per layer so that each layer's own lambda_int enters.
+    Past the last layer (punch-through) the depth is beyond the HCAL and no shower is seen.
+    """
+    lam = np.diff(geo.lam_edges) / cfg.pion_interaction_lambda
+    survive = np.exp(-lam)
+    u = rng.random(n)
+    # P(reach layer j) = prod_{i<j} survive_i; the pion stops in the first layer j with u > P(reach j+1).
+    reach = np.concatenate([[1.0], np.cumprod(survive)])
+    layer = np.searchsorted(-reach[1:], -u, side="left")  # reach is decreasing
+    inside = layer < lam.size
+    j = np.minimum(layer, lam.size - 1)
+    # Within the layer: exponential truncated to it, by inverting u against the layer's own survival.
+    frac = np.where(inside, np.log(np.clip(reach[j] / np.maximum(u, 1e-300), 1.0, None)) / np.maximum(lam[j], 1e-12),
+                    0.0)
+    depth = geo.lam_edges[j] + np.clip(frac, 0.0, 1.0) * np.diff(geo.lam_edges)[j]
+    return np.where(inside, depth, geo.lam_edges[-1] + rng.exponential(cfg.pion_interaction_lambda, n))
+
+
+def _beta_around(rng, mean, nu):
+    mean = np.clip(mean, 1e-3, 1.0 - 1e-3)
+    return rng.beta(mean * nu, (1.0 - mean) * nu)
+
+
 def _hadron_shower(dep, energy, x, y, sx, sy, rng, cfg, geo):
-    """A charged pion: MIP track to an exponential interaction depth, then a non-compensating shower."""
+    """A charged pion: MIP track to its first interaction, then a non-compensating shower in three parts.
+
+    - prompt EM (fraction f_1): the pi0s of the first interaction, photon showers in X0 units from the
+      interaction point; in the tungsten ECAL (23 X0 but 0.8 lambda_int) they stay where they start;
+    - later EM (f_em - f_1) and non-EM (1 - f_em): Gamma profiles in lambda_int from the interaction point,
+      the EM one earlier; the non-EM part is seen with 1/(e/h) of the section it deposits in.
+    f_em = f_1 + (1 - f_1) f_r fluctuates per event (both Beta) with the mean 1 - (E/E0)^(k-1).
+    What reaches the dead layer or passes the last layer is lost.
+    """
     n = energy.shape[0]
-    t_int = rng.exponential(cfg.pion_interaction_lambda, n)
+    t_int = _interaction_depth(n, rng, cfg, geo)
+    x_int = np.interp(t_int, geo.lam_edges, geo.x0_edges)  # the same point in X0
     track = _overlap(geo.lam_edges, np.zeros(n), t_int) * geo.mip_gev[None, :]
     shower_e = np.clip(energy - track.sum(axis=1), 0.0, None)
     track = track * _landau(rng, track.shape, cfg.mip_landau_width)
-    mean_fem = np.clip(1.0 - (np.maximum(shower_e, 1e-3) / cfg.had_e0_gev) ** (cfg.had_k - 1.0), 0.02, 0.98)
-    nu = cfg.had_fem_concentration
-    f_em = rng.beta(mean_fem * nu, (1.0 - mean_fem) * nu)
+    mean_fem = np.clip(1.0 - (np.maximum(energy, 1e-3) / cfg.had_e0_gev) ** (cfg.had_k - 1.0), 0.02, 0.98)
+    m1 = np.minimum(cfg.had_prompt_em_mean, 0.9 * mean_fem)
+    f1 = _beta_around(rng, m1, cfg.had_prompt_em_concentration)
+    f_rest = _beta_around(rng, (mean_fem - m1) / (1.0 - m1), cfg.had_fem_concentration)
+    f_em = f1 + (1.0 - f1) * f_rest
     response = np.clip(1.0 + cfg.had_response_fluct * rng.standard_normal(n), 0.05, None)
-    e_em = f_em * shower_e
-    e_had = (1.0 - f_em) * shower_e * response / cfg.had_e_over_h
-    tmax = cfg.had_tmax_slope * np.log(np.maximum(shower_e, 1.0)) + cfg.had_tmax_offset
+    e_prompt = f1 * shower_e
+    e_late = (f_em - f1) * shower_e
+    e_had = (1.0 - f_em) * shower_e * response  # the deposit; its visible share is set per section below
+    # The cascade after the first interaction carries what its pi0s did not take: its depth scales with that.
+    tmax = cfg.had_tmax_slope * np.log(np.maximum((1.0 - f1) * shower_e, 1.0)) + cfg.had_tmax_offset
     tmax = tmax * np.exp(cfg.had_tmax_fluct * rng.standard_normal(n))
     b = cfg.had_b * np.exp(cfg.had_b_fluct * rng.standard_normal(n))
     tmax_em = cfg.had_em_tmax_scale * tmax
     w_had = _gamma_profile(e_had, 1.0 + b * tmax, b, t_int, geo.lam_edges)
-    w_em = _gamma_profile(e_em, 1.0 + b * tmax_em, b, t_int, geo.lam_edges)
+    w_em = _gamma_profile(e_late, 1.0 + b * tmax_em, b, t_int, geo.lam_edges)
+    dep.leak += e_had - w_had.sum(axis=1) + e_late - w_em.sum(axis=1)
+    w_had = w_had * geo.inv_e_over_h[None, :]
     depth = geo.lam_centers[None, :] - t_int[:, None]
     cx, cy = _axis(x, sx, geo), _axis(y, sy, geo)
-    # EM part: the e/gamma transverse shape of the section.
+    # Prompt EM part: the photons of the first interaction, an EM shower from the interaction point.
+    _em_shower(dep, e_prompt, x_int, cfg.em_c_photon, 0, x, y, sx, sy, rng, cfg, geo,
+               tmax_energy=e_prompt / cfg.had_prompt_photons)
+    # Later EM part: the e/gamma transverse shape of the section.
     tau = np.clip(depth / tmax_em[:, None], 0.0, cfg.tau_cap)
     p_core = np.clip(cfg.em_core_fraction - cfg.em_core_fraction_slope * tau, 0.0, 1.0)
     rm = geo.moliere_mm[None, :]
@@ -380,6 +492,7 @@ def _hadron_shower(dep, energy, x, y, sx, sy, rng, cfg, geo):
     dep.add_term(w_had * pc, cx, cy, core)
     dep.add_term(w_had * (1 - pc), cx, cy, halo)
     dep.add_track(track, cx, cy)
+    dep.truth.update(interaction_lambda=t_int, f_em=f_em, f_prompt=f1)
 
 
 def _pi0_photons(energy, rng, cfg):
@@ -490,14 +603,14 @@ def _respond(shower, tracks, calib, spot, noise, threshold, rng):
     return shower
 
 
-def _simulate_chunk(particle, energy, rng, cfg):
-    """One vectorised batch: the events of `energy` (n,) for one particle."""
+def _simulate_chunk(particle, energy, rng, cfg, truth=False):
+    """One vectorised batch: the events of `energy` (n,) for one particle (``truth``: add TRUTH_KEYS)."""
     geo = _geometry(cfg)
     n = energy.shape[0]
     x = (rng.random(n) - 0.5) * cfg.impact_spread_cells * cfg.ecal_cell_mm
     y = (rng.random(n) - 0.5) * cfg.impact_spread_cells * cfg.ecal_cell_mm
     sx, sy = cfg.incidence_sigma_rad * rng.standard_normal((2, n))
-    dep = _Deposits()
+    dep = _Deposits(n)
     if particle == "Ele":
         _em_shower(dep, energy, np.zeros(n), cfg.em_c_electron, 1, x, y, sx, sy, rng, cfg, geo)
     elif particle == "Gamma":
@@ -522,10 +635,20 @@ def _simulate_chunk(particle, energy, rng, cfg):
         "pdgID": (np.full(n, PDG_IDS[particle], np.int32) * sign).astype(np.int32),
     }
     ne = geo.n_ecal
+    if truth:
+        layer_e = dep.layer_energy()
+        nan = np.full(n, np.nan)
+        out.update({
+            "truth_ecal_deposit": layer_e[:, :ne].sum(axis=1),
+            "truth_dead": layer_e[:, geo.dead],
+            "truth_hcal_deposit": layer_e[:, geo.hcal].sum(axis=1),
+            "truth_leak": dep.leak,
+            **{f"truth_{k}": dep.truth.get(k, nan) for k in ("interaction_lambda", "f_em", "f_prompt")},
+        })
     for name, layers, ex, ey, shape, calib, spot, noise, f_ref in (
         ("ECAL", slice(0, ne), geo.ecal_edges_mm, geo.ecal_edges_y_mm, cfg.ecal_shape, geo.ecal_calib,
          cfg.ecal_spot_gev, cfg.ecal_noise_gev, cfg.ecal_sampling_fraction_thin),
-        ("HCAL", slice(ne, None), geo.hcal_edges_mm, geo.hcal_edges_y_mm, cfg.hcal_shape, geo.hcal_calib,
+        ("HCAL", geo.hcal, geo.hcal_edges_mm, geo.hcal_edges_y_mm, cfg.hcal_shape, geo.hcal_calib,
          cfg.hcal_spot_gev, cfg.hcal_noise_gev, cfg.hcal_sampling_fraction),
     ):
         img, tracks = _render(dep, layers, ex, ey, shape, n)
@@ -544,7 +667,7 @@ def _simulate_chunk(particle, energy, rng, cfg):
     return out
 
 
-def _iter_chunks(particle, n, rng, cfg, energies=None):
+def _iter_chunks(particle, n, rng, cfg, energies=None, truth=False):
     """Yield the event dicts of n events in batches of cfg.chunk_events (the reproducibility unit)."""
     if particle not in PDG_IDS:
         raise ValueError(f"unknown particle {particle!r}; expected one of {PARTICLES}")
@@ -558,20 +681,22 @@ def _iter_chunks(particle, n, rng, cfg, energies=None):
             e = rng.uniform(cfg.energy_min_gev, cfg.energy_max_gev, m)
         else:
             e = energies[start:start + m]
-        yield _simulate_chunk(particle, e, rng, cfg)
+        yield _simulate_chunk(particle, e, rng, cfg, truth)
 
 
 def simulate_events(particle: str, n: int, rng: np.random.Generator, config: CaloSimConfig | None = None,
-                    *, energies: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    *, energies: np.ndarray | None = None, truth: bool = False) -> dict[str, np.ndarray]:
     """Simulate n events of one particle; a pure function of (particle, n, rng state, config).
 
     ``energies`` (n,) [GeV] replaces the flat spectrum (for resolution studies). Returns the file's
-    datasets: ``ECAL``, ``HCAL``, ``energy``, ``pdgID`` and the features of :func:`compute_features`.
+    datasets: ``ECAL``, ``HCAL``, ``energy``, ``pdgID`` and the features of :func:`compute_features`;
+    with ``truth`` also :data:`TRUTH_KEYS` (float64 (n,), never written to files), for tests and studies
+    of what the detector cannot see. The events are the same with or without ``truth``.
     """
     cfg = config or CaloSimConfig()
     out = None
     start = 0
-    for chunk in _iter_chunks(particle, n, rng, cfg, energies):
+    for chunk in _iter_chunks(particle, n, rng, cfg, energies, truth):
         if out is None:
             out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in chunk.items()}
         m = chunk["energy"].shape[0]
@@ -579,7 +704,7 @@ def simulate_events(particle: str, n: int, rng: np.random.Generator, config: Cal
             out[k][start:start + m] = v
         start += m
     if out is None:  # n == 0
-        out = _simulate_chunk(particle, np.zeros(0), rng, cfg)
+        out = _simulate_chunk(particle, np.zeros(0), rng, cfg, truth)
     return out
 
 
