@@ -234,6 +234,23 @@ def _check_no_empty_class(entries, class_names) -> None:
                             "AllowEmptyClasses) to go on without it")
 
 
+def _check_arguments(batch_size, start_method: str, preprocess) -> None:
+    """Arguments that would only fail later, in a reader process: refused at construction, naming them."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if start_method not in ("spawn", "forkserver", "fork"):
+        raise ValueError(f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}")
+    if preprocess is not None:
+        try:
+            pickle.dumps(preprocess)
+        except Exception as exc:
+            raise TypeError(
+                f"preprocess {preprocess!r} must be picklable to run in the reader processes: define "
+                "it at module level (in a module that does not import Keras), or use "
+                f"functools.partial or a callable class ({exc})"
+            ) from None
+
+
 class MultiClassGenerator:
     """Parallel multi-class HDF5 batch generator with shared memory and an on-disk cache.
 
@@ -309,24 +326,13 @@ class MultiClassGenerator:
         keras.utils.PyDataset.__init__(self, workers=1, use_multiprocessing=False)
         self._closed = False
         self._lock = threading.RLock()
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if start_method not in ("spawn", "forkserver", "fork"):
-            raise ValueError(f"start_method must be 'spawn', 'forkserver' or 'fork', got {start_method!r}")
-        if preprocess is not None:
-            try:
-                pickle.dumps(preprocess)
-            except Exception as exc:
-                raise TypeError(
-                    f"preprocess {preprocess!r} must be picklable to run in the reader processes: define "
-                    "it at module level (in a module that does not import Keras), or use "
-                    f"functools.partial or a callable class ({exc})"
-                ) from None
+        _check_arguments(batch_size, start_method, preprocess)
         self.samples = as_samples(samples)
         self.batch_size = int(batch_size)
         self.preprocess = preprocess
         self.postprocess = postprocess
         self.seed = int(seed)
+        # 1. the classes and the files: what each entry holds, checked before any reader starts
         self.class_index_map = _class_map(self.samples, class_index_map)
         self.class_names = sorted(self.class_index_map, key=self.class_index_map.get)
         self.n_classes = len(self.class_names)
@@ -335,85 +341,31 @@ class MultiClassGenerator:
         if not allow_empty_classes:
             _check_no_empty_class(self._entries, self.class_names)
         self._outputs = _probe(self._entries, self._inputs, preprocess)
+        # 2. the plan: which events of which entry make each batch, epoch by epoch
         self._planner = Planner(
-            [e.class_index for e in self._entries],
-            [e.n for e in self._entries],
-            self.n_classes,
-            self.batch_size,
-            rates=rate_array,
-            max_events=max_events,
-            last_batch=last_batch,
-            shuffle=shuffle,
-            chunk_size=chunk_size,
-            shuffle_window=shuffle_window,
-            seed=self.seed,
+            [e.class_index for e in self._entries], [e.n for e in self._entries], self.n_classes,
+            self.batch_size, rates=rate_array, max_events=max_events, last_batch=last_batch, shuffle=shuffle,
+            chunk_size=chunk_size, shuffle_window=shuffle_window, seed=self.seed,
         )
+        # 3. the arrays of a batch: the inputs (after preprocess) and the labels
         if weights is None:
             weights = any(s.weight is not None for s in self.samples)
-        self._label_flags = {
-            "class_index": class_index,
-            "onehot": onehot,
-            "weight": bool(weights),
-            "provenance": bool(provenance),
-        }
-        labels = []
-        if class_index:
-            labels.append(ArraySpec("class_index", np.dtype(np.int32).str, ()))
-        if onehot:
-            labels.append(ArraySpec("onehot", np.dtype(np.float32).str, (self.n_classes,)))
-        if weights:
-            labels.append(ArraySpec("weight", np.dtype(np.float32).str, ()))
-        if provenance:
-            labels += [
-                ArraySpec("_entry", np.dtype(np.int32).str, ()),
-                ArraySpec("_event", np.dtype(np.int64).str, ()),
-            ]
-        clash = {a.name for a in self._outputs} & {a.name for a in labels}
-        if clash:
-            raise ValueError(
-                f"array names {sorted(clash)} clash with label arrays; rename with keys={{name: path}}"
-            )
-        if cache is False or cache is None:
-            self.cache_location = None
-        else:
-            self.cache_location = cache_location(None if cache is True else cache)
-        # where this user builds the cache (their own directory)
+        self._label_flags = {"class_index": class_index, "onehot": onehot, "weight": bool(weights),
+                             "provenance": bool(provenance)}
+        labels = self._label_arrays()
+        # 4. the cache: where this user builds it (their own directory) and the key of its content
+        self.cache_location = None if cache is False or cache is None else cache_location(
+            None if cache is True else cache)
         self.cache_dir = None if self.cache_location is None else self.cache_location.write
-        key = None
-        if self.cache_dir is not None:
-            key = cache_key(self._entries, self._inputs, self._outputs, preprocess, cache_tag)
-        self._cache_key = key
-        meta = {
-            "classes": self.class_names,
-            "entries": [
-                {
-                    "file": e.path,
-                    "class": self.class_names[e.class_index],
-                    "n": e.n,
-                    "start": e.start,
-                    "stop": e.stop,
-                    "filtered": e.selection is not None,
-                }
-                for e in self._entries
-            ],
-        }
+        self._cache_key = None if self.cache_dir is None else cache_key(
+            self._entries, self._inputs, self._outputs, preprocess, cache_tag)
+        # 5. the engine: reader processes, shared-memory slots, the cache (started on first use)
         self._engine = Engine(
-            entries=self._entries,
-            inputs=self._inputs,
-            outputs=self._outputs,
-            slot_arrays=list(self._outputs) + labels,
-            planner=self._planner,
-            preprocess=preprocess,
-            n_workers=default_workers() if n_workers is None else n_workers,
-            queue_depth=queue_depth,
-            start_method=start_method,
-            timeout=timeout,
-            cache_location=self.cache_location,
-            cache_key=key,
-            preload=preload,
-            seed=self.seed,
-            meta=meta,
-            nice=nice,
+            entries=self._entries, inputs=self._inputs, outputs=self._outputs,
+            slot_arrays=list(self._outputs) + labels, planner=self._planner, preprocess=preprocess,
+            n_workers=default_workers() if n_workers is None else n_workers, queue_depth=queue_depth,
+            start_method=start_method, timeout=timeout, cache_location=self.cache_location,
+            cache_key=self._cache_key, preload=preload, seed=self.seed, meta=self._cache_meta(), nice=nice,
         )
         self._finalizer = weakref.finalize(self, self._engine.res.cleanup)
         self._pos = 0
@@ -422,13 +374,32 @@ class MultiClassGenerator:
         self._peeks_only = True
         logger.info(
             "MultiClassGenerator: %d entries, %d classes %s, %d events/epoch in %d batches of %d",
-            len(self._entries),
-            self.n_classes,
-            self.class_names,
-            self._planner.events_per_epoch,
-            len(self),
+            len(self._entries), self.n_classes, self.class_names, self._planner.events_per_epoch, len(self),
             self.batch_size,
         )
+
+    def _label_arrays(self) -> list[ArraySpec]:
+        """The label arrays of a batch (by ``_label_flags``); a name clash with an input is an error."""
+        flags = self._label_flags
+        labels = []
+        if flags["class_index"]:
+            labels.append(ArraySpec("class_index", np.dtype(np.int32).str, ()))
+        if flags["onehot"]:
+            labels.append(ArraySpec("onehot", np.dtype(np.float32).str, (self.n_classes,)))
+        if flags["weight"]:
+            labels.append(ArraySpec("weight", np.dtype(np.float32).str, ()))
+        if flags["provenance"]:
+            labels += [ArraySpec("_entry", np.dtype(np.int32).str, ()), ArraySpec("_event", np.dtype(np.int64).str, ())]
+        clash = {a.name for a in self._outputs} & {a.name for a in labels}
+        if clash:
+            raise ValueError(f"array names {sorted(clash)} clash with label arrays; rename with keys={{name: path}}")
+        return labels
+
+    def _cache_meta(self) -> dict:
+        """What the cache records about its source (``python -m dlkit.cache list`` shows it)."""
+        entries = [{"file": e.path, "class": self.class_names[e.class_index], "n": e.n, "start": e.start,
+                    "stop": e.stop, "filtered": e.selection is not None} for e in self._entries]
+        return {"classes": self.class_names, "entries": entries}
 
     def __new__(cls, *args, **kwargs):
         return object.__new__(_with_pydataset(cls))
