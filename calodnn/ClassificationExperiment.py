@@ -4,6 +4,8 @@
     python -m calodnn.ClassificationExperiment --Test         # a quick check: few events, 2 epochs
     python -m calodnn.ClassificationExperiment -C my_scan.py -s 3 --data /data/LCD/V2/MLDataset
 
+From Python (a notebook): ``result = ClassificationExperiment.run(point=12, Test=True, Epochs=3)`` returns
+the run directory, wrapper, resolved config, metrics (``result.metrics["Ele_AUC"]``) and figures.
 With no data configured the first run simulates the default dataset into the cache
 (``$DLKIT_DATA/calodnn`` or ``~/.cache/dlkit/calodnn``; ``--data DIR`` points at real files instead).
 Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
@@ -11,27 +13,9 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from calodnn.configs import CONFIG_DIR
 from dlkit.config import above, at_least
-from dlkit.experiment import (
-    FLAG_KEYS,
-    RUN_DEFAULTS,
-    compile_model,
-    configure_device,
-    finish,
-    load_or_build,
-    make_parser,
-    resolve_run,
-    run_main,
-    summary_footer,
-    train,
-    training_callbacks,
-)
-
-log = logging.getLogger("calodnn.ClassificationExperiment")
+from dlkit.experiment import RUN_DEFAULTS, Experiment
 
 DEFAULT_CONFIG = CONFIG_DIR / "Dense_4Class.py"
 
@@ -83,42 +67,34 @@ RANGES = {"AUCBootstrap": at_least(0), "CNNFilters": at_least(1), "ECALNorm": ab
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 
 
+def setup_data(config, test):
+    from calodnn.data import setup_data
+
+    return setup_data(config)
+
+
 def make_wrapper(name, data, **kwargs):
     from calodnn.models import CaloClassifier
 
     return CaloClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
 
 
-def run(argv=None) -> int:
-    """The experiment, step by step; returns the exit code."""
-    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    configure_device(args)
-    setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS, ranges=RANGES)
-    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+def analysis(wrapper, data, config):
+    from calodnn.analysis import classification_analysis
 
-    from calodnn.analysis import classification_analysis, summary_table
-    from calodnn.data import setup_data
-
-    with setup_data(setup.config) as data:
-        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
-        if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
-        if not args.NoAnalysis and not wrapper.Interrupted:
-            results = classification_analysis(wrapper, data, setup.config)
-            wrapper.MetaData.update(results.metadata)
-            results.save(wrapper.OutDir)
-            if args.NoTrain:
-                wrapper.Save()
-        code = finish(wrapper)
-    print(summary_table(wrapper))
-    print(summary_footer(setup))
-    return code
+    return classification_analysis(wrapper, data, config)
 
 
-def main(argv=None):
-    sys.exit(run_main(run, argv))
+def summary(wrapper, config):
+    from calodnn.analysis import summary_table
 
+    return summary_table(wrapper)
+
+
+EXPERIMENT = Experiment("calodnn.ClassificationExperiment", __doc__, prefix="CaloDNN", defaults=DEFAULTS,
+                        default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary)
+run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":
     main()

@@ -18,28 +18,10 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from calodnn.configs import CONFIG_DIR
-from calodnn.regression import REGRESSION_SIM_CONFIG
+from calodnn.configs import CONFIG_DIR, REGRESSION_SIM_CONFIG
 from dlkit.config import above, at_least
-from dlkit.experiment import (
-    FLAG_KEYS,
-    RUN_DEFAULTS,
-    configure_device,
-    finish,
-    load_or_build,
-    make_parser,
-    resolve_run,
-    run_main,
-    summary_footer,
-    train,
-    training_callbacks,
-)
+from dlkit.experiment import RUN_DEFAULTS, Experiment
 from dlkit.experiment import compile_model as compile_experiment_model
-
-log = logging.getLogger("calodnn.RegressionExperiment")
 
 DEFAULT_CONFIG = CONFIG_DIR / "Regression.py"
 
@@ -93,10 +75,28 @@ RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0),
 TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 
 
+def setup_data(config, test):
+    from calodnn.regression import setup_regression_data
+
+    return setup_regression_data(config)
+
+
 def make_wrapper(name, data, **kwargs):
     from calodnn.calibration import CaloRegressor
 
     return CaloRegressor(name, data.input_shapes, **kwargs)
+
+
+def analysis(wrapper, data, config):
+    from calodnn.regression import regression_analysis
+
+    return regression_analysis(wrapper, data, config)
+
+
+def summary(wrapper, config):
+    from calodnn.regression import regression_summary
+
+    return regression_summary(wrapper)
 
 
 def check_config(config):
@@ -123,36 +123,11 @@ def compile_model(wrapper):
     compile_experiment_model(wrapper, [] if wrapper.Model.outputs[0].shape[-1] == 2 else [get_metric("MBE")])
 
 
-def run(argv=None) -> int:
-    """The experiment, step by step; returns the exit code."""
-    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    configure_device(args)
-    setup = resolve_run(args, DEFAULTS, prefix="CaloReg", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS, ranges=RANGES)
-    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
-
-    check_config(setup.config)
-    from calodnn.regression import regression_analysis, regression_summary, setup_regression_data
-
-    with setup_regression_data(setup.config) as data:
-        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
-        if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
-        if not args.NoAnalysis and not wrapper.Interrupted:
-            results = regression_analysis(wrapper, data, setup.config)
-            wrapper.MetaData.update(results.metadata)
-            results.save(wrapper.OutDir)
-            if args.NoTrain:
-                wrapper.Save()
-        code = finish(wrapper)
-    print(regression_summary(wrapper))
-    print(summary_footer(setup))
-    return code
-
-
-def main(argv=None):
-    sys.exit(run_main(run, argv))
-
+EXPERIMENT = Experiment("calodnn.RegressionExperiment", __doc__, prefix="CaloReg", defaults=DEFAULTS,
+                        default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
+                        compile=compile_model, check_config=check_config)
+run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":
     main()

@@ -170,12 +170,12 @@ class CaloRegressor(ModelWrapper):
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
         self.Model = build_regressor(
-            self.input_shapes, Model=c.get("Model", "Dense"), Width=c.get("Width", 64), Depth=c.get("Depth", 2),
-            activation=c.get("activation", "relu"), Dropout=c.get("Dropout", 0.0),
-            BatchNormalization=c.get("BatchNormalization", False),
-            WeightInitialization=c.get("WeightInitialization", "glorot_uniform"),
-            CNNFilters=c.get("CNNFilters", 8), EnergyScale=c.get("EnergyScale", 100.0),
-            n_out=n_outputs(c.get("loss", "MSE")), name=self.Name.replace(".", "_"),
+            self.input_shapes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
+            activation=c["activation"], Dropout=c["Dropout"],
+            BatchNormalization=c["BatchNormalization"],
+            WeightInitialization=c["WeightInitialization"],
+            CNNFilters=c["CNNFilters"], EnergyScale=c["EnergyScale"],
+            n_out=n_outputs(c["loss"]), name=self.Name.replace(".", "_"),
         )
         self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                               "N_outputs": int(self.Model.outputs[0].shape[-1])})

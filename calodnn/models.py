@@ -59,7 +59,7 @@ def cnn3d_branch(x, filters: int = 16, depth: int = 2, activation: str = "relu",
 
 def build_classifier(input_shapes: Mapping[str, tuple], n_classes: int, Model: str = "Dense", Width: int = 64,
                      Depth: int = 2, activation: str = "relu", Dropout: float = 0.0, BatchNormalization: bool = False,
-                     WeightInitialization: str = "glorot_uniform", CNNFilters: int = 16,
+                     WeightInitialization: str = "glorot_uniform", CNNFilters: int = 8,
                      name: str = "CaloDNN") -> keras.Model:
     """One branch per calorimeter input (in ``input_shapes`` order), concatenated, then Dense(softmax).
 
@@ -97,11 +97,11 @@ class CaloClassifier(ModelWrapper):
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
         self.Model = build_classifier(
-            self.input_shapes, self.n_classes, Model=c.get("Model", "Dense"), Width=c["Width"], Depth=c["Depth"],
-            activation=c.get("activation", "relu"), Dropout=c.get("Dropout", 0.0),
-            BatchNormalization=c.get("BatchNormalization", False),
-            WeightInitialization=c.get("WeightInitialization", "glorot_uniform"),
-            CNNFilters=c.get("CNNFilters", 16), name=self.Name.replace(".", "_"),
+            self.input_shapes, self.n_classes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
+            activation=c["activation"], Dropout=c["Dropout"],
+            BatchNormalization=c["BatchNormalization"],
+            WeightInitialization=c["WeightInitialization"],
+            CNNFilters=c["CNNFilters"], name=self.Name.replace(".", "_"),
         )
         self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                               "N_classes": self.n_classes})

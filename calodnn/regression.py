@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from calodnn.configs import REGRESSION_SIM_CONFIG
 from calodnn.data import Normalize, calo_normalize, premix, premix_location
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
@@ -37,9 +38,6 @@ __all__ = ["REGRESSION_SIM_CONFIG", "RegressionData", "setup_regression_data", "
            "predict_energy", "resolution_tables", "regression_analysis",
            "regression_summary"]
 
-#: CaloSimConfig overrides of the simulated regression dataset: the same showers and fluctuations as the
-#: classification dataset, stored as raw visible energies (thin/thick ECAL and HCAL sampling fractions).
-REGRESSION_SIM_CONFIG = {"raw_visible_energy": True}
 
 _AUGMENT_MODES = {True: "all", "all": "all", "flips": "flips", "rotations": "rotations"}
 

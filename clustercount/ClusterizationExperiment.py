@@ -23,31 +23,11 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from clustercount.common import (
-    DATA_DEFAULTS,
-    FLAG_KEYS,
-    TRAINING_DEFAULTS,
-    TYPES,
-    compile_model,
-    training_callbacks,
-)
+from clustercount.common import TYPES as COMMON_TYPES
+from clustercount.common import DATA_DEFAULTS, TRAINING_DEFAULTS, compile_model
 from clustercount.configs import CONFIG_DIR
 from dlkit.config import at_least
-from dlkit.experiment import (
-    configure_device,
-    finish,
-    load_or_build,
-    make_parser,
-    resolve_run,
-    run_main,
-    summary_footer,
-    train,
-)
-
-log = logging.getLogger("clustercount.ClusterizationExperiment")
+from dlkit.experiment import Experiment
 
 DEFAULT_CONFIG = CONFIG_DIR / "CNN_Clusterization.py"
 
@@ -80,6 +60,7 @@ DEFAULTS = {
     "PIDCells": 100,
     "PIDSeed": 1,
 }
+TYPES = {**COMMON_TYPES, "PeakModel": str, "PeakThreshold": (int, float), "PeakModelSet": dict}
 #: --Test: a small simulated dataset, 2 epochs, a small PID study, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimWaveforms": 4000, "Epochs": 2, "PIDMomenta": [5.0, 20.0], "PIDTracks": 20, "PIDCells": 50}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
@@ -92,11 +73,47 @@ RESULT_KEYS = ("NclResidualMean", "NclResidualRMS", "BaselineResidualRMS", "Base
                "PID_RatioMin", "PID_TruthRatioMean", "PID_BaselineRatioMean")
 
 
+def setup_data(config, test):
+    """The waveforms, the peak finder ``PeakModel`` names (trained once for ``"auto"``, ``--Test``-sized in
+    ``--Test``), then the clusterization data on its peaks."""
+    from clustercount.chain import peak_model_dir
+    from clustercount.data import resolve_waveforms, setup_cluster_data
+
+    waveforms = resolve_waveforms(config)
+    return setup_cluster_data(config, waveforms, peak_model_dir(config, waveforms, test))
+
+
+def check_config(config):
+    from clustercount.chain import check_peak_model
+
+    check_peak_model(config)
+
+
 def make_wrapper(name, data, **kwargs):
     from clustercount.data import input_shape
     from clustercount.models import ClusterCounterModel
 
     return ClusterCounterModel(name, input_shape(data.train, "times"), **kwargs)
+
+
+def record_peak_finder(wrapper, data):
+    wrapper.MetaData["PeakFinder"] = "derivative" if data.peak_model is None else str(data.peak_model)
+
+
+def analysis(wrapper, data, config):
+    """The cluster-count analysis, then (with ``PID``) the PID study with this counter."""
+    from clustercount.analysis import clusterization_analysis
+
+    results = clusterization_analysis(wrapper, data, config)
+    if config["PID"]:
+        results = results.merge(pid_analysis(wrapper, config, results.metadata["BaselineGapNs"], data.scorer))
+    return results
+
+
+def summary(wrapper, config):
+    from clustercount.analysis import summary_table
+
+    return summary_table(wrapper, RESULT_KEYS)
 
 
 def pid_analysis(wrapper, config, baseline_gap_ns, scorer=None):
@@ -112,43 +129,14 @@ def pid_analysis(wrapper, config, baseline_gap_ns, scorer=None):
                      baseline_gap_ns, title=wrapper.Name)
 
 
-def run(argv=None) -> int:
-    """The experiment, step by step; returns the exit code."""
-    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    configure_device(args)
-    setup = resolve_run(args, DEFAULTS, prefix="Clusterization", test_overrides=TEST_OVERRIDES,
-                        types={**TYPES, "PeakModel": str, "PeakThreshold": (int, float), "PeakModelSet": dict},
-                        flag_keys=FLAG_KEYS, ranges=RANGES)
-    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
-
-    from clustercount.analysis import clusterization_analysis, summary_table
-    from clustercount.data import setup_cluster_data
-
-    with setup_cluster_data(setup.config, test=bool(args.Test)) as data:
-        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
-                                lambda w: compile_model(w, ["mae", "mse"]))
-        wrapper.MetaData["PeakFinder"] = "derivative" if data.peak_model is None else str(data.peak_model)
-        if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
-                  verbose=2)  # one line per epoch: batch logs stay readable
-        if not args.NoAnalysis and not wrapper.Interrupted:
-            results = clusterization_analysis(wrapper, data, setup.config)
-            if setup.config["PID"]:
-                results = results.merge(pid_analysis(wrapper, setup.config, results.metadata["BaselineGapNs"],
-                                                          data.scorer))
-            wrapper.MetaData.update(results.metadata)
-            results.save(wrapper.OutDir)
-            if args.NoTrain:
-                wrapper.Save()
-        code = finish(wrapper)
-    print(summary_table(wrapper, RESULT_KEYS))
-    print(summary_footer(setup))
-    return code
-
-
-def main(argv=None):
-    sys.exit(run_main(run, argv))
-
+EXPERIMENT = Experiment("clustercount.ClusterizationExperiment", __doc__, prefix="Clusterization", defaults=DEFAULTS,
+                        default_config=DEFAULT_CONFIG, ranges=RANGES, test_overrides=TEST_OVERRIDES,
+                        types=TYPES,
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
+                        compile=lambda w: compile_model(w, ["mae", "mse"]), check_config=check_config,
+                        after_build=record_peak_finder,
+                        fit_kwargs={"verbose": 2})  # one line per epoch: batch logs stay readable
+run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":
     main()

@@ -16,31 +16,10 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from clustercount.common import (
-    DATA_DEFAULTS,
-    FLAG_KEYS,
-    TRAINING_DEFAULTS,
-    TYPES,
-    compile_model,
-    training_callbacks,
-)
+from clustercount.common import DATA_DEFAULTS, TRAINING_DEFAULTS, TYPES, compile_model
 from clustercount.configs import CONFIG_DIR
 from dlkit.config import above, at_least
-from dlkit.experiment import (
-    configure_device,
-    finish,
-    load_or_build,
-    make_parser,
-    resolve_run,
-    run_main,
-    summary_footer,
-    train,
-)
-
-log = logging.getLogger("clustercount.PeakFindingExperiment")
+from dlkit.experiment import Experiment
 
 DEFAULT_CONFIG = CONFIG_DIR / "LSTM_PeakFinding.py"
 
@@ -71,6 +50,12 @@ RESULT_KEYS = ("Peak_AUC", "Primary_AUC", "Secondary_AUC", "DerivEfficiency", "D
                "FakeAtDerivEff", "Accuracy", "NTestCandidates")
 
 
+def setup_data(config, test):
+    from clustercount.data import setup_peak_data
+
+    return setup_peak_data(config)
+
+
 def make_wrapper(name, data, **kwargs):
     from clustercount.data import input_shape
     from clustercount.models import PeakFinderModel
@@ -78,38 +63,23 @@ def make_wrapper(name, data, **kwargs):
     return PeakFinderModel(name, input_shape(data.train, "window"), **kwargs)
 
 
-def run(argv=None) -> int:
-    """The experiment, step by step; returns the exit code."""
-    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    configure_device(args)
-    setup = resolve_run(args, DEFAULTS, prefix="PeakFinding", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS, ranges=RANGES)
-    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+def analysis(wrapper, data, config):
+    from clustercount.analysis import peak_finding_analysis
 
-    from clustercount.analysis import peak_finding_analysis, summary_table
-    from clustercount.data import setup_peak_data
-
-    with setup_peak_data(setup.config) as data:
-        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw),
-                                lambda w: compile_model(w, ["accuracy"]))
-        if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
-                  verbose=2)  # one line per epoch: batch logs stay readable
-        if not args.NoAnalysis and not wrapper.Interrupted:
-            results = peak_finding_analysis(wrapper, data, setup.config)
-            wrapper.MetaData.update(results.metadata)
-            results.save(wrapper.OutDir)
-            if args.NoTrain:
-                wrapper.Save()
-        code = finish(wrapper)
-    print(summary_table(wrapper, RESULT_KEYS))
-    print(summary_footer(setup))
-    return code
+    return peak_finding_analysis(wrapper, data, config)
 
 
-def main(argv=None):
-    sys.exit(run_main(run, argv))
+def summary(wrapper, config):
+    from clustercount.analysis import summary_table
 
+    return summary_table(wrapper, RESULT_KEYS)
+
+
+EXPERIMENT = Experiment("clustercount.PeakFindingExperiment", __doc__, prefix="PeakFinding", defaults=DEFAULTS,
+                        default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
+                        compile=lambda w: compile_model(w, ["accuracy"]), fit_kwargs={"verbose": 2})
+run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "DERIVATIVE", "peak_model_dir", "auto_peak_model"]
+__all__ = ["AUTO", "DERIVATIVE", "peak_model_dir", "auto_peak_model", "check_peak_model"]
 
 AUTO = "auto"
 DERIVATIVE = "derivative"
@@ -58,23 +58,19 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
     path = data_root("clustercount") / f"peakmodel-{key}"
 
     def build(tmp: Path):
-        argv = ["-s", str(point), "--data", str(waveform_dir), "--OutputBase", str(tmp)]
-        argv += ["--Test"] if test else []
-        for k, v in overrides.items():
-            argv += ["--set", f"{k}={json.dumps(v)}"]
-        log.info("training the default peak finder (PeakFindingExperiment %s) into %s", " ".join(argv), path)
-        code = pfe.run(argv)
-        if code != 0:
-            raise RuntimeError(f"training the default peak finder stopped with exit code {code}")
-        dirs = [d for d in Path(tmp).iterdir() if d.is_dir() and (d / "model.keras").is_file()]
-        if len(dirs) != 1:
-            raise RuntimeError(f"expected one trained peak model under {tmp}, found {[d.name for d in dirs]}")
+        log.info("training the default peak finder (PeakFindingExperiment point %d%s, %s) into %s", point,
+                 ", --Test" if test else "", overrides or "no overrides", path)
+        result = pfe.run(point=point, Test=test, data=str(waveform_dir), OutputBase=str(tmp),
+                         **overrides)
+        if not result.ok:
+            raise RuntimeError(f"training the default peak finder stopped with exit code {result.exit_code}")
+        run_dir = result.run_dir
         # its MetaData names where it lives once the cache is renamed into place, not this build directory
-        metadata = read_metadata(dirs[0])
-        metadata["OutDir"] = str(path / dirs[0].name)
-        atomic_write(dirs[0] / METADATA_FILE,
+        metadata = read_metadata(run_dir)
+        metadata["OutDir"] = str(path / run_dir.name)
+        atomic_write(run_dir / METADATA_FILE,
                      lambda f: Path(f).write_text(json.dumps(to_jsonable(metadata), indent=1)))
-        return [f for f in dirs[0].rglob("*") if f.is_file()]
+        return [f for f in run_dir.rglob("*") if f.is_file()]
 
     cached_dataset(path, key, build, {"kind": "peakmodel", "point": point, "overrides": overrides,
                                           "test": bool(test), "waveforms": str(waveform_dir)})
@@ -84,8 +80,19 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
     return dirs[0]
 
 
+def check_peak_model(config) -> None:
+    """``PeakModel`` is ``"auto"``, ``"derivative"`` (or None) or an existing model directory, else a ConfigError."""
+    from dlkit.config import ConfigError
+
+    model = config.get("PeakModel")
+    if model not in (None, "", AUTO, DERIVATIVE) and not Path(model).is_dir():
+        raise ConfigError(f"config entry 'PeakModel' = {model!r}: no such model directory (expected 'auto', "
+                          "'derivative' or a trained PeakFindingExperiment model directory)")
+
+
 def peak_model_dir(config, waveform_dir, test: bool = False) -> Path | None:
     """The peak-finding model a clusterization run uses (``PeakModel``), trained if ``"auto"``; None: derivative."""
+    check_peak_model(config)
     value = config.get("PeakModel")
     if value in (None, "", DERIVATIVE):
         return None

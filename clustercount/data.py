@@ -540,22 +540,13 @@ def setup_peak_data(config) -> PeakData:
                     options=opts, generator_options=gen_opts, scale=float(config["WindowScale"]))
 
 
-def setup_cluster_data(config, test: bool = False) -> ClusterData:
-    """Clusterization data of a run (see ClusterizationExperiment.DEFAULTS).
-
-    The peaks come from ``PeakModel`` (:func:`clustercount.chain.peak_model_dir`: with ``"auto"`` a peak
-    finder trained once on the same waveforms, ``--Test``-sized if ``test``).
-    """
-    from clustercount.chain import peak_model_dir
+def setup_cluster_data(config, waveforms: Path, model_dir: Path | None) -> ClusterData:
+    """Clusterization data of a run (see ClusterizationExperiment.DEFAULTS) on the waveforms in ``waveforms``
+    (:func:`resolve_waveforms`), with the peaks of the peak finder in ``model_dir`` (None: the derivative
+    algorithm's; :func:`clustercount.chain.peak_model_dir` turns the config's ``PeakModel`` into it)."""
     from dlkit.generators import SampleSpec
 
     opts = DerivationOptions.from_config(config)
-    model = config.get("PeakModel")
-    if model not in (None, "", "auto", "derivative") and not Path(model).is_dir():
-        raise ConfigError(f"config entry 'PeakModel' = {model!r}: no such model directory (expected 'auto', "
-                          "'derivative' or a trained PeakFindingExperiment model directory)")
-    waveforms = resolve_waveforms(config)
-    model_dir = peak_model_dir(config, waveforms, test)
     scorer = PeakScorer(model_dir, config.get("PeakThreshold")) if model_dir is not None else None
     directory = cluster_dataset(waveforms, opts, scorer=scorer)
     files = derived_files(directory, "clusters")

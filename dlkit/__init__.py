@@ -18,6 +18,8 @@ _LAZY = {
     "losses": ("dlkit.losses", None),
     "generators": ("dlkit.generators", None),
     "SparseTensor": ("dlkit.sparse", "SparseTensor"),
+    "Experiment": ("dlkit.experiment", "Experiment"),
+    "ExperimentResult": ("dlkit.experiment", "ExperimentResult"),
 }
 
 __all__ = ["ConfigError", "load_config", "resolve_config", "Permutator", *_LAZY]

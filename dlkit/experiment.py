@@ -1,27 +1,30 @@
-"""The shell every experiment CLI shares: DLKit's flags, config resolution, scan selection, the run.
+"""Experiments as specs on one shared run: DLKit's flags, config resolution, scan selection, train, analyse.
 
-An experiment module (e.g. ``calodnn.ClassificationExperiment``) reads like the steps a physicist lists::
+An experiment module (e.g. ``calodnn.ClassificationExperiment``) is an :class:`Experiment`: its defaults
+(the one place they live), its ``--Test`` overrides and the three steps only it knows - set up the data,
+build the model, analyse - and the shared :meth:`Experiment.run` does the rest::
 
-    def run(argv=None):
-        args = make_parser("CaloDNN classification", DEFAULT_CONFIG).parse_args(argv)
-        configure_device(args)                       # before Keras is imported
-        setup = resolve_run(args, DEFAULTS, prefix="CaloDNN", test_overrides=TEST)
-        data = setup_data(setup.config)
-        wrapper = load_or_build(args, setup, make_wrapper)
-        train(wrapper, setup, data.train, data.validation)
-        ...analysis...
-        return finish(wrapper)
+    EXPERIMENT = Experiment("calodnn.ClassificationExperiment", __doc__, prefix="CaloDNN",
+                            default_config=CONFIG_DIR / "Dense_4Class.py", defaults=DEFAULTS,
+                            setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis,
+                            summary=summary)
+    run, main = EXPERIMENT.run, EXPERIMENT.main
 
-    def main():
-        sys.exit(run_main(run))
+From a notebook, ``run`` returns an :class:`ExperimentResult` (no printing, no ``sys.exit``)::
 
-Exit codes: 0 success; 2 a configuration, data or usage error (one line on stderr, no traceback);
-75 (:data:`dlkit.callbacks.EXIT_CODE_INTERRUPTED`) stopped by a signal after saving - resume with ``-p``.
+    result = ClassificationExperiment.run(point=12, Test=True, Epochs=3)
+    result.metrics["Ele_AUC"], result.run_dir, result.figures["ROC"]
+
+On the command line ``python -m calodnn.ClassificationExperiment -s 12`` is :meth:`Experiment.main`, a shell
+over the same run that prints the summary and exits with its code: 0 success; 2 a configuration, data or
+usage error (one line on stderr, no traceback); 75 (:data:`dlkit.callbacks.EXIT_CODE_INTERRUPTED`) stopped
+by a signal after saving - resume with ``-p``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import json
 import logging
@@ -32,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ from dlkit.permutator import Permutator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
+__all__ = ["Experiment", "ExperimentResult", "make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
            "training_callbacks", "train", "finish", "summary_footer", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
            "RUN_DEFAULTS", "RunData"]
 
@@ -98,10 +102,11 @@ def make_parser(description: str, default_config: str | os.PathLike | None = Non
     return p
 
 
-def configure_device(args: argparse.Namespace) -> None:
-    """Apply ``--cpu``/``--gpu`` and logging; must run before Keras is imported."""
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose + 1, 2),
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+def configure_device(args: argparse.Namespace, configure_logging: bool = True) -> None:
+    """Apply ``--cpu``/``--gpu`` and (for a CLI) logging; must run before Keras is imported."""
+    if configure_logging:
+        logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     elif args.gpu is not None:
@@ -185,6 +190,8 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
     if args.Test:
         layers.append(("--Test", test_overrides or {}))
     layers.append(("command line", flags))
+    if getattr(args, "overrides", None):  # Experiment.run's keyword arguments: real Python values
+        layers.append(("run() keyword arguments", dict(args.overrides)))
     if scan:
         layers.append((f"scan point {index} of {config_path}", point))
     if trial is not None:
@@ -428,6 +435,182 @@ def finish(wrapper) -> int:
                     wrapper.OutDir, EXIT_CODE_INTERRUPTED)
         return EXIT_CODE_INTERRUPTED
     return 0
+
+
+@dataclass
+class ExperimentResult:
+    """What one run of an experiment gives back (:meth:`Experiment.run`).
+
+    ``exit_code`` is the CLI's: 0 done, 75 stopped by a signal after saving (resume with ``LoadPrevious=True``),
+    77 pruned by a search. ``metrics`` are the analysis' results (also in ``wrapper.MetaData``), ``figures``
+    and ``tables`` what it drew and tabulated (also saved in ``run_dir``); empty when the analysis did not run.
+    """
+
+    exit_code: int
+    run_dir: Path
+    wrapper: Any
+    config: dict
+    metrics: dict
+    figures: dict
+    tables: dict
+    setup: RunSetup
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: what only it knows; :meth:`run` (Python) and :meth:`main` (CLI) do the rest.
+
+    Parameters
+    ----------
+    module
+        Its ``python -m`` name (``"calodnn.ClassificationExperiment"``).
+    doc
+        Its module docstring: the first line is the ``--help`` description.
+    prefix
+        Model names are ``prefix`` plus the scan point's ``_<key><value>``.
+    defaults, types, ranges
+        Every config entry with its default (the one place defaults live; the model classes read them
+        from the resolved config), declared types, and allowed ranges (over :data:`dlkit.config.RANGES`).
+    test_overrides
+        What ``--Test`` changes (a small dataset, few epochs).
+    setup_data
+        ``setup_data(config, test)``: a context manager yielding the data (``train``, ``validation``
+        generators and what the model and analysis need); it releases the readers on exit.
+    make_wrapper
+        ``make_wrapper(name, data, **wrapper_kwargs)``: the experiment's ModelWrapper.
+    analysis
+        ``analysis(wrapper, data, config)``: an :class:`~dlkit.analysis.AnalysisResults`.
+    summary
+        ``summary(wrapper, config)``: the text the CLI prints at the end.
+    compile, check_config, after_build, fit_kwargs
+        Optional: the compile step (:func:`compile_model`), a check of entries a type cannot express (before
+        any data is made), a step after the model is built or loaded, extra arguments to ``fit``.
+    """
+
+    module: str
+    doc: str
+    prefix: str
+    defaults: Mapping[str, Any]
+    setup_data: Callable[[dict, bool], AbstractContextManager]
+    make_wrapper: Callable[..., Any]
+    analysis: Callable[[Any, Any, dict], Any]
+    summary: Callable[[Any, dict], str]
+    default_config: str | os.PathLike | None = None
+    types: Mapping[str, Any] = field(default_factory=dict)
+    ranges: Mapping[str, Any] = field(default_factory=dict)
+    test_overrides: Mapping[str, Any] = field(default_factory=dict)
+    compile: Callable[[Any], None] = compile_model
+    check_config: Callable[[dict], None] | None = None
+    after_build: Callable[[Any, Any], None] | None = None
+    fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return (self.doc or self.module).strip().splitlines()[0]
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = make_parser(self.description, self.default_config)
+        parser.prog = f"python -m {self.module}"
+        return parser
+
+    def run(self, config: str | os.PathLike | None = None, point: int | None = None, Test: bool = False,
+            **overrides) -> ExperimentResult:  # noqa: N803 - DLKit's flag name
+        """Run the experiment from Python; returns an :class:`ExperimentResult` (no printing, no ``sys.exit``;
+        the run's progress is in ``logging`` and, per epoch, in ``result.wrapper.History``).
+
+        ``config`` is a config file (default: the experiment's), ``point`` the scan point (``-s``), ``Test``
+        the ``--Test`` mode. Every other keyword is a config entry (``Epochs=3``, ``Width=128``: Python values,
+        checked like a config file's) or a flag by its DLKit name (``OutputBase``, ``data``, ``LoadModel``,
+        ``LoadPrevious``, ``NoTrain``, ``NoAnalysis``, ``runningtime``, ``tensorboard``, ``cpu``, ``gpu``).
+        Errors in what was asked for raise :class:`~dlkit.config.ConfigError` / :class:`UserError` naming it.
+
+        >>> result = run(point=12, Test=True, Epochs=3, OutputBase="/scratch/me/TrainedModels")
+        >>> result.metrics["Ele_AUC"], result.run_dir
+        """
+        return self._execute(self._namespace(config, point, Test, overrides), cli=False)
+
+    def cli(self, argv: list[str] | None = None) -> int:
+        """The command line without ``sys.exit``: parse ``argv``, run, print the summary; returns the exit code."""
+        return run_main(self._cli, argv)
+
+    def main(self, argv: list[str] | None = None):
+        """``python -m <module>``."""
+        sys.exit(self.cli(argv))
+
+    def _cli(self, argv) -> int:
+        result = self._execute(self.parser().parse_args(argv))
+        print(result.summary)
+        print(summary_footer(result.setup))
+        return result.exit_code
+
+    def _namespace(self, config, point, test, overrides: Mapping[str, Any]) -> argparse.Namespace:
+        """The parsed flags the CLI would have, from :meth:`run`'s keywords, checked as the CLI checks them."""
+        parser = self.parser()
+        args = parser.parse_args([])
+        args.config = None if config is None else str(config)
+        args.hyperparamset = point
+        args.Test = bool(test)
+        internal = {"help", "default_config", "set", "config", "hyperparamset", "Test", "verbose"}
+        flags = {a.dest: a for a in parser._actions if a.dest not in internal}
+        entries = {}
+        for key, value in overrides.items():
+            action = flags.get(key)
+            if action is None and key in self.defaults:
+                entries[key] = value
+                continue
+            if action is None:
+                close = difflib.get_close_matches(key, [*flags, *self.defaults], n=3)
+                raise ConfigError(f"run({key}=...): not a config entry or flag of {self.module}"
+                                  + (f"; did you mean {', '.join(close)}?" if close else ""))
+            if isinstance(value, os.PathLike):  # OutputBase=Path(...), data=Path(...)
+                value = os.fspath(value)
+            if action.nargs == 0:  # store_true
+                if not isinstance(value, bool):
+                    raise ConfigError(f"run({key}={value!r}): expected True or False")
+            elif value is not None and action.type is not None:
+                try:
+                    value = action.type(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"run({key}={value!r}): expected {action.type.__name__}") from None
+            setattr(args, key, value)
+        args.overrides = entries
+        return args
+
+    def _execute(self, args: argparse.Namespace, cli: bool = True) -> ExperimentResult:
+        """The steps every experiment shares: device, config, data, load or build, train, analyse, save.
+        From Python (``cli=False``) it sets up no logging and Keras prints no epoch lines."""
+        configure_device(args, configure_logging=cli)
+        fit_kwargs = dict(self.fit_kwargs) if cli else {**self.fit_kwargs, "verbose": 0}
+        setup = resolve_run(args, self.defaults, prefix=self.prefix, test_overrides=self.test_overrides,
+                            types=self.types, flag_keys=FLAG_KEYS, ranges=self.ranges)
+        if self.check_config is not None:
+            self.check_config(setup.config)
+        log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+        results = None
+        with self.setup_data(setup.config, bool(args.Test)) as data:
+            wrapper = load_or_build(args, setup, lambda name, **kw: self.make_wrapper(name, data, **kw), self.compile)
+            if self.after_build is not None:
+                self.after_build(wrapper, data)
+            if not args.NoTrain:
+                train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
+                      **fit_kwargs)
+            if not args.NoAnalysis and not wrapper.Interrupted:
+                results = self.analysis(wrapper, data, setup.config)
+                wrapper.MetaData.update(results.metadata)
+                results.save(wrapper.OutDir)
+                if args.NoTrain:
+                    wrapper.Save()
+            code = finish(wrapper)
+        return ExperimentResult(exit_code=code, run_dir=Path(wrapper.OutDir), wrapper=wrapper, config=setup.config,
+                                metrics=dict(results.metadata) if results else {},
+                                figures=dict(results.figures) if results else {},
+                                tables=dict(results.tables) if results else {}, setup=setup,
+                                summary=self.summary(wrapper, setup.config))
 
 
 class Interrupted(BaseException):

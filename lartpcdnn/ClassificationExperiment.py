@@ -14,27 +14,9 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from dlkit.config import Range, above, at_least
-from dlkit.experiment import (
-    FLAG_KEYS,
-    RUN_DEFAULTS,
-    compile_model,
-    configure_device,
-    finish,
-    load_or_build,
-    make_parser,
-    resolve_run,
-    run_main,
-    summary_footer,
-    train,
-    training_callbacks,
-)
+from dlkit.experiment import RUN_DEFAULTS, Experiment
 from lartpcdnn.configs import CONFIG_DIR
-
-log = logging.getLogger("lartpcdnn.ClassificationExperiment")
 
 DEFAULT_CONFIG = CONFIG_DIR / "SiameseCNN_7Class.py"
 
@@ -98,42 +80,34 @@ RANGES = {"AUCBootstrap": at_least(0), "EnergyMin": at_least(0), "DownSampleFact
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
 
 
+def setup_data(config, test):
+    from lartpcdnn.data import setup_data
+
+    return setup_data(config)
+
+
 def make_wrapper(name, data, **kwargs):
     from lartpcdnn.models import LArClassifier
 
     return LArClassifier(name, data.input_shapes, len(data.class_names), **kwargs)
 
 
-def run(argv=None) -> int:
-    """The experiment, step by step; returns the exit code."""
-    args = make_parser(__doc__.splitlines()[0], DEFAULT_CONFIG).parse_args(argv)
-    configure_device(args)
-    setup = resolve_run(args, DEFAULTS, prefix="LArTPCDNN", test_overrides=TEST_OVERRIDES, types=TYPES,
-                        flag_keys=FLAG_KEYS, ranges=RANGES)
-    log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
+def analysis(wrapper, data, config):
+    from lartpcdnn.analysis import classification_analysis
 
-    from lartpcdnn.analysis import classification_analysis, summary_table
-    from lartpcdnn.data import setup_data
-
-    with setup_data(setup.config) as data:
-        wrapper = load_or_build(args, setup, lambda name, **kw: make_wrapper(name, data, **kw), compile_model)
-        if not args.NoTrain:
-            train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config))
-        if not args.NoAnalysis and not wrapper.Interrupted:
-            results = classification_analysis(wrapper, data, setup.config)
-            wrapper.MetaData.update(results.metadata)
-            results.save(wrapper.OutDir)
-            if args.NoTrain:
-                wrapper.Save()
-        code = finish(wrapper)
-    print(summary_table(wrapper, setup.config["FakeRate"]))
-    print(summary_footer(setup))
-    return code
+    return classification_analysis(wrapper, data, config)
 
 
-def main(argv=None):
-    sys.exit(run_main(run, argv))
+def summary(wrapper, config):
+    from lartpcdnn.analysis import summary_table
 
+    return summary_table(wrapper, config["FakeRate"])
+
+
+EXPERIMENT = Experiment("lartpcdnn.ClassificationExperiment", __doc__, prefix="LArTPCDNN", defaults=DEFAULTS,
+                        default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary)
+run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":
     main()

@@ -125,11 +125,11 @@ class LArClassifier(ModelWrapper):
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
         self.Model = build_classifier(
-            self.input_shapes, self.n_classes, Model=c.get("Model", "CNN"), Width=c["Width"], Depth=c["Depth"],
-            Filters=c.get("Filters", 8), SharedTrunk=c.get("SharedTrunk", True), DensePool=c.get("DensePool", 4),
-            activation=c.get("activation", "relu"), Dropout=c.get("Dropout", 0.0),
-            BatchNormalization=c.get("BatchNormalization", False),
-            WeightInitialization=c.get("WeightInitialization", "glorot_uniform"), name=self.Name.replace(".", "_"),
+            self.input_shapes, self.n_classes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
+            Filters=c["Filters"], SharedTrunk=c["SharedTrunk"], DensePool=c["DensePool"],
+            activation=c["activation"], Dropout=c["Dropout"],
+            BatchNormalization=c["BatchNormalization"],
+            WeightInitialization=c["WeightInitialization"], name=self.Name.replace(".", "_"),
         )
         self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                               "N_classes": self.n_classes, "Parameters": int(self.Model.count_params())})

@@ -29,10 +29,9 @@ def env(tmp_path, monkeypatch):
 
 
 def run(argv):
-    from calodnn.ClassificationExperiment import run as experiment
-    from dlkit.experiment import run_main
+    from calodnn.ClassificationExperiment import cli
 
-    return run_main(experiment, argv)
+    return cli(argv)
 
 
 def small(lcd, *extra):

@@ -112,10 +112,10 @@ def test_models_start_from_the_plain_sum():
                                               ("Dense", "MRSE"), ("CNN", "MRSE"), ("LayerMLP", "GaussianNLL")])
 def test_each_model_trains_saves_and_loads(tmp_path, model_name, loss):
     from calodnn.calibration import CaloRegressor
-    from calodnn.RegressionExperiment import compile_model
+    from calodnn.RegressionExperiment import DEFAULTS, compile_model
 
-    config = {"Model": model_name, "Width": 8, "Depth": 1, "CNNFilters": 2, "loss": loss, "optimizer": "Adam",
-              "lr": 0.01, "decay": 0.0, "momentum": 0.0, "EnergyScale": 100.0}
+    config = {**DEFAULTS, "Model": model_name, "Width": 8, "Depth": 1, "CNNFilters": 2, "loss": loss,
+              "optimizer": "Adam", "lr": 0.01, "decay": 0.0, "momentum": 0.0, "EnergyScale": 100.0}
     x, y = _tiny()
     wrapper = CaloRegressor(f"Reg_{model_name}_{loss}", SHAPES, OutputBase=tmp_path, Config=config)
     wrapper.Build()
@@ -230,10 +230,9 @@ def env(tmp_path, monkeypatch):
 
 
 def run(argv):
-    from calodnn.RegressionExperiment import run as experiment
-    from dlkit.experiment import run_main
+    from calodnn.RegressionExperiment import cli
 
-    return run_main(experiment, argv)
+    return cli(argv)
 
 
 def small(lcd, *extra):

@@ -30,17 +30,15 @@ def env(tmp_path, monkeypatch):
 
 
 def peak_run(argv):
-    from clustercount.PeakFindingExperiment import run
-    from dlkit.experiment import run_main
+    from clustercount.PeakFindingExperiment import cli
 
-    return run_main(run, argv)
+    return cli(argv)
 
 
 def cluster_run(argv):
-    from clustercount.ClusterizationExperiment import run
-    from dlkit.experiment import run_main
+    from clustercount.ClusterizationExperiment import cli
 
-    return run_main(run, argv)
+    return cli(argv)
 
 
 def test_two_step_pipeline_and_scan_table(waves, env, tmp_path, capsys):

@@ -94,7 +94,7 @@ def _newest(base):
 
 
 def test_load_previous_trains_the_remaining_epochs(lcd, tmp_path, monkeypatch):
-    from calodnn.ClassificationExperiment import run
+    from calodnn.ClassificationExperiment import cli as run
     from dlkit.metadata import chained_history
 
     monkeypatch.setenv("DLKIT_CACHE_DIR", str(tmp_path / "cache"))

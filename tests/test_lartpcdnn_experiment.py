@@ -30,10 +30,9 @@ def env(tmp_path, monkeypatch):
 
 
 def run(argv):
-    from dlkit.experiment import run_main
-    from lartpcdnn.ClassificationExperiment import run as experiment
+    from lartpcdnn.ClassificationExperiment import cli
 
-    return run_main(experiment, argv)
+    return cli(argv)
 
 
 def test_end_to_end_cli_subprocess(lariat, env, tmp_path):
