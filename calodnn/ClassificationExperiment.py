@@ -13,7 +13,7 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-from calodnn.configs import CONFIG_DIR
+from calodnn.configs import CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, READER_DEFAULTS, TEST_OVERRIDES
 from dlkit.config import above, at_least
 from dlkit.experiment import RUN_DEFAULTS, Experiment
 
@@ -21,32 +21,14 @@ DEFAULT_CONFIG = CONFIG_DIR / "Dense_4Class.py"
 
 #: Every valid config entry with its default; config files, flags and scan points override these.
 DEFAULTS = {
-    # data
-    "DataDir": None,            # one sub-directory per particle; None: the simulated default dataset
-    "Particles": ["Ele", "Gamma", "Pi0", "ChPi"],
-    "MaxEvents": 0,             # events used in total (all classes); 0: all
-    "ValidationFraction": 0.1,
-    "TestFraction": 0.2,
-    "SimEventsPerClass": 5000,  # size of the simulated default dataset
-    "ECAL": True,
-    "HCAL": True,
+    **DATA_DEFAULTS,
     "ECALNorm": "NonLinear",    # "NonLinear" (DLKit's tanh(log)), a number to divide by, or None
     "HCALNorm": "NonLinear",
     "Balanced": False,          # True: equal class counts per batch; False: natural proportions
-    "Premix": True,             # DLKit's default: read from a premixed file made once
-    "Preload": False,
-    "Cache": True,
-    "Workers": 0,               # reader processes; 0: from the CPU count
-    "Seed": 0,
+    **READER_DEFAULTS,
     # model
     "Model": "Dense",
-    "Width": 64,
-    "Depth": 2,
-    "activation": "relu",
-    "Dropout": 0.0,
-    "BatchNormalization": False,
-    "WeightInitialization": "glorot_uniform",
-    "CNNFilters": 8,
+    **MODEL_DEFAULTS,
     # training
     "loss": "categorical_crossentropy",
     "optimizer": "SGD",
@@ -63,8 +45,6 @@ DEFAULTS = {
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"AUCBootstrap": at_least(0), "CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0)}
-#: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
-TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 
 
 def setup_data(config, test):

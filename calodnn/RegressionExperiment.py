@@ -18,7 +18,8 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-from calodnn.configs import CONFIG_DIR, REGRESSION_SIM_CONFIG
+from calodnn.configs import (CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, READER_DEFAULTS, REGRESSION_SIM_CONFIG,
+                             TEST_OVERRIDES)
 from dlkit.config import above, at_least
 from dlkit.experiment import RUN_DEFAULTS, Experiment
 from dlkit.experiment import compile_model as compile_experiment_model
@@ -27,34 +28,16 @@ DEFAULT_CONFIG = CONFIG_DIR / "Regression.py"
 
 #: Every valid config entry with its default; config files, flags and scan points override these.
 DEFAULTS = {
-    # data
-    "DataDir": None,            # one sub-directory per particle; None: the simulated regression dataset
-    "Particles": ["Ele", "Gamma", "Pi0", "ChPi"],  # trained together (mixed); analysed one by one
-    "MaxEvents": 0,             # events used in total (all particles); 0: all
-    "ValidationFraction": 0.1,
-    "TestFraction": 0.2,
-    "SimEventsPerClass": 5000,  # size of the simulated default dataset
+    **DATA_DEFAULTS,  # Particles: trained together (mixed), analysed one by one
     "SimConfig": dict(REGRESSION_SIM_CONFIG),  # CaloSimConfig overrides of the simulated dataset
-    "ECAL": True,
-    "HCAL": True,
     "ECALNorm": 3.53,           # cells / norm: visible GeV / (thin-layer sampling fraction x EnergyScale)
     "HCALNorm": 2.7,            # (linear norms keep calibrations linear; for calibrated data use EnergyScale)
     "EnergyScale": 100.0,       # the network works in units of this many GeV
     "Augment": False,           # flips and rotations in the readers: true (all 8), "flips" or "rotations"
-    "Premix": True,
-    "Preload": False,
-    "Cache": True,
-    "Workers": 0,               # reader processes; 0: from the CPU count
-    "Seed": 0,
+    **READER_DEFAULTS,
     # model
     "Model": "Dense",           # Linear, PerChannel, LayerMLP, Dense or CNN (calodnn.calibration)
-    "Width": 64,
-    "Depth": 2,
-    "activation": "relu",
-    "Dropout": 0.0,
-    "BatchNormalization": False,
-    "WeightInitialization": "glorot_uniform",
-    "CNNFilters": 8,
+    **MODEL_DEFAULTS,
     # training
     "loss": "MRSE",
     "optimizer": "Adam",
@@ -71,8 +54,6 @@ TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, flo
          "Augment": (bool, str)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0), "EnergyScale": above(0)}
-#: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
-TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
 
 
 def setup_data(config, test):
