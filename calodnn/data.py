@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dlkit.config import ConfigError
+from dlkit.datasets import atomic_file
 from dlkit.experiment import RunData
 from dlkit.generators.preprocess import Normalize
 
@@ -102,9 +103,8 @@ def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int =
         log.info("premixed file %s exists; reusing it", found)
         return found
     path = location.write / name
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     class_map = {name: i for i, name in enumerate(class_names)}
-    try:
+    with atomic_file(path) as tmp:
         with MultiClassGenerator(samples, batch_size, class_index_map=class_map, onehot=False, shuffle=True,
                                  seed=seed, n_workers=n_workers) as gen, h5py.File(tmp, "w") as f:
             n = gen.events_per_epoch
@@ -122,11 +122,7 @@ def premix(samples, keys, class_names, out_dir, seed: int = 0, batch_size: int =
                 pos += m
             if pos != n:
                 raise RuntimeError(f"premix of {len(samples)} entries wrote {pos} of {n} events")
-        seal(tmp)  # h5py creates it 0666 & ~umask: group-writable under umask 002
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        seal(tmp)  # created 0666 & ~umask: group-writable under umask 002
     log.info("premixed %d events into %s", n, path)
     return path
 

@@ -44,6 +44,7 @@ from matplotlib.figure import Figure
 
 from clustercount.baselines import PeakList, time_proximity_counts
 from dlkit.analysis import style
+from dlkit.datasets import atomic_file
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
 from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
 from dlkit.analysis import AnalysisResults
@@ -117,8 +118,7 @@ def _make_pid_file(args, scorer=None) -> str:
             parts[key].append(value)
     log.info("PID sample %s at %g GeV/c: %d cells simulated", particle, momentum, n)
     out = Path(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(out) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in parts.items():
                 value = np.concatenate(value)
@@ -127,10 +127,6 @@ def _make_pid_file(args, scorer=None) -> str:
                 f.create_dataset(key, data=value, **kwargs)
             f.attrs.update({"particle": particle, "momentum": momentum, "n_tracks": pid.n_tracks,
                             "n_cells": pid.n_cells, "tp_gaps_ns": list(TP_GAPS_NS)})
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return str(out)
 
 

@@ -60,7 +60,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 from scipy.signal import lfilter
 
-from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.datasets import atomic_file, cached_dataset, data_root
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 
@@ -519,7 +519,7 @@ def file_seed_sequence(seed: int, file_index: int) -> np.random.SeedSequence:
 
 def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig | None = None,
                progress=None) -> Path:
-    """Simulate ``n`` waveforms and write one file atomically (temporary name, then ``os.replace``).
+    """Simulate ``n`` waveforms and write one file atomically (:func:`dlkit.datasets.atomic_file`).
 
     ``progress``: optional callable(n_waveforms_done) called after each batch.
     """
@@ -527,9 +527,6 @@ def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig 
 
     cfg = config or DriftSimConfig()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    tmp = tmp_name(path)
     rng = np.random.default_rng(file_seed_sequence(seed, file_index))
     chunks = []
     for chunk in _iter_chunks(n, rng, cfg):
@@ -537,7 +534,7 @@ def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig 
         if progress is not None:
             progress(len(chunk["n_clusters"]))
     data = _concat(chunks) if chunks else _simulate_chunk(0, rng, cfg, None, None, None, True)
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in data.items():
                 f.create_dataset(key, data=value)  # contiguous: a slice of waveforms is one read
@@ -547,10 +544,6 @@ def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig 
                 "noise_rms_mv": cfg.noise_rms_mv, "format_version": FORMAT_VERSION,
                 "dlkit_version": dlkit.__version__, "generator": "clustercount.simulate",
                 "float16_exact": _float16_exact(cfg)})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -22,10 +22,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 __all__ = ["COMPLETE_MARKER", "data_root", "tmp_name", "remove_stale_tmp", "atomic_file", "cached_dataset",
@@ -48,7 +51,7 @@ def data_root(package: str) -> Path:
 
 
 def tmp_name(path: str | os.PathLike) -> Path:
-    """The temporary sibling this process builds ``path`` under."""
+    """The temporary sibling directory this process builds ``path`` under (:func:`cached_dataset`)."""
     path = Path(path)
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
@@ -63,12 +66,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_STALE = re.compile(r"\.tmp-(\d+)(-|$)")
+
+
 def remove_stale_tmp(path: str | os.PathLike) -> None:
-    """Remove ``<path>.tmp-<pid>`` leftovers of killed builders (only those whose process is gone)."""
+    """Remove the leftovers of killed builders of ``path`` - directories ``<name>.tmp-<pid>`` and files
+    ``.<name>.tmp-<pid>-<token>...`` (:func:`atomic_file`) - but only those whose process is gone."""
     path = Path(path)
-    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+    for tmp in [*path.parent.glob(f"{glob.escape(path.name)}.tmp-*"),
+                *path.parent.glob(f".{glob.escape(path.name)}.tmp-*")]:
+        match = _STALE.match(tmp.name.split(path.name, 1)[-1])
+        if match and not _pid_alive(int(match.group(1))):
             logger.info("removing stale %s", tmp)
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -77,22 +85,49 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Yield a temporary name for ``path``; rename it over ``path`` only if the block succeeds.
+def atomic_file(path: str | os.PathLike, suffix: str = "", mkdir: bool = True):
+    """Yield a temporary name beside ``path``; if the block succeeds, flush the file to disk and rename it
+    over ``path``, else remove it. Readers see the old file or the new one, never half of one.
+
+    dlkit's one way to write a file that others read (metadata, datasets, caches, reports). The temporary
+    name is hidden and unique, ``.<name>.tmp-<pid>-<token><suffix>`` (``suffix`` for writers that insist
+    on one: ``.npz``, ``.keras``), so it is never mistaken for the file, two writers in one process never
+    collide, and :func:`remove_stale_tmp` clears what a killed writer left. It is created empty with the
+    mode a new file gets (``0666 & ~umask``), so a writer may open it or replace it.
 
     >>> with atomic_file("out.h5") as tmp:          # doctest: +SKIP
     ...     with h5py.File(tmp, "w") as f: ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if mkdir:
+        path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
-    tmp = tmp_name(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix)
+    tmp = Path(name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: the file must be readable as any new file is
+        os.close(fd)
         yield tmp
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux /proc; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_complete(path: str | os.PathLike) -> dict | None:

@@ -29,7 +29,6 @@ import fnmatch
 import gzip
 import io
 import logging
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlkit.datasets import atomic_file
 from dlkit.generators.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,6 @@ def _parse_chunk(path, lines, linenos, delimiter, ncols, allow_nan) -> np.ndarra
     raise DataError(f"lines {linenos[0]}-{linenos[-1]}: could not parse", file=path)  # pragma: no cover
 
 
-def _tmp(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-
-
 def _progress(total, desc, enabled):
     from tqdm.auto import tqdm
 
@@ -182,9 +178,7 @@ def convert_csv(src, dst, *, energy_column: int | None = -1, layers_key: str = "
         if ncols < 2:
             raise DataError("needs at least 2 columns (layer sums, then the energy)", file=src)
     layer_cols = [c for c in range(ncols) if c != energy_column]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(dst)
-    try:
+    with atomic_file(dst) as tmp:
         with h5py.File(tmp, "w") as f, _open_text(src) as text, _progress(rows, f"csv {src.name}", progress) as bar:
             layers_ds = f.create_dataset(layers_key, shape=(rows, len(layer_cols)), dtype=dtype)
             energy_ds = f.create_dataset(energy_key, shape=(rows,), dtype=dtype) if energy_column is not None else None
@@ -222,10 +216,6 @@ def convert_csv(src, dst, *, energy_column: int | None = -1, layers_key: str = "
             flush()
             if pos != rows:
                 raise DataError(f"read {pos} rows, expected {rows} (file changed while converting?)", file=src)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("converted %d rows of %s into %s", rows, src, dst)
     return dst
 
@@ -303,9 +293,7 @@ def convert_root(src, dst, tree: str | None = None, branches=None, *, step_size:
                                    src, tree)
         needed = list(dict.fromkeys(b for bs in groups.values() for b in bs))
         n = int(ttree.num_entries)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp(dst)
-        try:
+        with atomic_file(dst) as tmp:
             with h5py.File(tmp, "w") as f, _progress(n, f"root {src.name}:{tree}", progress) as bar:
                 f.attrs["source"] = str(src)
                 f.attrs["tree"] = tree
@@ -345,10 +333,6 @@ def convert_root(src, dst, tree: str | None = None, branches=None, *, step_size:
                     bar.update(m or 0)
                 if pos != n:
                     raise DataError(f"tree {tree!r}: read {pos} of {n} entries", file=src)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     log.info("converted %d entries of %s:%s (%s) into %s", n, src, tree, ", ".join(groups), dst)
     return dst
 

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,38 +57,13 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux /proc; elsewhere set and restored at once)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def atomic_write(path: Path, write, suffix: str = "") -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (:func:`dlkit.datasets.atomic_file`,
+    dlkit's one atomic write; a hidden temporary name is never mistaken for a save)."""
+    from dlkit.datasets import atomic_file
 
-
-def atomic_write(path: Path, write, suffix: str = ".tmp") -> None:
-    """Call ``write(tmp_path)`` on a temporary name beside ``path``, then rename it over ``path``.
-
-    The temporary name starts with a dot and ends with ``suffix`` so it is never mistaken for a save.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: a save must be readable as any new file is
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+    with atomic_file(path, suffix=suffix) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 #: MetaData's record of the model file it belongs to (its sha256), checked when the model is loaded.

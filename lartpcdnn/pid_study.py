@@ -32,13 +32,12 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dlkit.datasets import data_root
+from dlkit.datasets import atomic_file, data_root
 from lartpcdnn.preprocess import ProcessWireData
 from lartpcdnn.simulate import DEFAULT_PARTICLES, VIEW_NAMES, LArSimConfig, file_seed_sequence, simulate_events
 
@@ -117,9 +116,8 @@ def simulate_processed(particles=DEFAULT_PARTICLES, events_per_class: int = 2000
 
     def save(result):
         particle, index, arrays = result
-        tmp = out / f".{particle}_{index}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out / f"{particle}_{index}.npz")
+        with atomic_file(out / f"{particle}_{index}.npz", suffix=".npz") as tmp:  # np.savez wants the suffix
+            np.savez(tmp, **arrays)
         if bar is not None:
             bar.update(chunk)
 

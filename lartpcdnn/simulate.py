@@ -30,6 +30,7 @@ Layout written by :func:`write_dataset` (one file set per particle, LArIAT's nam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.datasets import atomic_file, cached_dataset, data_root
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 from dlkit.sparse import SparseTensor
@@ -877,9 +878,6 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     directory.mkdir(parents=True, exist_ok=True)
     name2d, name3d = file_names(particle, file_index)
     paths = [directory / name2d] + ([directory / name3d] if truth3d else [])
-    for p in paths:
-        remove_stale_tmp(p)
-    tmps = [tmp_name(p) for p in paths]
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
     opts = _h5_options(compression)
     attrs = {"simulation_config": cfg.to_json(), "seed": int(seed), "particle": particle,
@@ -889,7 +887,8 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     scalars = {"Energy": np.float32, "px": np.float32, "py": np.float32, "pz": np.float32, "pdg": np.int32,
                "Track_length": np.float32}
     truths, energy, pdg = [], [], []
-    try:
+    with contextlib.ExitStack() as files:  # both renamed into place at the end, or neither
+        tmps = [files.enter_context(atomic_file(p)) for p in paths]
         with h5py.File(tmps[0], "w") as f:
             f.attrs.update(attrs)
             feats = f.create_dataset("features", shape=(n, 2, cfg.n_wires, cfg.n_ticks), dtype=np.float16,
@@ -917,12 +916,6 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
                 st.write_h5(f, "images3D", capacity=cfg.truth_capacity, compression="gzip")
                 f.create_dataset("Energy", data=np.concatenate(energy))
                 f.create_dataset("pdg", data=np.concatenate(pdg))
-        for tmp, path in zip(tmps, paths):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
     return paths[0]
 
 
