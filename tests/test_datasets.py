@@ -2,6 +2,8 @@
 
 import json
 import multiprocessing
+import os
+import stat
 import subprocess
 import sys
 
@@ -124,3 +126,26 @@ def test_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("DLKIT_DATA")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert data_root("x") == tmp_path / "cache" / "dlkit" / "x"
+
+
+def test_atomic_file_is_hidden_unique_readable_and_its_dead_leftovers_go(tmp_path):
+    """The one atomic write (dlkit.datasets.atomic_file, also behind dlkit.metadata.atomic_write)."""
+    target = tmp_path / "MetaData.json"
+    with atomic_file(target) as first, atomic_file(target) as second:  # two writers in one process
+        assert first != second and first.name.startswith(".MetaData.json.tmp-")
+        first.write_text("1")
+        second.write_text("2")
+    assert target.read_text() == "1"  # the outer block ends last: its rename wins
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f".MetaData.json.tmp-{int(dead.stdout)}-abc123"
+    stale.write_text("half")
+    live = tmp_path / f".MetaData.json.tmp-{os.getpid()}-def456"
+    live.write_text("in progress")
+    with atomic_file(target, suffix=".npz") as tmp:
+        assert tmp.suffix == ".npz"
+        tmp.write_text("3")
+    assert not stale.exists() and live.exists() and target.read_text() == "3"
