@@ -143,12 +143,7 @@ class CaloData(RunData):
 
     def read_test(self):
         """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
-        from dlkit.generators import MultiClassGenerator
-
-        class_map = {name: i for i, name in enumerate(self.class_names)}
-        with MultiClassGenerator(self.test_samples, 1024, class_index_map=class_map, shuffle=False,
-                                 preprocess=self.normalize, **self.options) as gen:
-            arrays = gen.read_all()
+        arrays = self.read_test_arrays(self.class_names, self.normalize)
         return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
 
 

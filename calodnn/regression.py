@@ -83,12 +83,7 @@ class RegressionData(RunData):
 
     def read_test(self):
         """The whole test set in memory (no augmentation): ``(inputs tuple, true energy, particle index)``."""
-        from dlkit.generators import MultiClassGenerator
-
-        class_map = {name: i for i, name in enumerate(self.particles)}
-        with MultiClassGenerator(self.test_samples, 1024, class_index_map=class_map, shuffle=False, onehot=False,
-                                 preprocess=self.normalize, **self.options) as gen:
-            arrays = gen.read_all()
+        arrays = self.read_test_arrays(self.particles, self.normalize, onehot=False)
         return (tuple(arrays[k] for k in self.inputs), np.asarray(arrays["energy"], np.float64).reshape(-1),
                 np.asarray(arrays["class_index"]).reshape(-1))
 

@@ -256,6 +256,16 @@ class RunData:
     """Base of an experiment's data holder (a dataclass with ``train`` and ``validation`` generators):
     :meth:`close` stops their reader processes; ``with setup_data(config) as data:`` does it on any exit."""
 
+    def read_test_arrays(self, class_names, preprocess=None, batch_size: int = 1024, **options) -> dict:
+        """Every event of ``self.test_samples`` in memory, in file order, read with the run's generator options
+        (``self.options``) and its ``preprocess``: the arrays of :meth:`MultiClassGenerator.read_all`."""
+        from dlkit.generators import MultiClassGenerator
+
+        class_map = {name: i for i, name in enumerate(class_names)}
+        with MultiClassGenerator(self.test_samples, batch_size, class_index_map=class_map, shuffle=False,
+                                 preprocess=preprocess, **{**self.options, **options}) as gen:
+            return gen.read_all()
+
     def close(self):
         for gen in (self.train, self.validation):
             if gen is not None:

@@ -86,12 +86,7 @@ class LArData(RunData):
 
     def read_test(self):
         """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
-        from dlkit.generators import MultiClassGenerator
-
-        class_map = {name: i for i, name in enumerate(self.class_names)}
-        with MultiClassGenerator(self.test_samples, 64, class_index_map=class_map, shuffle=False,
-                                 preprocess=self.preprocess, **self.options) as gen:
-            arrays = gen.read_all()
+        arrays = self.read_test_arrays(self.class_names, self.preprocess, batch_size=64)
         return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["Energy"]).reshape(-1)
 
 
