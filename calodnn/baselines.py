@@ -28,7 +28,7 @@ Delta R_bkg the ratio of background rejections 1/eps_bkg at that signal efficien
 (``>``); if the BDT does too, the ratio is undefined (``-``).
 
 The paper's e/pi task keeps "EM-like" pions with HCAL/ECAL energy < 0.025 (``Task.max_hcal_ecal``). In calodnn's
-simulation about half of the pions interact in the ECAL, but fewer than 0.1 % are that EM-like (only when the
+simulation about half of the pions interact in the ECAL, but only ~0.2 % are that EM-like (only when the
 first interaction's pi0s take nearly all the energy does no hadronic remainder reach the HCAL), so the default
 e/pi task keeps all events, and every method stays close to 100 % (bench/paper_tables.py's truth check says why).
 
