@@ -24,17 +24,14 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 from scipy.special import erf, gammainc, ndtri
 
-from dlkit.datasets import cached_dataset, data_root, remove_stale_tmp, tmp_name
+from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 
@@ -791,7 +788,7 @@ def _dataset_kwargs(shape, dtype, compression):
 
 def write_file(path, particle: str, n: int, seed: int, file_index: int, config: CaloSimConfig | None = None,
                compression: str | None = None, progress=None) -> Path:
-    """Simulate and write one file atomically (temporary name, then ``os.replace``).
+    """Simulate and write one file atomically (:func:`dlkit.datasets.atomic_file`).
 
     ``progress``: optional callable(n_events_done) called after each batch.
     """
@@ -799,14 +796,11 @@ def write_file(path, particle: str, n: int, seed: int, file_index: int, config: 
 
     cfg = config or CaloSimConfig()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    tmp = tmp_name(path)
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
     shapes = {"ECAL": ((n, *cfg.ecal_shape), np.float32), "HCAL": ((n, *cfg.hcal_shape), np.float32),
               "energy": ((n,), np.float32), "pdgID": ((n,), np.int32)}
     shapes.update({k: ((n,), np.float32) for k in FEATURE_NAMES})
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             dsets = {k: f.create_dataset(k, shape=s, dtype=d, **_dataset_kwargs(s, d, compression))
                      for k, (s, d) in shapes.items()}
@@ -825,18 +819,14 @@ def write_file(path, particle: str, n: int, seed: int, file_index: int, config: 
                 start += m
                 if progress is not None:
                     progress(m)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
-def _write_file_task(args):
-    """Top-level (picklable) worker of the process pool."""
-    path, particle, n, seed, file_index, cfg_dict, compression = args
-    write_file(path, particle, n, seed, file_index, CaloSimConfig.from_dict(cfg_dict), compression)
-    return path, n
+def _write_job(job, progress=None):
+    """One file of :func:`write_dataset` (module level: :func:`dlkit.datasets.write_files` pickles it)."""
+    path, particle, n, file_index, seed, cfg_dict, compression = job
+    return write_file(path, particle, n, seed, file_index, CaloSimConfig.from_dict(cfg_dict), compression,
+                      progress=progress), n
 
 
 def _plan(out_dir, particles, events_per_class, events_per_file):
@@ -850,15 +840,6 @@ def _plan(out_dir, particles, events_per_class, events_per_file):
     return jobs
 
 
-def _auto_workers(n_jobs, total_events):
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    # Spawning a worker costs ~1 s of imports: only worth it for a few thousand events.
-    return 1 if total_events < 3000 else max(1, min(cores, n_jobs))
-
-
 def write_dataset(out_dir, particles=PARTICLES, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
                   events_per_file: int = 1000, seed: int = 0, config: CaloSimConfig | None = None,
                   compression: str | None = None, progress: bool = True, workers: int | None = None
@@ -869,37 +850,16 @@ def write_dataset(out_dir, particles=PARTICLES, events_per_class: int = DEFAULT_
     or on the order files are made in. ``workers`` processes (spawned, default: the available cores for
     big datasets, 1 for small ones) each write whole files.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or CaloSimConfig()
     if compression not in (None, "gzip", "lzf"):
         raise ValueError("compression must be None, 'gzip' or 'lzf'")
     if events_per_class < 1 or events_per_file < 1:
         raise ValueError("events_per_class and events_per_file must be >= 1")
-    jobs = _plan(out_dir, particles, events_per_class, events_per_file)
-    total = sum(j[2] for j in jobs)
-    workers = _auto_workers(len(jobs), total) if workers is None else max(1, min(int(workers), len(jobs)))
-    logger.info("simulating %d events into %d files under %s with %d worker(s)", total, len(jobs), out_dir,
-                workers)
-    t0 = time.perf_counter()
-    paths = []
-    with tqdm(total=total, unit="ev", desc="calodnn.simulate", disable=not progress) as bar:
-        if workers == 1:
-            for path, particle, n, i in jobs:
-                paths.append(write_file(path, particle, n, seed, i, cfg, compression, progress=bar.update))
-        else:
-            cfg_dict = cfg.to_dict()
-            tasks = [(p, part, n, seed, i, cfg_dict, compression) for p, part, n, i in jobs]
-            ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Keras)
-            with ctx.Pool(workers) as pool:
-                for path, n in pool.imap_unordered(_write_file_task, tasks):
-                    paths.append(path)
-                    bar.update(n)
-            order = {j[0]: k for k, j in enumerate(jobs)}
-            paths.sort(key=order.__getitem__)
-    dt = time.perf_counter() - t0
-    logger.info("wrote %d events in %.1f s (%.0f events/s)", total, dt, total / max(dt, 1e-9))
-    return paths
+    cfg_dict = cfg.to_dict()
+    jobs = [(path, particle, n, i, seed, cfg_dict, compression)
+            for path, particle, n, i in _plan(out_dir, particles, events_per_class, events_per_file)]
+    return write_files(_write_job, jobs, sum(j[2] for j in jobs), "calodnn.simulate", workers=workers,
+                       progress=progress)
 
 
 #: Fields added after FORMAT_VERSION 1: at their defaults they do not enter :func:`dataset_key`, so datasets

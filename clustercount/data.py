@@ -49,7 +49,7 @@ from clustercount.baselines import (
 )
 from clustercount.simulate import DriftSimConfig, default_dataset
 from dlkit.config import ConfigError
-from dlkit.datasets import atomic_file, cached_dataset, data_root, read_complete
+from dlkit.datasets import atomic_file, available_cores, cached_dataset, data_root, read_complete
 from dlkit.experiment import RunData
 from dlkit.generators.errors import DataError
 
@@ -353,11 +353,7 @@ def _derive_all(kind: str, files, out_dir: Path, opts: DerivationOptions, worker
         return [make_cluster_file(f, out_dir / f"{kind}_{i}.h5", opts, scorer) for i, f in enumerate(files)]
     tasks = [(kind, str(f), str(out_dir / f"{kind}_{i}.h5"), dataclasses.asdict(opts)) for i, f in enumerate(files)]
     if workers is None:
-        try:
-            workers = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            workers = os.cpu_count() or 1
-        workers = 1 if len(tasks) < 4 else min(workers, len(tasks))
+        workers = 1 if len(tasks) < 4 else min(available_cores(), len(tasks))
     if workers <= 1:
         return [Path(_derive_task(t)) for t in tasks]
     ctx = multiprocessing.get_context("spawn")  # the parent may hold Keras threads

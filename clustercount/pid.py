@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 
 from clustercount.baselines import PeakList, time_proximity_counts
 from dlkit.analysis import style
-from dlkit.datasets import atomic_file
+from dlkit.datasets import atomic_file, available_cores
 from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster_features
 from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
 from dlkit.analysis import AnalysisResults
@@ -150,11 +150,7 @@ def pid_dataset(sim_config: DriftSimConfig | None = None, options: PIDOptions = 
                   dataclasses.asdict(options)) for p in options.momenta for part in options.particles]
         n = workers
         if n is None:
-            try:
-                n = len(os.sched_getaffinity(0))
-            except AttributeError:  # pragma: no cover - not Linux
-                n = os.cpu_count() or 1
-            n = 1 if options.n_tracks * options.n_cells * len(tasks) < 8000 else min(n, len(tasks))
+            n = 1 if options.n_tracks * options.n_cells * len(tasks) < 8000 else min(available_cores(), len(tasks))
         log.info("simulating PID samples: %d x %d tracks of %d cells into %s", len(tasks), options.n_tracks,
                  options.n_cells, path)
         if n <= 1 or scorer is not None:  # the classifier runs here, in the process that holds Keras

@@ -49,10 +49,7 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -60,7 +57,7 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 from scipy.signal import lfilter
 
-from dlkit.datasets import atomic_file, cached_dataset, data_root
+from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 
@@ -547,20 +544,10 @@ def write_file(path, n: int, seed: int, file_index: int, config: DriftSimConfig 
     return path
 
 
-def _write_file_task(args):
-    """Top-level (picklable) worker of the process pool."""
-    path, n, seed, file_index, cfg_dict = args
-    write_file(path, n, seed, file_index, DriftSimConfig.from_dict(cfg_dict))
-    return path, n
-
-
-def _auto_workers(n_jobs: int, total: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    # Spawning a worker costs ~1 s of imports: only worth it for a few thousand waveforms.
-    return 1 if total < 4000 else max(1, min(cores, n_jobs))
+def _write_job(job, progress=None):
+    """One file of :func:`write_dataset` (module level: :func:`dlkit.datasets.write_files` pickles it)."""
+    path, n, seed, file_index, cfg_dict = job
+    return write_file(path, n, seed, file_index, DriftSimConfig.from_dict(cfg_dict), progress=progress), n
 
 
 def write_dataset(out_dir, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_per_file: int = 1000, seed: int = 0,
@@ -572,35 +559,13 @@ def write_dataset(out_dir, n_waveforms: int = DEFAULT_WAVEFORMS, waveforms_per_f
     order files are made in. ``workers`` spawned processes write whole files (default: the available
     cores for big datasets, 1 for small ones).
     """
-    from tqdm.auto import tqdm
-
     cfg = config or DriftSimConfig()
     if n_waveforms < 1 or waveforms_per_file < 1:
         raise ValueError("n_waveforms and waveforms_per_file must be >= 1")
-    out_dir = Path(out_dir)
-    jobs = [(out_dir / f"wave_{i}.h5", min(waveforms_per_file, n_waveforms - start), i)
+    jobs = [(Path(out_dir) / f"wave_{i}.h5", min(waveforms_per_file, n_waveforms - start), seed, i, cfg.to_dict())
             for i, start in enumerate(range(0, n_waveforms, waveforms_per_file))]
-    workers = _auto_workers(len(jobs), n_waveforms) if workers is None else max(1, min(int(workers), len(jobs)))
-    logger.info("simulating %d waveforms into %d files under %s with %d worker(s)", n_waveforms, len(jobs),
-                out_dir, workers)
-    t0 = time.perf_counter()
-    paths = []
-    with tqdm(total=n_waveforms, unit="wf", desc="clustercount.simulate", disable=not progress) as bar:
-        if workers == 1:
-            for path, n, i in jobs:
-                paths.append(write_file(path, n, seed, i, cfg, progress=bar.update))
-        else:
-            tasks = [(p, n, seed, i, cfg.to_dict()) for p, n, i in jobs]
-            ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Keras)
-            with ctx.Pool(workers) as pool:
-                for path, n in pool.imap_unordered(_write_file_task, tasks):
-                    paths.append(path)
-                    bar.update(n)
-            order = {j[0]: k for k, j in enumerate(jobs)}
-            paths.sort(key=order.__getitem__)
-    dt = time.perf_counter() - t0
-    logger.info("wrote %d waveforms in %.1f s (%.0f waveforms/s)", n_waveforms, dt, n_waveforms / max(dt, 1e-9))
-    return paths
+    return write_files(_write_job, jobs, n_waveforms, "clustercount.simulate", unit="wf", workers=workers,
+                       parallel_from=4000, progress=progress)
 
 
 def dataset_key(config: DriftSimConfig, seed: int, n_waveforms: int, waveforms_per_file: int) -> str:

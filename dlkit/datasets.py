@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["COMPLETE_MARKER", "data_root", "tmp_name", "remove_stale_tmp", "atomic_file", "cached_dataset",
-           "read_complete"]
+           "read_complete", "write_files", "available_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,59 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a Slurm allocation), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def write_files(task, jobs: list, total: int, desc: str, unit: str = "ev", workers: int | None = None,
+                parallel_from: int = 3000, progress: bool = True) -> list:
+    """Write a dataset file by file: ``task(job, progress) -> (path, n)`` for every job, in this process or
+    in ``workers`` spawned processes, under one progress bar over ``total`` ``unit``; returns the paths in job
+    order. The simulators' ``write_dataset`` is this over their ``write_file``.
+
+    ``task`` is a module-level function (it is pickled to the workers) that writes one whole file, seeded by
+    its job alone, so the dataset does not depend on ``workers`` or on the order files are made in. Run here
+    it calls ``progress(n_done)`` as it goes; in a worker it gets None and the bar moves per file.
+    ``workers=None``: the available cores once ``total >= parallel_from`` (a spawned worker costs ~1 s of
+    imports), else 1. Spawned, not forked: the parent may hold threads (Keras).
+    """
+    import multiprocessing
+    import time
+
+    from tqdm.auto import tqdm
+
+    if workers is None:
+        workers = 1 if total < parallel_from else available_cores()
+    workers = max(1, min(int(workers), len(jobs)))
+    logger.info("%s: %d %s into %d files with %d worker(s)", desc, total, unit, len(jobs), workers)
+    start = time.perf_counter()
+    paths = [None] * len(jobs)
+    with tqdm(total=total, unit=unit, desc=desc, disable=not progress) as bar:
+        if workers == 1:
+            for k, job in enumerate(jobs):
+                paths[k], _ = task(job, bar.update)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                indexed = [(task, k, job) for k, job in enumerate(jobs)]
+                for k, path, n in pool.imap_unordered(_run_indexed, indexed):
+                    paths[k] = path
+                    bar.update(n)
+    seconds = time.perf_counter() - start
+    logger.info("%s: wrote %d %s in %.1f s (%.0f %s/s)", desc, total, unit, seconds, total / max(seconds, 1e-9),
+                unit)
+    return paths
+
+
+def _run_indexed(args):
+    task, k, job = args
+    path, n = task(job, None)
+    return k, path, n
 
 
 def read_complete(path: str | os.PathLike) -> dict | None:

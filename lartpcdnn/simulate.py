@@ -37,16 +37,13 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from dlkit.datasets import atomic_file, cached_dataset, data_root
+from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 from dlkit.sparse import SparseTensor
@@ -919,11 +916,11 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     return paths[0]
 
 
-def _write_file_task(args):
-    """Top-level (picklable) worker of the process pool."""
-    directory, particle, n, seed, file_index, cfg_dict, compression, truth3d = args
+def _write_job(job, progress=None):
+    """One file set of :func:`write_dataset` (module level: :func:`dlkit.datasets.write_files` pickles it)."""
+    directory, particle, n, file_index, seed, cfg_dict, compression, truth3d = job
     return write_file(directory, particle, n, seed, file_index, LArSimConfig.from_dict(cfg_dict), compression,
-                      truth3d), n
+                      truth3d, progress), n
 
 
 def _plan(out_dir, particles, events_per_class, events_per_file):
@@ -936,13 +933,6 @@ def _plan(out_dir, particles, events_per_class, events_per_file):
     return jobs
 
 
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def write_dataset(out_dir, particles=DEFAULT_PARTICLES, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
                   events_per_file: int = 100, seed: int = 0, config: LArSimConfig | None = None,
                   compression: str | None = "gzip", truth3d: bool = True, progress: bool = True,
@@ -953,38 +943,16 @@ def write_dataset(out_dir, particles=DEFAULT_PARTICLES, events_per_class: int = 
     (spawned processes each writing whole files; default: the available cores unless the dataset is tiny)
     or on the order files are made in.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or LArSimConfig()
     _check_compression(compression)
     if events_per_class < 1 or events_per_file < 1:
         raise ValueError("events_per_class and events_per_file must be >= 1")
-    jobs = _plan(out_dir, particles, events_per_class, events_per_file)
-    total = sum(j[2] for j in jobs)
-    if workers is None:  # a spawned worker costs ~1 s of imports: worth it from ~100 events on
-        workers = 1 if total < 100 else max(1, min(_cores(), len(jobs)))
-    workers = max(1, min(int(workers), len(jobs)))
-    logger.info("simulating %d events into %d file sets under %s with %d worker(s)", total, len(jobs), out_dir,
-                workers)
-    t0 = time.perf_counter()
-    paths = []
-    with tqdm(total=total, unit="ev", desc="lartpcdnn.simulate", disable=not progress) as bar:
-        if workers == 1:
-            for directory, particle, n, i in jobs:
-                paths.append(write_file(directory, particle, n, seed, i, cfg, compression, truth3d, bar.update))
-        else:
-            cfg_dict = cfg.to_dict()
-            tasks = [(dr, part, n, seed, i, cfg_dict, compression, truth3d) for dr, part, n, i in jobs]
-            ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (Keras)
-            with ctx.Pool(workers) as pool:
-                for path, n in pool.imap_unordered(_write_file_task, tasks):
-                    paths.append(path)
-                    bar.update(n)
-            order = {j[0] / file_names(j[1], j[3])[0]: k for k, j in enumerate(jobs)}
-            paths.sort(key=order.__getitem__)
-    dt = time.perf_counter() - t0
-    logger.info("wrote %d events in %.1f s (%.1f events/s)", total, dt, total / max(dt, 1e-9))
-    return paths
+    cfg_dict = cfg.to_dict()
+    jobs = [(directory, particle, n, i, seed, cfg_dict, compression, truth3d)
+            for directory, particle, n, i in _plan(out_dir, particles, events_per_class, events_per_file)]
+    # a spawned worker costs ~1 s of imports: worth it from ~100 events on
+    return write_files(_write_job, jobs, sum(j[2] for j in jobs), "lartpcdnn.simulate", workers=workers,
+                       parallel_from=100, progress=progress)
 
 
 def dataset_key(config: LArSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pickle
 import sys
 import threading
@@ -68,11 +67,9 @@ LABEL_KEYS = ("class_index", "onehot", "weight", "_entry", "_event")
 
 def default_workers() -> int:
     """Reader processes by default: the CPUs this process may use (at most 8)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+    from dlkit.datasets import available_cores
+
+    return max(1, min(available_cores(), 8))
 
 
 class Select:
