@@ -75,8 +75,8 @@ def optuna_html(trials: list[dict], path: Path) -> None:
              "Optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd", "rmsprop"])}
     for t in trials:
         state = optuna.trial.TrialState.COMPLETE if t["status"] == "completed" else optuna.trial.TrialState.FAIL
-        study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, state=state,
-                                                  value=t["value"] if state == optuna.trial.TrialState.COMPLETE else None))
+        value = t["value"] if state == optuna.trial.TrialState.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, state=state, value=value))
     fig = optuna.visualization.plot_parallel_coordinate(study)
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
 

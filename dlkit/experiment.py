@@ -45,9 +45,9 @@ from dlkit.permutator import Permutator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Experiment", "ExperimentResult", "make_parser", "configure_device", "RunSetup", "resolve_run", "load_or_build", "compile_model",
-           "training_callbacks", "train", "finish", "summary_footer", "run_main", "UserError", "EXIT_USER_ERROR", "FLAG_KEYS",
-           "RUN_DEFAULTS", "RunData"]
+__all__ = ["Experiment", "ExperimentResult", "make_parser", "configure_device", "RunSetup", "resolve_run",
+           "load_or_build", "compile_model", "training_callbacks", "train", "finish", "summary_footer", "run_main",
+           "UserError", "EXIT_USER_ERROR", "FLAG_KEYS", "RUN_DEFAULTS", "RunData"]
 
 #: Exit status for configuration, data and usage errors.
 EXIT_USER_ERROR = 2

@@ -112,6 +112,8 @@ def test_report_has_every_run_links_that_resolve_and_nothing_from_outside(scan, 
 def test_report_metric_and_direction(scan):
     text = scan_report(scan, metric="val_loss")  # a loss: the smallest is best; all equal here -> first ok run
     assert "Best run by val_loss" in text
+    narrow = scan_report(scan, columns=["Model Name", "Status"])  # the metric need not be a shown column
+    assert re.search(r'Best run by Ele_AUC: <a [^>]*>Dense_128_2_0.01</a> \(Ele_AUC = 0.88;', narrow)
     with pytest.raises(LookupError, match="Ele_AUCC.*Ele_AUC"):
         scan_report(scan, metric="Ele_AUCC")
 
@@ -131,7 +133,8 @@ def chromium() -> str | None:
 
 @pytest.fixture
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[test]')")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright is not installed (pip install '.[test]')")
     executable = chromium()
     if executable is None:
         pytest.skip("no Chromium found: run .ci/install-chromium (Debian's chromium) or set DLKIT_CHROMIUM")

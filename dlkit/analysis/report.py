@@ -152,7 +152,7 @@ def scan_report(Models, columns: Sequence | None = None, sort=None, reverse: boo
     columns = [defaults[c] if isinstance(c, int) and not isinstance(c, bool) else c for c in columns]
     models = _sort_models(models, sort, columns, reverse)
     frame = ScanTable(models, columns)
-    metric = metric or default_metric(frame.columns)
+    metric = metric or default_metric(defaults)
     if metric:
         check_columns(models, [metric], "metric")
     parameters = scanned_parameters(models)
@@ -179,7 +179,7 @@ def scan_report(Models, columns: Sequence | None = None, sort=None, reverse: boo
         model = models[best]
         point = ", ".join(f"{p}={judged.loc[best, p]}" for p in parameters if p in judged.columns)
         parts.append(f'<p id="best">Best run by {html.escape(metric)}: <a href="{_href(model.path, base)}/">'
-                     f"{html.escape(model.name)}</a> ({html.escape(metric)} = {frame.loc[best, metric]:.4g}"
+                     f"{html.escape(model.name)}</a> ({html.escape(metric)} = {judged.loc[best, metric]:.4g}"
                      + (f"; {html.escape(point)}" if point else "") + ")</p>")
     parts.append('<h2>Runs</h2><div class="controls"><input id="filter" type="search" size="40" '
                  'placeholder="filter: text, or conditions like Width>=64 lr<0.01"> '
@@ -189,7 +189,8 @@ def scan_report(Models, columns: Sequence | None = None, sort=None, reverse: boo
     parts.append(_table(frame, models, base, floatfmt, best))
     if judged is not None and len(judged) and parameters:
         parts.append(f"<h2>Which parameters matter ({html.escape(metric)}, ok runs)</h2>")
-        parts.append(f'<img class="wide" alt="metric vs parameters" src="{_png(plot_parameters(judged, parameters, metric, maximize))}">')
+        figure = plot_parameters(judged, parameters, metric, maximize)
+        parts.append(f'<img class="wide" alt="metric vs parameters" src="{_png(figure)}">')
         parts.append(f'<img class="wide" alt="parallel coordinates" '
                      f'src="{_png(plot_parallel_coordinates(judged, parameters, metric, maximize))}">')
     if best is not None:
