@@ -130,8 +130,7 @@ def pid_analysis(wrapper, config, baseline_gap_ns, scorer=None):
 
 
 EXPERIMENT = Experiment("clustercount.ClusterizationExperiment", __doc__, prefix="Clusterization", defaults=DEFAULTS,
-                        default_config=DEFAULT_CONFIG, ranges=RANGES, test_overrides=TEST_OVERRIDES,
-                        types=TYPES,
+                        default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
                         setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
                         compile=lambda w: compile_model(w, ["mae", "mse"]), check_config=check_config,
                         after_build=record_peak_finder,

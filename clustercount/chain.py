@@ -60,8 +60,7 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
     def build(tmp: Path):
         log.info("training the default peak finder (PeakFindingExperiment point %d%s, %s) into %s", point,
                  ", --Test" if test else "", overrides or "no overrides", path)
-        result = pfe.run(point=point, Test=test, data=str(waveform_dir), OutputBase=str(tmp),
-                         **overrides)
+        result = pfe.run(point=point, Test=test, data=str(waveform_dir), OutputBase=str(tmp), **overrides)
         if not result.ok:
             raise RuntimeError(f"training the default peak finder stopped with exit code {result.exit_code}")
         run_dir = result.run_dir
