@@ -3,7 +3,6 @@
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
@@ -219,14 +218,6 @@ def lcd_raw(tmp_path_factory):
     write_dataset(root, events_per_class=240, events_per_file=120, seed=5, progress=False, config=RAW)
     return root
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DLKIT_DATA", str(tmp_path / "data"))
-    monkeypatch.chdir(tmp_path)
-    return dict(os.environ, DLKIT_CACHE_DIR=str(tmp_path / "cache"), DLKIT_DATA=str(tmp_path / "data"),
-                TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def run(argv):

@@ -2,7 +2,6 @@
 pipeline, ScanAnalysis on their metadata, and user errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +19,6 @@ def waves(tmp_path_factory):
     write_dataset(root, n_waveforms=600, waveforms_per_file=200, seed=3, progress=False, workers=1)
     return root
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DLKIT_DATA", str(tmp_path / "data"))
-    monkeypatch.chdir(tmp_path)
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def peak_run(argv):

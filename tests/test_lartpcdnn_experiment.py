@@ -1,6 +1,5 @@
 """lartpcdnn.ClassificationExperiment end to end in --Test mode, its analysis, data set-up and error cases."""
 
-import os
 import subprocess
 import sys
 
@@ -20,13 +19,6 @@ def lariat(tmp_path_factory):
                   progress=False, workers=1)
     return root
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("DLKIT_DATA", str(tmp_path / "data"))
-    monkeypatch.chdir(tmp_path)
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def run(argv):
