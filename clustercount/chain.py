@@ -41,7 +41,7 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
     from clustercount import PeakFindingExperiment as pfe
     from dlkit.config import ConfigError
     from dlkit.datasets import cached_dataset, data_root
-    from dlkit.metadata import METADATA_FILE, atomic_write, read_metadata, to_jsonable
+    from dlkit.metadata import METADATA_FILE, atomic_write, file_sha256, read_metadata, to_jsonable
 
     point = int(config.get("PeakModelPoint", 18))
     overrides = dict(config.get("PeakModelSet") or {})
@@ -52,7 +52,7 @@ def auto_peak_model(config, waveform_dir, test: bool = False) -> Path:
         overrides.pop(key, None)
     blob = json.dumps({"source": _source_key(waveform_dir), "defaults": pfe.DEFAULTS, "test": bool(test),
                        "test_overrides": pfe.TEST_OVERRIDES if test else None,
-                       "config_file": hashlib.sha256(Path(pfe.DEFAULT_CONFIG).read_bytes()).hexdigest(),
+                       "config_file": file_sha256(pfe.DEFAULT_CONFIG),
                        "point": point, "overrides": overrides}, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     path = data_root("clustercount") / f"peakmodel-{key}"

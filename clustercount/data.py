@@ -52,6 +52,7 @@ from dlkit.config import ConfigError
 from dlkit.datasets import atomic_file, available_cores, cached_dataset, data_root, read_complete
 from dlkit.experiment import RunData
 from dlkit.generators.errors import DataError
+from dlkit.metadata import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class PeakScorer:
         self.scale = float(conf["WindowScale"])
         self.threshold = float(threshold if threshold is not None else md.get("ThresholdAtDerivFake", 0.5))
         path = model_dir / "model.keras"
-        self.digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.digest = file_sha256(path)[:16]
         self.model = keras.saving.load_model(path, compile=False)  # predicting only
         self.directory = model_dir
 

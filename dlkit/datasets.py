@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["COMPLETE_MARKER", "data_root", "tmp_name", "remove_stale_tmp", "atomic_file", "cached_dataset",
-           "read_complete", "write_files", "available_cores"]
+           "read_complete", "write_files", "available_cores", "fsync_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,17 @@ def atomic_file(path: str | os.PathLike, suffix: str = "", mkdir: bool = True):
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600: the file must be readable as any new file is
         os.close(fd)
         yield tmp
-        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
-            os.fsync(f.fileno())
+        fsync_file(tmp)  # the data must be on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file written by name (h5py, Keras, numpy) to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def _umask() -> int:

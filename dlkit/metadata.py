@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.datasets import atomic_file, fsync_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_FILE", "METADATA_FILE", "MODEL_HASH", "MetaDataError", "save_pair", "read_saved_pair",
@@ -60,8 +62,6 @@ def to_jsonable(value: Any) -> Any:
 def atomic_write(path: Path, write, suffix: str = "") -> None:
     """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (:func:`dlkit.datasets.atomic_file`,
     dlkit's one atomic write; a hidden temporary name is never mistaken for a save)."""
-    from dlkit.datasets import atomic_file
-
     with atomic_file(path, suffix=suffix) as tmp:
         write(tmp)
 
@@ -81,11 +81,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _fsynced(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def save_pair(directory: str | os.PathLike, write_model, metadata: dict) -> None:
     """Save a model file and its metadata as one: a kill at any moment leaves a consistent pair.
 
@@ -98,10 +93,10 @@ def save_pair(directory: str | os.PathLike, write_model, metadata: dict) -> None
     model_tmp, meta_tmp = directory / _PENDING_MODEL, directory / PENDING_METADATA
     try:
         write_model(model_tmp)
-        _fsynced(model_tmp)
+        fsync_file(model_tmp)
         metadata[MODEL_HASH] = file_sha256(model_tmp)
         meta_tmp.write_text(json.dumps(to_jsonable(metadata), indent=1))
-        _fsynced(meta_tmp)
+        fsync_file(meta_tmp)
     except BaseException:
         model_tmp.unlink(missing_ok=True)
         meta_tmp.unlink(missing_ok=True)

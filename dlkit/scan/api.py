@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dlkit.config import ConfigError, load_config
+from dlkit.metadata import file_sha256
 from dlkit.permutator import Permutator
-from dlkit.scan.ledger import FINAL_STATES, Ledger, ScanError, read_json, sha256_file
+from dlkit.scan.ledger import FINAL_STATES, Ledger, ScanError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def make_manifest(experiment: str, config: str | os.PathLike | None = None, flag
     config_path = Path(config).resolve()
     default_name = f"{experiment.rsplit('.', 1)[-1].removesuffix('.py')}-{config_path.stem}"
     return {"name": name or default_name, "experiment": experiment, "config": str(config_path),
-            "config_sha256": sha256_file(config_path), "params": params or {}, "size": size,
+            "config_sha256": file_sha256(config_path), "params": params or {}, "size": size,
             "points": parse_points(points, size), "flags": flags, "metric": metric}
 
 
