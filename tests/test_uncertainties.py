@@ -20,7 +20,7 @@ from dlkit.analysis import (
     resolution_function,
     resolution_vs_energy,
 )
-from dlkit.analysis.plots import _fit_label
+from dlkit.analysis.regression import fit_label as _fit_label
 
 # -- Clopper-Pearson --------------------------------------------------------------------------------------
 

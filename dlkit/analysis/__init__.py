@@ -45,6 +45,7 @@ from dlkit.analysis.plots import (
 )
 from dlkit.analysis.regression import (
     RegressionAnalysis,
+    fit_label,
     fit_resolution,
     gaussian_core,
     resolution_fit_table,
@@ -72,8 +73,9 @@ __all__ = [
     "AnalysisResults", "multiclass_roc", "pairwise_scores", "bin_data_index", "binned_auc",
     "rejection_at_efficiency", "confusion",
     "MultiClassificationAnalysis", "BinMultiClassificationAnalysis",
-    "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "resolution_fit_table",
-    "RegressionAnalysis", "clopper_pearson", "bootstrap_auc", "ONE_SIGMA", "binned_value_columns",
+    "gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "fit_label",
+    "resolution_fit_table", "RegressionAnalysis", "clopper_pearson", "bootstrap_auc", "ONE_SIGMA",
+    "binned_value_columns",
     "LoadModels", "ScanModel", "ScanTable", "format_table", "GetGoodParams", "GetHistorical", "GetEpochs",
     "ResetNames", "SelectModels", "PlotMetaData", "PlotMetaDataMany",
     "plot_roc", "plot_binned", "plot_confusion", "plot_history", "history_boundaries", "plot_chained_history",

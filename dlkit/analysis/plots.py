@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dlkit.analysis import style
+from dlkit.analysis.regression import fit_label, resolution_function
 
 __all__ = ["plot_roc", "plot_binned", "binned_value_columns", "plot_confusion", "plot_history", "history_boundaries",
            "plot_chained_history", "plot_resolution", "plot_response", "plot_scan", "plot_parameters",
@@ -172,18 +173,6 @@ def _energy(table: pd.DataFrame) -> np.ndarray:
     return np.asarray(table["e_mean"] if "e_mean" in table else table.index, dtype=float)
 
 
-def _fit_label(fit: Mapping) -> str:
-    """``a=0.151±0.003, b=0 (at bound), c=0.0102±0.0004``: each parameter with its fit error, or flagged."""
-    parts = []
-    for p in ("a", "b", "c"):
-        value, error = fit.get(p, np.nan), fit.get(f"{p}_err", np.nan)
-        if fit.get(f"{p}_at_bound"):
-            parts.append(f"{p}=0 (at bound)")
-            continue
-        parts.append(f"{p}={value:.3g}" + (f"\u00b1{error:.2g}" if error and np.isfinite(error) else ""))
-    return ", ".join(parts)
-
-
 def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, title: str | None = None,
                     xlabel: str = "true energy [GeV]", logx: bool = False) -> Figure:
     """Relative resolution sigma/E vs true energy, with the fitted curve and a, b, c in the legend.
@@ -197,8 +186,6 @@ def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, titl
     >>> table, md = RegressionAnalysis(e_true, e_pred, np.geomspace(10, 500, 21))
     >>> save_figure(plot_resolution({"Ele": table}), wrapper.OutDir, "Resolution")
     """
-    from dlkit.analysis.regression import resolution_function
-
     fig, ax = style.figure((6.5, 4.8))
     series = _as_series(tables, fits)
     for i, (label, table, fit) in enumerate(series):
@@ -217,7 +204,7 @@ def plot_resolution(tables, fits=None, labels: Sequence[str] | None = None, titl
         if fit is not None and np.isfinite([fit.get(p, np.nan) for p in "abc"]).all():
             finite = x[np.isfinite(x) & (x > 0)]
             grid = np.geomspace(finite.min(), finite.max(), 200) if finite.size else np.array([])
-            text = _fit_label(fit)
+            text = fit_label(fit)
             ax.plot(grid, resolution_function(grid, fit["a"], fit["b"], fit["c"]), color=color,
                     label=f"{label}: {text}" if label else text)
     ax.set(xlabel=xlabel, ylabel="relative resolution \u03c3/E")

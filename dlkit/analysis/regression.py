@@ -25,7 +25,7 @@ from scipy.stats import norm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution",
+__all__ = ["gaussian_core", "resolution_vs_energy", "resolution_function", "fit_resolution", "fit_label",
            "resolution_fit_table", "RegressionAnalysis"]
 
 _PARAMS = ("a", "b", "c")
@@ -290,6 +290,20 @@ def fit_resolution(energy, sigma_over_e, errors=None, fix: Mapping[str, float] |
     return out
 
 
+def fit_label(fit: Mapping) -> str:
+    """``a=0.151±0.003, b=0 (at bound), c=0.0102±0.0004``: each parameter of a :func:`fit_resolution` result
+    with its fit error, or flagged (the legend of :func:`~dlkit.analysis.plot_resolution`, the ``fit`` column
+    of :func:`resolution_fit_table`)."""
+    parts = []
+    for p in ("a", "b", "c"):
+        value, error = fit.get(p, np.nan), fit.get(f"{p}_err", np.nan)
+        if fit.get(f"{p}_at_bound"):
+            parts.append(f"{p}=0 (at bound)")
+            continue
+        parts.append(f"{p}={value:.3g}" + (f"\u00b1{error:.2g}" if error and np.isfinite(error) else ""))
+    return ", ".join(parts)
+
+
 def resolution_fit_table(fits: Mapping[str, Mapping]) -> pd.DataFrame:
     """The :func:`fit_resolution` results of several fits (``{label: fit}``), one row each, as a table.
 
@@ -299,14 +313,12 @@ def resolution_fit_table(fits: Mapping[str, Mapping]) -> pd.DataFrame:
 
     >>> resolution_fit_table({name: table.attrs["fit"] for name, table in tables.items()})
     """
-    from dlkit.analysis.plots import _fit_label
-
     columns = [f"{p}{suffix}" for p in _PARAMS for suffix in ("", "_err", "_at_bound")]
     columns += ["chi2", "ndf", "n_points"]
     rows = []
     for label, fit in fits.items():
         row = {c: fit.get(c, False if c.endswith("_at_bound") else math.nan) for c in columns}
-        row["fit"] = _fit_label(fit)
+        row["fit"] = fit_label(fit)
         rows.append(row)
     return pd.DataFrame(rows, index=pd.Index([str(k) for k in fits], name="label"), columns=[*columns, "fit"])
 

@@ -37,8 +37,9 @@ from urllib.parse import quote
 import pandas as pd
 
 from dlkit.analysis.plots import _better, plot_parallel_coordinates, plot_parameters
-from dlkit.analysis.scan import (ScanModel, ScanTable, _as_models, _missing, _sort_models, check_columns,
-                                 default_columns, scanned_parameters)
+from dlkit.analysis.scan.runs import ScanModel, _as_models
+from dlkit.analysis.scan.tables import (ScanTable, _missing, _sort_models, check_columns, default_columns,
+                                        scanned_parameters)
 
 log = logging.getLogger(__name__)
 
