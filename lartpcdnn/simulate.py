@@ -30,6 +30,7 @@ Layout written by :func:`write_dataset` (one file set per particle, LArIAT's nam
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -37,7 +38,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -262,8 +265,15 @@ def _isotropic(rng, n) -> np.ndarray:
 def _basis(d):
     """Two unit vectors perpendicular to each direction in ``d`` (n, 3)."""
     ref = np.where(np.abs(d[:, 2:3]) < 0.9, np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]))
-    u = _unit(np.cross(ref, d))
-    return u, np.cross(d, u)
+    u = _unit(_cross(ref, d))
+    return u, _cross(d, u)
+
+
+def _cross(a, b):
+    """``np.cross`` of (n, 3) arrays, the same arithmetic without its per-call overhead (a hot loop)."""
+    a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
+    b0, b1, b2 = b[:, 0], b[:, 1], b[:, 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=1)
 
 
 def _tilt(d, theta, phi):
@@ -744,10 +754,13 @@ def _digitize(n, deposits, rng, cfg, out):
             idx_parts.append(((plane * W + wire)[:, None] * span + ticks)[good])
             w_parts.append((area[:, None] * shape[rows])[good])
         signal = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=2 * W * span)
-        block = out[i][:, :, a:b]
-        total = np.rint(signal.reshape(2, W, span)).astype(np.float32) + block
+        # only the samples the signal touches change (noise alone is far inside the ADC range)
+        hit = np.flatnonzero(signal)
+        flat = (hit // span) * T + a + hit % span  # index into out[i] as (plane * W + wire) * T + tick
+        event = out[i].reshape(-1)
+        total = np.rint(signal[hit]).astype(np.float32) + event[flat]
         np.clip(total, lo_adc, hi_adc, out=total)
-        out[i][:, :, a:b] = total
+        event[flat] = total
 
 
 def _truth_points(n, deposits, cfg):
@@ -853,6 +866,38 @@ def _check_compression(compression):
         raise ValueError(f"compression must be None, 'gzip' (level 1), 'gzip1'..'gzip9' or 'lzf', got {compression!r}")
 
 
+def _deflate_event(event: np.ndarray, level: int) -> bytes:
+    """One event's ``features`` chunk through HDF5's shuffle + deflate filters, done here.
+
+    The shuffle is HDF5's (all first bytes of the float16 values, then all second bytes); the deflate
+    stream uses zlib's run-length strategy, which any inflate reads like HDF5's own output: on the
+    digitised noise it is ~2.3x faster than the default strategy and ~20 % smaller.
+    """
+    shuffled = np.ascontiguousarray(np.ascontiguousarray(event).view(np.uint8).reshape(-1, event.itemsize).T)
+    z = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return z.compress(shuffled) + z.flush()
+
+
+def _feature_writer(dset, compression):
+    """``write(start, block)`` storing events ``block`` (m, 2, W, T) at ``dset[start:start + m]``.
+
+    gzip: each event (one HDF5 chunk) is shuffled and deflated by :func:`_deflate_event` in a few threads
+    (zlib releases the GIL) and written with ``write_direct_chunk``, the file declaring the same filters.
+    """
+    if not (isinstance(compression, str) and compression.startswith("gzip")):
+        def write(start, block):
+            dset[start:start + len(block)] = block
+        return write
+    level = int(compression[4:] or 1)
+    threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()))
+
+    def write(start, block):
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for j, data in enumerate(pool.map(_deflate_event, block, [level] * len(block))):
+                dset.id.write_direct_chunk((start + j, 0, 0, 0), data)
+    return write
+
+
 def file_names(particle: str, file_index: int) -> tuple[str, str]:
     """LArIAT's file names: ``<particle>_<i>.2d.h5`` and ``<particle>_<i>.3d.h5``."""
     return f"{particle}_{file_index}.2d.h5", f"{particle}_{file_index}.3d.h5"
@@ -863,7 +908,7 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
     """Simulate and write one file set (2d, and 3d unless ``truth3d`` is False) atomically; returns the 2d path.
 
     ``features`` is chunked one event per chunk (what the readers decompress at a time); ``compression``
-    None, ``"gzip"`` (level 1, with shuffle: the default, ~3.6x smaller), ``"gzipN"`` or ``"lzf"``.
+    None, ``"gzip"`` (level 1, with shuffle: the default, ~4.3x smaller), ``"gzipN"`` or ``"lzf"``.
     ``progress``: optional callable(n_events_done) called after each chunk.
     """
     import h5py
@@ -891,10 +936,11 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
             feats = f.create_dataset("features", shape=(n, 2, cfg.n_wires, cfg.n_ticks), dtype=np.float16,
                                      chunks=(1, 2, cfg.n_wires, cfg.n_ticks), **opts)
             dsets = {k: f.create_dataset(k, shape=(n,), dtype=t) for k, t in scalars.items()}
+            write_features = _feature_writer(feats, compression)
             start = 0
             for chunk in _iter_chunks(particle, n, rng, cfg):
                 m = len(chunk["Energy"])
-                feats[start:start + m] = chunk["features"]
+                write_features(start, chunk["features"])
                 for k, ds in dsets.items():
                     ds[start:start + m] = chunk[k]
                 truths.append(chunk["truth3d"])
@@ -981,7 +1027,7 @@ def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
     path = Path(path) if path is not None else data_root("lartpcdnn") / f"lariat-{key}"
 
     def build(tmp):
-        logger.warning("simulating the default LArIAT-layout dataset (%d events x %d classes) into %s; "
+        logger.info("simulating the default LArIAT-layout dataset (%d events x %d classes) into %s; "
                        "done once, then reused", events_per_class, len(particles), path)
         return write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression, truth3d,
                              progress, workers)
@@ -1015,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emin", type=float, default=None, help="lowest kinetic energy [GeV] (default 0.1)")
     parser.add_argument("--emax", type=float, default=None, help="highest kinetic energy [GeV] (default 1.0)")
     parser.add_argument("--compression", choices=("none", "gzip", "gzip4", "lzf"), default="gzip",
-                        help="HDF5 compression of features (default gzip level 1: ~3.6x smaller, see README)")
+                        help="HDF5 compression of features (default gzip level 1: ~4.3x smaller, see README)")
     parser.add_argument("--no-3d", action="store_true", help="do not write the .3d.h5 truth files")
     return parser
 
