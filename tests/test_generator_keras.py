@@ -96,7 +96,7 @@ def test_fit_with_validation_every_event_once_per_keras_epoch(h5dir):  # noqa: F
         # evaluate() may probe again; then it reads one exact epoch
         model.evaluate(vgen, verbose=0)
         assert np.array_equal(last_epochs(rec_v.seen, len(vgen), 1)[0], ids_val)
-        assert len(tgen._engine.slots) <= tgen._engine.max_slots
+        assert len(tgen._pool.slots) <= tgen._pool.max_slots
 
 
 @pytest.mark.timeout(240)

@@ -342,11 +342,11 @@ def test_batch_stays_valid_until_released_and_memory_is_bounded(samples):
             gen[i]
         assert all(np.array_equal(first[k], copy[k]) for k in copy)
         del first
-        slots = len(gen._engine.slots)
+        slots = len(gen._pool.slots)
         for _ in range(6):  # many epochs: the ring does not grow
             for b in gen:
                 pass
-        assert len(gen._engine.slots) == slots <= gen._engine.base_slots + 1
+        assert len(gen._pool.slots) == slots <= gen._pool.base_slots + 1
 
 
 def test_read_all_returns_every_event_in_order_and_outlives_generator(samples):
@@ -400,7 +400,7 @@ def test_cache_written_once_then_reused_by_later_epochs_and_runs(samples, tmp_pa
         e1 = [{k: v.copy() for k, v in b.items()} for b in gen]
         # a few batches of epoch 2 may have been read ahead while the cache was being finished
         calls_second = reader_calls(marks)
-        assert calls_second - calls_first <= gen._engine.base_slots
+        assert calls_second - calls_first <= gen._pool.base_slots
         for b in gen:
             pass
         assert reader_calls(marks) == calls_second  # later epochs do not pre-process again
@@ -455,7 +455,7 @@ def test_preload_keeps_everything_in_ram(samples, tmp_path):
         for _ in range(3):
             ids = np.concatenate([b["id"].copy() for b in gen])
             assert np.array_equal(np.sort(ids), ref)
-        assert gen._engine.ram_complete
+        assert gen._pool.ram_complete
         data = gen.read_all()
         assert np.array_equal(
             data["id"], np.concatenate([h5_rows(s.file, "id", slice(None)) for s in samples])
@@ -466,7 +466,7 @@ def test_preload_keeps_everything_in_ram(samples, tmp_path):
         gen.read_all()
     with MultiClassGenerator(samples, 64, n_workers=2, cache=tmp_path, preload=True) as gen:
         ids = np.concatenate([b["id"].copy() for b in gen])
-        assert np.array_equal(np.sort(ids), ref) and gen._engine.ram_complete
+        assert np.array_equal(np.sort(ids), ref) and gen._pool.ram_complete
 
 
 def test_normalize_preprocess_matches_numpy(samples):
@@ -524,7 +524,7 @@ def test_read_all_and_cache_fill_run_the_preprocess(samples, tmp_path):
     ) as gen:
         gen[0]
         time.sleep(0.5)  # let the readers fill every slot with read-ahead batches nobody asks for yet
-        gen._engine._pump()
+        gen._pool._pump()
         path = gen.build_cache()
         arrays, _ = read_cache(path)
         assert np.array_equal(np.asarray(arrays["X"]), ref["X"] * np.float32(2))

@@ -27,6 +27,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from dlkit.generators.sources import hdf5
+
 IOV_MAX = 1024
 SMALL_ROW = 512  # rows smaller than this are read contiguously then scattered with numpy
 
@@ -148,10 +150,8 @@ class Worker:
         if f is not None:
             self.h5.move_to_end(path)
             return f
-        import h5py
-
         try:
-            f = h5py.File(path, "r")
+            f = hdf5.open_file(path)
         except OSError as exc:
             raise TaskError(f"cannot open as HDF5 (truncated or corrupt?): {exc}", path) from None
         self.h5[path] = f
@@ -207,60 +207,48 @@ class Worker:
                 self.ram = None
             return None
         if kind == "store":
-            _, which, arg, layout, writable, final = msg
-            if which == "disk":
-                found_complete = not writable  # a finished cache found at start: verified as it is read
-                if self.disk is not None:
-                    os.close(self.disk[0])
-                try:
-                    # O_NOFOLLOW: the consumer checked the file (dlkit.cachedir); never a symlink put there since
-                    fd = os.open(arg, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
-                except FileNotFoundError:
-                    if final is None:
-                        raise
-                    # Completed and renamed before this message was read: nothing is left to write.
-                    fd, writable = os.open(final, os.O_RDONLY | os.O_NOFOLLOW), False
-                self.disk = (fd, layout, writable)
-                self.checker = None
-                if found_complete:
-                    from dlkit.generators.cache import BlockChecker
-
-                    self.checker = BlockChecker(fd, arg)
-            else:
-                self.ram = (arg, writable)
+            self._store(*msg[1:])
             return None
         if kind == "task":
-            _, tid, spec = msg
-            t0 = time.perf_counter()
-            try:
-                stats = self.run_task(spec)
-            except TaskError as exc:
-                return (
-                    "error",
-                    tid,
-                    {
-                        "kind": exc.kind,
-                        "message": exc.message,
-                        "file": exc.file,
-                        "key": exc.key,
-                        "traceback": traceback.format_exc(),
-                    },
-                )
-            except Exception as exc:
-                return (
-                    "error",
-                    tid,
-                    {
-                        "kind": "internal",
-                        "message": f"{type(exc).__name__}: {exc}",
-                        "file": None,
-                        "key": None,
-                        "traceback": traceback.format_exc(),
-                    },
-                )
-            stats["total"] = time.perf_counter() - t0
-            return ("done", tid, stats)
+            return self._task(msg[1], msg[2])
         raise ValueError(f"unknown message {kind!r}")
+
+    def _store(self, which, arg, layout, writable, final):
+        """Where the pre-processed events go (and, once complete, are read from): the disk cache or the RAM copy."""
+        if which != "disk":
+            self.ram = (arg, writable)
+            return
+        found_complete = not writable  # a finished cache found at start: verified as it is read
+        if self.disk is not None:
+            os.close(self.disk[0])
+        try:
+            # O_NOFOLLOW: the consumer checked the file (dlkit.cachedir); never a symlink put there since
+            fd = os.open(arg, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if final is None:
+                raise
+            # Completed and renamed before this message was read: nothing is left to write.
+            fd, writable = os.open(final, os.O_RDONLY | os.O_NOFOLLOW), False
+        self.disk = (fd, layout, writable)
+        self.checker = None
+        if found_complete:
+            from dlkit.generators.cache import BlockChecker
+
+            self.checker = BlockChecker(fd, arg)
+
+    def _task(self, tid, spec):
+        """Run one task: ``("done", tid, stats)`` or ``("error", tid, what went wrong)``."""
+        t0 = time.perf_counter()
+        try:
+            stats = self.run_task(spec)
+        except TaskError as exc:
+            info = {"kind": exc.kind, "message": exc.message, "file": exc.file, "key": exc.key}
+            return ("error", tid, dict(info, traceback=traceback.format_exc()))
+        except Exception as exc:
+            info = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}", "file": None, "key": None}
+            return ("error", tid, dict(info, traceback=traceback.format_exc()))
+        stats["total"] = time.perf_counter() - t0
+        return ("done", tid, stats)
 
     # -- reading ---------------------------------------------------------------------------------
     def _check(self, offset, nbytes):
@@ -329,15 +317,7 @@ class Worker:
             return
         f = self._h5(entry.path)
         try:
-            ds = f[path]
-            for r_abs, length, j0 in groups:
-                if rows is None:
-                    a = tgt.base + start + j0
-                    ds.read_direct(tgt.arr, np.s_[r_abs : r_abs + length], np.s_[a : a + length])
-                else:
-                    tmp = np.empty((length,) + tuple(spec.shape), spec.np_dtype)
-                    ds.read_direct(tmp, np.s_[r_abs : r_abs + length], np.s_[0:length])
-                    tgt.arr[tgt.base + rows[j0 : j0 + length]] = tmp
+            hdf5.read_rows(f, path, groups, spec, tgt, rows, start)
         except TaskError:
             raise
         except Exception as exc:
@@ -349,82 +329,76 @@ class Worker:
         kind = spec["kind"]
         if kind == "load":
             return self._load(spec)
-        seg = self.segments[spec["dest"][0]]
+        views = self.segments[spec["dest"][0]].views
         row0 = int(spec["dest"][1])
-        views = seg.views
         runs = spec["runs"]
         n = int(spec["n"])
         perm = None
         if spec["perm"] is not None:
             perm = np.random.default_rng(list(spec["perm"])).permutation(n).astype(np.int64)
-        src = spec["src"]
-        t0 = time.perf_counter()
-        stats = {}
-        if src == "source":
-            targets = {}
-            for a in self.inputs:
-                if a.name in self.inplace:
-                    targets[a.name] = _Target(views[a.name], a.row_bytes, row0)
-                else:
-                    targets[a.name] = _Target(self._scratch(a, n), a.row_bytes, 0)
-            for e_idx, pos, cnt, off in runs.tolist():
-                entry = self.entries[e_idx]
-                rows = None if perm is None else perm[off : off + cnt]
-                for (name, path), a in zip(entry.keys, self.inputs):
-                    self._read_entry(entry, a, path, pos, cnt, targets[name], rows, off)
-            stats["read"] = time.perf_counter() - t0
-            if self.preprocess is not None:
-                t1 = time.perf_counter()
-                self._preprocess(
-                    spec,
-                    {
-                        a.name: targets[a.name].arr[targets[a.name].base : targets[a.name].base + n]
-                        for a in self.inputs
-                    },
-                    views,
-                    row0,
-                    n,
-                )
-                stats["preprocess"] = time.perf_counter() - t1
+        if spec["src"] == "source":
+            stats = self._from_source(spec, views, row0, perm)
         else:
-            if src == "disk" and self.checker is not None and self.checker.remaining and len(runs):
-                # one check per array and task over the span it reads: far fewer calls than one per run
-                g = self.entry_base[runs[:, 0]] + runs[:, 1]
-                lo, hi = int(g.min()), int((g + runs[:, 2]).max())
-                layout = self.disk[1]
-                for a in self.outputs:
-                    base = layout.offsets[layout.index(a.name)]
-                    self._check(base + lo * a.row_bytes, (hi - lo) * a.row_bytes)
-            for a in self.outputs:
-                tgt = _Target(views[a.name], a.row_bytes, row0)
-                for e_idx, pos, cnt, off in runs.tolist():
-                    g = int(self.entry_base[e_idx]) + pos
-                    rows = None if perm is None else perm[off : off + cnt]
-                    if src == "disk":
-                        fd, layout, _ = self.disk
-                        self._scatter_read(
-                            fd,
-                            layout.offsets[layout.index(a.name)] + g * a.row_bytes,
-                            cnt,
-                            tgt,
-                            rows,
-                            off,
-                            "<cache>",
-                            a.name,
-                        )
-                    else:
-                        store = self.segments[self.ram[0]].views[a.name]
-                        if rows is None:
-                            tgt.arr[row0 + off : row0 + off + cnt] = store[g : g + cnt]
-                        else:
-                            tgt.arr[row0 + rows] = store[g : g + cnt]
-            stats["read"] = time.perf_counter() - t0
+            stats = self._from_store(spec["src"], views, runs, row0, perm)
         self._labels(views, runs, perm, row0, n)
         if spec.get("write") is not None:
             t2 = time.perf_counter()
             self._write(views, runs, perm, row0, spec["write"])
             stats["write"] = time.perf_counter() - t2
         return stats
+
+    def _from_source(self, spec, views, row0, perm) -> dict:
+        """Read a task's events from the sample files (into the destination, or scratch for the pre-process),
+        then pre-process them into the destination."""
+        t0 = time.perf_counter()
+        n = int(spec["n"])
+        targets = {}
+        for a in self.inputs:
+            if a.name in self.inplace:
+                targets[a.name] = _Target(views[a.name], a.row_bytes, row0)
+            else:
+                targets[a.name] = _Target(self._scratch(a, n), a.row_bytes, 0)
+        for e_idx, pos, cnt, off in spec["runs"].tolist():
+            entry = self.entries[e_idx]
+            rows = None if perm is None else perm[off : off + cnt]
+            for (name, path), a in zip(entry.keys, self.inputs):
+                self._read_entry(entry, a, path, pos, cnt, targets[name], rows, off)
+        stats = {"read": time.perf_counter() - t0}
+        if self.preprocess is not None:
+            t1 = time.perf_counter()
+            arrays = {a.name: targets[a.name].arr[targets[a.name].base : targets[a.name].base + n]
+                      for a in self.inputs}
+            self._preprocess(spec, arrays, views, row0, n)
+            stats["preprocess"] = time.perf_counter() - t1
+        return stats
+
+    def _from_store(self, src, views, runs, row0, perm) -> dict:
+        """Read a task's pre-processed events from the disk cache (``src == "disk"``) or the RAM copy."""
+        t0 = time.perf_counter()
+        if src == "disk" and self.checker is not None and self.checker.remaining and len(runs):
+            # one check per array and task over the span it reads: far fewer calls than one per run
+            g = self.entry_base[runs[:, 0]] + runs[:, 1]
+            lo, hi = int(g.min()), int((g + runs[:, 2]).max())
+            layout = self.disk[1]
+            for a in self.outputs:
+                base = layout.offsets[layout.index(a.name)]
+                self._check(base + lo * a.row_bytes, (hi - lo) * a.row_bytes)
+        for a in self.outputs:
+            tgt = _Target(views[a.name], a.row_bytes, row0)
+            for e_idx, pos, cnt, off in runs.tolist():
+                g = int(self.entry_base[e_idx]) + pos
+                rows = None if perm is None else perm[off : off + cnt]
+                if src == "disk":
+                    fd, layout, _ = self.disk
+                    offset = layout.offsets[layout.index(a.name)] + g * a.row_bytes
+                    self._scatter_read(fd, offset, cnt, tgt, rows, off, "<cache>", a.name)
+                else:
+                    store = self.segments[self.ram[0]].views[a.name]
+                    if rows is None:
+                        tgt.arr[row0 + off : row0 + off + cnt] = store[g : g + cnt]
+                    else:
+                        tgt.arr[row0 + rows] = store[g : g + cnt]
+        return {"read": time.perf_counter() - t0}
 
     def _preprocess(self, spec, arrays, views, row0, n):
         key = spec["pseed"]

@@ -49,10 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlkit.generators._engine import Engine
+from dlkit.generators._pool import ReaderPool
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators._plan import Planner
-from dlkit.generators._source import inspect_entries
+from dlkit.generators.sources import inspect_entries
+from dlkit.generators.sources.hdf5 import read_events
 from dlkit.cachedir import cache_location
 from dlkit.generators.cache import cache_key, cache_path
 from dlkit.generators.errors import DataError
@@ -155,21 +156,13 @@ def _rates(specs, rates, cmap):
 
 def _probe(entries, inputs, preprocess):
     """Output arrays of the pre-process, from running it on two events in this process."""
-    import h5py
-
     if preprocess is None:
         return list(inputs)
     e = next((e for e in entries if e.n > 0), None)
     if e is None:
         raise ValueError("no events selected")
     rows = e.rows(0, min(2, e.n))
-    arrays = {}
-    try:
-        with h5py.File(e.path, "r") as f:
-            for (name, path), a in zip(e.keys, inputs):
-                arrays[name] = np.ascontiguousarray(f[path][rows.tolist()], dtype=a.np_dtype)
-    except OSError as exc:
-        raise DataError(f"cannot read events for probing the pre-process: {exc}", file=e.path) from None
+    arrays = read_events(e, inputs, rows)
     n = len(rows)
     out = preprocess(arrays)
     if out is None:
@@ -290,33 +283,12 @@ class MultiClassGenerator:
     """
 
     def __init__(
-        self,
-        samples,
-        batch_size: int = 1024,
-        *,
-        rates=None,
-        class_index_map=None,
-        onehot: bool = True,
-        class_index: bool = True,
-        weights: bool | None = None,
-        provenance: bool = False,
-        shuffle: bool = True,
-        seed: int = 0,
-        chunk_size: int = 256,
-        shuffle_window: int | None = None,
-        last_batch: str = "keep",
-        max_events: int | None = None,
-        preprocess=None,
-        postprocess=None,
-        n_workers: int | None = None,
-        queue_depth: int = 2,
-        cache=False,
-        cache_tag: str | None = None,
-        preload: bool = False,
-        start_method: str = "spawn",
-        nice: int = 19,
-        timeout: float = 300.0,
-        allow_empty_classes: bool = False,
+        self, samples, batch_size: int = 1024, *, rates=None, class_index_map=None, onehot: bool = True,
+        class_index: bool = True, weights: bool | None = None, provenance: bool = False, shuffle: bool = True,
+        seed: int = 0, chunk_size: int = 256, shuffle_window: int | None = None, last_batch: str = "keep",
+        max_events: int | None = None, preprocess=None, postprocess=None, n_workers: int | None = None,
+        queue_depth: int = 2, cache=False, cache_tag: str | None = None, preload: bool = False,
+        start_method: str = "spawn", nice: int = 19, timeout: float = 300.0, allow_empty_classes: bool = False,
     ):
         import keras
 
@@ -330,14 +302,7 @@ class MultiClassGenerator:
         self.postprocess = postprocess
         self.seed = int(seed)
         # 1. the classes and the files: what each entry holds, checked before any reader starts
-        self.class_index_map = _class_map(self.samples, class_index_map)
-        self.class_names = sorted(self.class_index_map, key=self.class_index_map.get)
-        self.n_classes = len(self.class_names)
-        rate_array = _rates(self.samples, rates, self.class_index_map)
-        self._entries, self._inputs = inspect_entries(self.samples, self.class_index_map)
-        if not allow_empty_classes:
-            _check_no_empty_class(self._entries, self.class_names)
-        self._outputs = _probe(self._entries, self._inputs, preprocess)
+        rate_array = self._inspect(class_index_map, rates, allow_empty_classes)
         # 2. the plan: which events of which entry make each batch, epoch by epoch
         self._planner = Planner(
             [e.class_index for e in self._entries], [e.n for e in self._entries], self.n_classes,
@@ -345,26 +310,18 @@ class MultiClassGenerator:
             chunk_size=chunk_size, shuffle_window=shuffle_window, seed=self.seed,
         )
         # 3. the arrays of a batch: the inputs (after preprocess) and the labels
-        if weights is None:
-            weights = any(s.weight is not None for s in self.samples)
-        self._label_flags = {"class_index": class_index, "onehot": onehot, "weight": bool(weights),
-                             "provenance": bool(provenance)}
-        labels = self._label_arrays()
+        labels = self._label_arrays(class_index, onehot, weights, provenance)
         # 4. the cache: where this user builds it (their own directory) and the key of its content
-        self.cache_location = None if cache is False or cache is None else cache_location(
-            None if cache is True else cache)
-        self.cache_dir = None if self.cache_location is None else self.cache_location.write
-        self._cache_key = None if self.cache_dir is None else cache_key(
-            self._entries, self._inputs, self._outputs, preprocess, cache_tag)
-        # 5. the engine: reader processes, shared-memory slots, the cache (started on first use)
-        self._engine = Engine(
+        self._cache_setup(cache, cache_tag)
+        # 5. the reader pool: reader processes, shared-memory slots, the cache (started on first use)
+        self._pool = ReaderPool(
             entries=self._entries, inputs=self._inputs, outputs=self._outputs,
             slot_arrays=list(self._outputs) + labels, planner=self._planner, preprocess=preprocess,
             n_workers=default_workers() if n_workers is None else n_workers, queue_depth=queue_depth,
             start_method=start_method, timeout=timeout, cache_location=self.cache_location,
             cache_key=self._cache_key, preload=preload, seed=self.seed, meta=self._cache_meta(), nice=nice,
         )
-        self._finalizer = weakref.finalize(self, self._engine.res.cleanup)
+        self._finalizer = weakref.finalize(self, self._pool.res.cleanup)
         self._pos = 0
         self._in_epoch = False
         self._peek_thread = None  # thread of the out-of-epoch calls since the last epoch boundary
@@ -375,9 +332,34 @@ class MultiClassGenerator:
             self.batch_size,
         )
 
-    def _label_arrays(self) -> list[ArraySpec]:
-        """The label arrays of a batch (by ``_label_flags``); a name clash with an input is an error."""
-        flags = self._label_flags
+    def _inspect(self, class_index_map, rates, allow_empty_classes):
+        """The classes, every entry's files checked and described, and the arrays the pre-process makes;
+        returns the rate of each class (None: natural proportions)."""
+        self.class_index_map = _class_map(self.samples, class_index_map)
+        self.class_names = sorted(self.class_index_map, key=self.class_index_map.get)
+        self.n_classes = len(self.class_names)
+        rate_array = _rates(self.samples, rates, self.class_index_map)
+        self._entries, self._inputs = inspect_entries(self.samples, self.class_index_map)
+        if not allow_empty_classes:
+            _check_no_empty_class(self._entries, self.class_names)
+        self._outputs = _probe(self._entries, self._inputs, self.preprocess)
+        return rate_array
+
+    def _cache_setup(self, cache, cache_tag) -> None:
+        """Where this user builds the cache (their own directory) and the key of its content; None without."""
+        self.cache_location = None if cache is False or cache is None else cache_location(
+            None if cache is True else cache)
+        self.cache_dir = None if self.cache_location is None else self.cache_location.write
+        self._cache_key = None if self.cache_dir is None else cache_key(
+            self._entries, self._inputs, self._outputs, self.preprocess, cache_tag)
+
+    def _label_arrays(self, class_index, onehot, weights, provenance) -> list[ArraySpec]:
+        """The label arrays of a batch (``weights=None``: if any entry has a weight), kept as ``_label_flags``
+        for ``read_all``; a name clash with an input is an error."""
+        if weights is None:
+            weights = any(s.weight is not None for s in self.samples)
+        flags = self._label_flags = {"class_index": class_index, "onehot": onehot, "weight": bool(weights),
+                                     "provenance": bool(provenance)}
         labels = []
         if flags["class_index"]:
             labels.append(ArraySpec("class_index", np.dtype(np.int32).str, ()))
@@ -430,18 +412,18 @@ class MultiClassGenerator:
     @property
     def shapes(self) -> dict[str, tuple]:
         """Per-array batch shapes, ``(None,) + event shape``, as delivered before ``postprocess``."""
-        return {a.name: (None,) + tuple(a.shape) for a in self._engine.slot_layout.arrays}
+        return {a.name: (None,) + tuple(a.shape) for a in self._pool.slot_layout.arrays}
 
     @property
     def dtypes(self) -> dict[str, np.dtype]:
-        return {a.name: a.np_dtype for a in self._engine.slot_layout.arrays}
+        return {a.name: a.np_dtype for a in self._pool.slot_layout.arrays}
 
     @property
     def cache_path(self) -> Path | None:
         """Where the cache file is (a shared one being read, or this user's, once complete); None without."""
         if self.cache_dir is None:
             return None
-        return self._engine.disk_path or cache_path(self.cache_dir, self._cache_key)
+        return self._pool.disk_path or cache_path(self.cache_dir, self._cache_key)
 
     @property
     def epoch(self) -> int:
@@ -449,34 +431,34 @@ class MultiClassGenerator:
 
     @property
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in self._engine.workers]
+        return [w.pid for w in self._pool.workers]
 
     @property
     def startup_seconds(self) -> float | None:
-        return self._engine.startup_seconds
+        return self._pool.startup_seconds
 
     @property
     def stats(self) -> dict:
         """Seconds the readers spent reading, pre-processing and writing the cache, and tasks done."""
-        return dict(self._engine.stats)
+        return dict(self._pool.stats)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> MultiClassGenerator:
         """Start the readers now (otherwise at the first batch) to overlap their start-up with other work."""
         with self._lock:
-            self._engine.check_usable()
-            self._engine.start()
+            self._pool.check_usable()
+            self._pool.start()
         return self
 
     def close(self) -> None:
         """Stop the readers and free shared memory; idempotent. Also runs at garbage collection and exit."""
         self._closed = True
-        self._engine.close()
+        self._pool.close()
         self._finalizer.detach()
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._engine.res.closed
+        return self._closed or self._pool.res.closed
 
     def __enter__(self):
         return self
@@ -509,7 +491,7 @@ class MultiClassGenerator:
                     self._peek_thread = me
                 elif self._peek_thread != me:
                     self._peeks_only = False
-            arrays = self._engine.fetch(s)
+            arrays = self._pool.fetch(s)
             self._pos = s + 1
         if self.postprocess is not None:
             return self.postprocess(arrays)
@@ -536,7 +518,7 @@ class MultiClassGenerator:
             ):
                 logger.debug("rewinding %d batch(es) served before the epoch began", offset)
                 self._pos -= offset
-                self._engine.rewind(self._pos)
+                self._pool.rewind(self._pos)
             self._in_epoch = True
 
     def on_epoch_end(self):
@@ -548,7 +530,7 @@ class MultiClassGenerator:
             if offset:
                 logger.debug("epoch ended after %d of %d batches: its first batch is served next", offset, len(self))
                 self._pos -= offset
-                self._engine.rewind(self._pos)
+                self._pool.rewind(self._pos)
 
     # ------------------------------------------------------------------ whole dataset
     def build_cache(self, progress: bool | None = None) -> Path | None:
@@ -566,12 +548,12 @@ class MultiClassGenerator:
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = stack.enter_context(tqdm(total=self._engine.n_canonical, unit="ev", desc="dlkit cache"))
+                bar = stack.enter_context(tqdm(total=self._pool.n_canonical, unit="ev", desc="dlkit cache"))
 
                 def update(done, total):
                     bar.update(done - bar.n)
 
-            self._engine.complete_stores(update)
+            self._pool.complete_stores(update)
         path = self.cache_path
         return path if path is not None and path.exists() else None
 
@@ -583,7 +565,7 @@ class MultiClassGenerator:
         outlive the generator). Reads the cache if there is one, and completes it if it is being built.
         """
         with self._lock:
-            out = dict(self._engine.read_canonical())
+            out = dict(self._pool.read_canonical())
         e = self._entries
         ent = np.repeat(np.arange(len(e), dtype=np.int32), [x.n for x in e])
         cls = np.array([x.class_index for x in e], np.int32)[ent]
