@@ -11,8 +11,9 @@ A thin shell over :mod:`dlkit.analysis.scan`::
     python -m dlkit.ScanAnalysis TrainedModels/ --html report.html     # the scan as one HTML file
 
 Failed, interrupted, killed and corrupt runs are rows with their flag in the Status column (reasons
-listed on stderr). Exit status: 0 (also with flagged rows); 2 for a path that does not exist, holds no
-model directories, or a bad column or sort argument.
+listed on stderr); one of those that a later run of the same name continued or redid (``Name.1`` after a
+``-p`` resume or a scan's retry) is ``superseded``, with the later run named. Exit status: 0 (also with
+flagged rows); 2 for a path that does not exist, holds no model directories, or a bad column or sort argument.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="smaller --metric is better (default: larger, except for losses, errors, resolutions)")
     p.add_argument("--select-status", default=None, metavar="FLAGS",
                    help="keep only runs with these flags: ok, stopped, interrupted, failed, running/killed "
-                        "(or killed), corrupt, 'no metadata'")
+                        "(or killed), superseded (left behind, taken over by a later run of the name), corrupt, "
+                        "'no metadata'")
     p.add_argument("--per-point", action="store_true",
                    help="one row per scan point: its newest complete run; with a dlkit.scan ledger also the points "
                         "still missing, failed or stuck")

@@ -9,7 +9,9 @@ outside). It holds
   (:func:`~dlkit.analysis.plot_parameters`, :func:`~dlkit.analysis.plot_parallel_coordinates`);
 - the best run's own plots (the PNGs in its directory);
 - links to every run directory and its files, relative to the report, so the scan directory and the
-  report can be copied together.
+  report can be copied together; a run left behind and taken over by a later one (``superseded``, see
+  :func:`~dlkit.analysis.scan.mark_superseded`) is greyed, links to the run that went on, and is never
+  judged (only ``ok`` runs are: the best run, the parameter plots).
 
 Figures are PNGs inlined as base64; the sorting and filtering are a few lines of plain JavaScript written
 for this file (no library).
@@ -103,6 +105,10 @@ def _table(frame: pd.DataFrame, models: list[ScanModel], base: Path, floatfmt: s
             text = html.escape(text)
             if column == "Model Name":
                 text = f'<a href="{_href(model.path, base)}/">{text}</a>'
+            if column == ("Status" if "Status" in frame.columns else "Model Name") and model.superseded_by:
+                later = model.superseded_by
+                text += (f' <span class="note" title="{html.escape(model.message)}">&rarr; '
+                         f'<a class="continued" href="{_href(later, base)}/">{html.escape(later.name)}</a></span>')
             cells.append(f'<td data-v="{html.escape(key)}">{text}</td>')
         cells.append(f"<td>{_files(model, base)}</td>")
         classes = f"status-{re.sub(r'[^a-z]+', '-', model.status)}" + (" best" if i == best else "")
@@ -231,6 +237,7 @@ th.nosort { cursor: default; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 tr.best td { background: #fff4d6; font-weight: 600; }
 tr.status-failed td, tr.status-corrupt td, tr.status-running-killed td { color: #b00; }
+tr.status-superseded td { color: #888; font-style: italic; } .note { font-size: 0.9em; }
 details summary { cursor: pointer; color: #06c; } details a { display: inline-block; margin-right: 0.6em; }
 .controls { margin: 0.5em 0; } #count { color: #555; margin-left: 1em; }
 img.wide { max-width: 100%; display: block; margin: 0.8em 0; }

@@ -46,7 +46,8 @@ from dlkit.analysis.scan.notebook import (
     scan_table,
     select_models,
 )
-from dlkit.analysis.scan.runs import FLAGS, LoadModels, PointModels, ScanModel, SelectModels, find_model_dirs
+from dlkit.analysis.scan.runs import (FLAGS, LoadModels, PointModels, ScanModel, SelectModels, find_model_dirs,
+                                      mark_superseded)
 from dlkit.analysis.scan.tables import (  # noqa: F401 - COMPUTED_COLUMNS: importable here as before
     COMPUTED_COLUMNS,
     ScanTable,
@@ -60,7 +61,7 @@ from dlkit.analysis.scan.tables import (  # noqa: F401 - COMPUTED_COLUMNS: impor
 
 __all__ = [
     "ScanModel", "LoadModels", "PointModels", "ScanTable", "format_table", "default_columns", "column_value",
-    "check_columns", "UnknownColumnError", "find_model_dirs", "scanned_parameters",
+    "check_columns", "UnknownColumnError", "find_model_dirs", "scanned_parameters", "mark_superseded",
     "GetGoodParams", "GetHistorical", "GetEpochs", "ResetNames", "SelectModels", "PlotMetaData",
     "PlotMetaDataMany", "FLAGS",
     "load_models", "scan_table", "get_good_params", "get_historical", "get_epochs", "reset_names",

@@ -16,11 +16,14 @@ from typing import Any
 
 log = logging.getLogger("dlkit.analysis.scan")
 
-__all__ = ["ScanModel", "LoadModels", "PointModels", "SelectModels", "find_model_dirs", "FLAGS"]
+__all__ = ["ScanModel", "LoadModels", "PointModels", "SelectModels", "find_model_dirs", "mark_superseded", "FLAGS"]
 
 #: The status flags of a :class:`ScanModel`.
-FLAGS = ("ok", "stopped", "interrupted", "pruned", "failed", "running/killed", "corrupt", "invalid", "no metadata",
-         "model error", "missing", "stuck")
+FLAGS = ("ok", "stopped", "interrupted", "pruned", "failed", "running/killed", "superseded", "corrupt", "invalid",
+         "no metadata", "model error", "missing", "stuck")
+
+#: The flags of a run that a later run of its name may have continued or redone (then it is ``superseded``).
+_LEFT_BEHIND = ("running/killed", "interrupted", "failed", "no metadata")
 
 _UNFINISHED = ("new", "initialized", "training", "loaded")
 
@@ -51,6 +54,11 @@ class ScanModel(Mapping):
         training raised; ``message`` holds the error;
     ``running/killed``
         no ``EndTime``: still running, or killed (SIGKILL, node failure) - possibly without model;
+    ``superseded``
+        a run left behind (killed, interrupted or failed) that a later run of the same name in the same
+        directory took over: it continued this one's save (its ``InputDir``, ``-p``/``-L``), or started
+        afresh after this one never saved a model. ``superseded_by`` is that run's directory; ``message``
+        says what this run was and where it went on. Never among the ok runs a report judges;
     ``corrupt``
         ``MetaData.json`` unreadable (``message`` says why);
     ``invalid``
@@ -75,6 +83,7 @@ class ScanModel(Mapping):
         self.model = model
         self.name = name if name is not None else self.path.name
         self.invalid: dict[str, str] = {}  # key -> what is wrong with it (status "invalid")
+        self.superseded_by: Path | None = None  # the run that took this one over (status "superseded")
         self._history: dict | None = None
 
     # -- Mapping over the metadata -------------------------------------------------------------
@@ -261,6 +270,76 @@ def _load_one(path: Path, metadata_only: bool, safe_mode: bool, compile: bool) -
     return model
 
 
+def _run_number(path: Path, name: str) -> int | None:
+    """``n`` of a run directory ``name.<n>`` (0 for ``name`` itself), None if it is not one of ``name``."""
+    if path.name == name:
+        return 0
+    head, _, tail = path.name.rpartition(".")
+    return int(tail) if head == name and tail.isdigit() else None
+
+
+def _later_runs(model: ScanModel) -> list[Path]:
+    """The directories of the same run name beside ``model``'s with a higher number, in order."""
+    names = [model.metadata["Name"]] if isinstance(model.metadata.get("Name"), str) else []
+    head, _, tail = model.path.name.rpartition(".")
+    names += [model.path.name] + ([head] if head and tail.isdigit() else [])  # no metadata: from the directory
+    for name in names:
+        number = _run_number(model.path, name)
+        if number is not None:
+            return [d for n, d in _mw().run_dirs(model.path.parent, name) if n > number]
+    return []
+
+
+def _successor(model: ScanModel, read: Callable[[Path], Mapping]) -> tuple[Path, str] | None:
+    """The later run that took ``model`` over and how: ``continued`` its save or ``ran again`` from scratch."""
+    saved = (model.path / _mw().MODEL_FILE).is_file()
+    started = str(model.metadata.get("StartTime") or "")
+    for later in _later_runs(model):
+        metadata = read(later)
+        input_dir = metadata.get("InputDir")
+        if isinstance(input_dir, str) and Path(input_dir).name == model.path.name:
+            return later, "continued"
+        if not saved and metadata and str(metadata.get("StartTime") or "") >= started:
+            return later, "ran again"
+    return None
+
+
+def mark_superseded(models: Iterable[ScanModel]) -> list[ScanModel]:
+    """Flag ``superseded`` each run left behind (killed, interrupted, failed) that a later run took over.
+
+    The later run's own record decides (its ``InputDir``, or its start after a run that never saved a
+    model), so nothing has to be written into the old directory; the later run is looked up beside it
+    on disk, whether or not it is among ``models``. Returns the runs flagged.
+    """
+    models = list(models)
+    known = {m.path.resolve(): m.metadata for m in models}
+    cache: dict[Path, Mapping] = {}
+
+    def read(path: Path) -> Mapping:
+        key = path.resolve()
+        if key not in known and key not in cache:
+            try:
+                cache[key] = _mw().read_metadata(path)
+            except (_mw().MetaDataError, OSError):
+                cache[key] = {}
+        return known.get(key, cache.get(key, {}))
+
+    flagged = []
+    for m in models:
+        if m.status not in _LEFT_BEHIND:
+            continue
+        found = _successor(m, read)
+        if found is None:
+            continue
+        later, how = found
+        was = m.status + (f" ({m.message})" if m.message else "")
+        m.status, m.superseded_by = "superseded", later
+        m.message = f"{was}; {how} in {later.name}"
+        flagged.append(m)
+        log.info("%s: superseded by %s", m.path, later)
+    return flagged
+
+
 def LoadModels(ModelDirs, MetaDataOnly: bool = True, progress: bool | None = None, safe_mode: bool = True,
                compile: bool = False) -> list[ScanModel]:  # noqa: N802, N803 - DLKit's names
     """Load the runs of a scan as :class:`ScanModel` objects, one per model directory.
@@ -297,6 +376,7 @@ def LoadModels(ModelDirs, MetaDataOnly: bool = True, progress: bool | None = Non
 
         iterator = tqdm(paths, desc="loading models", unit="model", file=sys.stderr)
     loaded = [_load_one(p, MetaDataOnly, safe_mode, compile) for p in iterator]
+    mark_superseded(loaded)
     flagged = sum(not m.ok for m in loaded)
     if flagged:
         log.info("LoadModels: %d of %d runs flagged", flagged, len(loaded))
