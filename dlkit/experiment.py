@@ -616,11 +616,15 @@ class Experiment:
                 if args.NoTrain:
                     wrapper.Save()
             code = finish(wrapper)
+        summary = self.summary(wrapper, setup.config)
+        if args.Test:  # said once here for every experiment: a --Test run's numbers are no physics
+            from dlkit.analysis.results import smoke_test_summary
+
+            summary = smoke_test_summary(summary, setup.config, wrapper.MetaData)
         return ExperimentResult(exit_code=code, run_dir=Path(wrapper.OutDir), wrapper=wrapper, config=setup.config,
                                 metrics=dict(results.metadata) if results else {},
                                 figures=dict(results.figures) if results else {},
-                                tables=dict(results.tables) if results else {}, setup=setup,
-                                summary=self.summary(wrapper, setup.config))
+                                tables=dict(results.tables) if results else {}, setup=setup, summary=summary)
 
 
 class Interrupted(BaseException):

@@ -19,6 +19,7 @@ from dlkit.analysis import (
     ONE_SIGMA,
     AnalysisResults,
     binned_auc,
+    bootstrap_auc,
     clopper_pearson,
     confusion,
     multiclass_roc,
@@ -29,6 +30,7 @@ from dlkit.analysis import (
     plot_roc,
 )
 from dlkit.analysis.classification import class_indices
+from dlkit.analysis.results import TOO_SMALL, format_interval
 from dlkit.metadata import chained_history
 
 __all__ = ["efficiency_at_fake_rate", "efficiency_table", "binned_efficiency", "classification_analysis",
@@ -75,13 +77,17 @@ def _efficiency_with_interval(signal_scores, background_scores, fake_rate: float
     return {"eff": k / n, "lower": lower, "upper": upper, "n": n}
 
 
-def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = FAKE_RATE, cl: float = ONE_SIGMA):
+def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = FAKE_RATE, cl: float = ONE_SIGMA,
+                     n_boot: int = 200, seed: int = 0):
     """Per class: AUC, efficiency at ``fake_rate`` (one vs rest) with its Clopper-Pearson ``cl`` interval
     (columns ``efficiency lower``, ``efficiency upper``: the signal binomial at the fixed threshold), event
     counts; and metadata entries.
 
-    Returns ``(table, curves, metadata)`` with ``metadata`` holding ``<Class>_AUC`` (DLKit's keys) and
-    ``<Class>_Eff<percent>pctFake``, ``curves`` as :func:`dlkit.analysis.multiclass_roc` gives them.
+    Returns ``(table, curves, metadata)`` with ``metadata`` holding ``<Class>_AUC`` (DLKit's keys) with its
+    seeded bootstrap interval (``<Class>_AUC_lower``, ``_upper``; ``n_boot`` resamples, 0 for none),
+    ``<Class>_Eff<percent>pctFake`` with its interval (``..._lower``, ``..._upper``) and the class's test
+    events ``<Class>_NSignal`` (its background: ``NTestEvents`` minus those); ``curves`` as
+    :func:`dlkit.analysis.multiclass_roc` gives them.
     """
     scores = np.asarray(scores)
     truth = class_indices(y)
@@ -92,6 +98,10 @@ def efficiency_table(y, scores, class_names: Sequence[str], fake_rate: float = F
         sig = truth == i
         e = _efficiency_with_interval(scores[sig, i], scores[~sig, i], fake_rate, cl)
         metadata[f"{name}_{tag}"] = e["eff"]
+        metadata[f"{name}_{tag}_lower"], metadata[f"{name}_{tag}_upper"] = e["lower"], e["upper"]
+        metadata[f"{name}_AUC_lower"], metadata[f"{name}_AUC_upper"] = bootstrap_auc(sig, scores[:, i], n_boot, cl,
+                                                                                     seed)
+        metadata[f"{name}_NSignal"] = int(sig.sum())
         rows.append({"class": name, "AUC": metadata[f"{name}_AUC"], f"efficiency at {fake_rate:.0%} fake": e["eff"],
                      "efficiency lower": e["lower"], "efficiency upper": e["upper"],
                      "n_signal": int(sig.sum()), "n_background": int((~sig).sum())})
@@ -132,12 +142,12 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     scores = np.asarray(wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 128), verbose=0))
     y_index = y.argmax(axis=1)
     fake = float(config.get("FakeRate", FAKE_RATE))
-    table, curves, metadata = efficiency_table(y, scores, names, fake)
+    n_boot = int(config.get("AUCBootstrap", 200))
+    table, curves, metadata = efficiency_table(y, scores, names, fake, n_boot=n_boot)
     metadata["Accuracy"] = float(np.mean(scores.argmax(axis=1) == y_index))
     metadata["NTestEvents"] = len(y_index)
     lo, hi, nbins = config["EnergyBins"]
     edges = np.linspace(lo, hi, int(nbins) + 1)
-    n_boot = int(config.get("AUCBootstrap", 200))
     tables = {"Efficiency": table, "AUCvsEnergy": binned_auc(y, scores, energy, edges, names, n_boot=n_boot),
               "EfficiencyvsEnergy": binned_efficiency(y, scores, energy, edges, names, fake),
               "Confusion": confusion(y, scores, names)}
@@ -147,6 +157,8 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
             labels, pair_scores, _ = pairwise_scores(y_index, scores, names.index(a), names.index(b))
             _, md = multiclass_roc(labels, np.stack([1 - pair_scores, pair_scores], axis=1), [b, a])
             metadata[f"{a}_{b}_AUC"] = md[f"{a}_AUC"]
+            metadata[f"{a}_{b}_AUC_lower"], metadata[f"{a}_{b}_AUC_upper"] = bootstrap_auc(
+                np.asarray(labels).reshape(-1) == 1, pair_scores, n_boot)
             pairs.append({"signal": a, "background": b, "AUC": md[f"{a}_AUC"]})
     if pairs:
         tables["PairAUC"] = pd.DataFrame(pairs)
@@ -167,8 +179,20 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
 
 
+def _efficiency_text(md, name: str, tag: str, fake_rate: float) -> str:
+    """The efficiency at ``fake_rate`` with its interval, or "n too small" where fewer than ``1 / fake_rate``
+    background events cannot resolve that fake rate (8 events of each of 7 classes: 48 for a 1 % working point)."""
+    n_signal, n_test = md.get(f"{name}_NSignal"), md.get("NTestEvents")
+    if isinstance(n_signal, int) and isinstance(n_test, int):
+        n_background = n_test - n_signal
+        if n_background * fake_rate < 1:
+            return f"{TOO_SMALL} ({n_background} background events < {1 / fake_rate:g})"
+    return format_interval(md[f"{name}{tag}"], md.get(f"{name}{tag}_lower"), md.get(f"{name}{tag}_upper"))
+
+
 def summary_table(wrapper, fake_rate: float = FAKE_RATE) -> str:
-    """A short human summary: where the run is, how it stopped, then per class AUC and efficiency at 1 % fake."""
+    """A short human summary: where the run is, how it stopped, then per class AUC and efficiency at 1 % fake,
+    each with its 68 % interval (bootstrap, Clopper-Pearson), or "n too small" (see :func:`_efficiency_text`)."""
     md = wrapper.MetaData
     rows = [["model", md.get("Name")], ["directory", md.get("OutDir")], ["scan point", md.get("HyperParamSet")],
             ["status", md.get("Status")], ["stopped", md.get("StopReason")],
@@ -183,9 +207,12 @@ def summary_table(wrapper, fake_rate: float = FAKE_RATE) -> str:
     tag = f"_Eff{fake_rate * 100:g}pctFake"
     classes = [k[:-4] for k in md if k.endswith("_AUC") and f"{k[:-4]}{tag}" in md]
     if classes:
-        per = [[c, md[f"{c}_AUC"], md[f"{c}{tag}"]] for c in classes]
-        text += "\n\n" + tabulate(per, headers=["class", "AUC", f"eff @ {fake_rate:.0%} fake"], floatfmt=".3f")
-    pairs = [[k[:-4].replace("_", " vs "), v] for k, v in md.items() if k.endswith("_AUC") and k.count("_") == 2]
+        per = [[c, format_interval(md[f"{c}_AUC"], md.get(f"{c}_AUC_lower"), md.get(f"{c}_AUC_upper")),
+                _efficiency_text(md, c, tag, fake_rate)] for c in classes]
+        text += "\n\n" + tabulate(per, headers=["class", "AUC [68% interval]",
+                                                 f"eff @ {fake_rate:.0%} fake [68% interval]"])
+    pairs = [[k[:-4].replace("_", " vs "), format_interval(v, md.get(f"{k}_lower"), md.get(f"{k}_upper"))]
+             for k, v in md.items() if k.endswith("_AUC") and k.count("_") == 2]
     if pairs:
-        text += "\n\n" + tabulate(pairs, headers=["pair", "AUC"], floatfmt=".3f")
+        text += "\n\n" + tabulate(pairs, headers=["pair", "AUC [68% interval]"])
     return text
