@@ -39,40 +39,35 @@ def _train(w, epochs, data):
     w.Train(*data, Epochs=epochs, BatchSize=32, InitialEpoch=w.PreviousEpochs, verbose=0)
 
 
+def _run(base, width, epochs, data, status="completed", auc=None, **kw):
+    """One run of point ``width``: Initialize, train to ``epochs`` (if any), save; ``completed`` finishes it,
+    any other ``status`` is what a kill left in its metadata."""
+    w = _wrapper(base, f"Toy_W{width}", width, **kw)
+    w.Initialize()
+    if epochs:
+        _train(w, epochs, data)
+        w.MetaData.update(Status="analysing" if status == "completed" else status, Toy_AUC=auc)
+        w.Save()
+    if status == "completed":
+        w.finish(status)
+    return w
+
+
 def _make_scan(base: Path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     data = (x, keras.utils.to_categorical((x[:, 0] > 0).astype(int), 2))
-    # point 8: trained, saved, killed during its analysis (a partial metric written: it must not count)
-    killed = _wrapper(base, "Toy_W8", 8)
-    killed.Initialize()
-    _train(killed, 2, data)
-    killed.MetaData.update(Status="analysing", Toy_AUC=0.99)
-    killed.Save()
-    # the scan resumes point 8 with -p: Toy_W8.1 loads that save, trains the epoch left, completes
-    resumed = _wrapper(base, "Toy_W8", 8, LoadPrevious=True)
-    resumed.Initialize()
+    # point 8: trained, saved, killed during its analysis (a partial metric written: it must not count);
+    # the scan resumes it with -p: Toy_W8.1 loads that save, trains the epoch left, completes
+    _run(base, 8, 2, data, status="analysing", auc=0.99)
+    resumed = _run(base, 8, 3, data, auc=0.8, LoadPrevious=True)
     assert resumed.ContinuesPrevious and resumed.OutDir.name == "Toy_W8.1"
-    _train(resumed, 3, data)
-    resumed.MetaData["Toy_AUC"] = 0.8
-    resumed.Save()
-    resumed.finish("completed")
     # point 16: killed before its first save, then run again from scratch (nothing to load)
-    lost = _wrapper(base, "Toy_W16", 16)
-    lost.Initialize()
-    again = _wrapper(base, "Toy_W16", 16, LoadPrevious=True)
-    again.Initialize()
+    _run(base, 16, 0, data, status="initialized")
+    again = _run(base, 16, 1, data, auc=0.7, LoadPrevious=True)
     assert not again.ContinuesPrevious and again.OutDir.name == "Toy_W16.1"
-    _train(again, 1, data)
-    again.MetaData["Toy_AUC"] = 0.7
-    again.Save()
-    again.finish("completed")
     # point 32: killed during its analysis, not resumed (yet): it stays running/killed
-    alone = _wrapper(base, "Toy_W32", 32)
-    alone.Initialize()
-    _train(alone, 1, data)
-    alone.MetaData["Status"] = "analysing"
-    alone.Save()
+    _run(base, 32, 1, data, status="analysing")
     return base
 
 
