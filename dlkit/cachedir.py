@@ -17,19 +17,30 @@ Hence, for the generator cache and the calodnn premix files:
 
 The dataset root (``$DLKIT_DATA``, default ``~/.cache/dlkit``, see :func:`dlkit.datasets.data_root`) gets the
 same directory check (:func:`data_dir`).
+
+When a run uses a cached entry (a generator opens a cache or a premixed file, :func:`dlkit.datasets.cached_dataset`
+hands out a dataset) it records the time in a per-user index (:func:`record_use`, in
+``$XDG_STATE_HOME/dlkit/last-use``): ``python -m dlkit.cache list`` and
+``clean --older-than`` go by that record (:func:`last_use`), not by access times, which ``relatime`` mounts
+rarely update and which listing a directory changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
+import secrets
+import time
 import os
 import stat
 import tempfile
 from pathlib import Path
 
 __all__ = ["CACHE_ENV", "DATA_ENV", "UnsafeDirectoryError", "CacheLocation", "user_cache_dir", "cache_location",
-           "data_dir", "dir_owners", "open_trusted", "seal"]
+           "data_dir", "dir_owners", "open_trusted", "seal", "record_use", "last_use", "forget_use"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +245,62 @@ def seal(fd_or_path) -> None:
             os.fchmod(fd_or_path, mode)
         else:
             os.chmod(fd_or_path, mode)
+
+
+def use_records_dir() -> Path:
+    """The per-user index of last uses: ``$XDG_STATE_HOME/dlkit/last-use`` (default ``~/.local/state/...``)."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "dlkit" / "last-use"
+
+
+def use_record(path: str | os.PathLike) -> Path:
+    """Where the last use of the cached entry ``path`` (a file or a dataset directory) is recorded: one small
+    JSON file per entry in :func:`use_records_dir`, named by a hash of its absolute path (never beside the
+    entry: the cache and data directories hold nothing but their entries)."""
+    key = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:24]
+    return use_records_dir() / f"{key}.json"
+
+
+def record_use(path: str | os.PathLike) -> None:
+    """Record that a run uses ``path`` now, with the entry's identity (inode, modification time) so that a record
+    outlived by its entry (rebuilt, replaced, touched) is not taken for this one's. Written atomically (a unique
+    temporary renamed over the record); where that fails, nothing is recorded (the entry then counts from when
+    it was made)."""
+    record = use_record(path)
+    tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        st = os.stat(path)
+        record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = json.dumps({"path": os.path.abspath(path), "time": time.time(), "ino": st.st_ino,
+                           "mtime_ns": st.st_mtime_ns})
+        tmp.write_text(text)
+        os.replace(tmp, record)
+    except OSError as exc:
+        logger.debug("cannot record the use of %s (%s)", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def forget_use(path: str | os.PathLike) -> None:
+    """Drop the record of ``path`` (removed from the cache), and the records of entries that are gone."""
+    with contextlib.suppress(OSError):
+        use_record(path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        for record in use_records_dir().glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                if not os.path.lexists(json.loads(record.read_text())["path"]):
+                    record.unlink(missing_ok=True)
+
+
+def last_use(path: str | os.PathLike, default: float | None = None) -> float:
+    """When a run last used ``path`` (epoch seconds) by its :func:`record_use` record; without a valid record,
+    ``default`` if given, else the entry's modification time (when it was made)."""
+    path = Path(path)
+    st = path.stat()
+    try:
+        record = json.loads(use_record(path).read_text())
+        if record["ino"] == st.st_ino and record["mtime_ns"] == st.st_mtime_ns:
+            return float(record["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return st.st_mtime if default is None else default
+

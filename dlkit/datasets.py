@@ -7,7 +7,9 @@ are the same everywhere, so they live here:
 - it is built in a temporary sibling ``<name>.tmp-<pid>`` and renamed into place, so a killed run never
   leaves a partial dataset that a later call would reuse, and two concurrent builders end with one copy;
 - single files are written the same way (:func:`atomic_file`); leftovers of killed builders are removed
-  the next time, but only once their process is gone.
+  the next time, but only once their process is gone;
+- each time :func:`cached_dataset` hands out a dataset it records the use beside it
+  (:func:`dlkit.cachedir.record_use`), which ``python -m dlkit.cache list`` and ``clean --older-than`` go by.
 
 Example::
 
@@ -30,6 +32,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+
+from dlkit.cachedir import record_use
 
 __all__ = ["COMPLETE_MARKER", "data_root", "tmp_name", "remove_stale_tmp", "atomic_file", "cached_dataset",
            "read_complete", "write_files", "available_cores", "fsync_file"]
@@ -212,6 +216,7 @@ def cached_dataset(path: str | os.PathLike, key: str, build, meta: dict | None =
         if info.get("key") != key:
             raise FileExistsError(f"{path} holds another dataset (key {info.get('key')}, wanted {key})")
         logger.info("reusing %s", path)
+        record_use(path)
         return path
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path} exists, is not empty and has no {COMPLETE_MARKER}: not overwriting it")
@@ -227,6 +232,7 @@ def cached_dataset(path: str | os.PathLike, key: str, build, meta: dict | None =
         if path.exists():  # an empty directory, or a concurrent builder that finished first
             if (path / COMPLETE_MARKER).is_file():
                 shutil.rmtree(tmp, ignore_errors=True)
+                record_use(path)
                 return path
             path.rmdir()
         try:
@@ -238,4 +244,5 @@ def cached_dataset(path: str | os.PathLike, key: str, build, meta: dict | None =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    record_use(path)
     return path

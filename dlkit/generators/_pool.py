@@ -29,7 +29,7 @@ from multiprocessing.connection import wait as mp_wait
 
 import numpy as np
 
-from dlkit.cachedir import CACHE_ENV, user_cache_dir
+from dlkit.cachedir import CACHE_ENV, record_use, user_cache_dir
 from dlkit.generators import _shm
 from dlkit.generators._layout import BlockLayout
 from dlkit.generators._resources import BUSY, CURRENT, FREE, HELD, READY, Resources, Slot, Task, WorkerHandle
@@ -85,6 +85,8 @@ class ReaderPool(CacheStores):
         self.n_canonical = planner.n_canonical
         self.res = Resources()
         self.res.hold(*self.cached_sources)  # from construction on: a later start finds them there
+        for path in self.cached_sources:
+            record_use(path)
         self.started = False
         self.failed: BaseException | None = None
         self.workers: list[WorkerHandle] = []

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from dlkit.cachedir import record_use
 from dlkit.generators import _shm
 from dlkit.generators._layout import BlockLayout
 from dlkit.generators._plan import mask_runs
@@ -33,6 +34,7 @@ class CacheStores:
             if path is not None:
                 self.disk_path = path
                 self.res.hold(path)
+                record_use(path)
                 self.disk_layout = open_layout(path, self.outputs, N)
                 for w in self.workers:
                     self._send(w, ("store", "disk", str(path), self.disk_layout, False, None))
@@ -121,6 +123,7 @@ class CacheStores:
                 try:
                     self.disk_path = self.builder.finalize()
                     self.res.hold(self.disk_path)
+                    record_use(self.disk_path)
                     self.disk_layout = self.builder.layout
                 except OSError as exc:
                     logger.warning("could not finalize the cache (%s)", exc)

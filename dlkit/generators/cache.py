@@ -29,6 +29,11 @@ Where caches live and whose may be read is :mod:`dlkit.cachedir`'s: the key is n
 so a cache is read only from a directory no one else can write to, and only if its owner is the reader (or
 the owner of a shared directory named on purpose); the default directory is private to the user.
 
+The cache directory's entries (generator caches and the premixed files beside them, :func:`cache_entries`) and
+its size limit are here too: with ``DLKIT_CACHE_MAX_GB`` set, :func:`evict_to_limit` removes the least recently
+used entries (by :func:`dlkit.cachedir.last_use`), never one a running job holds, before a new cache is built.
+``python -m dlkit.cache`` lists and cleans them.
+
 >>> arrays, header = read_cache("/tmp/dlkit-cache-1000/dlkit-3f2a....cache")     # doctest: +SKIP
 >>> arrays["ECAL"].shape                                                         # doctest: +SKIP
 (40000, 25, 25, 25)
@@ -36,6 +41,7 @@ the owner of a shared directory named on purpose); the default directory is priv
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -45,25 +51,28 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dlkit.cachedir import CacheLocation, cache_location, dir_owners, open_trusted
+from dlkit.cachedir import CacheLocation, cache_location, dir_owners, forget_use, last_use, open_trusted
 from dlkit.generators._layout import ArraySpec, BlockLayout
 from dlkit.generators.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CACHE_VERSION", "callable_identity", "clean_stale", "default_cache_dir", "read_cache"]
+__all__ = ["CACHE_VERSION", "MAX_GB_ENV", "Entry", "cache_entries", "callable_identity", "clean_stale",
+           "default_cache_dir", "evict_to_limit", "read_cache", "remove_entry"]
 
 CACHE_VERSION = 2  # 2: the checksum table
 CHECK_BLOCK = 4 << 20  # bytes per checksummed block
 MAGIC = b"DLKITCACHE\n"
 PAGE = 4096
 SUFFIX = ".cache"
+MAX_GB_ENV = "DLKIT_CACHE_MAX_GB"
 
 
 def default_cache_dir() -> Path:
@@ -348,8 +357,6 @@ class CacheBuilder:
         raw, self.layout = file_layout(list(outputs), n_rows, header)
         self.checksum = json.loads(raw[len(MAGIC) + 8:])["checksum"]
         size = self.checksum["offset"] + 8 * self.checksum["count"]
-        from dlkit.cache import evict_to_limit
-
         evict_to_limit(self.final.parent, incoming=size)  # DLKIT_CACHE_MAX_GB: make room, oldest first
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -429,3 +436,83 @@ def read_cache(path, mode: str = "r") -> tuple[dict[str, np.memmap], dict]:
                 shape=(header["n_rows"],) + tuple(a["shape"]),
             )
     return out, header
+
+
+@dataclasses.dataclass
+class Entry:
+    """One cached thing: ``kind``, ``path``, ``size`` (bytes), ``last_use`` (epoch seconds: when a run last used
+    it, :func:`dlkit.cachedir.last_use`), ``made_by`` (what it was made from) and ``in_use`` (a running job
+    holds it)."""
+
+    kind: str
+    path: Path
+    size: int
+    last_use: float
+    made_by: str
+    in_use: bool
+
+
+def in_use(path) -> bool:
+    """Whether a process holds a lock on ``path`` (a reader's shared flock): an exclusive try-lock fails."""
+    fd = try_lock(path, exclusive=True)
+    if fd is None:
+        return Path(path).exists()
+    os.close(fd)
+    return False
+
+
+def _generator_cache(path: Path) -> Entry:
+    header = read_header(path) or {}
+    files = [e.get("file", "") for e in header.get("entries", [])]
+    where = sorted({str(Path(f).parent) for f in files})
+    made_by = (f"key {str(header.get('key', '?'))[:12]}, classes {', '.join(header.get('classes', []))}, "
+               f"{len(files)} source file(s) in {', '.join(where[:2])}{' ...' if len(where) > 2 else ''}")
+    return Entry("generator cache", path, path.stat().st_size, last_use(path), made_by, in_use(path))
+
+
+def cache_entries(cache_dir) -> list[Entry]:
+    """The generator caches and premixed files of ``cache_dir``, most recently used first."""
+    cache_dir = Path(cache_dir)
+    found = [_generator_cache(p) for p in sorted(cache_dir.glob(f"dlkit-*{SUFFIX}"))]
+    for premix in sorted(cache_dir.glob("*/premix-*.h5")):
+        found.append(Entry("premix", premix, premix.stat().st_size, last_use(premix),
+                           f"{premix.parent.name}, hash {premix.stem.split('-')[1]}", in_use(premix)))
+    return sorted(found, key=lambda e: e.last_use, reverse=True)
+
+
+def remove_entry(entry: Entry) -> None:
+    """Remove a cached entry (a file or a dataset directory) and the record of its last use."""
+    if entry.path.is_dir():
+        shutil.rmtree(entry.path)
+    else:
+        entry.path.unlink()
+    forget_use(entry.path)
+
+
+def evict_to_limit(cache_dir, incoming: int = 0) -> list[Entry]:
+    """With ``DLKIT_CACHE_MAX_GB`` set, remove the least recently used generator caches and premixed files of
+    ``cache_dir`` (never one in use) until ``incoming`` more bytes fit under the limit; returns what it removed."""
+    limit = os.environ.get(MAX_GB_ENV)
+    if not limit:
+        return []
+    try:
+        budget = float(limit) * 2**30
+    except ValueError:
+        raise ValueError(f"{MAX_GB_ENV}={limit!r}: expected a number of GB, e.g. 50") from None
+    cached = cache_entries(cache_dir)
+    total = sum(e.size for e in cached) + incoming
+    removed = []
+    for entry in sorted(cached, key=lambda e: e.last_use):  # least recently used first
+        if total <= budget:
+            break
+        if entry.in_use:
+            continue
+        remove_entry(entry)
+        total -= entry.size
+        removed.append(entry)
+        logger.info("%s=%s: removed the least recently used %s %s (%.1f MiB)", MAX_GB_ENV, limit, entry.kind,
+                    entry.path, entry.size / 2**20)
+    if total > budget:
+        logger.warning("%s=%s: the cache directory %s holds %.2f GB (in use, or the new cache alone is larger)",
+                       MAX_GB_ENV, limit, cache_dir, total / 2**30)
+    return removed
