@@ -150,19 +150,21 @@ def available_cores() -> int:
 def write_files(task, jobs: list, total: int, desc: str, unit: str = "ev", workers: int | None = None,
                 parallel_from: int = 3000, progress: bool = True) -> list:
     """Write a dataset file by file: ``task(job, progress) -> (path, n)`` for every job, in this process or
-    in ``workers`` spawned processes, under one progress bar over ``total`` ``unit``; returns the paths in job
-    order. The simulators' ``write_dataset`` is this over their ``write_file``.
+    in ``workers`` spawned processes, with one progress display over ``total`` ``unit``; returns the paths in
+    job order. The simulators' ``write_dataset`` is this over their ``write_file``.
 
     ``task`` is a module-level function (it is pickled to the workers) that writes one whole file, seeded by
     its job alone, so the dataset does not depend on ``workers`` or on the order files are made in. Run here
-    it calls ``progress(n_done)`` as it goes; in a worker it gets None and the bar moves per file.
+    it calls ``progress(n_done)`` as it goes; in a worker it gets None and the display moves per file.
     ``workers=None``: the available cores once ``total >= parallel_from`` (a spawned worker costs ~1 s of
-    imports), else 1. Spawned, not forked: the parent may hold threads (Keras).
-    """
-    import multiprocessing
-    import time
+    imports), else 1. Spawned, not forked: the parent may hold threads (Keras). When ``task`` and the jobs come
+    from library modules the workers start without importing the user's main module (a script without
+    ``if __name__ == "__main__":``, or code piped to ``python -``, works); where they must import it and cannot,
+    the run ends at once with a ``RuntimeError`` that says why (:func:`dlkit.spawn.start_failure`).
 
-    from tqdm.auto import tqdm
+    ``progress``: a tqdm bar when stderr is a terminal, else an INFO line every 30 s (no redraws in a log file).
+    """
+    import time
 
     if workers is None:
         workers = 1 if total < parallel_from else available_cores()
@@ -170,26 +172,91 @@ def write_files(task, jobs: list, total: int, desc: str, unit: str = "ev", worke
     logger.info("%s: %d %s into %d files with %d worker(s)", desc, total, unit, len(jobs), workers)
     start = time.perf_counter()
     paths = [None] * len(jobs)
-    with tqdm(total=total, unit=unit, desc=desc, disable=not progress) as bar:
+    with _progress(total, unit, desc, progress) as bar:
         if workers == 1:
             for k, job in enumerate(jobs):
                 paths[k], _ = task(job, bar.update)
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                indexed = [(task, k, job) for k, job in enumerate(jobs)]
-                for k, path, n in pool.imap_unordered(_run_indexed, indexed):
-                    paths[k] = path
-                    bar.update(n)
+            for k, path, n in _spawned(task, jobs, workers, desc):
+                paths[k] = path
+                bar.update(n)
     seconds = time.perf_counter() - start
     logger.info("%s: wrote %d %s in %.1f s (%.0f %s/s)", desc, total, unit, seconds, total / max(seconds, 1e-9),
                 unit)
     return paths
 
 
+def _spawned(task, jobs: list, workers: int, desc: str):
+    """``(k, path, n)`` for each job as spawned workers finish it. A worker that dies ends the run with one line
+    (Python's Pool would start new ones without end); none is left behind."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from dlkit.spawn import needs_main, spawn_environment, start_failure
+
+    main_needed = needs_main((task, jobs))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    done = 0
+    try:
+        with spawn_environment(hide_main=not main_needed):  # the workers start as the jobs are submitted
+            futures = [pool.submit(_run_indexed, (task, k, job)) for k, job in enumerate(jobs)]
+        for future in as_completed(futures):
+            yield future.result()
+            done += 1
+    except BrokenProcessPool:
+        what = f"a worker process of {desc}"
+        if main_needed and done == 0:
+            raise RuntimeError(start_failure(what)) from None
+        raise RuntimeError(f"{what} died after {done} of {len(jobs)} files (killed, or out of memory?)") from None
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public terminate before 3.14
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_indexed(args):
     task, k, job = args
     path, n = task(job, None)
     return k, path, n
+
+
+class _LogProgress:
+    """Progress as plain INFO lines, at most one every ``every`` seconds: for logs that are not a terminal."""
+
+    def __init__(self, total: int, unit: str, desc: str, every: float = 30.0):
+        import time
+
+        self.total, self.unit, self.desc, self.every = total, unit, desc, every
+        self.n, self._clock = 0, time.monotonic
+        self.last = self._clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self._clock()
+        if now - self.last >= self.every and self.n < self.total:
+            self.last = now
+            logger.info("%s: %d of %d %s (%.0f %%)", self.desc, self.n, self.total, self.unit,
+                        100 * self.n / max(self.total, 1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(total: int, unit: str, desc: str, enabled: bool):
+    """A tqdm bar on a terminal, periodic log lines otherwise (``enabled``), else nothing."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if enabled and not sys.stderr.isatty():
+        return _LogProgress(total, unit, desc)
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled)
 
 
 def read_complete(path: str | os.PathLike) -> dict | None:

@@ -423,6 +423,8 @@ class ReaderPool(CacheStores):
                     try:
                         msg = w.conn.recv()
                     except (EOFError, OSError):
+                        msg = None  # reported below, outside the except: no chained traceback
+                    if msg is None:
                         self._dead(w)
                     self._handle(w, msg, pending)
                     try:
