@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 import numpy as np
 import pandas as pd
@@ -415,11 +416,11 @@ def main(argv=None) -> int:
         table, _, _ = run_task(splits, models, seed=args.seed)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(tabulate(format_table(table), headers="keys", tablefmt="github"))
     if args.csv:
         table.to_csv(args.csv)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

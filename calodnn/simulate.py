@@ -34,6 +34,7 @@ from scipy.special import erf, gammainc, ndtri
 from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
+from dlkit.protocol import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -933,7 +934,7 @@ def main(argv=None) -> int:
     paths = write_dataset(args.out, tuple(args.particles), args.events_per_class, args.events_per_file,
                           args.seed, cfg, compression, progress=not args.no_progress, workers=args.workers)
     logger.info("wrote %d files under %s", len(paths), args.out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

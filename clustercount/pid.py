@@ -49,6 +49,7 @@ from clustercount.data import TP_GAPS_NS, DerivationOptions, PeakScorer, cluster
 from clustercount.simulate import PARTICLES, DriftSimConfig, simulate_waveforms
 from dlkit.analysis import AnalysisResults
 from dlkit.datasets import cached_dataset, data_root
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -321,12 +322,12 @@ def main(argv=None) -> int:
         md = read_metadata(directory)
     except (MetaDataError, FileNotFoundError) as exc:
         print(f"error: -L {args.LoadModel}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     config = dict(md.get("Configuration") or {})
     if "PIDMomenta" not in config:
         print(f"error: -L {args.LoadModel}: not a clustercount clusterization model (no PIDMomenta in its "
               "Configuration)", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     if args.momenta:
         config["PIDMomenta"] = args.momenta
     if args.tracks:
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
     print(results.tables["PID_Separation"].to_string(float_format=lambda v: f"{v:.3f}"))
     print(json.dumps({k: v for k, v in results.metadata.items() if k.startswith("PID_Ratio")
                       or k == "PID_TruthRatioMean"}, indent=1))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from scipy.signal import lfilter
 from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
+from dlkit.protocol import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -623,7 +624,7 @@ def main(argv=None) -> int:
     paths = write_dataset(args.out, args.waveforms, args.waveforms_per_file, args.seed, cfg,
                           progress=not args.no_progress, workers=args.workers)
     logger.info("wrote %d files under %s", len(paths), args.out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ From a notebook, ``run`` returns an :class:`ExperimentResult` (no printing, no `
 
 On the command line ``python -m calodnn.ClassificationExperiment -s 12`` is :meth:`Experiment.main`, a shell
 over the same run that prints the summary and exits with its code: 0 success; 2 a configuration, data or
-usage error (one line on stderr, no traceback); 75 (:data:`dlkit.callbacks.EXIT_CODE_INTERRUPTED`) stopped
+usage error (one line on stderr, no traceback); 75 (:data:`dlkit.protocol.EXIT_INTERRUPTED`) stopped
 by a signal after saving - resume with ``-p``.
 """
 
@@ -42,16 +42,13 @@ from typing import Any
 
 from dlkit.config import ConfigError, load_config, resolve_config
 from dlkit.permutator import Permutator
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Experiment", "ExperimentResult", "make_parser", "configure_device", "RunSetup", "resolve_run",
            "load_or_build", "compile_model", "training_callbacks", "train", "finish", "summary_footer", "run_main",
            "UserError", "EXIT_USER_ERROR", "FLAG_KEYS", "RUN_DEFAULTS", "RunData"]
-
-#: Exit status for configuration, data and usage errors.
-EXIT_USER_ERROR = 2
-
 
 class UserError(RuntimeError):
     """An error in what the user asked for (files, flags, data): reported in one line, exit code 2."""
@@ -428,9 +425,8 @@ def summary_footer(setup: RunSetup) -> str:
 
 def finish(wrapper) -> int:
     """Write the final metadata and return the process exit code: 75 if a signal stopped training, 77
-    (:data:`dlkit.scan.ledger.EXIT_PRUNED`) if that signal came from a search's pruner."""
-    from dlkit.callbacks import EXIT_CODE_INTERRUPTED
-    from dlkit.scan import point
+    (:data:`dlkit.protocol.EXIT_PRUNED`) if that signal came from a search's pruner."""
+    from dlkit import protocol as point
 
     interrupted = wrapper.Interrupted
     status = wrapper.MetaData.pop("TrainStatus", None)
@@ -442,9 +438,9 @@ def finish(wrapper) -> int:
     wrapper.finish(Status=status)
     if interrupted:
         log.warning("%s: stopped by a signal; saved in %s - resume with -p (exit code %d)", wrapper.Name,
-                    wrapper.OutDir, EXIT_CODE_INTERRUPTED)
-        return EXIT_CODE_INTERRUPTED
-    return 0
+                    wrapper.OutDir, point.EXIT_INTERRUPTED)
+        return point.EXIT_INTERRUPTED
+    return point.EXIT_OK
 
 
 @dataclass
@@ -468,7 +464,7 @@ class ExperimentResult:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == EXIT_OK
 
 
 @dataclass(frozen=True)
@@ -647,8 +643,8 @@ def run_main(run: Callable[[list[str] | None], int], argv: list[str] | None = No
     intact and nothing of it left running."""
     from dlkit.cachedir import UnsafeDirectoryError
     from dlkit.metadata import MetaDataError  # not dlkit.model_wrapper: an experiment without Keras stays light
-    from dlkit.scan import point
-    from dlkit.scan.ledger import EXIT_INTERRUPTED
+    from dlkit import protocol as point
+    from dlkit.protocol import EXIT_INTERRUPTED
 
     previous = {}
     if threading.current_thread() is threading.main_thread():

@@ -38,6 +38,7 @@ import numpy as np
 
 from dlkit.datasets import atomic_file
 from dlkit.generators.errors import DataError
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +393,8 @@ def main(argv=None) -> int:
                          dtype=args.dtype, progress=not args.no_progress)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USER_ERROR
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ from dlkit.metadata import (  # noqa: E402 - re-exported: DLKit users import the
     save_pair,
     to_jsonable,
 )
-from dlkit.scan import point as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
+from dlkit import protocol as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
 from dlkit.saving import load_model  # noqa: E402
 
 

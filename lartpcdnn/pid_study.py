@@ -40,6 +40,7 @@ import numpy as np
 from dlkit.datasets import atomic_file, data_root
 from lartpcdnn.preprocess import ProcessWireData
 from lartpcdnn.simulate import DEFAULT_PARTICLES, VIEW_NAMES, LArSimConfig, file_seed_sequence, simulate_events
+from dlkit.protocol import EXIT_OK
 
 log = logging.getLogger("lartpcdnn.pid_study")
 
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
         print(simulate_processed(particles, args.events_per_class, 50, args.seed,
                                  ProcessWireData(args.factor, args.window, 50.0), cache=args.cache,
                                  workers=args.workers))
-        return 0
+        return EXIT_OK
     result = run(particles, args.events_per_class, args.epochs, args.batch, args.lr, args.filters, args.depth,
                  args.width, not args.no_batch_norm, args.dropout, args.factor, args.window, seed=args.seed,
                  workers=args.workers, cache=args.cache, flip=args.flip,
@@ -360,7 +361,7 @@ def main(argv=None) -> int:
     print(f"events {result['events']}; seconds {json.dumps({k: round(v) for k, v in result['seconds'].items()})}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

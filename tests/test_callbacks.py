@@ -86,7 +86,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(cb.time, "monotonic", fake)
+    monkeypatch.setattr(time, "monotonic", fake)  # the clock of dlkit.callbacks.time_stopping
     return fake
 
 

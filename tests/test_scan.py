@@ -1,6 +1,6 @@
 """dlkit.scan: every point exactly once through concurrent workers, kill -9, SIGSTOP, Ctrl-C and restarts.
 
-The fast fake experiment is dlkit.scan.toy (no Keras). "Exactly once" is counted independently of the ledger's
+The fast fake experiment is toy_experiment (no Keras). "Exactly once" is counted independently of the ledger's
 own state markers: from the attempt records (attempts with exit code 0) and from the run directories on disk
 (MetaData.json with Status "completed"), read with plain json.
 """
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def scan_cmd(config, out, *options, flags=()):
-    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "dlkit.scan.toy", "-C", str(config),
+    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment", "-C", str(config),
             "--OutputBase", str(out), "--no-progress", *options, "--", *flags]
 
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-EXIT_SOME_FAILED = 1
+from dlkit.protocol import EXIT_CTRL_C, EXIT_OK, EXIT_SOME_FAILED, EXIT_USER_ERROR
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -47,9 +47,11 @@ def _add_engine_options(r: argparse.ArgumentParser) -> None:
                    help="GPU ids, e.g. 0,1,2,3: one slot per GPU (CUDA_VISIBLE_DEVICES)")
     r.add_argument("--threads-per-point", type=int, default=None, metavar="T",
                    help="CPU threads per point without --gpus (default: CPU count / slots)")
-    r.add_argument("--max-retries", type=int, default=2, metavar="N", help="retries of a crashing point (2)")
-    r.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="a point whose worker sent no heartbeat for this long is taken over (120)")
+    r.add_argument("--max-retries", type=int, default=None, metavar="N",
+                   help="retries of a crashing point (2); set when the scan is created")
+    r.add_argument("--lease-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a point whose worker sent no heartbeat for this long is taken over (120); set when the "
+                        "scan is created, the same for all its workers")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     q = r.add_argument_group("cluster engines (--engine slurm|pbs)",
                              "one job array of the points not yet final, --slots of them at once (%K); each task "
@@ -79,16 +81,39 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlkit-scan", description="Run every point of a dlkit scan exactly once.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_search(sub)
+    b = sub.add_parser("best", help="the best trials of a search, with their params and objective")
+    _add_target(b)
+    b.add_argument("-n", type=int, default=5, help="how many per search (5)")
+    b.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
+    s = sub.add_parser("status", help="one row per point: state, attempts, epochs, metric, run dir, host, error")
+    _add_target(s)
+    s.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (2) until every point is done, failed or stuck")
+    s.add_argument("--state", default=None, help="only these states (comma list: pending,running,done,...)")
+    s.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
+    _add_work(sub)
+    t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
+    _add_target(t)
+    c = sub.add_parser("cancel", help="stop a scan: running points save and exit; run again to resume")
+    _add_target(c)
+    return p
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="run (or resume) a scan; extra experiment flags go after '--'",
                        description="Run the points of a scan that are not done yet. Everything after '--' is "
-                                   "passed to every point (e.g. -- --Test --set Epochs=5).")
+                                   "passed to every point (e.g. -- --Test --set Epochs=5). A later run with other "
+                                   "--points adds them to the same scan.")
     r.add_argument("-C", "--config", default=None, help="the scan's config file (default: the experiment's)")
     r.add_argument("--points", default=None, metavar="LIST", help="a subset of the grid, e.g. 0-3,7 (default all)")
     r.add_argument("--metric", default=None,
                    help="main metric shown by status: a MetaData key (Ele_AUC) or History metric (val_loss)")
     _add_engine_options(r)
 
+
+def _add_search(sub) -> None:
     f = sub.add_parser("search", help="random or Bayesian (TPE) search over a config's Search block",
                        description="Sample trials from the config file's Search block (dlkit.scan.space) with "
                                    "Optuna, each a ledger point run exactly once; a Params grid in the file is the "
@@ -112,18 +137,8 @@ def make_parser() -> argparse.ArgumentParser:
     f.add_argument("--points", default=None, metavar="LIST", help="grid points to search at (default all)")
     _add_engine_options(f)
 
-    b = sub.add_parser("best", help="the best trials of a search, with their params and objective")
-    _add_target(b)
-    b.add_argument("-n", type=int, default=5, help="how many per search (5)")
-    b.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
 
-    s = sub.add_parser("status", help="one row per point: state, attempts, epochs, metric, run dir, host, error")
-    _add_target(s)
-    s.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
-                   help="refresh every SECONDS (2) until every point is done, failed or stuck")
-    s.add_argument("--state", default=None, help="only these states (comma list: pending,running,done,...)")
-    s.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
-
+def _add_work(sub) -> None:
     w = sub.add_parser("work", help="run points of an existing scan's ledger (what a Slurm/PBS array task runs)",
                        description="Join a scan as one more worker: run its points (or --points) until they are "
                                    "done or held by live workers. Exit 75 if stopped by a signal.")
@@ -132,8 +147,9 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--slots", type=int, default=None, metavar="K")
     w.add_argument("--gpus", default=None, metavar="LIST")
     w.add_argument("--threads-per-point", type=int, default=None, metavar="T")
-    w.add_argument("--max-retries", type=int, default=2, metavar="N")
-    w.add_argument("--lease-timeout", type=float, default=120.0, metavar="SECONDS")
+    w.add_argument("--max-retries", type=int, default=None, metavar="N", help="(the scan's; checked against it)")
+    w.add_argument("--lease-timeout", type=float, default=None, metavar="SECONDS",
+                   help="(the scan's; checked against it)")
     w.add_argument("--wait-for-others", action="store_true",
                    help="keep going until every point is final, taking over those of workers that die")
     w.add_argument("--engine", default="local", help="recorded as the engine of the leases")
@@ -141,12 +157,6 @@ def make_parser() -> argparse.ArgumentParser:
                    help="stop (points save and are requeued) once PID is no longer this worker's parent")
     w.add_argument("--since", type=float, default=None, metavar="EPOCH_SECONDS",
                    help="obey a cancel asked after this time (default: when this worker starts)")
-
-    t = sub.add_parser("retry", help="requeue the failed and stuck points (then run the scan again)")
-    _add_target(t)
-    c = sub.add_parser("cancel", help="stop a scan: running points save and exit; run again to resume")
-    _add_target(c)
-    return p
 
 
 def _print_status(args) -> bool:
@@ -191,83 +201,78 @@ def _print_best(args) -> int:
 
     for name, frame in best(args.path, args.name, n=args.n).groupby("scan", sort=False):
         _print_table(frame.drop(columns="scan"), f"search {name}: best trials", args.tablefmt)
-    return 0
+    return EXIT_OK
 
 
 def _gpus(text: str | None) -> list[str] | None:
     return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, passthrough = argv[:cut], argv[cut + 1:]
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from dlkit.scan.ledger import EXIT_USER_ERROR, ScanError
+def _watch(args) -> int:
+    """``status``, once or refreshed every ``--watch`` seconds until every point is final."""
+    if args.watch is None:
+        _print_status(args)
+        return EXIT_OK
+    while True:
+        if sys.stdout.isatty():
+            print("\033[H\033[2J", end="")
+        print(time.strftime("%H:%M:%S"), flush=True)
+        if _print_status(args):
+            return EXIT_OK
+        sys.stdout.flush()
+        time.sleep(args.watch)
 
-    try:
-        if args.command == "status":
-            if args.watch is None:
-                _print_status(args)
-                return 0
-            while True:
-                if sys.stdout.isatty():
-                    print("\033[H\033[2J", end="")
-                print(time.strftime("%H:%M:%S"), flush=True)
-                if _print_status(args):
-                    return 0
-                sys.stdout.flush()
-                time.sleep(args.watch)
-        if args.command == "retry":
-            from dlkit.scan.api import retry
 
-            for name, points in retry(args.path, args.name).items():
-                print(f"scan {name}: requeued {len(points)} point(s) {points}; run the scan again to run them")
-            return 0
-        if args.command == "cancel":
-            from dlkit.scan.api import cancel
+def _retry(args) -> int:
+    from dlkit.scan.api import retry
 
-            for name in cancel(args.path, args.name):
-                print(f"scan {name}: cancel requested; running points save and stop")
-            return 0
-        if args.command == "work":
-            from dlkit.scan.api import work
+    for name, points in retry(args.path, args.name).items():
+        print(f"scan {name}: requeued {len(points)} point(s) {points}; run the scan again to run them")
+    return EXIT_OK
 
-            return work(args.ledger, points=args.points, slots=args.slots, gpus=_gpus(args.gpus),
-                        threads_per_point=args.threads_per_point, max_retries=args.max_retries,
-                        lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine,
-                        parent_pid=args.parent_pid, since=args.since)
-        if args.command == "best":
-            return _print_best(args)
-        cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
-                                                       "sbatch_extra", "signal_seconds", "pbs_flavor", "wait",
-                                                       "dask_cluster")
-                   if getattr(args, key) not in (None, False)}
-        common = dict(flags=passthrough, points=args.points, name=args.name, output_base=args.OutputBase,
-                      engine=args.engine, slots=args.slots, gpus=_gpus(args.gpus),
-                      threads_per_point=args.threads_per_point, max_retries=args.max_retries,
-                      lease_timeout=args.lease_timeout, progress=False if args.no_progress else None, **cluster)
-        if args.command == "search":
-            from dlkit.scan.search import search
 
-            frame = search(args.experiment, args.config, trials=args.trials, sampler=args.sampler,
-                           objective=args.objective, direction=args.direction, parallel=args.parallel,
-                           seed=args.seed, prune=args.pruner, prune_metric=args.prune_metric,
-                           prune_direction=args.prune_direction, **common)
-        else:
-            from dlkit.scan.api import run
+def _cancel(args) -> int:
+    from dlkit.scan.api import cancel
 
-            frame = run(args.experiment, config=args.config, metric=args.metric, **common)
-    except (ScanError, ValueError) as exc:
-        print(f"dlkit-scan: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        return 130
-    from dlkit.scan.cluster import compress_ranges
+    for name in cancel(args.path, args.name):
+        print(f"scan {name}: cancel requested; running points save and stop")
+    return EXIT_OK
+
+
+def _work(args) -> int:
+    from dlkit.scan.api import work
+
+    return work(args.ledger, points=args.points, slots=args.slots, gpus=_gpus(args.gpus),
+                threads_per_point=args.threads_per_point, max_retries=args.max_retries,
+                lease_timeout=args.lease_timeout, wait_for_others=args.wait_for_others, engine=args.engine,
+                parent_pid=args.parent_pid, since=args.since)
+
+
+def _launch(args, passthrough: list[str]):
+    """``run`` or ``search``: their status frame."""
+    cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
+                                                   "sbatch_extra", "signal_seconds", "pbs_flavor", "wait",
+                                                   "dask_cluster")
+               if getattr(args, key) not in (None, False)}
+    common = dict(flags=passthrough, points=args.points, name=args.name, output_base=args.OutputBase,
+                  engine=args.engine, slots=args.slots, gpus=_gpus(args.gpus),
+                  threads_per_point=args.threads_per_point, max_retries=args.max_retries,
+                  lease_timeout=args.lease_timeout, progress=False if args.no_progress else None, **cluster)
+    if args.command == "search":
+        from dlkit.scan.search import search
+
+        return search(args.experiment, args.config, trials=args.trials, sampler=args.sampler,
+                      objective=args.objective, direction=args.direction, parallel=args.parallel,
+                      seed=args.seed, prune=args.pruner, prune_metric=args.prune_metric,
+                      prune_direction=args.prune_direction, **common)
+    from dlkit.scan.api import run
+
+    return run(args.experiment, config=args.config, metric=args.metric, **common)
+
+
+def _report(args, frame) -> int:
+    """What ``run`` and ``search`` print at the end (stderr: stdout stays for tables), and their exit code."""
+    from dlkit.scan.engines.array import compress_ranges
 
     for sub in frame.attrs.get("submitted", []):
         script = os.path.join(frame.attrs["ledger"], sub["script"])
@@ -280,12 +285,38 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(frame.attrs["best"].head(5), "best trials", "simple")
         for path in frame.attrs.get("plots", []):
             print(f"plot: {path}", file=sys.stderr)
-    code = frame.attrs.get("exit_code", 0)
-    if code:
+    code = frame.attrs.get("exit_code", EXIT_OK)
+    if code != EXIT_OK:
         print(f"dlkit-scan: stopped; run the same command again to resume (ledger: {frame.attrs['ledger']})",
               file=sys.stderr)
         return code
-    return EXIT_SOME_FAILED if counts.get("failed") or counts.get("stuck") else 0
+    return EXIT_SOME_FAILED if counts.get("failed") or counts.get("stuck") else EXIT_OK
+
+
+_COMMANDS = {"status": _watch, "retry": _retry, "cancel": _cancel, "work": _work, "best": _print_best}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from dlkit.scan.ledger import ScanError
+
+    try:
+        if args.command in _COMMANDS:
+            return _COMMANDS[args.command](args)
+        frame = _launch(args, passthrough)
+    except (ScanError, ValueError) as exc:
+        print(f"dlkit-scan: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_CTRL_C
+    return _report(args, frame)
 
 
 if __name__ == "__main__":

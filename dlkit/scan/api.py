@@ -26,12 +26,14 @@ from typing import Any
 from dlkit.config import ConfigError, load_config
 from dlkit.metadata import file_sha256
 from dlkit.permutator import Permutator
+from dlkit.scan.engines import ENGINES, Plan
+from dlkit.scan.engines import engine as make_engine
 from dlkit.scan.ledger import FINAL_STATES, Ledger, ScanError, read_json
 
 log = logging.getLogger(__name__)
 
 __all__ = ["make_manifest", "parse_points", "open_scan", "run", "work", "status", "status_rows", "retry", "cancel",
-           "point_command", "ENGINES", "Engine", "LocalEngine", "STATUS_COLUMNS"]
+           "STATUS_COLUMNS"]
 
 #: Flags the scan sets itself for each point; passing them after ``--`` is an error.
 _RESERVED = {"-s": "the scan sets -s per point", "--hyperparamset": "the scan sets -s per point",
@@ -110,31 +112,12 @@ def make_manifest(experiment: str, config: str | os.PathLike | None = None, flag
             "points": parse_points(points, size), "flags": flags, "metric": metric}
 
 
-def point_command(ledger: Ledger, manifest: Mapping | None = None):
-    """``command(index, resume)`` -> the argv of one point: the experiment, its config, ``-s``, the flags; for a
-    search trial also ``--trial`` (its sampled params) and ``-s`` of its grid point."""
-    from dlkit.scan.worker import python_argv
-
-    manifest = manifest or ledger.manifest()
-    base = python_argv(manifest["experiment"])
-    output_base = os.fspath(ledger.output_base.resolve())
-    search = manifest.get("search")
-
-    def command(index: int, resume: bool) -> list[str]:
-        where = ["-s", str(index)]
-        if search:
-            grid = (index // search["trials"]) if manifest.get("params") else None
-            where = (["-s", str(grid)] if grid is not None else []) + [
-                "--trial", os.fspath(ledger.trial_path(index).resolve())]
-        argv = [*base, "-C", manifest["config"], *where, "--OutputBase", output_base, *manifest["flags"]]
-        return argv + ["-p"] if resume else argv
-
-    return command
-
-
 def open_scan(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
-              output_base: str | os.PathLike | None = None, metric: str | None = None) -> Ledger:
-    """The ledger of this scan, created on first use; refused if the name holds a different scan.
+              output_base: str | os.PathLike | None = None, metric: str | None = None,
+              lease_timeout: float | None = None, max_retries: int | None = None) -> Ledger:
+    """The ledger of this scan, created on first use; refused if the name holds a different scan. A later
+    call with other ``points`` adds them to the scan; ``lease_timeout`` and ``max_retries`` (None: the
+    scan's, or the defaults of :class:`~dlkit.scan.options.ScanOptions` for a new scan) must agree with it.
 
     ``output_base`` defaults to ``TrainedModels``, or ``TrainedModels.Test`` with ``--Test`` among the flags
     (where the experiments put their ``--Test`` runs)."""
@@ -142,133 +125,52 @@ def open_scan(experiment: str, config=None, flags: Sequence[str] = (), points=No
     if output_base is None:
         output_base = "TrainedModels.Test" if "--Test" in manifest["flags"] else "TrainedModels"
     ledger = Ledger.at(output_base, manifest.pop("name"))
-    ledger.create_or_check(manifest)
+    ledger.create_or_check(manifest, lease_timeout=lease_timeout, max_retries=max_retries)
     return ledger
 
 
-class Engine:
-    """Runs a scan's points. Engines differ in *where* points run; all go through the ledger.
-
-    ``run(ledger, **options)`` returns an exit code: 0 when the engine's work is finished (or submitted),
-    75 when it was stopped by a signal or ``cancel``.
-    """
-
-    name = "?"
-
-    def run(self, ledger: Ledger, **options) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def cancel(self, ledger: Ledger) -> None:
-        """Stop the engine's own jobs (a cluster engine's scancel/qdel); the ledger marker is set by cancel()."""
-
-    def queue(self, ledger: Ledger) -> dict[int, str]:
-        """What the engine's scheduler says of the scan's points (``{point: "pending 123_4"}``), for status;
-        ``{}`` when it has nothing to say or cannot be asked. Never imports Keras or TensorFlow."""
-        return {}
-
-
-class LocalEngine(Engine):
-    """K slots on this machine (``slots``, ``gpus``, ``threads_per_point``); blocks until the scan is done."""
-
-    name = "local"
-
-    def run(self, ledger: Ledger, slots: int | None = None, gpus: Sequence[str] | None = None,
-            threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-            progress: bool | None = None, **_) -> int:
-        from dlkit.scan.worker import Worker, _env_job_id, default_slots
-
-        manifest = ledger.manifest()
-        worker = Worker(ledger, point_command(ledger, manifest),
-                        default_slots(slots, gpus, threads_per_point), max_retries=max_retries,
-                        lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"),
-                        engine=self.name)
-        with _ProgressBar(ledger, manifest, progress) as bar:
-            worker.on_update = lambda _: bar.update()
-            return worker.run()
-
-
 def work(ledger: str | os.PathLike | Ledger, points=None, slots: int | None = 1, gpus: Sequence[str] | None = None,
-         threads_per_point: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
+         threads_per_point: int | None = None, max_retries: int | None = None, lease_timeout: float | None = None,
          wait_for_others: bool = False, engine: str = "local", batch: bool | None = None,
          parent_pid: int | None = None, since: float | None = None) -> int:
     """Join an existing scan as one worker (a Slurm/PBS array task, a Dask task): run ``points`` (default all)
     until each is final or held by a live worker; returns 0, or 75 if a signal stopped it. ``batch`` (default:
     for the slurm and pbs engines) is :class:`~dlkit.scan.worker.Worker`'s: inside a job that its scheduler
-    signals as a whole."""
-    from dlkit.scan.worker import Worker, _env_job_id, default_slots
+    signals as a whole. ``max_retries`` and ``lease_timeout`` are the scan's (a different value is refused)."""
+    from dlkit.scan.worker import Worker, _env_job_id, default_slots, point_command
 
     ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
     manifest = ledger.manifest()
-    selected = parse_points(points, manifest["size"]) if points is not None else manifest["points"]
+    options = ledger.options(lease_timeout=lease_timeout, max_retries=max_retries)
+    selected = parse_points(points, manifest["size"]) if points is not None else ledger.points()
     worker = Worker(ledger, point_command(ledger, manifest), default_slots(slots, gpus, threads_per_point),
-                    points=selected, wait_for_others=wait_for_others, max_retries=max_retries,
-                    lease_timeout=lease_timeout, job_id=_env_job_id(), metric=manifest.get("metric"), engine=engine,
+                    points=selected, wait_for_others=wait_for_others, options=options, job_id=_env_job_id(),
+                    metric=manifest.get("metric"), engine=engine,
                     batch=engine in ("slurm", "pbs") if batch is None else batch, parent_pid=parent_pid,
                     since=since, ready=(lambda i: ledger.trial_path(i).is_file()) if manifest.get("search") else None)
     return worker.run()
 
 
-class _ProgressBar:
-    """A tqdm bar of points done, with running and failed counts (shown when stderr is a terminal)."""
-
-    def __init__(self, ledger: Ledger, manifest: Mapping, enabled: bool | None):
-        from tqdm.auto import tqdm
-
-        self.ledger = ledger
-        self.points = set(manifest["points"])
-        self.bar = tqdm(total=len(self.points), desc=f"scan {ledger.name}", unit="point",
-                        disable=None if enabled is None else not enabled)
-        self._last = 0.0
-
-    def update(self) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.5:
-            return
-        self._last = now
-        # marker names only (no JSON read): this runs in the worker's loop; running = whoever holds the lease
-        done = len(self.ledger.done_indices() & self.points)
-        failed = len(self.ledger.failed_indices() & self.points)
-        running = len(self.ledger.leased_indices() & self.points)
-        self.bar.n = done
-        self.bar.set_postfix(running=running, failed=failed, refresh=False)
-        self.bar.refresh()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._last = 0.0
-        self.update()  # the final counts
-        self.bar.close()
-
-
-#: The engines by ``--engine`` name.
-ENGINES: dict[str, type[Engine]] = {"local": LocalEngine}
-
-from dlkit.scan.pbs import PBSEngine  # noqa: E402  (they subclass Engine, defined above)
-from dlkit.scan.slurm import SlurmEngine  # noqa: E402
-
-from dlkit.scan.dask_engine import DaskEngine  # noqa: E402
-
-ENGINES.update({"slurm": SlurmEngine, "pbs": PBSEngine, "dask": DaskEngine})
-
-
 def run(experiment: str, config=None, flags: Sequence[str] = (), points=None, name: str | None = None,
         output_base: str | os.PathLike | None = None, engine: str = "local", metric: str | None = None,
+        lease_timeout: float | None = None, max_retries: int | None = None, progress: bool | None = None,
         **options) -> "Any":
-    """Run (or resume) a scan; returns its :func:`status` DataFrame.
+    """Run (or resume, or grow) a scan; returns its :func:`status` DataFrame.
 
     ``experiment`` is a dlkit experiment module (``"calodnn.ClassificationExperiment"``) or a ``.py`` file;
     ``config`` its config file (default: the module's ``DEFAULT_CONFIG``); ``flags`` are passed to every point;
-    ``points`` a subset (``"0-3,7"``). Engine options: ``slots``, ``gpus``, ``threads_per_point``,
-    ``max_retries`` (2), ``lease_timeout`` (120 s), ``progress``. Running the same call again - after a crash,
-    ``kill -9``, Ctrl-C or ``cancel`` - finishes the points still missing; done points never run again.
+    ``points`` a subset (``"0-3,7"``): a later call with other points adds them to the same scan. The scan's
+    policy, set when it is created: ``lease_timeout`` (120 s), ``max_retries`` (2). Engine options: ``slots``,
+    ``gpus``, ``threads_per_point``, a cluster engine's scheduler options, ``progress``. Running the same call
+    again - after a crash, ``kill -9``, Ctrl-C or ``cancel`` - finishes the points still missing; done points
+    never run again.
     """
-    if engine not in ENGINES:
-        raise ScanError(f"--engine {engine!r}: unknown (choose from {', '.join(ENGINES)})")
-    ledger = open_scan(experiment, config, flags, points, name, output_base, metric)
+    runner = make_engine(engine)
+    ledger = open_scan(experiment, config, flags, points, name, output_base, metric, lease_timeout, max_retries)
+    selected = parse_points(points, ledger.manifest()["size"]) if points is not None else ledger.points()
     before = len(_submissions(ledger))
-    code = ENGINES[engine]().run(ledger, **options)
+    plan = Plan(ledger, selected, objective=ledger.manifest().get("metric"))
+    code = runner.run(ledger, plan, ledger.options(), progress=progress, **options)
     frame = status(ledger.path)
     frame.attrs["exit_code"] = code
     frame.attrs["ledger"] = str(ledger.path)
@@ -292,7 +194,7 @@ def status_rows(ledger: Ledger) -> list[dict]:
     params_of = ledger.params_lookup(manifest)
     now = time.time()
     rows = []
-    for index in manifest["points"]:
+    for index in ledger.points():
         params = params_of(index)
         row = {"point": index, "params": _format_params(params) if params else "", "state": "pending",
                "attempts": 0, "epochs": None, "metric": None, "run_dir": None, "host": None, "last_error": None}

@@ -2,7 +2,9 @@
 
 ``<OutputBase>/.dlkit-scan/<scan name>/`` holds::
 
-    manifest.json                  what the scan is: experiment, config (and its sha256), Params, points, flags
+    manifest.json                  what the scan is: experiment, config (and its sha256), Params, flags, the
+                                   first run's points, the policy (:class:`~dlkit.scan.options.ScanOptions`)
+    selections/<sha>.json          points a later ``run --points`` added to the scan (written once each)
     leases/<i>/                    point i is held: owner.json (host, pid, job id, token), heartbeat.json,
                                    progress.json (epochs done, run dir; written by the point itself)
     ends/<i>.<token>/              the lease <token> of point i has ended (released by its holder, or stolen)
@@ -43,6 +45,7 @@ The lease protocol:
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -56,29 +59,23 @@ from pathlib import Path
 from typing import Any
 
 from dlkit.metadata import atomic_write, to_jsonable
+from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK, EXIT_PRUNED, EXIT_USER_ERROR, end_marker, lease_dir, prune_marker
+from dlkit.scan.options import ScanOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Ledger", "ScanError", "LEDGER_DIR", "EXIT_OK", "EXIT_USER_ERROR", "EXIT_INTERRUPTED", "EXIT_FENCED",
-           "EXIT_PRUNED", "STATES", "FINAL_STATES", "classify_attempts", "Decision"]
+__all__ = ["Ledger", "ScanError", "LEDGER_DIR", "STATES", "FINAL_STATES", "classify_attempts", "Decision"]
 
 #: The hidden directory under OutputBase that holds the ledgers (hidden: ScanAnalysis skips it).
 LEDGER_DIR = ".dlkit-scan"
-
-# The exit-code contract of a scan point.
-EXIT_OK = 0              #: done
-EXIT_USER_ERROR = 2      #: a configuration/data error: failed, never retried
-EXIT_INTERRUPTED = 75    #: stopped by a signal after saving: requeued, resumed with -p
-EXIT_FENCED = 76         #: the point's lease was stolen while it was stopped: it wrote nothing and quit
-EXIT_PRUNED = 77         #: a search trial stopped early by the pruner, after saving: final, not retried
 
 #: The states of a point, as ``status`` shows them.
 STATES = ("pending", "running", "done", "pruned", "failed", "stuck")
 #: The states in which a point never runs again (without ``retry``).
 FINAL_STATES = ("done", "pruned", "failed", "stuck")
 
-#: Interruptions in a row without a new completed epoch that make a point ``stuck``.
-STUCK_AFTER = 3
+#: Interruptions in a row without a new completed epoch that make a point ``stuck`` (the default policy).
+STUCK_AFTER = ScanOptions.stuck_after
 
 
 class ScanError(RuntimeError):
@@ -138,11 +135,11 @@ class Decision:
     reason: str
 
 
-def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
+def classify_attempts(attempts: list[dict], max_retries: int, stuck_after: int = STUCK_AFTER) -> Decision:
     """The state of a point from its ended attempts (oldest first, those after the last ``retry``).
 
     0 is done; 2 failed (not retried); 75, a lost holder or a user's stop are interruptions, which make the
-    point ``stuck`` after :data:`STUCK_AFTER` in a row without a new completed epoch; anything else is a crash,
+    point ``stuck`` after ``stuck_after`` in a row without a new completed epoch; anything else is a crash,
     retried while crashes <= ``max_retries``.
     """
     if not attempts:
@@ -154,7 +151,7 @@ def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
     if last.get("outcome") == "pruned":
         return Decision("pruned", f"stopped early by the search's pruner after {last.get('epochs')} epoch(s)")
     if code == EXIT_USER_ERROR:
-        return Decision("failed", "exit 2 (configuration or data error): not retried")
+        return Decision("failed", f"exit {EXIT_USER_ERROR} (configuration or data error): not retried")
     if last.get("outcome") == "interrupted":
         run = []
         for attempt in reversed(attempts):
@@ -163,11 +160,11 @@ def classify_attempts(attempts: list[dict], max_retries: int) -> Decision:
             run.append(attempt)
         before = [a.get("epochs") or 0 for a in attempts[:len(attempts) - len(run)]]
         best_before = max(before, default=0)
-        if len(run) >= STUCK_AFTER:
-            recent = run[:STUCK_AFTER]  # the newest STUCK_AFTER interruptions
-            base = max([best_before] + [a.get("epochs") or 0 for a in run[STUCK_AFTER:]])
+        if len(run) >= stuck_after:
+            recent = run[:stuck_after]  # the newest stuck_after interruptions
+            base = max([best_before] + [a.get("epochs") or 0 for a in run[stuck_after:]])
             if all((a.get("epochs") or 0) <= base for a in recent):
-                return Decision("stuck", f"interrupted {STUCK_AFTER} times without a new completed epoch "
+                return Decision("stuck", f"interrupted {stuck_after} times without a new completed epoch "
                                          f"(epochs done: {base})")
         return Decision("pending", "interrupted: resumes from its last save")
     crashes = sum(1 for a in attempts if a.get("outcome") == "crashed")
@@ -246,22 +243,26 @@ class Ledger:
             raise ScanError(f"{self.path}: no manifest.json; not a scan ledger")
         return manifest
 
-    def create_or_check(self, manifest: Mapping) -> dict:
+    def create_or_check(self, manifest: Mapping, **asked_options) -> dict:
         """Write the manifest of a new scan, or check that an existing one describes the same scan.
 
-        Raises :class:`ScanError` naming every entry that differs (a changed config file, grid, point list,
-        experiment or flags under the same scan name).
+        The points are a selection, not part of the identity: a grid scan's new points are added to it
+        (:meth:`add_points`). ``asked_options`` (``lease_timeout=``, ``max_retries=``; None: not asked) make
+        the policy of a new scan and must agree with an existing scan's. Raises :class:`ScanError` naming every
+        entry that differs (a changed config file, grid, experiment or flags under the same scan name).
         """
         for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves", "trials",
-                    "prune"):
+                    "prune", "selections"):
             self._dir(sub).mkdir(parents=True, exist_ok=True)
         new = to_jsonable(dict(manifest))
-        if self._write_once(self._dir("manifest.json"), {**new, "created": now_iso()}):
+        options = ScanOptions().merged(**asked_options)
+        if self._write_once(self._dir("manifest.json"), {**new, "options": options.to_json(), "created": now_iso()}):
             return self.manifest()
         old = self.manifest()
-        differences = [key for key in ("experiment", "config", "config_sha256", "params", "points", "flags",
-                                       "search")
-                       if old.get(key) != new.get(key)]
+        identity = ("experiment", "config", "config_sha256", "params", "flags", "search")
+        differences = [key for key in identity if old.get(key) != new.get(key)]
+        if old.get("search") and old.get("points") != new.get("points"):  # a search's trials are numbered by them
+            differences.append("points")
         if differences:
             lines = [f"  {key}: ledger has {old.get(key)!r}, this run has {new.get(key)!r}"
                      for key in differences if key != "config_sha256"]
@@ -272,7 +273,27 @@ class Ledger:
             raise ScanError(f"scan {self.name!r} in {self.path} was started with a different "
                             f"{', '.join(differences)}:\n" + "\n".join(lines)
                             + "\nrun it under another --name, or restore what it was started with")
+        self.options(**asked_options)
+        self.add_points(new.get("points") or [])
         return old
+
+    def options(self, **asked) -> ScanOptions:
+        """The scan's policy, recorded when it was created; an ``asked`` value (``lease_timeout=``, ...; None:
+        not asked) that differs from it is refused (a scan from before the policy was recorded takes it)."""
+        manifest = self.manifest()
+        if "options" not in manifest:
+            return ScanOptions().merged(**asked)
+        options = ScanOptions.from_json(manifest["options"])
+        options.check(self.name, **asked)
+        return options
+
+    def add_points(self, points: Iterable[int]) -> None:
+        """Add ``points`` to the scan (a later ``run --points``): a write-once file per new selection, so
+        concurrent runs never rewrite each other's; :meth:`points` is the union."""
+        new = sorted(set(int(i) for i in points) - set(self.points()))
+        if new:
+            name = hashlib.sha256(json.dumps(new).encode()).hexdigest()[:16]
+            self._write_once(self._dir("selections", f"{name}.json"), {"points": new, "time": now_iso()})
 
     def _write_once(self, path: Path, data: Any) -> bool:
         """Create ``path`` with ``data`` unless it exists; True for exactly one of many concurrent callers.
@@ -288,14 +309,23 @@ class Ledger:
         return True
 
     def points(self) -> list[int]:
-        return list(self.manifest()["points"])
+        """Every point of the scan: the first run's and those later runs added, sorted."""
+        points = set(self.manifest()["points"])
+        try:
+            names = os.listdir(self._dir("selections"))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name.endswith(".json") and not name.startswith("."):
+                points.update((read_json(self._dir("selections", name), {}) or {}).get("points") or [])
+        return sorted(points)
 
     # -- lease primitives -----------------------------------------------------------------------------
     def lease_dir(self, index: int) -> Path:
-        return self._dir("leases", str(index))
+        return lease_dir(self.path, index)
 
     def end_marker(self, index: int, token: str) -> Path:
-        return self._dir("ends", f"{index}.{token}")
+        return end_marker(self.path, index, token)
 
     def new_token(self) -> str:
         return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -503,7 +533,7 @@ class Ledger:
         return lookup
 
     def prune_marker(self, index: int, token: str) -> Path:
-        return self._dir("prune", f"{index}.{token}.json")
+        return prune_marker(self.path, index, token)
 
     def prune(self, index: int, token: str, record: Mapping) -> None:
         """Mark lease ``token`` of point ``index`` as pruned: its worker stops it gracefully."""

@@ -42,14 +42,15 @@ import importlib
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dlkit.config import ConfigError
-from dlkit.scan.api import ENGINES, _ProgressBar, make_manifest, parse_points, point_command, status
-from dlkit.scan.ledger import EXIT_INTERRUPTED, EXIT_OK, Ledger, ScanError
+from dlkit.scan.api import make_manifest, parse_points, status
+from dlkit.scan.engines import Plan
+from dlkit.scan.engines import engine as make_engine
+from dlkit.scan.ledger import Ledger, ScanError
 from dlkit.scan.space import check_search, from_json, load_search
 
 log = logging.getLogger(__name__)
@@ -125,14 +126,15 @@ def make_search_manifest(experiment: str, config: str | os.PathLike | None = Non
 
 
 def open_search(experiment: str, config=None, flags: Sequence[str] = (), name: str | None = None,
-                output_base: str | os.PathLike | None = None, **search) -> Ledger:
+                output_base: str | os.PathLike | None = None, lease_timeout: float | None = None,
+                max_retries: int | None = None, **search) -> Ledger:
     """The ledger of this search, created on first use; refused if the name holds a different scan or search
-    (another space, sampler, trial count, seed, objective, pruner or flags)."""
+    (another space, sampler, trial count, seed, objective, pruner or flags) or another policy."""
     manifest = make_search_manifest(experiment, config, flags, name=name, **search)
     if output_base is None:
         output_base = "TrainedModels.Test" if "--Test" in manifest["flags"] else "TrainedModels"
     ledger = Ledger.at(output_base, manifest.pop("name"))
-    ledger.create_or_check(manifest)
+    ledger.create_or_check(manifest, lease_timeout=lease_timeout, max_retries=max_retries)
     return ledger
 
 
@@ -145,11 +147,12 @@ def _merged_history(ledger: Ledger, index: int, metric: str) -> dict[int, float]
     return values
 
 
-class SearchDriver:
-    """The samplers of a search's ledger: tells finished trials, prunes running ones, samples new ones.
+class SearchDriver(Plan):
+    """A search's plan: tells finished trials to the samplers, prunes running ones, samples new ones.
 
-    One Optuna study per grid point, in memory, rebuilt from the ledger when the driver starts. :meth:`step`
-    is called in the engine's loop; :meth:`ready` says which points may start (those with a sampled trial).
+    One Optuna study per grid point, in memory, rebuilt from the ledger when the driver starts. The engine's
+    loop calls :meth:`step`; :meth:`ready` and :meth:`runnable` say which points may start (those with a sampled
+    trial not told yet); the search is :meth:`finished` when every trial is sampled and told.
     """
 
     def __init__(self, ledger: Ledger, parallel: int):
@@ -160,6 +163,7 @@ class SearchDriver:
         if not spec:
             raise ScanError(f"{ledger.path}: not a search (its manifest has no 'search' entry); use `run`")
         self.spec = spec
+        super().__init__(ledger, self.manifest["points"], objective=spec["objective"])
         self.trials = int(spec["trials"])
         self.parallel = max(1, int(parallel))
         self.has_grid = bool(self.manifest.get("params"))
@@ -240,14 +244,17 @@ class SearchDriver:
     def ready(self, index: int) -> bool:
         return index in self.live
 
-    def finished(self) -> bool:
+    def runnable(self, final: set[int]) -> list[int]:
+        return sorted(i for i in self.live if i not in final)
+
+    def finished(self, final: set[int] | None = None) -> bool:
         return not self.live and not self._unsampled()
 
     def _unsampled(self) -> list[int]:
         sampled = self.ledger.trial_indices()
         return [i for i in self.manifest["points"] if i not in sampled]
 
-    def step(self, _worker=None, final: set[int] | None = None) -> None:
+    def step(self, final: set[int] | None = None) -> None:
         """Tell the trials that became final, prune running ones, sample new ones into free parallel slots."""
         final = self.ledger.final_indices() if final is None else final
         for index in [i for i in self.live if i in final]:
@@ -311,96 +318,13 @@ class SearchDriver:
                  index // self.trials, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in trial.params.items()))
 
-    # -- engines ----------------------------------------------------------------------------------------
-    def run_local(self, slots=None, gpus=None, threads_per_point=None, max_retries: int = 2,
-                  lease_timeout: float = 120.0, progress: bool | None = None, **_) -> int:
-        from dlkit.scan.worker import Worker, _env_job_id, default_slots
-
-        worker = Worker(self.ledger, point_command(self.ledger, self.manifest),
-                        default_slots(slots or self.parallel, gpus, threads_per_point), max_retries=max_retries,
-                        lease_timeout=lease_timeout, job_id=_env_job_id(), metric=self.objective, engine="local",
-                        ready=self.ready, before_fill=self.step)
-        with _ProgressBar(self.ledger, self.manifest, progress) as bar:
-            worker.on_update = lambda _: bar.update()
-            code = worker.run()
-        self.step()  # tell the last ones
-        return code
-
-    def _advance(self, bar, started: float) -> int | None:
-        """One turn of a driving loop: :meth:`step`, the progress bar; the exit code once the search is over
-        (0) or cancelled since ``started`` (75), else None."""
-        self.step()
-        bar.update()
-        if self.finished():
-            return EXIT_OK
-        if self.ledger.cancelled_since(started):
-            log.warning("search %s: cancelled", self.ledger.name)
-            return EXIT_INTERRUPTED
-        return None
-
-    def run_dask(self, slots: int | None = None, dask_cluster=None, max_retries: int = 2,
-                 lease_timeout: float = 120.0, progress: bool | None = None, poll: float = 1.0, **options) -> int:
-        """Drive a search on a Dask cluster (a LocalCluster of ``parallel`` workers by default): each sampled trial
-        is one :func:`~dlkit.scan.dask_engine.run_point` task; a trial whose task ended before it was final (a
-        lost worker) is submitted again once its lease can have expired."""
-        from dlkit.scan.dask_engine import DaskEngine, collect, run_point
-
-        started = time.time()
-        path = str(self.ledger.path)
-        tasks: dict[int, Any] = {}         # point -> its task's future
-        not_before: dict[int, float] = {}  # point -> when its next task may start (a lost worker's lease)
-        with DaskEngine().client(self.ledger, slots or self.parallel, dask_cluster, **options) as client, \
-                _ProgressBar(self.ledger, self.manifest, progress) as bar:
-            while True:
-                for index, future in list(tasks.items()):
-                    if future.done():
-                        collect(self.ledger, future)
-                        del tasks[index]
-                        not_before[index] = time.monotonic() + min(lease_timeout, 5.0)
-                code = self._advance(bar, started)
-                if code is not None:
-                    return code
-                for index in sorted(self.live):
-                    if index not in tasks and time.monotonic() >= not_before.get(index, 0.0):
-                        tasks[index] = client.submit(run_point, path, index, max_retries, lease_timeout, started,
-                                                     pure=False)
-                time.sleep(poll)
-
-    def run_array(self, engine, max_retries: int = 2, lease_timeout: float = 120.0, progress: bool | None = None,
-                  poll: float = 2.0, queue_poll: float = 30.0, **options) -> int:
-        """Drive a Slurm/PBS search from here: each batch of newly sampled trials is one small job array; a
-        trial whose job left the queue before it was final is submitted again."""
-        options = {k: v for k, v in options.items() if v is not None and k not in ("gpus", "threads_per_point",
-                                                                                    "wait", "slots")}
-        started = time.time()
-        submitted: dict[int, float] = {}
-        queued = engine.queue(self.ledger) if engine.queue_known() else {}
-        asked = time.monotonic()
-        with _ProgressBar(self.ledger, self.manifest, progress) as bar:
-            while True:
-                code = self._advance(bar, started)
-                if code is not None:
-                    return code
-                if time.monotonic() - asked > queue_poll and engine.queue_known():
-                    queued, asked = engine.queue(self.ledger), time.monotonic()
-                    leased = self.ledger.leased_indices()
-                    for index in list(submitted):  # gone from the queue, not running, not final: resubmit
-                        if index in self.live and index not in queued and index not in leased \
-                                and time.time() - submitted[index] > queue_poll:
-                            del submitted[index]
-                new = [i for i in sorted(self.live) if i not in submitted and i not in queued]
-                if new:
-                    engine.submit(self.ledger, new, len(new), max_retries=max_retries, lease_timeout=lease_timeout,
-                                  **options)
-                    submitted.update(dict.fromkeys(new, time.time()))
-                time.sleep(poll)
-
 
 def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe", objective: str = "val_loss",
            direction: str | None = None, parallel: int = 1, seed: int | None = None, prune: str | None = None,
            prune_metric: str = "val_loss", prune_direction: str | None = None, flags: Sequence[str] = (),
            points=None, name: str | None = None,
            output_base: str | os.PathLike | None = None, engine: str = "local", plots: bool = True,
+           lease_timeout: float | None = None, max_retries: int | None = None, progress: bool | None = None,
            **options):
     """Run (or resume) a search; returns its :func:`~dlkit.scan.api.status` DataFrame, with the best trials in
     ``frame.attrs["best"]`` and the plots' paths in ``frame.attrs["plots"]``.
@@ -415,18 +339,17 @@ def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe",
     """
     if engine not in SEARCH_ENGINES:
         raise ScanError(f"--engine {engine!r}: a search runs on {', '.join(SEARCH_ENGINES)}")
+    runner = make_engine(engine)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ScanError(f"--parallel {parallel!r}: expected a positive integer")
     ledger = open_search(experiment, config, flags, name, output_base, trials=trials, sampler=sampler,
                          objective=objective, direction=direction, seed=seed, prune=prune, prune_metric=prune_metric,
-                         prune_direction=prune_direction, points=points)
+                         prune_direction=prune_direction, points=points, lease_timeout=lease_timeout,
+                         max_retries=max_retries)
     driver = SearchDriver(ledger, parallel)
-    if engine == "local":
-        code = driver.run_local(**options)
-    elif engine == "dask":
-        code = driver.run_dask(**options)
-    else:
-        code = driver.run_array(ENGINES[engine](), **options)
+    if engine in ("local", "dask") and options.get("slots") is None:
+        options["slots"] = parallel  # (a cluster engine's arrays hold only sampled trials: no limit needed)
+    code = runner.run(ledger, driver, ledger.options(), progress=progress, **options)
     frame = status(ledger.path)
     frame.attrs.update(exit_code=code, ledger=str(ledger.path), best=best(ledger.path),
                        plots=[str(p) for p in save_search_plots(ledger)] if plots else [])

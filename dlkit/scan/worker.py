@@ -28,10 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dlkit.scan import point as point_env
+from dlkit import protocol
+from dlkit.protocol import EXIT_INTERRUPTED, EXIT_NOT_STARTED, EXIT_OK, EXIT_USER_ERROR
 from dlkit.scan.ledger import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     Ledger,
     classify_attempts,
     last_error_line,
@@ -39,10 +38,11 @@ from dlkit.scan.ledger import (
     pid_alive,
     process_start_time,
 )
+from dlkit.scan.options import ScanOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Worker", "Slot", "point_metric"]
+__all__ = ["Worker", "Slot", "point_metric", "point_command", "default_slots", "python_argv"]
 
 #: The host name recorded in leases; ``DLKIT_SCAN_HOST`` overrides it where several machines share a hostname
 #: (containers). A lease of this host whose holder process is gone is taken over at once, without the timeout.
@@ -69,6 +69,15 @@ class Slot:
     name: str
     env: dict = field(default_factory=dict)
     busy: bool = False
+
+
+@dataclass
+class _Sighting:
+    """A foreign lease as this worker last saw it change: its token, heartbeat counter, and when (our clock)."""
+
+    token: str | None
+    seq: object
+    since: float
 
 
 @dataclass
@@ -128,8 +137,9 @@ class Worker:
     wait_for_others
         Keep going until every point of ``points`` is done/failed/stuck, also those other workers hold (so
         their points are taken over if those workers die). False: return once none of ``points`` is claimable.
-    max_retries, lease_timeout
-        Crash retries per point; seconds without a heartbeat after which a lease is taken over.
+    options
+        The scan's policy (:class:`~dlkit.scan.options.ScanOptions`: lease timeout, retries, stuck limit);
+        default: the ledger's.
     job_id
         The engine's job id (Slurm/PBS), recorded as the owner of each lease.
     on_update
@@ -153,28 +163,26 @@ class Worker:
         tells finished trials to its sampler and samples new ones there).
 
     A point whose lease the search pruned (``prune/<i>.<token>.json``) is stopped like on a signal; it saves and
-    exits 77 (:data:`~dlkit.scan.ledger.EXIT_PRUNED`) and is recorded as ``pruned``.
+    exits 77 (:data:`~dlkit.protocol.EXIT_PRUNED`) and is recorded as ``pruned``.
     """
 
     def __init__(self, ledger: Ledger, command: Callable[[int, bool], Sequence[str]], slots: Sequence[Slot],
-                 points: Sequence[int] | None = None, wait_for_others: bool = True, max_retries: int = 2,
-                 lease_timeout: float = 120.0, job_id: str | None = None, metric: str | None = None,
+                 points: Sequence[int] | None = None, wait_for_others: bool = True,
+                 options: ScanOptions | None = None, job_id: str | None = None, metric: str | None = None,
                  on_update: Callable[["Worker"], None] | None = None, engine: str = "local", batch: bool = False,
                  parent_pid: int | None = None, since: float | None = None,
                  ready: Callable[[int], bool] | None = None,
                  before_fill: Callable[["Worker", set[int]], None] | None = None):
         if not slots:
             raise ValueError("Worker needs at least one slot")
-        if lease_timeout <= 0:
-            raise ValueError(f"lease_timeout must be > 0 seconds, got {lease_timeout}")
         self.ledger = ledger
         self.command = command
         self.slots = list(slots)
         self.points = list(points) if points is not None else ledger.points()
         self.wait_for_others = wait_for_others
-        self.max_retries = max_retries
-        self.lease_timeout = float(lease_timeout)
-        self.heartbeat_interval = max(0.05, min(30.0, self.lease_timeout / 5))
+        self.options = options if options is not None else ledger.options()
+        self.lease_timeout = self.options.lease_timeout
+        self.heartbeat_interval = self.options.heartbeat_interval
         self.job_id = job_id
         self.metric = metric
         self.on_update = on_update
@@ -185,7 +193,7 @@ class Worker:
         self.before_fill = before_fill
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
-        self._seen: dict[int, tuple[str, object, float]] = {}  # foreign leases: token, heartbeat seq, since
+        self._seen: dict[int, _Sighting] = {}  # foreign leases
         self._alive: set[int] = set()  # foreign leases seen heartbeating
         self._seq = 0
         self._last_beat = 0.0
@@ -317,8 +325,8 @@ class Worker:
         resume = bool(previous)
         argv = list(self.command(index, resume))
         log_path = self.ledger.log_path(index, token)
-        env = {**os.environ, **slot.env, point_env.ENV_DIR: str(self.ledger.path),
-               point_env.ENV_POINT: str(index), point_env.ENV_TOKEN: token}
+        env = {**os.environ, **slot.env, protocol.ENV_DIR: str(self.ledger.path),
+               protocol.ENV_POINT: str(index), protocol.ENV_TOKEN: token}
         self.ledger.record_start(index, token, {"attempt": len(previous) + 1, "host": _HOST, "slot": slot.name,
                                                 "job_id": self.job_id, "argv": argv, "resume": resume,
                                                 "log": str(log_path), "engine": self.engine})
@@ -330,7 +338,7 @@ class Worker:
             log.error("scan point %d: cannot start %s: %s", index, argv[0], exc)
             with open(log_path, "a") as out:
                 out.write(f"error: cannot start {argv!r}: {exc}\n")
-            self._end(index, token, exit_code=127, log_path=log_path)
+            self._end(index, token, exit_code=EXIT_NOT_STARTED, log_path=log_path)
             return False
         slot.busy = True
         self.running[index] = _Running(index, token, proc, slot, log_path, resume)
@@ -346,7 +354,7 @@ class Worker:
                 continue
             del self.running[index]
             running.slot.busy = False
-            by_user = bool(self.stopping) and code not in (EXIT_OK, 2)
+            by_user = bool(self.stopping) and code not in (EXIT_OK, EXIT_USER_ERROR)
             self._end(index, running.token, code, running.log_path, stopped_by_user=by_user)
 
     def _end(self, index: int, token: str, exit_code: int | None, log_path: Path | None,
@@ -370,7 +378,8 @@ class Worker:
                   "last_error": None if outcome in ("done", "pruned") else (lost or last_error_line(log_path)),
                   "history": progress.get("history")}  # per-epoch metrics, for a search's pruner after a restart
         attempt = self.ledger.record_end(index, token, record)
-        decision = classify_attempts(self.ledger.counted_attempts(index), self.max_retries)
+        decision = classify_attempts(self.ledger.counted_attempts(index), self.options.max_retries,
+                                     self.options.stuck_after)
         self.ledger.finish_point(index, attempt, decision)
         self.ledger.remove_lease(index, token)
         level = logging.INFO if decision.state in ("done", "pending") else logging.WARNING
@@ -409,14 +418,13 @@ class Worker:
                 continue
             token = owner.get("token")
             seen = self._seen.get(index)
-            if seen is not None and seen[0] == token and seen[1] != beat.get("seq"):
+            if seen is not None and seen.token == token and seen.seq != beat.get("seq"):
                 self._alive.add(index)  # its heartbeat advanced while we watched: a live holder
-            if seen is None or seen[0] != token or seen[1] != beat.get("seq"):
-                self._seen[index] = (token, beat.get("seq"), now)
-                seen = self._seen[index]
+            if seen is None or seen.token != token or seen.seq != beat.get("seq"):
+                seen = self._seen[index] = _Sighting(token, beat.get("seq"), now)
             dead_here = (owner.get("host") == _HOST and not pid_alive(owner.get("pid"), owner.get("pid_start"))
                          and not pid_alive(beat.get("child_pid"), beat.get("child_start")))
-            silent = now - seen[2]
+            silent = now - seen.since
             if self.ledger.fenced(index, token):  # ended, but its ender died before removing it
                 if dead_here or silent >= self.lease_timeout:
                     self.ledger.remove_lease(index, token)
@@ -505,3 +513,23 @@ def _env_job_id(environ: Mapping[str, str] | None = None) -> str | None:
             task = environ.get("SLURM_ARRAY_TASK_ID") if name == "SLURM_ARRAY_JOB_ID" else None
             return f"{environ[name]}_{task}" if task else environ[name]
     return None
+
+
+def point_command(ledger: Ledger, manifest: Mapping | None = None):
+    """``command(index, resume)`` -> the argv of one point: the experiment, its config, ``-s``, the flags; for a
+    search trial also ``--trial`` (its sampled params) and ``-s`` of its grid point."""
+    manifest = manifest or ledger.manifest()
+    base = python_argv(manifest["experiment"])
+    output_base = os.fspath(ledger.output_base.resolve())
+    search = manifest.get("search")
+
+    def command(index: int, resume: bool) -> list[str]:
+        where = ["-s", str(index)]
+        if search:
+            grid = (index // search["trials"]) if manifest.get("params") else None
+            where = (["-s", str(grid)] if grid is not None else []) + [
+                "--trial", os.fspath(ledger.trial_path(index).resolve())]
+        argv = [*base, "-C", manifest["config"], *where, "--OutputBase", output_base, *manifest["flags"]]
+        return argv + ["-p"] if resume else argv
+
+    return command

@@ -40,8 +40,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dlkit.scan.api import Engine, _ProgressBar
-from dlkit.scan.ledger import EXIT_INTERRUPTED, EXIT_OK, Ledger, ScanError, write_json
+from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK
+from dlkit.scan.engines.base import Engine, Plan, refuse_options
+from dlkit.scan.ledger import Ledger, ScanError, write_json
+from dlkit.scan.options import ScanOptions
+from dlkit.scan.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -132,22 +135,23 @@ class DaskEngine(Engine):
 
     name = "dask"
 
-    def run(self, ledger: Ledger, slots: int | None = None, dask_cluster: Any = None, max_retries: int = 2,
-            lease_timeout: float = 120.0, progress: bool | None = None, in_flight: int | None = None,
-            **options) -> int:
-        manifest = ledger.manifest()
-        with self.client(ledger, slots, dask_cluster, **options) as client, \
-                _ProgressBar(ledger, manifest, progress) as bar:
-            return self._drive(ledger, manifest, client, bar, max_retries, lease_timeout, in_flight)
+    def run(self, ledger: Ledger, plan: Plan, options: ScanOptions, progress: bool | None = None,
+            slots: int | None = None, dask_cluster: Any = None, in_flight: int | None = None, poll: float = 0.5,
+            **others) -> int:
+        """One task per runnable point of the plan, at most ``in_flight`` at once (default: twice the workers,
+        at least 4); a point whose task ended before it was final gets a new task (at once, or after
+        :attr:`~dlkit.scan.options.ScanOptions.resubmit_delay` if it is still held: a lost Dask worker's point
+        is stopped by its ``work`` process, or taken over after the lease timeout)."""
+        with self.client(ledger, slots, dask_cluster, **others) as client, \
+                ProgressBar(ledger, plan.points, progress) as bar:
+            workers = max(1, len(client.scheduler_info().get("workers", {})))
+            return _drive(ledger, plan, options, client, bar, in_flight or max(2 * workers, 4), poll)
 
     @contextlib.contextmanager
-    def client(self, ledger: Ledger, slots: int | None = None, dask_cluster: Any = None, **options):
+    def client(self, ledger: Ledger, slots: int | None = None, dask_cluster: Any = None, **others):
         """A ``distributed.Client`` on the scan's cluster (made from ``dask_cluster`` and closed at the end, or
         the cluster object given), with Dask's own retries off; records the engine in the ledger."""
-        unused = sorted(k for k, v in options.items() if v not in (None, False, ()) and k not in ("gpus",
-                                                                                                 "threads_per_point"))
-        if unused:
-            raise ScanError(f"--engine dask does not take {', '.join('--' + k.replace('_', '-') for k in unused)}")
+        refuse_options(self.name, others, ("gpus", "threads_per_point"))
         try:
             import dask
             from distributed import Client
@@ -168,41 +172,41 @@ class DaskEngine(Engine):
                 if own:
                     cluster.close()
 
-    def _drive(self, ledger, manifest, client, bar, max_retries, lease_timeout, in_flight) -> int:
-        from distributed import as_completed
-
-        started = time.time()
-        workers = max(1, len(client.scheduler_info().get("workers", {})))
-        limit = in_flight or max(2 * workers, 4)
-        path = str(ledger.path)
-        rounds = 0
-        while True:
-            if ledger.cancelled_since(started):
-                return EXIT_INTERRUPTED
-            final = ledger.final_indices()
-            todo = [i for i in manifest["points"] if i not in final]
-            if not todo:
-                return EXIT_OK
-            rounds += 1
-            if rounds > 1:
-                log.info("scan %s: round %d for %d point(s) not final yet", ledger.name, rounds, len(todo))
-                if rounds > 2:
-                    time.sleep(min(lease_timeout, 5.0))  # points held by a lost worker wait for their lease
-            pending = iter(todo)
-            futures = as_completed()
-            for index in pending:
-                futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, started, pure=False))
-                if futures.count() >= limit:
-                    break
-            for future in futures:
-                collect(ledger, future)
-                del future
-                bar.update()
-                if ledger.cancelled_since(started):
-                    continue
-                index = next(pending, None)
-                if index is not None:
-                    futures.add(client.submit(run_point, path, index, max_retries, lease_timeout, started, pure=False))
-
     def cancel(self, ledger: Ledger) -> None:
         """Nothing beyond the ledger's marker: the tasks' ``work`` processes see it and stop their points."""
+
+
+def _drive(ledger: Ledger, plan: Plan, options: ScanOptions, client, bar, limit: int, poll: float) -> int:
+    """The Dask engine's loop: turn the plan, collect ended tasks, submit runnable points in free places."""
+    from distributed import wait
+
+    started = time.time()
+    path = str(ledger.path)
+    tasks: dict[int, Any] = {}         # point -> its task's future
+    not_before: dict[int, float] = {}  # point -> when its next task may start (a lost worker's lease)
+    while True:
+        for index, future in [(i, f) for i, f in tasks.items() if f.done()]:
+            collect(ledger, future)
+            del tasks[index]
+            if index in ledger.leased_indices():
+                not_before[index] = time.monotonic() + options.resubmit_delay
+        final = ledger.final_indices()
+        plan.step(final)
+        bar.update()
+        if ledger.cancelled_since(started):  # the tasks' workers see it too: their points save and stop
+            wait(list(tasks.values()))
+            for future in tasks.values():
+                collect(ledger, future)
+            return EXIT_INTERRUPTED
+        if plan.finished(final):
+            return EXIT_OK
+        for index in plan.runnable(final):
+            if len(tasks) >= limit:
+                break
+            if index not in tasks and time.monotonic() >= not_before.get(index, 0.0):
+                tasks[index] = client.submit(run_point, path, index, options.max_retries, options.lease_timeout,
+                                             started, pure=False)
+        if tasks:
+            wait(list(tasks.values()), timeout=poll, return_when="FIRST_COMPLETED")
+        else:
+            time.sleep(poll)

@@ -1,6 +1,6 @@
 """A toy experiment without Keras that obeys the scan contract: for trying ``dlkit.scan``, its tests and benchmarks.
 
-    python -m dlkit.scan run --experiment dlkit.scan.toy --slots 2 -- --set EpochTime=0.5
+    python -m dlkit.scan run --experiment toy_experiment --slots 2   # with tests/ on PYTHONPATH -- --set EpochTime=0.5
 
 It has DLKit's flags (``-C``, ``-s``, ``-p``, ``--OutputBase``, ``--set``), "trains" ``Epochs`` epochs of
 ``EpochTime`` seconds, writes ``MetaData.json`` as a ``ModelWrapper`` run would (so ``ScanAnalysis`` reads it),
@@ -27,7 +27,7 @@ from pathlib import Path
 from dlkit.config import at_least
 from dlkit.experiment import RUN_DEFAULTS, FLAG_KEYS, UserError, make_parser, resolve_run, run_main
 from dlkit.metadata import METADATA_FILE, atomic_write, claim_run_dir, read_metadata, run_dirs, to_jsonable
-from dlkit.scan import point
+from dlkit import protocol as point
 
 DEFAULT_CONFIG = Path(__file__).with_name("toy_config.py")
 
@@ -134,7 +134,7 @@ def run(argv=None) -> int:
     _write(run_dir, metadata, {"epochs": done})
     if fault in config["KilledAfterPoints"] and status == "completed":
         os.kill(os.getpid(), signal.SIGKILL)
-    return {"interrupted": 75, "pruned": point.EXIT_PRUNED}.get(status, 0)
+    return {"interrupted": point.EXIT_INTERRUPTED, "pruned": point.EXIT_PRUNED}.get(status, point.EXIT_OK)
 
 
 def objective_of(lr: float, width: float) -> float:

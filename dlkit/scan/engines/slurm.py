@@ -8,7 +8,7 @@
 writes ``<ledger>/scripts/slurm-<n>.sh`` - ``#SBATCH --array=<points not yet final>%<slots>``,
 ``--signal=B:USR1@<signal seconds>``, ``--requeue``, ``--open-mode=append``, output in ``<ledger>/logs/`` - and
 submits it with ``sbatch --parsable``; the job ids go to ``<ledger>/engine.json``. Each task runs its point
-under a lease (:mod:`dlkit.scan.cluster`). How the scan lives through Slurm:
+under a lease (:mod:`dlkit.scan.engines.array`). How the scan lives through Slurm:
 
 - *Time limit*: Slurm sends SIGUSR1 to the job script ``--signal-seconds`` (300) before the limit; the script
   forwards it, the point saves and exits 75, and the task requeues itself (``scontrol requeue``). Slurm starts
@@ -33,7 +33,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from dlkit.scan.cluster import ArrayEngine, _run, compress_ranges, script_body
+from dlkit.scan.engines.array import ArrayEngine, _run, compress_ranges, script_body
 from dlkit.scan.ledger import Ledger, ScanError
 
 log = logging.getLogger(__name__)

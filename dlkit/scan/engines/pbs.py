@@ -30,7 +30,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from dlkit.scan.cluster import ArrayEngine, _run, compress_ranges, hms, script_body, slurm_time_seconds
+from dlkit.scan.engines.array import ArrayEngine, _run, compress_ranges, hms, script_body, slurm_time_seconds
 from dlkit.scan.ledger import Ledger, ScanError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,31 @@ def _gpus(gres: str | None) -> int | None:
     if not match:
         raise ScanError(f"--gres {gres!r}: PBS takes GPUs only (gpu, gpu:N or gpu:TYPE:N)")
     return int(match.group(1) or 1)
+
+
+def _resource_directives(flavor: str, partition: str | None, account: str | None, time: str | None,
+                         gres: str | None, mem: str | None, cpus_per_task: int | None) -> list[str]:
+    """The queue, account, walltime and resource lines of a PBS Pro or Torque script."""
+    lines = []
+    if partition:
+        lines.append(f"#PBS -q {partition}")
+    if account:
+        lines.append(f"#PBS -A {account}")
+    if time:
+        lines.append(f"#PBS -l walltime={hms(slurm_time_seconds(time))}")
+    gpus = _gpus(gres)
+    if flavor == "pro":
+        select = f"select=1:ncpus={int(cpus_per_task or 1)}"
+        if mem:
+            select += f":mem={pbs_memory(mem)}"
+        if gpus:
+            select += f":ngpus={gpus}"
+        lines.append(f"#PBS -l {select}")
+    else:
+        lines.append(f"#PBS -l nodes=1:ppn={int(cpus_per_task or 1)}" + (f":gpus={gpus}" if gpus else ""))
+        if mem:
+            lines.append(f"#PBS -l mem={pbs_memory(mem)}")
+    return lines
 
 
 def detect_flavor() -> str:
@@ -92,12 +117,12 @@ class PBSEngine(ArrayEngine):
             raise ScanError(f"--pbs-flavor {flavor!r}: choose pro or torque")
         return flavor
 
-    def run(self, ledger: Ledger, **options) -> int:
-        if options.get("signal_seconds") is not None:
+    def run(self, ledger: Ledger, plan, options, progress=None, **sched) -> int:
+        if sched.get("signal_seconds") is not None:
             raise ScanError("--engine pbs: PBS sends no signal before the walltime; --signal-seconds is Slurm's")
-        options.pop("signal_seconds", None)
-        options["pbs_flavor"] = self._flavor(options.get("pbs_flavor"))
-        return super().run(ledger, **options)
+        sched.pop("signal_seconds", None)
+        sched["pbs_flavor"] = self._flavor(sched.get("pbs_flavor"))
+        return super().run(ledger, plan, options, progress, **sched)
 
     def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
                      pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
@@ -139,24 +164,7 @@ class PBSEngine(ArrayEngine):
             single = None
             lines.append(f"#PBS -t {compress_ranges(points)}" + (f"%{slots}" if slots else ""))
         lines += ["#PBS -r y", "#PBS -j oe", f"#PBS -o {ledger_path}/logs/", "#PBS -V"]
-        if partition:
-            lines.append(f"#PBS -q {partition}")
-        if account:
-            lines.append(f"#PBS -A {account}")
-        if time:
-            lines.append(f"#PBS -l walltime={hms(slurm_time_seconds(time))}")
-        gpus = _gpus(gres)
-        if flavor == "pro":
-            select = f"select=1:ncpus={int(cpus_per_task or 1)}"
-            if mem:
-                select += f":mem={pbs_memory(mem)}"
-            if gpus:
-                select += f":ngpus={gpus}"
-            lines.append(f"#PBS -l {select}")
-        else:
-            lines.append(f"#PBS -l nodes=1:ppn={int(cpus_per_task or 1)}" + (f":gpus={gpus}" if gpus else ""))
-            if mem:
-                lines.append(f"#PBS -l mem={pbs_memory(mem)}")
+        lines += _resource_directives(flavor, partition, account, time, gres, mem, cpus_per_task)
         for extra in self.directive_extra(sbatch_extra):
             lines.append(f"#PBS {extra}")
         body = script_body(ledger_path, self.name, index_var, python, pythonpath, workdir, max_retries,
@@ -208,7 +216,7 @@ class PBSEngine(ArrayEngine):
 
 def engine_submissions(ledger: Ledger, number: str) -> list[list[int]]:
     """The points of the submissions whose job id starts with ``number``."""
-    from dlkit.scan.cluster import engine_record
+    from dlkit.scan.engines.array import engine_record
 
     return [list(s.get("points", [])) for s in engine_record(ledger).get("submissions", [])
             if re.match(r"^\d+", str(s.get("job", ""))) and re.match(r"^\d+", str(s["job"])).group(0) == number]

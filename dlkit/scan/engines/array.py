@@ -28,8 +28,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from dlkit.scan.api import Engine, _ProgressBar
+from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK
+from dlkit.scan.engines.base import Engine, Plan
 from dlkit.scan.ledger import Ledger, ScanError, now_iso, read_json, write_json
+from dlkit.scan.options import ScanOptions
+from dlkit.scan.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +112,14 @@ def script_body(ledger_path: str, engine: str, index_var: str, python: str, pyth
     ]
     if requeue:
         lines += [
-            'if [ "$code" -eq 75 ] && [ "$got" = USR1 ] && ! final; then',
+            f'if [ "$code" -eq {EXIT_INTERRUPTED} ] && [ "$got" = USR1 ] && ! final; then',
             '    echo "dlkit.scan: point $point saved before the time limit; requeueing this task to resume it"',
             f"    {requeue} && exit 0",
             "fi",
         ]
     else:
         lines += [
-            'if [ "$code" -eq 75 ] && ! final; then',
+            f'if [ "$code" -eq {EXIT_INTERRUPTED} ] && ! final; then',
             '    echo "dlkit.scan: point $point stopped after saving; run the scan again (or with --wait) to resume it"',
             "fi",
         ]
@@ -209,18 +212,18 @@ class ArrayEngine(Engine):
             os.close(fd)
             return path
 
-    def submit(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, max_retries: int = 2,
-               lease_timeout: float = 120.0, **options) -> str:
+    def submit(self, ledger: Ledger, points: Sequence[int], slots: int | None, options: ScanOptions,
+               **sched) -> str:
         """Write the array script for ``points`` into the ledger, submit it, record the job; its id."""
         program = shutil.which(self.submit_command)
         if program is None:
             raise ScanError(f"--engine {self.name}: {self.submit_command} not found on PATH (is {self.name} "
                             "installed here? for this machine use --engine local)")
-        text = self.write_script(ledger, points, slots, max_retries=max_retries, lease_timeout=lease_timeout,
-                                 **{**job_environment(), **options})
+        text = self.write_script(ledger, points, slots, max_retries=options.max_retries,
+                                 lease_timeout=options.lease_timeout, **{**job_environment(), **sched})
         path = self._script_path(ledger).resolve()
         path.write_text(text)
-        argv = self.submit_argv(path, **options)
+        argv = self.submit_argv(path, **sched)
         try:
             result = _run(argv, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -236,87 +239,61 @@ class ArrayEngine(Engine):
                  compress_ranges(points), path)  # the CLI prints the submissions from engine.json
         return job
 
-    def unfinished(self, ledger: Ledger) -> list[int]:
-        final = ledger.final_indices()
-        return [i for i in ledger.points() if i not in final]
-
-    def run(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-            wait: bool = False, progress: bool | None = None, poll: float = 1.0,
-            queue_poll: tuple[float, float] = (2.0, 30.0), **options) -> int:
-        """Submit an array for the points that are neither final nor already queued; with ``wait``, follow the
-        scan to its end (resubmitting its pending points when no job of the scan is left in the queue).
-        Returns 0, or 75 if the scan was cancelled while followed."""
+    def run(self, ledger: Ledger, plan: Plan, options: ScanOptions, progress: bool | None = None,
+            slots: int | None = None, wait: bool = False, poll: float = 1.0,
+            queue_poll: tuple[float, float] = (2.0, 30.0), **sched) -> int:
+        """Submit an array for the plan's points that are neither final nor already queued; with ``wait`` (a
+        search always waits: its driver samples as trials end), follow the scan to its end. Returns 0, or 75 if
+        the scan was cancelled while followed."""
         for key, hint in (("gpus", "ask for GPUs with --gres"), ("threads_per_point", "use --cpus-per-task")):
-            if options.get(key) not in (None, [], ()):
+            if sched.get(key) not in (None, [], ()):
                 raise ScanError(f"--engine {self.name}: --{key.replace('_', '-')} is for the local engine; {hint}")
-        options = {k: v for k, v in options.items() if v is not None and k not in ("gpus", "threads_per_point")}
-        check_options(self.name, options, self.OPTIONS)
+        sched = {k: v for k, v in sched.items() if v is not None and k not in ("gpus", "threads_per_point")}
+        check_options(self.name, sched, self.OPTIONS)
+        follow = wait or type(plan) is not Plan
         if wait and not self.queue_known():
             raise ScanError(f"--engine {self.name} --wait: cannot ask the queue ({self.name}'s tools are missing)")
-        todo = self.unfinished(ledger)
+        if follow:
+            return self.follow(ledger, plan, options, progress, slots, poll, queue_poll, **sched)
+        todo = plan.runnable(ledger.final_indices())
         queued = self.queue(ledger)
         fresh = [i for i in todo if i not in queued]
         if fresh:
-            self.submit(ledger, fresh, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
+            self.submit(ledger, fresh, slots, options, **sched)
         elif todo:
             log.warning("scan %s: its %d unfinished point(s) are queued already (jobs %s)", ledger.name, len(todo),
                         ", ".join(self.job_ids(ledger)))
         else:
             log.info("scan %s: every point is final; nothing to submit", ledger.name)
-        if not wait:
-            return 0
-        return self.follow(ledger, slots=slots, max_retries=max_retries, lease_timeout=lease_timeout,
-                           progress=progress, poll=poll, queue_poll=queue_poll, **options)
+        return EXIT_OK
 
-    def follow(self, ledger: Ledger, slots: int | None = None, max_retries: int = 2, lease_timeout: float = 120.0,
-               progress: bool | None = None, poll: float = 1.0, queue_poll: tuple[float, float] = (2.0, 30.0),
-               **options) -> int:
-        """Follow the scan until every point is final: the ledger every ``poll`` s; the queue every
-        ``queue_poll[0]`` s within a minute of a change in the ledger (a point ended, a lease came or went),
-        else every ``queue_poll[1]`` s (squeue/qstat are shared by everyone on a cluster). When the queue holds
-        no job of the scan twice in a row while points are pending, their array is submitted again."""
-        if not self.queue_known():
-            raise ScanError(f"--engine {self.name} --wait: cannot ask the queue ({self.name}'s tools are missing)")
+    def follow(self, ledger: Ledger, plan: Plan, options: ScanOptions, progress: bool | None = None,
+               slots: int | None = None, poll: float = 1.0, queue_poll: tuple[float, float] = (2.0, 30.0),
+               **sched) -> int:
+        """Drive the plan until it is finished: submit its runnable points that are neither submitted nor queued;
+        read the ledger every ``poll`` s and the queue every ``queue_poll[0]`` s within a minute of a change in
+        the ledger (a point ended, a lease came or went), else every ``queue_poll[1]`` s (squeue/qstat are
+        shared by everyone on a cluster). A submitted point that is missing from the queue twice in a row,
+        neither held nor final, is submitted again."""
         started = time.time()
-        manifest = ledger.manifest()
-        empty_polls = 0
-        resubmitted_without_progress = 0
-        attempts_at_submit = None
-        fingerprint, changed, asked = None, time.monotonic(), -float("inf")
-        with _ProgressBar(ledger, manifest, progress) as bar:
+        tracker = _QueueTracker(self, ledger, queue_poll)
+        with ProgressBar(ledger, plan.points, progress) as bar:
             while True:
-                todo = self.unfinished(ledger)
-                leases = frozenset(ledger.leased_indices())
+                final = ledger.final_indices()
+                plan.step(final)
                 bar.update()
-                if not todo:
-                    return 0
+                if plan.finished(final):
+                    return EXIT_OK
                 if ledger.cancelled_since(started):
                     log.warning("scan %s: cancelled", ledger.name)
-                    return 75
-                now = time.monotonic()
-                if (len(todo), leases) != fingerprint:
-                    fingerprint, changed = (len(todo), leases), now
-                interval = queue_poll[0] if now - changed < 60 else queue_poll[1]
-                if now - asked >= interval:
-                    asked = now
-                    if self.queue(ledger):  # a lease whose task left the queue is stale: it does not count
-                        empty_polls = 0
-                    else:
-                        empty_polls += 1
-                if empty_polls >= 2:  # twice in a row: no job of the scan is left, points are still pending
-                    attempts = sum(len(ledger.attempts(i)) for i in todo)
-                    if attempts_at_submit is not None and attempts == attempts_at_submit:
-                        resubmitted_without_progress += 1
-                    else:
-                        resubmitted_without_progress = 0
-                    if resubmitted_without_progress >= 2:
-                        raise ScanError(f"scan {ledger.name}: {self.name} jobs ended without running any of the "
-                                        f"points {compress_ranges(todo)}; see their output in {ledger.path / 'logs'}")
-                    log.warning("scan %s: no job of the scan is queued and %d point(s) are pending; resubmitting",
-                                ledger.name, len(todo))
-                    attempts_at_submit = attempts
-                    self.submit(ledger, todo, slots, max_retries=max_retries, lease_timeout=lease_timeout, **options)
-                    empty_polls, changed = 0, time.monotonic()
+                    return EXIT_INTERRUPTED
+                todo = plan.runnable(final)
+                tracker.poll(todo, final)
+                new = [i for i in todo if i not in tracker.submitted and i not in tracker.queued]
+                if new:
+                    tracker.check_progress(new)
+                    self.submit(ledger, new, slots, options, **sched)
+                    tracker.submitted.update(new)
                 time.sleep(poll)
 
     @staticmethod
@@ -328,6 +305,69 @@ class ArrayEngine(Engine):
             extra = [extra]
         return [str(e).strip() for e in extra if str(e).strip()]
 
+
+
+class _QueueTracker:
+    """What a following driver knows of the queue: the points it submitted, and which of them the queue lost.
+
+    A submitted point counts as lost once the queue (when it can be asked) has not shown it twice in a row
+    while it is neither held by a worker nor final (a cancelled or failed job); it is then forgotten, so the
+    driver submits it again. Resubmitting twice without a new attempt of any of those points is an error:
+    the jobs end without running them (a broken environment), and submitting again would loop for ever."""
+
+    def __init__(self, engine: ArrayEngine, ledger: Ledger, queue_poll: tuple[float, float]):
+        self.engine, self.ledger, self.queue_poll = engine, ledger, queue_poll
+        self.known = engine.queue_known()
+        self.queued = engine.queue(ledger) if self.known else {}
+        self.submitted: set[int] = set(self.queued)
+        self.missing: dict[int, int] = {}
+        self._fingerprint, self._changed, self._asked = None, time.monotonic(), time.monotonic()
+        self._lost: list[int] = []
+        self._attempts_at_resubmit: int | None = None
+        self._fruitless = 0
+
+    def poll(self, todo: list[int], final: set[int]) -> None:
+        if not self.known:
+            return
+        now = time.monotonic()
+        leases = frozenset(self.ledger.leased_indices())
+        if (len(todo), leases) != self._fingerprint:
+            self._fingerprint, self._changed = (len(todo), leases), now
+        if now - self._asked < (self.queue_poll[0] if now - self._changed < 60 else self.queue_poll[1]):
+            return
+        self._asked = now
+        self.queued = self.engine.queue(self.ledger)
+        lost = []
+        for index in sorted(self.submitted):
+            if index in self.queued or index in leases or index in final:
+                self.missing.pop(index, None)
+                continue
+            self.missing[index] = self.missing.get(index, 0) + 1
+            if self.missing[index] >= 2:
+                lost.append(index)
+        if lost:
+            name = self.ledger.name
+            if self.queued:
+                log.warning("scan %s: %d point(s) %s left the queue unfinished; resubmitting", name, len(lost),
+                            compress_ranges(lost))
+            else:
+                log.warning("scan %s: no job of the scan is queued and %d point(s) are pending; resubmitting",
+                            name, len(lost))
+            self.submitted.difference_update(lost)
+            for index in lost:
+                del self.missing[index]
+            self._lost = lost
+
+    def check_progress(self, new: list[int]) -> None:
+        """Before a submission: refuse to resubmit points whose last resubmission ran none of them."""
+        if not self._lost or not set(self._lost) & set(new):
+            return
+        attempts = sum(len(self.ledger.attempts(i)) for i in self._lost)
+        self._fruitless = self._fruitless + 1 if attempts == self._attempts_at_resubmit else 0
+        if self._fruitless >= 2:
+            raise ScanError(f"scan {self.ledger.name}: {self.engine.name} jobs ended without running any of the "
+                            f"points {compress_ranges(self._lost)}; see their output in {self.ledger.path / 'logs'}")
+        self._attempts_at_resubmit, self._lost = attempts, []
 
 def check_options(engine: str, options: Mapping, allowed: Iterable[str]) -> None:
     """Refuse engine options this engine does not know (a typo must not be silently ignored)."""
