@@ -4,7 +4,7 @@
     python bench/scan_bench.py                       # all three, 5 repeats each
     python bench/scan_bench.py --only overhead --repeats 7 --points 40
 
-  overhead  per-point overhead of ``dlkit-scan run`` on a no-op experiment (``toy_experiment`` with
+  overhead  per-point overhead of ``dlkit-scan run`` on a no-op experiment (``toy`` with
             Epochs=0: parse, resolve the config, claim a run directory, write MetaData.json, exit) against a
             plain bash loop running the same commands one after the other; target < 0.2 s per point
   slots     wall time of a 4-point scan of a single-threaded CPU-bound experiment (the toy with Busy=True,
@@ -53,13 +53,13 @@ def write_config(directory: Path, points: int) -> Path:
 
 
 def scan(config: Path, out: Path, slots: int, *flags: str, engine: str = "local") -> list[str]:
-    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment", "-C", str(config),
+    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy", "-C", str(config),
             "--OutputBase", str(out), "--slots", str(slots), "--engine", engine, "--no-progress", "--", *flags]
 
 
 def bench_overhead(work: Path, repeats: int, points: int) -> dict:
     config = write_config(work, points)
-    loop = (f'for i in $(seq 0 {points - 1}); do "{sys.executable}" -m toy_experiment -C "{config}" -s $i '
+    loop = (f'for i in $(seq 0 {points - 1}); do "{sys.executable}" -m toy -C "{config}" -s $i '
             f'--OutputBase "$1"; done')
     loop_times, scan_times = [], []
     for r in range(repeats):
@@ -92,7 +92,7 @@ def make_ledger(out: Path, points: int = 1000) -> Path:
 
     config = write_config(out.parent, points)
     ledger = Ledger.at(out, "bench")
-    ledger.create_or_check({"experiment": "toy_experiment", "config": str(config), "config_sha256": "x",
+    ledger.create_or_check({"experiment": "toy", "config": str(config), "config_sha256": "x",
                             "params": {"Width": list(range(1, points + 1))}, "size": points,
                             "points": list(range(points)), "flags": [], "metric": None})
     from dlkit.scan.ledger import Decision

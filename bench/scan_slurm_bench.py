@@ -4,14 +4,14 @@
     sudo .ci/start-slurm                 # a one-node Slurm, if none runs
     python bench/scan_slurm_bench.py     # 12 no-op points, 2 at once, 5 repeats
 
-Both run the same no-op points (``toy_experiment`` with Epochs=0: parse, resolve the config, claim a run
+Both run the same no-op points (``toy`` with Epochs=0: parse, resolve the config, claim a run
 directory, write MetaData.json, exit), ``--slots`` at a time:
 
   engine  ``dlkit-scan run --engine slurm --slots K --wait``: writes and submits the array script, each task
           runs ``python -m dlkit.scan work`` which runs its point under a lease; the command follows the scan
           (ledger and squeue, every 2 s) and returns when every point is done
   plain   ``sbatch --wait`` of a hand-written ``#SBATCH --array=0-(N-1)%K`` script whose tasks run
-          ``python -m toy_experiment -s $SLURM_ARRAY_TASK_ID`` directly (no ledger, no resume, no requeue)
+          ``python -m toy -s $SLURM_ARRAY_TASK_ID`` directly (no ledger, no resume, no requeue)
 
 The array task's own cost, without Slurm: ``python -m dlkit.scan work <ledger> --points i --engine slurm``
 (what a task runs: the worker, a lease, the point as a subprocess, the attempt records) for each point in
@@ -75,7 +75,7 @@ def in_task(n: int, repeats: int, env: dict) -> tuple[float, float]:
         try:
             config = work / "bench_scan.py"
             config.write_text(f"Config = {{'Epochs': 0}}\nParams = {{'Width': {list(range(1, n + 1))}}}\n")
-            ledger = open_scan("toy_experiment", config, output_base=work / "engine")
+            ledger = open_scan("toy", config, output_base=work / "engine")
             t0 = time.perf_counter()
             for i in range(n):
                 subprocess.run([sys.executable, "-m", "dlkit.scan", "work", str(ledger.path), "--points", str(i),
@@ -83,7 +83,7 @@ def in_task(n: int, repeats: int, env: dict) -> tuple[float, float]:
             task_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for i in range(n):
-                subprocess.run([sys.executable, "-m", "toy_experiment", "-C", str(config), "-s", str(i),
+                subprocess.run([sys.executable, "-m", "toy", "-C", str(config), "-s", str(i),
                                 "--OutputBase", str(work / "toy")], check=True, capture_output=True, env=env, cwd=work)
             toy_times.append(time.perf_counter() - t0)
             assert len(list((ledger.path / "done").glob("*.json"))) == n
@@ -112,12 +112,12 @@ def main(argv=None) -> int:
         plain.write_text("#!/bin/bash\n"
                          f"#SBATCH --array=0-{n - 1}%{k}\n"
                          f"#SBATCH --output={work}/plain-%A_%a.out\n"
-                         f'"{sys.executable}" -m toy_experiment -C "{config}" -s "$SLURM_ARRAY_TASK_ID" '
+                         f'"{sys.executable}" -m toy -C "{config}" -s "$SLURM_ARRAY_TASK_ID" '
                          '--OutputBase "$OUT"\n')
         engine_times, plain_times, engine_spans, plain_spans = [], [], [], []
         for r in range(args.repeats):
             out = work / f"engine{r}"
-            wall, span = timed([sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment",
+            wall, span = timed([sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy",
                                 "-C", str(config), "--OutputBase", str(out), "--engine", "slurm", "--slots", str(k),
                                 "--wait", "--no-progress"], out, cwd=work, env=env)
             engine_times.append(wall)
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
 
     print(f"machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}); "
           f"{slurm_version()}; node {node()}")
-    print(f"{n} no-op points (toy_experiment, Epochs=0), {k} at once, median of {args.repeats} runs\n")
+    print(f"{n} no-op points (toy, Epochs=0), {k} at once, median of {args.repeats} runs\n")
     rows = [
         ["dlkit-scan run --engine slurm --slots K --wait", engine_s, engine_s / n, engine_s / plain_s, engine_span,
          engine_span / n, engine_span / plain_span],
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     print()
     print(tabulate([["python -m dlkit.scan work L --points i (each point in turn, no Slurm)", task_s, task_s / n,
                      task_s / toy_s],
-                    ["python -m toy_experiment -s i (each point in turn)", toy_s, toy_s / n, 1.0]],
+                    ["python -m toy -s i (each point in turn)", toy_s, toy_s / n, 1.0]],
                    headers=["array task's command", "wall s", "per point", "ratio"], floatfmt=".3f"))
     print(f"\nengine overhead per point: in the task {(task_s - toy_s) / n:+.3f} s; end to end: wall {(engine_s - plain_s) / n:+.3f} s, "
           f"makespan {(engine_span - plain_span) / n:+.3f} s "

@@ -25,7 +25,8 @@ import shlex
 import sys
 from collections import Counter
 
-EXIT_USER_ERROR = 2
+from dlkit.cli import plural, prog
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 _STATUS_ALIASES = {"killed": "running/killed", "running": "running/killed", "completed": "ok",
                    "nometadata": "no metadata", "no-metadata": "no metadata", "model-error": "model error",
@@ -49,7 +50,7 @@ def _tokens(text: str | None) -> list:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m dlkit.ScanAnalysis",
+        prog=prog("dlkit.ScanAnalysis"),
         description="Print the table of a scan's runs (model directories with MetaData.json).")
     p.add_argument("paths", nargs="+", metavar="DIR_OR_GLOB",
                    help="a TrainedModels/ directory (its sub-directories are the runs), model directories "
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
             found = ", ".join(f"{n} {s}" for s, n in counts.items())
             print(f"ScanAnalysis: no runs with status {', '.join(sorted(wanted))} (found: {found})",
                   file=sys.stderr)
-            return 0
+            return EXIT_OK
 
     defaults = default_columns(models)
     if args.per_point:
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     if args.list_keys:
         print("default columns:", ", ".join(f"{i}:{c}" for i, c in enumerate(defaults)))
         print("numeric metadata keys:", ", ".join(GetGoodParams(models)))
-        return 0
+        return EXIT_OK
     columns = _tokens(args.columns) or list(defaults)
     columns += _tokens(args.add)
     for i, c in enumerate(columns):
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     for m in flagged:
         print(f"  {m.name}: {m.status}" + (f": {m.message}" if m.message else ""), file=sys.stderr)
     counts = Counter(m.status for m in models)
-    print(f"{len(models)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), file=sys.stderr)
+    print(f"{plural(len(models), 'run')}: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()), file=sys.stderr)
     logged = [m for m in models if (m.path / TENSORBOARD_DIR).is_dir()]
     tensorboard = None
     if logged:  # TensorBoard finds every run's logs below the directory it is given
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
         where = (f"--logdir {shlex.quote(roots[0])}" if len(roots) == 1 else
                  "--logdir_spec " + shlex.quote(",".join(f"{os.path.basename(r)}:{r}" for r in roots)))
         tensorboard = f"tensorboard {where}"
-        print(f"TensorBoard ({len(logged)} run(s) with logs): {tensorboard}")
+        print(f"TensorBoard ({plural(len(logged), 'run')} with logs): {tensorboard}")
     if args.csv:
         try:
             frame.to_csv(args.csv, index=False)
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
         except OSError as exc:
             return _fail(f"cannot write {args.html}: {exc}")
         print(f"report: {path}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 
 from dlkit.cachedir import last_use
+from dlkit.cli import prog
 from dlkit.generators.cache import MAX_GB_ENV, Entry, cache_entries, evict_to_limit, in_use, remove_entry
+from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 __all__ = ["Entry", "entries", "clean", "evict_to_limit", "MAX_GB_ENV", "main"]
 
@@ -140,7 +142,7 @@ def _dry_run_without_age(found: list[Entry]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dlkit.cache", description="List and clean dlkit's caches.")
+    p = argparse.ArgumentParser(prog=prog("dlkit.cache"), description="List and clean dlkit's caches.")
     p.add_argument("--cache-dir", default=None, help="the cache directory (default: $DLKIT_CACHE_DIR, else yours)")
     p.add_argument("--data-root", default=None, help="the dataset root (default: $DLKIT_DATA, else ~/.cache/dlkit)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,20 +161,20 @@ def main(argv=None) -> int:
                 _list(found)
             else:
                 _dry_run_without_age(found)
-            return 0
+            return EXIT_OK
         if args.older_than is None and not args.all:
             p.error("clean: give --older-than AGE or --all (--dry-run alone shows what a few ages would remove)")
         removed, busy = clean(args.older_than, args.all, args.cache_dir, args.data_root, args.dry_run)
     except (UnsafeDirectoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
         print(f"{verb} {e.kind} {e.path} ({_size(e.size)})")
     for e in busy:
         print(f"kept {e.kind} {e.path}: in use by a running job", file=sys.stderr)
     print(f"{verb} {len(removed)} entries, {_size(sum(e.size for e in removed))}; {len(busy)} in use kept")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlkit.cli import prog
 from dlkit.config import ConfigError, load_config, resolve_config
 from dlkit.permutator import Permutator
 from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
@@ -521,7 +522,7 @@ class Experiment:
 
     def parser(self) -> argparse.ArgumentParser:
         parser = make_parser(self.description, self.default_config)
-        parser.prog = f"python -m {self.module}"
+        parser.prog = prog(self.module)
         return parser
 
     def run(self, config: str | os.PathLike | None = None, point: int | None = None, Test: bool = False,

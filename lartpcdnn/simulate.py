@@ -47,6 +47,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
+from dlkit.protocol import EXIT_OK
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 from dlkit.sparse import SparseTensor
@@ -1075,7 +1076,7 @@ def main(argv=None) -> int:
     paths = write_dataset(args.out, particles, args.events_per_class, args.events_per_file, args.seed, cfg,
                           compression, truth3d=not args.no_3d, progress=not args.no_progress, workers=args.workers)
     logger.info("wrote %d file sets under %s", len(paths), args.out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dlkit.scan import Ledger, ScanError
 
 
 def write_config(tmp_path, n=4, epochs=3, epoch_time=0.1, extra=""):
-    """A toy_experiment config: ``n`` points (Width 1..n), ``epochs`` epochs of ``epoch_time`` s."""
+    """A toy config: ``n`` points (Width 1..n), ``epochs`` epochs of ``epoch_time`` s."""
     path = tmp_path / "toy_scan.py"
     path.write_text(f"Config = {{'Epochs': {epochs}, 'EpochTime': {epoch_time}{extra}}}\n"
                     f"Params = {{'Width': {list(range(1, n + 1))}}}\n")

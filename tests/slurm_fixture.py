@@ -1,9 +1,11 @@
 """A session fixture for the tests that need a running Slurm: ``slurm`` (import it into the test module).
 
-It asks ``sinfo`` whether a node is up; if not and this is root, it runs ``.ci/start-slurm`` (installs and
-starts a one-node Slurm, idempotent). The tests skip - the reason shown as a warning too, since ``pytest -q``
-does not print skip reasons - only when Slurm truly cannot start here (start-slurm exit 77: not root, no
-apt-get, the packages cannot be installed); any other failure to start it fails them.
+It asks ``sinfo`` whether a node is up. If not, it starts one only where CI asks for system-level setup
+(``DLKIT_CI=1``, which ``.ci/run`` sets) and this is root: ``.ci/start-slurm`` (installs and starts a one-node
+Slurm, idempotent). A plain ``pytest`` on a workstation installs and starts nothing: the tests skip, saying how
+to run them (``sudo .ci/start-slurm``). The reason is shown as a warning too, since ``pytest -q`` does not
+print skip reasons. Under CI they skip only when Slurm truly cannot start there (start-slurm exit 77: not
+root, no apt-get, the packages cannot be installed); any other failure to start it fails them.
 """
 
 import os
@@ -16,6 +18,8 @@ import pytest
 
 START_SLURM = Path(__file__).resolve().parent.parent / ".ci" / "start-slurm"
 CANNOT = 77  # start-slurm's "cannot start Slurm here"
+#: Set by .ci/run: the tests may install and start system services (here: Slurm).
+CI_SETUP = "DLKIT_CI"
 
 
 def slurm_up() -> bool:
@@ -33,6 +37,9 @@ def ensure_slurm() -> tuple[bool, str]:
     """(True, how) with Slurm up; (False, why) where it cannot start here. Raises if it should have started."""
     if slurm_up():
         return True, "running"
+    if os.environ.get(CI_SETUP) != "1":
+        return False, ("Slurm is not running; start it with `sudo .ci/start-slurm` (a one-node Slurm), or let the "
+                       f"tests start it as CI does ({CI_SETUP}=1 as root)")
     if os.geteuid() != 0:
         return False, "Slurm is not running and starting it needs root (sudo .ci/start-slurm)"
     result = subprocess.run([str(START_SLURM)], capture_output=True, text=True, timeout=900)

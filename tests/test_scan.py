@@ -1,6 +1,6 @@
 """dlkit.scan: every point exactly once through concurrent workers, kill -9, SIGSTOP, Ctrl-C and restarts.
 
-The fast fake experiment is toy_experiment (no Keras). "Exactly once" is counted independently of the ledger's
+The fast fake experiment is toy (no Keras). "Exactly once" is counted independently of the ledger's
 own state markers: from the attempt records (attempts with exit code 0) and from the run directories on disk
 (MetaData.json with Status "completed"), read with plain json.
 """
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def scan_cmd(config, out, *options, flags=()):
-    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment", "-C", str(config),
+    return [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy", "-C", str(config),
             "--OutputBase", str(out), "--no-progress", *options, "--", *flags]
 
 
@@ -116,6 +116,34 @@ def test_changed_config_or_flags_refused(tmp_path):
     assert result.returncode == 2 and "different flags" in result.stderr and "Epochs=5" in result.stderr
     result = subprocess.run(scan_cmd(config, out, flags=["-s", "1"]), capture_output=True, text=True)
     assert result.returncode == 2 and "'-s'" in result.stderr
+
+
+def test_a_scan_grows_by_points_and_keeps_its_policy(tmp_path):
+    """Points are a selection of one scan: --points 0-1, then --points 2-3, is one scan with 4 done; its lease
+    timeout is the scan's, so a later run asking for another one is refused."""
+    config = write_config(tmp_path, n=4, epoch_time=0)
+    out = tmp_path / "out"
+    first = subprocess.run(scan_cmd(config, out, "--points", "0-1", "--lease-timeout", "30"), capture_output=True,
+                           text=True)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(scan_cmd(config, out, "--points", "2-3"), capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "scan toy-toy_scan: 4 done" in second.stderr  # the whole scan's count
+    assert_each_done_once(out, range(4))  # one ledger, every point once
+    (ledger,) = Ledger.find(out)
+    manifest = json.loads((ledger.path / "manifest.json").read_text())
+    assert manifest["points"] == [0, 1] and manifest["options"]["lease_timeout"] == 30.0
+    status = subprocess.run([sys.executable, "-m", "dlkit.scan", "status", str(out)], capture_output=True, text=True)
+    assert status.returncode == 0 and "4 done" in status.stdout.splitlines()[0], status.stdout
+    refused = subprocess.run(scan_cmd(config, out, "--points", "3", "--lease-timeout", "1"), capture_output=True,
+                             text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"dlkit-scan: error: --lease-timeout 1: scan {ledger.name!r} was created with --lease-timeout 30, which all "
+        "its workers use; leave the flag out (or start another scan with --name)")
+    worker = subprocess.run([sys.executable, "-m", "dlkit.scan", "work", str(ledger.path), "--lease-timeout", "1"],
+                            capture_output=True, text=True)
+    assert worker.returncode == 2 and "--lease-timeout 1: scan" in worker.stderr
 
 
 # -- many workers -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def dask_cmd(config, out, *options):
-    return [sys.executable, "-m", "dlkit.scan", "run", "--engine", "dask", "--experiment", "toy_experiment",
+    return [sys.executable, "-m", "dlkit.scan", "run", "--engine", "dask", "--experiment", "toy",
             "-C", str(config), "--OutputBase", str(out), "--no-progress", *options]
 
 

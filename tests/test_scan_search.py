@@ -21,7 +21,7 @@ import importlib  # noqa: E402
 scan_search = importlib.import_module("dlkit.scan.search")  # the module (dlkit.scan.search is also the function)
 from dlkit.scan.ledger import Ledger, ScanError  # noqa: E402
 from dlkit.scan.space import check_search, choice, int_range, loguniform, uniform  # noqa: E402
-from toy_experiment import objective_of  # noqa: E402
+from toy import objective_of  # noqa: E402
 
 TOY_DEFAULTS = {"lr": 0.01, "Width": 1, "Epochs": 3, "optimizer": "SGD"}
 
@@ -52,7 +52,7 @@ def test_spaces_are_checked_like_config_entries():
 def test_search_manifest_names_a_bad_key(tmp_path):
     config = write_config(tmp_path / "s.py", "{'Widht': int_range(1, 4)}")
     with pytest.raises(ScanError, match="unknown key 'Widht'.*'Width'"):
-        scan_search.make_search_manifest("toy_experiment", config, trials=3)
+        scan_search.make_search_manifest("toy", config, trials=3)
 
 
 def _finish_in_process(ledger: Ledger, driver, index: int) -> None:
@@ -72,7 +72,7 @@ def _finish_in_process(ledger: Ledger, driver, index: int) -> None:
 
 def _best_in_process(tmp_path, sampler: str, seed: int, trials: int) -> float:
     config = write_config(tmp_path / f"{sampler}{seed}.py")
-    ledger = scan_search.open_search("toy_experiment", config, name=f"{sampler}{seed}", output_base=tmp_path / "TM",
+    ledger = scan_search.open_search("toy", config, name=f"{sampler}{seed}", output_base=tmp_path / "TM",
                                      trials=trials, sampler=sampler, objective="Objective", direction="minimize",
                                      seed=seed)
     driver = scan_search.SearchDriver(ledger, parallel=1)
@@ -96,7 +96,7 @@ def test_tpe_finds_the_known_optimum_and_beats_random(tmp_path):
 
 
 def _search_cmd(config, base, trials, *extra):
-    return [sys.executable, "-m", "dlkit.scan", "search", str(config), "--experiment", "toy_experiment",
+    return [sys.executable, "-m", "dlkit.scan", "search", str(config), "--experiment", "toy",
             "--trials", str(trials), "--objective", "Objective", "--direction", "minimize", "--seed", "3",
             "--OutputBase", str(base), "--no-progress", *extra]
 

@@ -34,7 +34,7 @@ FAKE_PBS = Path(__file__).parent / "scripts" / "fake_pbs.py"
 
 # -- helpers -----------------------------------------------------------------------------------------------
 def scan_cli(config, out, *options, env=None, timeout=120):
-    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment", "-C", str(config),
+    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy", "-C", str(config),
            "--OutputBase", str(out), "--no-progress", "--lease-timeout", "5", *options]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=out.parent, env=env)
     return result
@@ -163,12 +163,13 @@ def test_scancelled_task_is_run_by_the_next_run(tmp_path, slurm, scancel_at_end)
 def test_wait_resubmits_when_no_job_of_the_scan_is_left(tmp_path, slurm, scancel_at_end):  # noqa: F811
     config = write_config(tmp_path, n=2, epochs=16, epoch_time=0.25)
     out = tmp_path / "TrainedModels"
-    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy_experiment", "-C", str(config),
+    cmd = [sys.executable, "-m", "dlkit.scan", "run", "--experiment", "toy", "-C", str(config),
            "--OutputBase", str(out), "--no-progress", "--lease-timeout", "5", "--engine", "slurm", "--wait"]
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        ledger = wait_for(lambda: (out / ".dlkit-scan").is_dir() and (ledger_of(out).path / "engine.json").exists()
-                          and ledger_of(out), what="the submission")
+        # engine.json is written after the manifest: once it is there, the ledger can be read whole
+        ledger = wait_for(lambda: any((out / ".dlkit-scan").glob("*/engine.json")) and ledger_of(out),
+                          what="the submission")
         scancel_at_end(ledger)
         (job,) = jobs_of(ledger)
         again = scan_cli(config, out, "--engine", "slurm")  # while queued: nothing more to submit
@@ -275,7 +276,7 @@ PLACEHOLDERS = dict(python="@PYTHON@", pythonpath="@PYTHONPATH@", workdir="@WORK
 
 
 def golden_ledger(tmp_path) -> Ledger:
-    return open_scan("toy_experiment", write_config(tmp_path, n=6), points="0-3,5", name="golden",
+    return open_scan("toy", write_config(tmp_path, n=6), points="0-3,5", name="golden",
                      output_base=tmp_path / "TrainedModels")
 
 

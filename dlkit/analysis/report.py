@@ -42,6 +42,7 @@ from dlkit.analysis.plots import _better, plot_parallel_coordinates, plot_parame
 from dlkit.analysis.scan.runs import ScanModel, _as_models
 from dlkit.analysis.scan.tables import (ScanTable, _missing, _sort_models, check_columns, default_columns,
                                         scanned_parameters)
+from dlkit.cli import plural
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def scan_report(Models, columns: Sequence | None = None, sort=None, reverse: boo
 
     counts = Counter(m.status for m in models)
     summary = ", ".join(f"{n} {s}" for s, n in counts.most_common())
-    title = title or f"Scan report: {len(models)} runs"
+    title = title or f"Scan report: {plural(len(models), 'run')}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="meta">{html.escape(summary)} &middot; generated '
              f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>"]

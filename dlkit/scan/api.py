@@ -182,8 +182,9 @@ def _submissions(ledger: Ledger) -> list[dict]:
     return list((read_json(ledger.path / "engine.json", {}) or {}).get("submissions") or [])
 
 
-def _format_params(params: Mapping) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items())
+def format_params(params: Mapping) -> str:
+    """``lr=0.003162 Width=64``: floats to 4 significant digits, as ``best`` shows them."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def status_rows(ledger: Ledger) -> list[dict]:
@@ -196,7 +197,7 @@ def status_rows(ledger: Ledger) -> list[dict]:
     rows = []
     for index in ledger.points():
         params = params_of(index)
-        row = {"point": index, "params": _format_params(params) if params else "", "state": "pending",
+        row = {"point": index, "params": format_params(params) if params else "", "state": "pending",
                "attempts": 0, "epochs": None, "metric": None, "run_dir": None, "host": None, "last_error": None}
         if search:
             row["trial"] = index % search["trials"]

@@ -33,7 +33,7 @@ it runs on, the trials run wherever the engine puts them.
 **Pruning** (``prune="median"`` or ``"halving"``): a running point reports its epochs' metrics to its lease
 (:class:`dlkit.callbacks.ScanProgress`); the driver reports ``prune_metric`` to the trial after every epoch and
 asks Optuna's pruner. A pruned trial's lease gets a ``prune/`` marker; its worker stops the point as on a signal,
-the point saves and exits 77 (:data:`~dlkit.scan.ledger.EXIT_PRUNED`) and the ledger records it ``pruned``.
+the point saves and exits 77 (:data:`~dlkit.protocol.EXIT_PRUNED`) and the ledger records it ``pruned``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from dlkit.config import ConfigError
-from dlkit.scan.api import make_manifest, parse_points, status
+from dlkit.scan.api import format_params, make_manifest, parse_points, status
 from dlkit.scan.engines import Plan
 from dlkit.scan.engines import engine as make_engine
 from dlkit.scan.ledger import Ledger, ScanError
@@ -315,8 +315,7 @@ class SearchDriver(Plan):
             trial = study.ask(self.distributions)
         self.live[index] = trial
         log.info("search %s: trial %d of grid point %d: %s", self.ledger.name, index % self.trials,
-                 index // self.trials, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in trial.params.items()))
+                 index // self.trials, format_params(trial.params))
 
 
 def search(experiment: str, config=None, trials: int = 10, sampler: str = "tpe", objective: str = "val_loss",

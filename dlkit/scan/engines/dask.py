@@ -207,6 +207,9 @@ def _drive(ledger: Ledger, plan: Plan, options: ScanOptions, client, bar, limit:
                 tasks[index] = client.submit(run_point, path, index, options.max_retries, options.lease_timeout,
                                              started, pure=False)
         if tasks:
-            wait(list(tasks.values()), timeout=poll, return_when="FIRST_COMPLETED")
+            try:  # back at once when a task ends
+                wait(list(tasks.values()), timeout=poll, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
         else:
             time.sleep(poll)

@@ -1,6 +1,6 @@
 """A toy experiment without Keras that obeys the scan contract: for trying ``dlkit.scan``, its tests and benchmarks.
 
-    python -m dlkit.scan run --experiment toy_experiment --slots 2   # with tests/ on PYTHONPATH -- --set EpochTime=0.5
+    python -m dlkit.scan run --experiment toy --slots 2   # with tests/ on PYTHONPATH -- --set EpochTime=0.5
 
 It has DLKit's flags (``-C``, ``-s``, ``-p``, ``--OutputBase``, ``--set``), "trains" ``Epochs`` epochs of
 ``EpochTime`` seconds, writes ``MetaData.json`` as a ``ModelWrapper`` run would (so ``ScanAnalysis`` reads it),
