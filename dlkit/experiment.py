@@ -426,10 +426,17 @@ def summary_footer(setup: RunSetup) -> str:
 
 def finish(wrapper) -> int:
     """Write the final metadata and return the process exit code: 75 if a signal stopped training, 77
-    (:data:`dlkit.protocol.EXIT_PRUNED`) if that signal came from a search's pruner."""
+    (:data:`dlkit.protocol.EXIT_PRUNED`) if that signal came from a search's pruner. ``RunningTime`` (``-r``)
+    keeps DLKit's meaning outside a scan (the run ends, exit 0); inside one, its budget is an interruption
+    (75): the scan requeues the point, which resumes with ``-p`` up to its ``Epochs``."""
     from dlkit import protocol as point
+    from dlkit.callbacks.time_stopping import TIME_LIMIT_REASON
 
     interrupted = wrapper.Interrupted
+    out_of_time = str(wrapper.MetaData.get("StopReason") or "").startswith(TIME_LIMIT_REASON)
+    if out_of_time and point.current() is not None:
+        wrapper.MetaData["TrainStatus"] = "interrupted"
+        interrupted = True
     status = wrapper.MetaData.pop("TrainStatus", None)
     if interrupted and point.pruned():
         wrapper.MetaData["StopReason"] = "pruned by the search"
@@ -438,8 +445,9 @@ def finish(wrapper) -> int:
         return point.EXIT_PRUNED
     wrapper.finish(Status=status)
     if interrupted:
-        log.warning("%s: stopped by a signal; saved in %s - resume with -p (exit code %d)", wrapper.Name,
-                    wrapper.OutDir, point.EXIT_INTERRUPTED)
+        log.warning("%s: stopped by %s; saved in %s - resume with -p (exit code %d)", wrapper.Name,
+                    "its time budget (RunningTime) in a scan" if out_of_time else "a signal", wrapper.OutDir,
+                    point.EXIT_INTERRUPTED)
         return point.EXIT_INTERRUPTED
     return point.EXIT_OK
 

@@ -286,3 +286,32 @@ def test_a_failing_trial_is_told_failed_and_does_not_hang_the_search(tmp_path):
     assert trials == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "COMPLETE"} and driver.finished()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and len(ledger.attempts(2)) == 2
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seeded_search_samples_the_same_trials_whether_or_not_its_driver_was_killed(tmp_path, sampler):
+    """Each trial's sampler is seeded by (seed, grid point, trial): a driver killed after 2 trials and started
+    again samples trials 2.. as an uninterrupted driver does, not trials 0.. again."""
+    config = write_config(tmp_path / "s.py")
+
+    def cmd(base):
+        return _search_cmd(config, base, 5, "--sampler", sampler, "--parallel", "1", "--",
+                           "--set", "EpochTime=0.3")
+
+    whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    base = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(base), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = Ledger.at(base, "toy-s")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (ledger.path.exists() and len(ledger.done_indices()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(ledger.done_indices()) < 5
+    again = subprocess.run(cmd(base), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    reference = Ledger.at(tmp_path / "whole", "toy-s")
+    params = [ledger.trial(i)["params"] for i in range(5)]
+    assert params == [reference.trial(i)["params"] for i in range(5)]
+    assert len({p["lr"] for p in params}) == 5  # and all distinct

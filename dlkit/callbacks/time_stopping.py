@@ -12,6 +12,9 @@ from dlkit.callbacks.base import StoppingCallback
 
 logger = logging.getLogger(__name__)
 
+#: How a stop reason of TimeStopping begins (``MetaData.json``'s ``StopReason``).
+TIME_LIMIT_REASON = "time limit"
+
 
 class TimeStopping(StoppingCallback):
     """Stop training cleanly when a wall-clock time budget is spent (DLKit's ``-r``).
@@ -101,7 +104,7 @@ class TimeStopping(StoppingCallback):
         elapsed = self.elapsed
         if elapsed >= self.seconds:
             self._stop(
-                f"time limit of {self.seconds:g} s reached after {elapsed:.1f} s "
+                f"{TIME_LIMIT_REASON} of {self.seconds:g} s reached after {elapsed:.1f} s "
                 f"(epoch {self._epoch + 1}, batch {batch + 1})"
             )
 
@@ -118,7 +121,8 @@ class TimeStopping(StoppingCallback):
         elapsed = self.elapsed
         if elapsed >= self.seconds:
             self._stop(
-                f"time limit of {self.seconds:g} s reached after {elapsed:.1f} s (end of epoch {epoch + 1})"
+                f"{TIME_LIMIT_REASON} of {self.seconds:g} s reached after {elapsed:.1f} s "
+                f"(end of epoch {epoch + 1})"
             )
             return
         if self.predict_next_epoch:
@@ -126,7 +130,7 @@ class TimeStopping(StoppingCallback):
             remaining = self.seconds - elapsed
             if estimate > remaining:
                 self._stop(
-                    f"time limit of {self.seconds:g} s: the next epoch (~{estimate:.1f} s) would not fit "
+                    f"{TIME_LIMIT_REASON} of {self.seconds:g} s: the next epoch (~{estimate:.1f} s) would not fit "
                     f"in the remaining {remaining:.1f} s (after epoch {epoch + 1})"
                 )
 

@@ -38,6 +38,7 @@ the point saves and exits 77 (:data:`~dlkit.protocol.EXIT_PRUNED`) and the ledge
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
@@ -180,8 +181,13 @@ class SearchDriver(Plan):
         self._rebuild()
 
     # -- optuna -----------------------------------------------------------------------------------------
-    def _sampler(self, grid: int):
-        seed = None if self.spec.get("seed") is None else int(self.spec["seed"]) + grid
+    def _sampler(self, grid: int, trial: int = 0):
+        """The sampler of trial ``trial`` of grid point ``grid``: seeded (with ``--seed``) by the seed, the grid
+        point and the trial number, so a restarted driver samples what an uninterrupted one would have,
+        never the first trials' params again. TPE's model is the study's finished trials, not the sampler."""
+        seed = None
+        if self.spec.get("seed") is not None:
+            seed = int.from_bytes(hashlib.sha256(f"{self.spec['seed']}/{grid}/{trial}".encode()).digest()[:4], "big")
         samplers = self.optuna.samplers
         if self.spec["sampler"] == "random":
             return samplers.RandomSampler(seed=seed)
@@ -305,6 +311,7 @@ class SearchDriver(Plan):
 
     def _sample(self, index: int) -> None:
         study = self._study(index)
+        study.sampler = self._sampler(index // self.trials, index % self.trials)
         trial = study.ask(self.distributions)
         record = {"trial": index % self.trials, "grid_index": index // self.trials if self.has_grid else None,
                   "params": trial.params, "sampler": self.spec["sampler"]}
