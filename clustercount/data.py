@@ -20,8 +20,8 @@ the source files and every option that changes the bytes):
   waveform truth ``particle``, ``momentum``, ``charge``, ``n_electrons``, ``impact_parameter``.
 
 The generator then reads the derived files; the split is by events (:func:`dlkit.generators.split_samples`,
-files shuffled with the seed). Pre-processes run in the generator's reader processes, so this module must
-stay importable without Keras.
+files shuffled with the seed). Pre-processes run in the generator's reader processes: they live in
+:mod:`clustercount.preprocess` (numpy only, re-exported here), so a reader does not import this module.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from clustercount.baselines import (
     robust_sigma,
     time_proximity_counts,
 )
+from clustercount.preprocess import TimesPreprocess, WindowPreprocess  # light: the readers unpickle them
 from clustercount.simulate import DriftSimConfig, default_dataset
 from dlkit.config import ConfigError
 from dlkit.datasets import atomic_file, available_cores, cached_dataset, data_root, read_complete
@@ -397,35 +398,6 @@ def derived_files(directory, kind: str) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------------
 # Generators
 # ---------------------------------------------------------------------------------------------------------
-
-
-class WindowPreprocess:
-    """Worker pre-process of peak windows: float16 mV -> float32 / ``scale``; labels -> float32."""
-
-    def __init__(self, scale: float):
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ConfigError(f"config entry 'WindowScale' = {scale!r}; expected a positive number (mV)")
-        self.scale = float(scale)
-
-    def __call__(self, arrays):
-        arrays["window"] = arrays["window"].astype(np.float32) / np.float32(self.scale)
-        arrays["label"] = arrays["label"].astype(np.float32)
-        return arrays
-
-    def __repr__(self):
-        return f"WindowPreprocess({self.scale!r})"
-
-
-class TimesPreprocess:
-    """Worker pre-process of the clusterization input: uint8 counts -> float32; target -> float32."""
-
-    def __call__(self, arrays):
-        arrays["times"] = arrays["times"].astype(np.float32)
-        arrays["n_clusters"] = arrays["n_clusters"].astype(np.float32)
-        return arrays
-
-    def __repr__(self):
-        return "TimesPreprocess()"
 
 
 def resolve_waveforms(config) -> Path:

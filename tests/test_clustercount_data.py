@@ -1,6 +1,9 @@
 """clustercount.data: the derived peak-finding and clusterization datasets, their caching and their errors."""
 
 import json
+import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -84,6 +87,17 @@ def test_preprocesses():
         WindowPreprocess(0)
     out = TimesPreprocess()({"times": np.ones((1, 4, 1), np.uint8), "n_clusters": np.array([3.0], np.float32)})
     assert out["times"].dtype == np.float32
+
+
+def test_preprocesses_pickle_to_a_light_module():
+    """The readers unpickle the pre-processes: their module must not pull in the simulator, scipy or Keras."""
+    for pre in (WindowPreprocess(10), TimesPreprocess()):
+        assert b"clustercount.preprocess" in pickle.dumps(pre) and b"clustercount.data" not in pickle.dumps(pre)
+    heavy = ("scipy", "h5py", "keras", "tensorflow", "clustercount.simulate", "clustercount.data")
+    code = ("import sys, clustercount.preprocess; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_bad_inputs_name_the_file(tmp_path):
