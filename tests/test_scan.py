@@ -457,3 +457,38 @@ def test_running_time_in_a_scan_requeues_the_point_until_its_epochs(tmp_path):
     assert all(a["outcome"] == "interrupted" for a in attempts[:-1])
     final = json.loads((Path(attempts[-1]["run_dir"]) / "MetaData.json").read_text())
     assert final["TotalEpochs"] == 3 and final["Status"] == "completed"
+
+
+def test_a_late_heartbeat_never_brings_a_lease_back(tmp_path, monkeypatch):
+    """The holder's fence check passes, then another worker ends and removes its lease (a takeover), then the
+    heartbeat write runs: the lease directory must not come back, and the point must be acquired and done."""
+    config = write_config(tmp_path, n=1, epoch_time=0)
+    out = tmp_path / "out"
+    from dlkit.scan.api import open_scan
+
+    ledger = open_scan("toy", config, output_base=out, lease_timeout=3)
+    token = ledger.new_token()
+    assert ledger.acquire(0, token, {"host": "elsewhere", "pid": 1})
+    real_fenced = Ledger.fenced
+    calls = []
+
+    def fenced_then_taken_over(self, index, tok):
+        calls.append(tok)
+        if len(calls) == 1:  # the check passes ... and the takeover happens right after it
+            assert self.end(index, tok)
+            self.remove_lease(index, tok)
+            return False
+        return real_fenced(self, index, tok)
+
+    monkeypatch.setattr(Ledger, "fenced", fenced_then_taken_over)
+    assert ledger.heartbeat(0, token, 1) is False
+    monkeypatch.setattr(Ledger, "fenced", real_fenced)
+    assert not (ledger.path / "leases" / "0").exists()
+    # what an older dlkit's late heartbeat left: a lease directory with a heartbeat and no owner
+    orphan = ledger.path / "leases" / "0"
+    orphan.mkdir()
+    (orphan / "heartbeat.json").write_text('{"seq": 7, "time": 0}')
+    result = subprocess.run(scan_cmd(config, out), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "removed its lease directory, which had no owner" in result.stderr
+    assert sorted(ledger.done_indices()) == [0]

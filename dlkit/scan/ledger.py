@@ -58,7 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlkit.metadata import atomic_write, to_jsonable
+from dlkit.datasets import atomic_file
+from dlkit.metadata import to_jsonable
 from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK, EXIT_PRUNED, EXIT_USER_ERROR, end_marker, lease_dir, prune_marker
 from dlkit.scan.options import ScanOptions
 
@@ -86,10 +87,12 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary name beside it, fsync, rename)."""
+def write_json(path: Path, data: Any, mkdir: bool = True) -> None:
+    """Write JSON atomically (temporary name beside it, fsync, rename). ``mkdir=False``: into a directory that
+    must exist (FileNotFoundError if it is gone; a lease's files must never bring back its directory)."""
     text = json.dumps(to_jsonable(data), indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    with atomic_file(path, mkdir=mkdir) as tmp:
+        Path(tmp).write_text(text)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -356,8 +359,9 @@ class Ledger:
         """Refresh the heartbeat of our lease; False if the lease is no longer ours (fenced)."""
         if self.fenced(index, token):
             return False
-        try:
-            write_json(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})})
+        try:  # the lease may be taken over and removed right after the check: never create it again
+            write_json(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})},
+                       mkdir=False)
         except FileNotFoundError:
             return False
         return not self.fenced(index, token)
@@ -378,6 +382,28 @@ class Ledger:
             self.end_marker(index, token).mkdir()
         except FileExistsError:
             return False
+        return True
+
+    def reclaim_ownerless(self, index: int) -> bool:
+        """Remove ``leases/<i>`` if it has no owner: no lease is ever made that way (they are renamed into place
+        with their owner), but an older dlkit's late heartbeat could create one, and it would block the point
+        for ever (nothing can be renamed onto it). Nothing adds an owner to an existing directory, so one seen
+        without an owner is garbage. True if it was removed here."""
+        lease = self.lease_dir(index)
+        if not lease.is_dir() or (lease / "owner.json").exists():
+            return False
+        grave = self._dir("graves", f"{index}.ownerless-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(lease, grave)
+        except OSError:
+            return False
+        if (grave / "owner.json").exists():  # another worker removed it and a new lease took its place first
+            try:
+                os.rename(grave, lease)
+            except OSError:  # (its holder finds its lease gone at the next heartbeat and stops, writing nothing)
+                pass
+            return False
+        shutil.rmtree(grave, ignore_errors=True)
         return True
 
     def remove_lease(self, index: int, token: str) -> None:

@@ -413,8 +413,10 @@ class Worker:
                 continue
             owner = self.ledger.owner(index)
             beat = self.ledger.read_heartbeat(index)
-            if owner is None or beat is None:  # vanished while we looked
+            if owner is None or beat is None:  # vanished while we looked, or a directory without an owner
                 self._seen.pop(index, None)
+                if owner is None and self.ledger.reclaim_ownerless(index):
+                    log.warning("scan point %d: removed its lease directory, which had no owner", index)
                 continue
             token = owner.get("token")
             seen = self._seen.get(index)
