@@ -146,7 +146,8 @@ class ArrayEngine(Engine):
 
     # -- to implement ---------------------------------------------------------------------------------
     def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
-                     pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
+                     pythonpath: str | None, workdir: str, max_retries: int = ScanOptions.max_retries,
+                     lease_timeout: float = ScanOptions.lease_timeout,
                      **options) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from dlkit.scan.engines.array import ArrayEngine, _run, compress_ranges, hms, script_body, slurm_time_seconds
 from dlkit.scan.ledger import Ledger, ScanError
+from dlkit.scan.options import ScanOptions
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class PBSEngine(ArrayEngine):
         return super().run(ledger, plan, options, progress, **sched)
 
     def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
-                     pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
+                     pythonpath: str | None, workdir: str, max_retries: int = ScanOptions.max_retries,
+                     lease_timeout: float = ScanOptions.lease_timeout,
                      partition: str | None = None, time: str | None = None, gres: str | None = None,
                      mem: str | None = None, cpus_per_task: int | None = None, account: str | None = None,
                      sbatch_extra: Sequence[str] | str | None = None, pbs_flavor: str | None = None,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from dlkit.scan.engines.array import ArrayEngine, _run, compress_ranges, script_body
 from dlkit.scan.ledger import Ledger, ScanError
+from dlkit.scan.options import ScanOptions
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class SlurmEngine(ArrayEngine):
     DEFAULT_SIGNAL_SECONDS = 300
 
     def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
-                     pythonpath: str | None, workdir: str, max_retries: int = 2, lease_timeout: float = 120.0,
+                     pythonpath: str | None, workdir: str, max_retries: int = ScanOptions.max_retries,
+                     lease_timeout: float = ScanOptions.lease_timeout,
                      partition: str | None = None, time: str | None = None, gres: str | None = None,
                      mem: str | None = None, cpus_per_task: int | None = None, account: str | None = None,
                      sbatch_extra: Sequence[str] | str | None = None, signal_seconds: int | None = None,
