@@ -101,17 +101,23 @@ def _search_cmd(config, base, trials, *extra):
             "--OutputBase", str(base), "--no-progress", *extra]
 
 
+def _kill_driver_after(cmd, base, done: int) -> Ledger:
+    """Start the search driver, kill -9 it once ``done`` trials are done; the search's ledger."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = Ledger.at(base, "toy-s")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (ledger.path.exists() and len(ledger.done_indices()) >= done):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return ledger
+
+
 def test_killed_driver_restarts_with_exactly_n_trials_none_run_twice(tmp_path):
     config = write_config(tmp_path / "s.py")
     base = tmp_path / "TM"
     cmd = _search_cmd(config, base, 6, "--parallel", "2", "--", "--set", "EpochTime=0.4")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ledger = Ledger.at(base, "toy-s")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (ledger.path.exists() and len(ledger.done_indices()) >= 2):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ledger = _kill_driver_after(cmd, base, 2)
     before = {i: ledger.trial(i)["params"] for i in ledger.trial_indices()}
     assert 2 <= len(ledger.done_indices()) < 6
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -301,13 +307,7 @@ def test_a_seeded_search_samples_the_same_trials_whether_or_not_its_driver_was_k
     whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True, timeout=120)
     assert whole.returncode == 0, whole.stderr
     base = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(base), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ledger = Ledger.at(base, "toy-s")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (ledger.path.exists() and len(ledger.done_indices()) >= 2):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    ledger = _kill_driver_after(cmd(base), base, 2)
     assert 2 <= len(ledger.done_indices()) < 5
     again = subprocess.run(cmd(base), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
