@@ -173,3 +173,13 @@ def test_console_script_help_imports_no_backend(script):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "usage:" in result.stdout, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-500:]
+
+
+@pytest.mark.parametrize("script", sorted(console_scripts()))
+def test_console_script_usage_shows_its_own_name(script):
+    """The installed script (pip puts it beside the interpreter) names itself in its usage line."""
+    path = Path(sys.executable).parent / script
+    if not path.exists():
+        pytest.skip(f"{script} is not installed beside {sys.executable} (pip install . installs it)")
+    result = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: {script} "), result.stdout[:300]
