@@ -10,6 +10,7 @@ from tabulate import tabulate
 from dlkit.analysis import (
     AnalysisResults,
     binned_auc,
+    bootstrap_auc,
     confusion,
     multiclass_roc,
     pairwise_scores,
@@ -18,6 +19,7 @@ from dlkit.analysis import (
     plot_confusion,
     plot_roc,
 )
+from dlkit.analysis.results import format_interval
 from dlkit.metadata import chained_history
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,9 @@ __all__ = ["classification_analysis", "pairwise_scores", "summary_table"]
 def classification_analysis(wrapper, data, config) -> AnalysisResults:
     """Predict the test set and compute DLKit's ``<Class>_AUC`` plus AUC vs energy and the confusion matrix.
 
-    The AUCs vs energy carry bootstrap intervals (``<Class>_lower``, ``<Class>_upper`` in the CSVs, error
-    bars in the plots) from ``config["AUCBootstrap"]`` resamples per bin (default 200)."""
+    Every AUC carries a seeded bootstrap 68 % interval from ``config["AUCBootstrap"]`` resamples (default
+    200): ``<Class>_AUC_lower``/``_upper`` in the metadata; ``<Class>_lower``, ``<Class>_upper`` in the CSVs
+    of AUC vs energy and error bars in its plots."""
     log.info("%s: analysis of the test sample", wrapper.Name)
     names = list(data.class_names)
     x, y, energy = data.read_test()
@@ -40,7 +43,10 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     metadata["NTestEvents"] = int(len(y_index))
     lo, hi, nbins = config["EnergyBins"]
     edges = np.linspace(lo, hi, int(nbins) + 1)
-    n_boot = int(config.get("AUCBootstrap", 200))  # bootstrap resamples of each bin's AUC interval
+    n_boot = int(config.get("AUCBootstrap", 200))  # bootstrap resamples of each AUC interval
+    for i, name in enumerate(names):
+        metadata[f"{name}_AUC_lower"], metadata[f"{name}_AUC_upper"] = bootstrap_auc(y_index == i, scores[:, i],
+                                                                                     n_boot)
     tables = {"AUCvsEnergy": binned_auc(y, scores, energy, edges, names, n_boot=n_boot),
               "Confusion": confusion(y, scores, names)}
     figures = {
@@ -54,6 +60,8 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
         pair = np.stack([1 - pair_scores, pair_scores], axis=1)
         pair_curves, pair_md = multiclass_roc(labels, pair, ["Pi0", "Gamma"])
         metadata["GammaPi0_AUC"] = pair_md["Gamma_AUC"]
+        metadata["GammaPi0_AUC_lower"], metadata["GammaPi0_AUC_upper"] = bootstrap_auc(labels == 1, pair_scores,
+                                                                                       n_boot)
         table = binned_auc(labels, pair, energy[keep], edges, ["Pi0", "Gamma"], n_boot=n_boot)
         table = table[["n_events", "n_Gamma", "Gamma", "Gamma_lower", "Gamma_upper"]]
         tables["GammaPi0_AUCvsEnergy"] = table.rename(columns={
@@ -75,7 +83,8 @@ def summary_table(wrapper) -> str:
     for key in ("loss", "val_loss", "val_accuracy"):
         if history.get(key):
             rows.append([f"final {key}", history[key][-1]])
-    rows += [[key, value] for key, value in md.items() if key.endswith("_AUC")]
+    rows += [[key, format_interval(value, md.get(f"{key}_lower"), md.get(f"{key}_upper"), ".4f")]
+             for key, value in md.items() if key.endswith("_AUC")]  # with its 68 % bootstrap interval
     if "Accuracy" in md:
         rows.append(["test accuracy", md["Accuracy"]])
     return tabulate(rows, tablefmt="simple", floatfmt=".4f")

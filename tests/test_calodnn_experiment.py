@@ -51,8 +51,10 @@ def test_end_to_end_cli_subprocess(lcd, env, tmp_path):
     assert md["Status"] == "completed" and md["Epochs"] == 2 and md["HyperParamSet"] == 12
     assert md["Configuration"]["Width"] == 64 and md["Configuration"]["Epochs"] == 2  # --Test is in the config
     assert md["ScanPoint"] == {"Depth": 1, "Width": 64, "decay": 0.01, "lr": 0.1}
-    for name in ("Ele", "Gamma", "Pi0", "ChPi"):
-        assert 0.0 <= md[f"{name}_AUC"] <= 1.0
+    for name in ("Ele", "Gamma", "Pi0", "ChPi", "GammaPi0"):  # each AUC inside its bootstrap interval
+        assert 0.0 <= md[f"{name}_AUC_lower"] <= md[f"{name}_AUC"] <= md[f"{name}_AUC_upper"] <= 1.0
+        row = re.search(rf"^{name}_AUC +(\S+) \[(\S+), (\S+)\]$", proc.stdout, re.M)  # and in the summary
+        assert row and abs(float(row.group(2)) - md[f"{name}_AUC_lower"]) < 1e-4, proc.stdout[-2000:]
     assert md["ChPi_AUC"] > 0.9  # pions are the easy class even after 2 epochs on tiny data
     for stem in ("ROC", "AUCvsEnergy", "Confusion", "History", "GammaPi0_AUCvsEnergy"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.pdf").exists()
