@@ -17,6 +17,13 @@
     retries/<i>.json               attempts before a ``retry`` no longer count against --max-retries
     logs/<i>/<token>.log           the point's stdout and stderr, one file per attempt
     cancel.json                    drivers started before its time stop their points and exit
+    index/<host>-<pid>-<id>.jsonl  a cache of the final markers: each process that writes a marker appends a copy
+                                   of it to a journal of its own (one writer per file); ``status`` reads the
+                                   journals and the names in done/ and failed/, and a marker itself only where
+                                   the journals cannot vouch for it (no row, a retried point, two rows)
+    tmp/                           files and lease directories being prepared; every ledger write goes through
+                                   it (write, fsync, rename into place), and a worker sweeps what dead writers
+                                   of its host left there when it starts
 
 No server and no ``flock``. What the ledger assumes of the filesystem, which local filesystems and NFS (v3 and
 later, with close-to-open consistency, as mounted by default) provide:
@@ -49,6 +56,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -83,6 +91,14 @@ class ScanError(RuntimeError):
     """A scan cannot be run or read as asked (a changed config, a missing ledger, ...); the message says why."""
 
 
+#: This host as the ledger's temporary names and journals spell it.
+_HOST = socket.gethostname().split(".")[0]
+#: This process's journal id, per pid (a forked child gets its own).
+_JOURNAL_IDS: dict[int, str] = {}
+#: A temporary name of the ledger's (tmp/): ``...<host>-<pid>-<hex>``.
+_TMP_NAME = re.compile(r"(?:^|[.-])" + re.escape(_HOST) + r"-(\d+)-[0-9a-f]{8,32}$")
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -93,6 +109,11 @@ def write_json(path: Path, data: Any, mkdir: bool = True) -> None:
     text = json.dumps(to_jsonable(data), indent=1)
     with atomic_file(path, mkdir=mkdir) as tmp:
         Path(tmp).write_text(text)
+
+
+def _final_dir(state: str | None) -> str:
+    """The directory a final marker of ``state`` lives in."""
+    return "done" if state in ("done", "pruned") else "failed"
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -239,6 +260,57 @@ class Ledger:
     def _dir(self, *parts) -> Path:
         return self.path.joinpath(*parts)
 
+    # -- writing --------------------------------------------------------------------------------------
+    def _tmp_name(self, name: str) -> Path:
+        """A unique temporary name under tmp/ that says which process made it (:meth:`sweep_tmp`)."""
+        return self._dir("tmp", f".{name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+    def _write(self, path: Path, data: Any, mkdir: bool = True) -> None:
+        """Write JSON atomically: prepared under tmp/, fsync'd, renamed into place. No directory is listed, so
+        the cost does not grow with the ledger. ``mkdir=False``: into a directory that must exist
+        (FileNotFoundError if it is gone; a lease's files must never bring back its directory)."""
+        text = json.dumps(to_jsonable(data), indent=1)
+        tmp = self._tmp_name(path.name)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        except FileNotFoundError:  # a ledger from before tmp/ was made at creation
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            return self._write(path, data, mkdir)
+        try:
+            try:
+                os.replace(tmp, path)
+            except FileNotFoundError:
+                if not mkdir or not tmp.exists():
+                    raise
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def sweep_tmp(self) -> int:
+        """Remove what writers of this host that no longer run left under tmp/ (killed between write and
+        rename); a worker does it when it starts. Returns how many entries went."""
+        try:
+            names = os.listdir(self._dir("tmp"))
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        for name in names:
+            match = _TMP_NAME.search(name)
+            if match is None or pid_alive(int(match.group(1))):
+                continue
+            entry = self._dir("tmp", name)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     # -- manifest -------------------------------------------------------------------------------------
     def manifest(self) -> dict:
         manifest = read_json(self._dir("manifest.json"))
@@ -255,7 +327,7 @@ class Ledger:
         entry that differs (a changed config file, grid, experiment or flags under the same scan name).
         """
         for sub in ("leases", "ends", "attempts", "done", "failed", "retries", "logs", "tmp", "graves", "trials",
-                    "prune", "selections"):
+                    "prune", "selections", "index"):
             self._dir(sub).mkdir(parents=True, exist_ok=True)
         new = to_jsonable(dict(manifest))
         options = ScanOptions().merged(**asked_options)
@@ -301,8 +373,8 @@ class Ledger:
     def _write_once(self, path: Path, data: Any) -> bool:
         """Create ``path`` with ``data`` unless it exists; True for exactly one of many concurrent callers.
         link() of a complete file prepared under tmp/: never seen half-written, never replaced."""
-        prepared = self._dir("tmp", f"{path.name}.{uuid.uuid4().hex}")
-        write_json(prepared, data)
+        prepared = self._tmp_name(f"{path.name}.once")
+        self._write(prepared, data)
         try:
             os.link(prepared, path)
         except FileExistsError:
@@ -331,7 +403,7 @@ class Ledger:
         return end_marker(self.path, index, token)
 
     def new_token(self) -> str:
-        return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def acquire(self, index: int, token: str, owner: Mapping) -> bool:
         """Try to take point ``index``'s lease; True if this caller holds it now."""
@@ -339,8 +411,8 @@ class Ledger:
             return False
         prepared = self._dir("tmp", token)
         prepared.mkdir(parents=True, exist_ok=True)
-        write_json(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
-        write_json(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
+        self._write(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
+        self._write(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
         try:
             os.rename(prepared, self.lease_dir(index))
         except OSError:  # someone holds it (EEXIST/ENOTEMPTY)
@@ -360,8 +432,8 @@ class Ledger:
         if self.fenced(index, token):
             return False
         try:  # the lease may be taken over and removed right after the check: never create it again
-            write_json(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})},
-                       mkdir=False)
+            self._write(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})},
+                        mkdir=False)
         except FileNotFoundError:
             return False
         return not self.fenced(index, token)
@@ -422,8 +494,8 @@ class Ledger:
     def record_start(self, index: int, token: str, record: Mapping) -> None:
         directory = self._dir("attempts", str(index))
         directory.mkdir(parents=True, exist_ok=True)
-        write_json(directory / f"{token}.start.json", {**record, "token": token, "point": index,
-                                                        "start": now_iso(), "start_ts": time.time()})
+        self._write(directory / f"{token}.start.json", {**record, "token": token, "point": index,
+                                                         "start": now_iso(), "start_ts": time.time()})
 
     def record_end(self, index: int, token: str, record: Mapping) -> dict:
         directory = self._dir("attempts", str(index))
@@ -432,7 +504,7 @@ class Ledger:
         end = {**record, "token": token, "point": index, "end": now_iso(), "end_ts": time.time()}
         if start.get("start_ts"):
             end.setdefault("wall_time", round(end["end_ts"] - start["start_ts"], 3))
-        write_json(directory / f"{token}.end.json", end)
+        self._write(directory / f"{token}.end.json", end)
         return {**start, **end}
 
     def attempts(self, index: int) -> list[dict]:
@@ -487,30 +559,97 @@ class Ledger:
         return read_json(self._dir("done", f"{index}.json")) or read_json(self._dir("failed", f"{index}.json"))
 
     def final_states(self) -> dict[int, dict]:
-        """``{index: marker}`` of done, failed and stuck points."""
+        """``{index: marker}`` of done, failed and stuck points: the names in done/ and failed/, each marker's copy
+        from the index journals, and the marker file itself only where the journals cannot vouch for it (no
+        row: an older dlkit's marker or a writer killed before its append; a retried point, whose older rows
+        may name the same directory; two rows). Equal to :meth:`final_states_from_markers`."""
+        rows = self.index_rows()
+        retried = self._indices("retries", ".json")
+        out = {}
+        for sub in ("failed", "done"):  # a point in both (never made so) counts as done, as it always did
+            for index in self._indices(sub, ".json"):
+                mine = [r for r in rows.get(index, ()) if _final_dir(r.get("state")) == sub]
+                if len(mine) == 1 and index not in retried:
+                    out[index] = mine[0]
+                    continue
+                marker = read_json(self._dir(sub, f"{index}.json"))
+                if marker is not None:
+                    out[index] = marker
+        return out
+
+    def final_states_from_markers(self) -> dict[int, dict]:
+        """``{index: marker}`` read from every marker file (what :meth:`final_states` saves reading)."""
         out = {}
         for sub in ("failed", "done"):
-            directory = self._dir(sub)
-            try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.endswith(".json") and not name.startswith("."):
-                    marker = read_json(directory / name)
-                    if marker is not None:
-                        out[int(name[:-5])] = marker
+            for index in self._indices(sub, ".json"):
+                marker = read_json(self._dir(sub, f"{index}.json"))
+                if marker is not None:
+                    out[index] = marker
         return out
 
     def finish_point(self, index: int, attempt: Mapping, decision: Decision) -> None:
-        """Write the final marker of a done/failed/stuck point (by the ender of its last lease only)."""
+        """Write the final marker of a done/failed/stuck point (by the ender of its last lease only), then its
+        copy in this process's index journal."""
         if decision.state == "pending":
             return
         marker = {"point": index, "state": decision.state, "reason": decision.reason, "time": now_iso(),
                   **{k: attempt.get(k) for k in ("epochs", "run_dir", "host", "metric", "exit_code", "token",
                                                  "last_error")},
                   "attempts": len(self.attempts(index))}
-        write_json(self._dir("done" if decision.state in ("done", "pruned") else "failed", f"{index}.json"), marker)
+        self._write(self._dir(_final_dir(decision.state), f"{index}.json"), marker)
+        self.append_index([marker])
+
+    # -- the index of final markers -------------------------------------------------------------------
+    def journal_path(self) -> Path:
+        """This process's index journal (one writer per file: no two processes ever append to the same)."""
+        pid = os.getpid()
+        ident = _JOURNAL_IDS.setdefault(pid, f"{_HOST}-{pid}-{uuid.uuid4().hex[:8]}")
+        return self._dir("index", f"{ident}.jsonl")
+
+    def append_index(self, markers: Iterable[Mapping]) -> None:
+        """Append copies of final markers (already written) to this process's journal: open, append, close (the
+        close makes them visible to NFS clients that open the journal afterwards). Best effort: a row that is
+        lost only makes ``status`` read that marker."""
+        text = "".join(json.dumps(to_jsonable(dict(m))) + "\n" for m in markers)
+        path = self.journal_path()
+        try:
+            try:
+                f = open(path, "a")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a")
+            with f:
+                f.write(text)
+        except OSError as exc:
+            log.warning("scan %s: cannot append to the index journal %s: %s", self.name, path, exc)
+
+    def index_rows(self) -> dict[int, list[dict]]:
+        """``{index: [rows]}`` from every journal (a torn last line of a killed writer is skipped); rows that are
+        the same marker (equal point, token, state, time) are kept once."""
+        try:
+            names = os.listdir(self._dir("index"))
+        except FileNotFoundError:
+            return {}
+        rows: dict[int, list[dict]] = {}
+        seen = set()
+        for name in names:
+            if not name.endswith(".jsonl") or name.startswith("."):
+                continue
+            try:
+                with open(self._dir("index", name)) as f:
+                    lines = f.read().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                    key = (int(row["point"]), row.get("token"), row.get("state"), row.get("time"))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    rows.setdefault(key[0], []).append(row)
+        return rows
 
     def retry(self, states: Iterable[str] = ("failed", "stuck")) -> list[int]:
         """Requeue the failed (and stuck) points: their earlier attempts no longer count against the limits."""
@@ -518,7 +657,7 @@ class Ledger:
         requeued = []
         for index, marker in sorted(self.final_states().items()):
             if marker.get("state") in states:
-                write_json(self._dir("retries", f"{index}.json"), {"time": time.time(), "was": marker})
+                self._write(self._dir("retries", f"{index}.json"), {"time": time.time(), "was": marker})
                 self._dir("failed", f"{index}.json").unlink(missing_ok=True)
                 requeued.append(index)
         return requeued
@@ -564,14 +703,14 @@ class Ledger:
     def prune(self, index: int, token: str, record: Mapping) -> None:
         """Mark lease ``token`` of point ``index`` as pruned: its worker stops it gracefully."""
         self._dir("prune").mkdir(exist_ok=True)
-        write_json(self.prune_marker(index, token), {**record, "time": now_iso()})
+        self._write(self.prune_marker(index, token), {**record, "time": now_iso()})
 
     def pruned(self, index: int, token: str) -> bool:
         return self.prune_marker(index, token).exists()
 
     # -- cancel ---------------------------------------------------------------------------------------
     def cancel(self) -> None:
-        write_json(self._dir("cancel.json"), {"time": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+        self._write(self._dir("cancel.json"), {"time": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
 
     def cancelled_since(self, started: float) -> bool:
         """True if ``cancel`` was asked after a driver that started at ``started`` (time.time())."""
