@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -78,6 +79,45 @@ class _Sighting:
     token: str | None
     seq: object
     since: float
+
+
+class _Todo:
+    """The points a worker does not yet know to be final, in its order: iterate from the first one, drop one in
+    O(1) (a "next" array with path compression), so a walk costs the points it passes that are still open,
+    not those already final."""
+
+    def __init__(self, points: Sequence[int]):
+        self.order = list(dict.fromkeys(points))
+        self.position = {point: k for k, point in enumerate(self.order)}
+        self.next = list(range(len(self.order) + 1))
+        self.count = len(self.order)
+
+    def _find(self, k: int) -> int:
+        root = k
+        while self.next[root] != root:
+            root = self.next[root]
+        while self.next[k] != root:
+            self.next[k], k = root, self.next[k]
+        return root
+
+    def discard(self, point: int) -> None:
+        k = self.position.get(point)
+        if k is not None and self.next[k] == k:
+            self.next[k] = k + 1
+            self.count -= 1
+
+    def __contains__(self, point: int) -> bool:
+        k = self.position.get(point)
+        return k is not None and self.next[k] == k
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        k = self._find(0)
+        while k < len(self.order):
+            yield self.order[k]
+            k = self._find(k + 1)
 
 
 @dataclass
@@ -193,8 +233,17 @@ class Worker:
         self.before_fill = before_fill
         self.running: dict[int, _Running] = {}
         self.stopping: str | None = None
+        # what this worker knows without listing done/ and failed/: a point seen final stays final (only
+        # ``retry`` undoes that, and a new run follows it); the others are walked in order, each checked with
+        # two stats when it is a candidate (and when a foreign lease of it ends)
+        self.final: set[int] = set()
+        self._todo = _Todo(self.points)
+        self._point_set = set(self.points)
+        self._foreign: set[int] = set()  # foreign leases of our points at the last loop
         self._seen: dict[int, _Sighting] = {}  # foreign leases
+        self._looked: dict[int, float] = {}  # foreign lease -> when we last read it (monotonic)
         self._alive: set[int] = set()  # foreign leases seen heartbeating
+        self._last_due = time.monotonic()
         self._seq = 0
         self._last_beat = 0.0
         self._started = time.time() if since is None else float(since)
@@ -205,6 +254,7 @@ class Worker:
     def run(self) -> int:
         """Work until done (or stopped); returns 0, or 75 if a signal or ``cancel`` stopped it."""
         previous = self._install_signals()
+        self.ledger.sweep_tmp()
         try:
             while True:
                 self._reap()
@@ -219,12 +269,13 @@ class Worker:
                     if not self.running:
                         break
                 else:
-                    final = self.ledger.final_indices()
-                    self._take_over_stale(final)
+                    leased = self.ledger.leased_indices()  # small: one name per running point
+                    self._learn_final(leased)
+                    self._take_over_stale(leased)
                     if self.before_fill is not None:
-                        self.before_fill(self, final)
-                    self._fill(final)
-                    if not self.running and self._nothing_left(final):
+                        self.before_fill(self, self.final)
+                    self._fill(leased)
+                    if not self.running and self._nothing_left(leased):
                         break
                 if self.on_update:
                     self.on_update(self)
@@ -288,30 +339,54 @@ class Worker:
                 pass
 
     # -- points ---------------------------------------------------------------------------------------
-    def _nothing_left(self, final: set[int]) -> bool:
-        remaining = [i for i in self.points if i not in final]
-        if not remaining:
+    def _mark_final(self, index: int) -> None:
+        if index in self._point_set:
+            self.final.add(index)
+            self._todo.discard(index)
+
+    def _check_final(self, index: int) -> bool:
+        """Is point ``index`` final? Two stats, remembered once it is."""
+        if index in self.final:
+            return True
+        if self.ledger.is_final(index):
+            self._mark_final(index)
+            return True
+        return False
+
+    def _learn_final(self, leased: set[int]) -> None:
+        """The points whose foreign lease ended since the last loop may have become final: check those only."""
+        foreign = {i for i in leased if i in self._todo and i not in self.running}
+        for index in self._foreign - leased:
+            self._check_final(index)
+        self._foreign = foreign
+
+    def _nothing_left(self, leased: set[int]) -> bool:
+        if not self._todo:
             return True
         if self.wait_for_others:
             return False
         # the rest is held by workers seen alive (a stale lease is waited for and taken over)
-        leased = self.ledger.leased_indices()
-        return all(i in leased and i in self._alive for i in remaining)
+        return all(i in leased and i in self._alive for i in self._todo)
 
-    def _fill(self, final: set[int]) -> None:
+    def _fill(self, leased: set[int]) -> None:
+        """Start points in the free slots: walk the open points in order; a candidate is checked (final?) and
+        acquired; the walk passes only points that are running or not ready, never the final ones."""
         free = [s for s in self.slots if not s.busy]
         if not free:
             return
-        leased = self.ledger.leased_indices()
-        for index in self.points:
+        for index in self._todo:
             if not free:
                 break
-            if index in final or index in leased or index in self.running:
+            if index in leased or index in self.running:
                 continue
             if self.ready is not None and not self.ready(index):
                 continue
+            if self._check_final(index):
+                continue
             if self._start(index, free[0]):
                 free.pop(0)
+            else:
+                self._check_final(index)  # it became final as we looked, or another worker holds it now
 
     def _owner_record(self) -> dict:
         return {"host": _HOST, "pid": os.getpid(), "pid_start": self._pid_start, "job_id": self.job_id,
@@ -381,6 +456,8 @@ class Worker:
         decision = classify_attempts(self.ledger.counted_attempts(index), self.options.max_retries,
                                      self.options.stuck_after)
         self.ledger.finish_point(index, attempt, decision)
+        if decision.state != "pending":
+            self._mark_final(index)
         self.ledger.remove_lease(index, token)
         level = logging.INFO if decision.state in ("done", "pending") else logging.WARNING
         log.log(level, "scan point %d: exit %s (%s) -> %s: %s", index, exit_code, outcome, decision.state,
@@ -403,14 +480,28 @@ class Worker:
                 running.slot.busy = False
                 del self.running[index]
 
-    def _take_over_stale(self, final: set[int]) -> None:
+    def _due_leases(self, leased: set[int]) -> list[int]:
+        """The foreign leases to read in this loop: each at least every ``lease_timeout / 4`` of our clock (a new
+        one at once), the longest unread first, at most what keeps that pace (so W workers read each other's
+        leases W times per quarter timeout, not W times per loop)."""
+        for index in [i for i in self._looked if i not in leased]:
+            del self._looked[index]
+            self._seen.pop(index, None)
+        now = time.monotonic()
+        every = self.lease_timeout / 4
+        elapsed, self._last_due = max(now - self._last_due, self._timeout()), now  # this loop's share of the pace
+        foreign = [i for i in leased if i in self._point_set and i not in self.running]
+        due = sorted((self._looked.get(i, -math.inf), i) for i in foreign
+                     if now - self._looked.get(i, -math.inf) >= every)
+        pace = math.ceil(len(foreign) * min(elapsed, every) / every) + 1
+        new = sum(1 for looked, _ in due if looked == -math.inf)
+        return [i for _, i in due[:max(pace, new)]]
+
+    def _take_over_stale(self, leased: set[int]) -> None:
         """End the leases of dead holders: a heartbeat unchanged for ``lease_timeout`` of our clock, or a holder
         process on this host that no longer exists."""
-        now = time.monotonic()
-        mine = set(self.running)
-        for index in sorted(self.ledger.leased_indices()):
-            if index in mine or index not in self.points:
-                continue
+        for index in self._due_leases(leased):
+            self._looked[index] = now = time.monotonic()
             owner = self.ledger.owner(index)
             beat = self.ledger.read_heartbeat(index)
             if owner is None or beat is None:  # vanished while we looked, or a directory without an owner
@@ -431,19 +522,22 @@ class Worker:
                 if dead_here or silent >= self.lease_timeout:
                     self.ledger.remove_lease(index, token)
                 continue
-            if not (dead_here or silent >= self.lease_timeout):
-                continue
-            why = (f"holder {owner.get('host')}:{owner.get('pid')} is gone" if dead_here else
-                   f"no heartbeat from {owner.get('host')}:{owner.get('pid')} for {silent:.0f} s")
-            if dead_here and beat.get("child_pid"):  # what is left of the point's process group (data readers)
-                try:
-                    os.killpg(int(beat["child_pid"]), signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            log.warning("scan point %d: taking over its lease (%s)", index, why)
-            self._end(index, token, exit_code=None, log_path=None, lost=f"lost: {why}")
-            self._seen.pop(index, None)
-            self._alive.discard(index)
+            if dead_here or silent >= self.lease_timeout:
+                self._take_over(index, token, owner, beat, dead_here, silent)
+
+    def _take_over(self, index: int, token: str, owner: dict, beat: dict, dead_here: bool, silent: float) -> None:
+        why = (f"holder {owner.get('host')}:{owner.get('pid')} is gone" if dead_here else
+               f"no heartbeat from {owner.get('host')}:{owner.get('pid')} for {silent:.0f} s")
+        if dead_here and beat.get("child_pid"):  # what is left of the point's process group (data readers)
+            try:
+                os.killpg(int(beat["child_pid"]), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        log.warning("scan point %d: taking over its lease (%s)", index, why)
+        self._end(index, token, exit_code=None, log_path=None, lost=f"lost: {why}")
+        self._seen.pop(index, None)
+        self._looked.pop(index, None)
+        self._alive.discard(index)
 
     # -- stopping -------------------------------------------------------------------------------------
     def _stop_pruned(self) -> None:
