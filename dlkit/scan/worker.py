@@ -255,6 +255,8 @@ class Worker:
         """Work until done (or stopped); returns 0, or 75 if a signal or ``cancel`` stopped it."""
         previous = self._install_signals()
         self.ledger.sweep_tmp()
+        for index in self.ledger.final_indices():  # once: one listing is cheaper than a check of each
+            self._mark_final(index)
         try:
             while True:
                 self._reap()
