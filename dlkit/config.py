@@ -179,7 +179,8 @@ FRACTION = Range(0.0, 1.0, high_open=True)
 RANGES: dict[str, Range] = {
     "Epochs": at_least(1), "BatchSize": at_least(1), "lr": above(0), "decay": at_least(0),
     "momentum": Range(0.0, 1.0), "Dropout": FRACTION, "ValidationFraction": FRACTION, "TestFraction": FRACTION,
-    "MaxEvents": at_least(0), "Workers": at_least(0), "RunningTime": above(0), "Seed": at_least(0),
+    "MaxEvents": at_least(0), "Workers": at_least(0), "RunningTime": above(0), "CheckpointEvery": at_least(0),
+    "Seed": at_least(0),
     "EarlyStopping_patience": at_least(0), "EarlyStopping_min_delta": at_least(0), "Width": at_least(1),
     "Depth": at_least(1), "Filters": at_least(1), "SimEventsPerClass": at_least(1), "SimEventsPerFile": at_least(1),
     "SimSeed": at_least(0),

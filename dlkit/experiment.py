@@ -290,7 +290,12 @@ RUN_DEFAULTS = {
     "OutputBase": "TrainedModels",
     "AllowEmptyClasses": False,  # a class with no events is an error naming it and its files, unless True
     "TensorBoard": False,       # Keras' TensorBoard logs in <run dir>/tensorboard (--tensorboard; dlkit[tensorboard])
+    "Deterministic": False,     # fixed seeds and deterministic ops: a resumed run reproduces an uninterrupted one
+    "CheckpointEvery": None,    # seconds between mid-epoch saves (None: off, or 900 in a scan; 0: off)
 }
+
+#: ``CheckpointEvery`` of a scan point that sets none: a preempted or killed point loses at most this much.
+SCAN_CHECKPOINT_SECONDS = 900.0
 
 #: Where a run's TensorBoard logs go, inside its run directory.
 TENSORBOARD_DIR = "tensorboard"
@@ -335,6 +340,26 @@ def training_callbacks(wrapper, config) -> list:
     return callbacks
 
 
+def make_deterministic(config: Mapping) -> None:
+    """``Deterministic``: the same results from the same run, interrupted or not - Python's, numpy's and the
+    backend's random seeds from ``Seed`` and, on TensorFlow, deterministic ops (slower on a GPU; a few ops
+    then refuse to run). JAX on the CPU is deterministic already; torch uses its deterministic algorithms."""
+    if not config.get("Deterministic"):
+        return
+    import keras
+
+    keras.utils.set_random_seed(int(config.get("Seed") or 0))
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf  # the one place dlkit needs TensorFlow itself: Keras has no switch for this
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Callable[..., Any],
                   compile_model: Callable[[Any], None]):
     """Give the run its ModelWrapper: ``-L DIR`` loads DIR, ``-p`` (or ``LoadPreviousModel``) the newest save,
@@ -365,6 +390,7 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
             if previous is not None:
                 wrapper.Load(previous)
                 wrapper.ContinuesPrevious = True  # resume: train() counts the earlier runs' epochs
+    make_deterministic(setup.config)
     if wrapper.Model is None:
         if setup.config.get("Seed") is not None:  # the same scan point builds the same initial weights
             import keras
@@ -388,22 +414,26 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     trained, with epoch numbers continuing; none if the earlier runs reached ``Epochs`` (the run is still
     saved and ``"completed"``). Otherwise - a fresh model, or ``-L DIR`` - it trains ``Epochs`` epochs.
     """
+    from dlkit import protocol
     from dlkit.callbacks import GracefulExit, ScanProgress, TimeStopping
 
     epochs = setup.config["Epochs"]
     initial = wrapper.PreviousEpochs if getattr(wrapper, "ContinuesPrevious", False) else 0
     graceful = GracefulExit()
-    # ScanProgress after the wrapper's own bookkeeping (which saves each epoch): an epoch is reported once saved
+    # (ScanProgress runs after the wrapper's save of each epoch: an epoch is reported once saved)
     all_callbacks = [graceful, *callbacks, ScanProgress(wrapper.OutDir, wrapper.PreviousEpochs)]
-    if setup.config.get("RunningTime"):
-        all_callbacks.append(TimeStopping(setup.config["RunningTime"]))
+    if setup.config.get("RunningTime"):  # in a scan its budget is an interruption: the point resumes
+        all_callbacks.append(TimeStopping(setup.config["RunningTime"], resumable=protocol.current() is not None))
     if initial:
         log.info("%s: resuming after %d earlier epoch(s); training %d more to reach Epochs=%d", wrapper.Name,
                  initial, max(epochs - initial, 0), epochs)
     log.info("%s: training", wrapper.Name)
+    every = setup.config.get("CheckpointEvery")
+    if every is None and protocol.current() is not None:
+        every = SCAN_CHECKPOINT_SECONDS
     with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
         wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
-                      InitialEpoch=initial, **fit_kwargs)
+                      InitialEpoch=initial, CheckpointEvery=every or None, **fit_kwargs)
         if wrapper.MetaData.get("Status") in ("completed", "stopped"):
             # until finish(): a run killed during its analysis must not look complete (the scan would count it)
             wrapper.MetaData["TrainStatus"] = wrapper.MetaData["Status"]

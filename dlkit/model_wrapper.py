@@ -77,6 +77,16 @@ from dlkit.metadata import (  # noqa: E402 - re-exported: DLKit users import the
     to_jsonable,
 )
 from dlkit import protocol as scan_point  # noqa: E402 - the scan's fence: a point whose lease was lost writes nothing
+from dlkit.training_state import (  # noqa: E402
+    CALLBACK_STATE,
+    MID_EPOCH,
+    MidEpochStop,
+    Restorer,
+    callback_states,
+    metric_states,
+    random_states,
+    seekable,
+)
 from dlkit.saving import load_model  # noqa: E402
 
 
@@ -117,20 +127,43 @@ def _optimizer_names() -> list[str]:
 
 
 class _Bookkeeping(keras.callbacks.Callback):
-    """Internal: records history and epoch times into the wrapper and saves after every epoch."""
+    """Internal, first in the list: records history and epoch times into the wrapper; with seekable data
+    (``steps`` per epoch), a resumable stop (``stoppers``) in the middle of an epoch ends ``fit`` after that
+    batch (:class:`~dlkit.training_state.MidEpochStop`) instead of ending the epoch early."""
 
-    def __init__(self, wrapper: "ModelWrapper", save_every_epoch: bool):
+    def __init__(self, wrapper: "ModelWrapper", stoppers: Sequence = (), steps: int | None = None,
+                 first_batch: int = 0, seconds_before: float = 0.0):
         super().__init__()
         self.wrapper = wrapper
-        self.save_every_epoch = save_every_epoch
+        self.stoppers = list(stoppers)
+        self.steps = steps
+        self.first_batch = first_batch          # the resumed epoch starts here ...
+        self.seconds_before = seconds_before    # ... after this long in the interrupted run
         self._t0 = None
+        self._epoch = 0
+
+    @property
+    def seconds(self) -> float:
+        """Time in the epoch in progress, over the runs it spans."""
+        return self.seconds_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._epoch = epoch
+
+    def check_stop(self, batch: int) -> None:
+        """After ``batch``: raise :class:`MidEpochStop` if a resumable stop came and the epoch is not over."""
+        if self.steps is None or not self.model.stop_training:
+            return
+        done = self.first_batch + batch + 1
+        reason = next((cb.stop_reason for cb in self.stoppers if cb.stop_reason), None)
+        if reason is not None and done < self.steps:  # (after the epoch's last batch it ends as usual)
+            raise MidEpochStop(self._epoch, done, reason)
 
     def on_epoch_end(self, epoch, logs=None):
         w = self.wrapper
-        w.MetaData["EpochTime"].append(time.perf_counter() - self._t0)
+        w.MetaData["EpochTime"].append(self.seconds)
+        self.first_batch, self.seconds_before = 0, 0.0
         logs = logs or {}
         n_before = len(w.MetaData["EpochTime"]) - 1
         for key, value in logs.items():
@@ -138,8 +171,44 @@ class _Bookkeeping(keras.callbacks.Callback):
         for key, values in w.History.items():  # a metric missing this epoch keeps the columns aligned
             if len(values) < n_before + 1:
                 values.append(None)
+
+
+class _MidEpochGuard(keras.callbacks.Callback):
+    """Internal, last in the list: after every batch's callbacks (a signal may come in any of them), right
+    before Keras looks at ``stop_training``, ask the bookkeeping whether this is a mid-epoch stop; and every
+    ``every`` seconds, ``checkpoint`` the mid-epoch state without stopping."""
+
+    def __init__(self, bookkeeping: _Bookkeeping, every: float | None = None, checkpoint=None):
+        super().__init__()
+        self.bookkeeping, self.every, self.checkpoint = bookkeeping, every, checkpoint
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        b = self.bookkeeping
+        b.check_stop(batch)
+        if self.every and b.steps and time.monotonic() - self._last >= self.every:
+            done = b.first_batch + batch + 1
+            if done < b.steps:  # (an epoch's end saves anyway)
+                self.checkpoint(MidEpochStop(b._epoch, done, "periodic checkpoint"))
+            self._last = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last = time.monotonic()
+
+
+class _Saver(keras.callbacks.Callback):
+    """Internal, after the user's callbacks (so their state is this epoch's): saves after every epoch, with the
+    callbacks' state."""
+
+    def __init__(self, wrapper: "ModelWrapper", callbacks: Sequence, save_every_epoch: bool):
+        super().__init__()
+        self.wrapper, self.callbacks, self.save_every_epoch = wrapper, list(callbacks), save_every_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.wrapper.MetaData[CALLBACK_STATE] = callback_states(self.callbacks)
+        self.wrapper.MetaData.pop(MID_EPOCH, None)
         if self.save_every_epoch:
-            w.Save()
+            self.wrapper.Save()
 
 
 class ModelWrapper:
@@ -336,7 +405,7 @@ class ModelWrapper:
     # -- training -------------------------------------------------------------------------------
     def Train(self, x=None, y=None, Epochs: int = 1, BatchSize: int | None = None, Callbacks: Sequence = (),
               validation_data=None, SaveEveryEpoch: bool = True, InitialEpoch: int = 0,
-              **fit_kwargs):  # noqa: N802
+              CheckpointEvery: float | None = None, **fit_kwargs):  # noqa: N802
         """``Model.fit`` with bookkeeping: history, epoch times, why it stopped, a save every epoch.
 
         ``Epochs`` and ``InitialEpoch`` are Keras' ``epochs`` and ``initial_epoch``: training runs the
@@ -346,6 +415,11 @@ class ModelWrapper:
         a total, pass ``InitialEpoch=self.PreviousEpochs`` (what :func:`dlkit.experiment.train` does after
         ``-p``). If ``InitialEpoch >= Epochs`` nothing is trained (no ``fit``, no callbacks): the run is
         ``"completed"`` and ``StopReason`` says the configured epochs were already done.
+
+        With data that can be positioned (dlkit's generators), a stop by a ``resumable`` callback (a signal)
+        in the middle of an epoch ends ``fit`` after that batch, and a run continuing this one (``-p``) picks up
+        at the next batch, as if never stopped (:mod:`dlkit.training_state`); ``CheckpointEvery`` (seconds)
+        saves that state periodically without stopping, so a ``kill -9`` loses at most that much.
 
         Without a ``verbose`` argument, Keras' progress bar is shown on a terminal and one line per epoch is
         written otherwise (a batch job's log). ``Callbacks`` run in the given order (put dlkit's AUC callback before checkpoints that
@@ -370,8 +444,8 @@ class ModelWrapper:
         InitialEpoch = initial
         if self.OutDir is None:
             self.Initialize()
-        callbacks = list(Callbacks)
-        bookkeeping = _Bookkeeping(self, SaveEveryEpoch)
+        callbacks = [cb for cb in Callbacks if not getattr(cb, "after_save", False)]
+        after_save = [cb for cb in Callbacks if getattr(cb, "after_save", False)]  # e.g. ScanProgress
         self.MetaData["Status"] = "training"
         self.MetaData["InitialEpoch"] = InitialEpoch
         self.MetaData.setdefault("TrainStartTime", _now())
@@ -386,10 +460,37 @@ class ModelWrapper:
             return history
         # Keras' progress bar redraws with ANSI codes: in a batch log (stdout not a terminal) one line per epoch
         fit_kwargs.setdefault("verbose", "auto" if sys.stdout.isatty() else 2)
+        previous, mid = self._continued_run(InitialEpoch, x)
+        steps = len(x) if seekable(x) else None
+        bookkeeping = _Bookkeeping(self, [cb for cb in callbacks if getattr(cb, "resumable", False)], steps,
+                                   first_batch=mid["batch"] if mid else 0,
+                                   seconds_before=mid.get("seconds", 0.0) if mid else 0.0)
+        saver = _Saver(self, callbacks, SaveEveryEpoch)
+
+        def checkpoint(at: MidEpochStop) -> None:
+            self._record_mid_epoch(at, bookkeeping, callbacks, steps, quiet=True)
+            self.Save()
+
+        guard = _MidEpochGuard(bookkeeping, CheckpointEvery if steps else None, checkpoint)
+        states = (previous or {}).get(CALLBACK_STATE)
+
+        def fit(epochs, initial, restorer, **extra):
+            return self.Model.fit(x, y, batch_size=BatchSize, epochs=epochs, initial_epoch=initial,
+                                  callbacks=[bookkeeping, *callbacks, saver, *after_save, restorer, guard],
+                                  validation_data=validation_data, **fit_kwargs, **extra)
+
         try:
-            history = self.Model.fit(x, y, batch_size=BatchSize, epochs=Epochs, initial_epoch=InitialEpoch,
-                                     callbacks=[bookkeeping, *callbacks], validation_data=validation_data,
-                                     **fit_kwargs)
+            history = None
+            if mid:  # first the rest of the interrupted epoch, with its metric accumulators and random state
+                history = fit(InitialEpoch + 1, InitialEpoch, Restorer(callbacks, states, mid),
+                              steps_per_epoch=steps - mid["batch"])
+                states = callback_states(callbacks)
+            if not mid or (InitialEpoch + 1 < Epochs and not self.Model.stop_training):
+                history = fit(Epochs, InitialEpoch + (1 if mid else 0), Restorer(callbacks, states))
+        except MidEpochStop as stop:
+            self._record_mid_epoch(stop, bookkeeping, callbacks, steps)
+            self._finish_training(stop.reason, "")
+            return getattr(self.Model, "history", None)
         except BaseException as exc:
             self.MetaData["Status"] = "failed"
             self.MetaData["StopReason"] = f"{type(exc).__name__}: {exc}"
@@ -406,6 +507,43 @@ class ModelWrapper:
             done += f" ({Epochs - InitialEpoch} in this run, {InitialEpoch} before)"
         self._finish_training(reason, done)
         return history
+
+    def _continued_run(self, initial_epoch: int, x) -> tuple[dict | None, dict | None]:
+        """(metadata of the run this one continues (``-p``), its mid-epoch record if this run picks up there);
+        seeks seekable data to where the continued run stopped."""
+        chain = self.MetaData.get("InputMetaData") or []
+        if not getattr(self, "ContinuesPrevious", False) or not chain or initial_epoch != self.PreviousEpochs:
+            return None, None
+        previous = chain[-1]
+        mid = previous.get(MID_EPOCH)
+        if not seekable(x):
+            if mid:
+                log.warning("%s: the run it continues stopped in epoch %d, but this data cannot be positioned; "
+                            "that epoch starts again", self.Name, mid["epoch"] + 1)
+            return previous, None
+        if mid and (mid.get("epoch") != initial_epoch or mid.get("steps") != len(x)):
+            log.warning("%s: the mid-epoch record (epoch %s, %s batches) does not fit this run (epoch %d, %d "
+                        "batches); the epoch starts again", self.Name, mid.get("epoch"), mid.get("steps"),
+                        initial_epoch + 1, len(x))
+            mid = None
+        x.seek(initial_epoch * len(x) + (mid["batch"] if mid else 0))
+        if mid:
+            log.info("%s: continuing epoch %d at batch %d of %d", self.Name, initial_epoch + 1, mid["batch"] + 1,
+                     len(x))
+        return previous, mid
+
+    def _record_mid_epoch(self, stop: MidEpochStop, bookkeeping: _Bookkeeping, callbacks: Sequence,
+                          steps: int, quiet: bool = False) -> None:
+        """What the next run needs to pick up at batch ``stop.batch`` (:mod:`dlkit.training_state`)."""
+        if hasattr(self.Model, "jax_state_sync"):  # JAX keeps the training state outside the model during fit
+            self.Model.jax_state_sync()
+        self.MetaData[MID_EPOCH] = {"epoch": stop.epoch, "batch": stop.batch, "steps": steps,
+                                    "seconds": bookkeeping.seconds, "metrics": metric_states(self.Model),
+                                    "random": random_states(self.Model)}
+        self.MetaData[CALLBACK_STATE] = callback_states(callbacks)
+        log.log(logging.DEBUG if quiet else logging.WARNING,
+                "%s: %s in epoch %d after batch %d of %d; -p continues from the next batch", self.Name,
+                stop.reason if quiet else f"stopped ({stop.reason})", stop.epoch + 1, stop.batch, steps)
 
     def _finish_training(self, reason: str | None, completed: str) -> None:
         ran = len(self.MetaData["EpochTime"])
@@ -498,7 +636,8 @@ class ModelWrapper:
                 "Status": "loaded",
             }
         )
-        for key in ("OutDir", "StopReason", "EndTime", "TrainStartTime", "SaveTime", "Epochs", "InitialEpoch"):
+        for key in ("OutDir", "StopReason", "EndTime", "TrainStartTime", "SaveTime", "Epochs", "InitialEpoch",
+                    MID_EPOCH, CALLBACK_STATE):
             self.MetaData.pop(key, None)
         if not self.Config:
             self.Config = dict(previous.get("Configuration") or {})

@@ -2,7 +2,8 @@
 
 A callback that stops training sets ``model.stop_training = True`` and records a human-readable
 ``stop_reason`` (``None`` while it has not stopped anything); ``ModelWrapper`` reads ``stop_reason`` from its
-callbacks after ``fit`` to store why training stopped (``MetaData.json``'s ``StopReason``).
+callbacks after ``fit`` to store why training stopped (``MetaData.json``'s ``StopReason``). A stop that is an
+interruption (a signal; a scan's time budget) is ``resumable``.
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class StoppingCallback(keras.callbacks.Callback):
     """
 
     stop_reason: str | None = None
+    #: A stop of this callback in the middle of an epoch is an interruption the run resumes from (with data
+    #: that can be positioned, ``ModelWrapper.Train`` ends ``fit`` after that batch and ``-p`` picks up at the
+    #: next, :mod:`dlkit.training_state`); otherwise Keras ends the epoch early, as it does by itself.
+    resumable: bool = False

@@ -28,7 +28,8 @@ def _to_signal(sig):
 
 
 class GracefulExit(StoppingCallback):
-    """Stop training after the current batch when the batch system sends a signal.
+    """Stop training after the current batch when the batch system sends a signal (resumable: with dlkit's
+    generators the run resumes with ``-p`` at the next batch).
 
     At ``on_train_begin`` it installs handlers for ``signals`` (by default SIGTERM, SIGINT and
     SIGUSR1, e.g. Slurm's ``--signal=B:USR1@300`` warning or PBS ``qdel -W``); at
@@ -78,6 +79,7 @@ class GracefulExit(StoppingCallback):
     """
 
     EXIT_CODE = EXIT_INTERRUPTED
+    resumable = True
 
     def __init__(self, signals=None):
         super().__init__()

@@ -28,6 +28,9 @@ class ScanProgress(keras.callbacks.Callback):
     >>> model.fit(x, y, epochs=10, initial_epoch=done, callbacks=[ScanProgress(out_dir, done)])
     """
 
+    #: ``ModelWrapper.Train`` runs it after the epoch's save: an epoch is reported once it is saved
+    after_save = True
+
     def __init__(self, run_dir, initial_epoch=0):
         super().__init__()
         self._lease = protocol.current()

@@ -57,8 +57,9 @@ class TimeStopping(StoppingCallback):
     >>> stopper.stop_reason, stopper.epoch_times
     """
 
-    def __init__(self, seconds, verbose=False, predict_next_epoch=True):
+    def __init__(self, seconds, verbose=False, predict_next_epoch=True, resumable=False):
         super().__init__()
+        self.resumable = bool(resumable)  # a scan's budget: the point resumes at the next batch
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.number)):
                 raise TypeError(f"TimeStopping: seconds must be a number or None, got {seconds!r}")

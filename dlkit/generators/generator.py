@@ -323,6 +323,7 @@ class MultiClassGenerator:
         )
         self._finalizer = weakref.finalize(self, self._pool.res.cleanup)
         self._pos = 0
+        self._start = 0  # where the epoch being served starts: an epoch boundary, or where seek() put it
         self._in_epoch = False
         self._peek_thread = None  # thread of the out-of-epoch calls since the last epoch boundary
         self._peeks_only = True
@@ -481,7 +482,7 @@ class MultiClassGenerator:
             raise IndexError(f"batch index {index} out of range for {n} batches")
         with self._lock:
             s = self._pos
-            if s % n == 0:
+            if s == self._start or s % n == 0:
                 self._peeks_only, self._peek_thread = True, None
             if self._in_epoch:
                 self._peeks_only = False
@@ -497,6 +498,22 @@ class MultiClassGenerator:
             return self.postprocess(arrays)
         return arrays
 
+    @property
+    def position(self) -> int:
+        """The stream index of the next batch served: ``epoch * len(self) + batch``."""
+        return self._pos
+
+    def seek(self, position: int) -> None:
+        """Serve from stream index ``position`` (``epoch * len(self) + batch``) on: a resumed training picks up
+        the batch after the last one it trained (batches are the same whenever they are served)."""
+        position = int(position)
+        if position < 0:
+            raise ValueError(f"seek: position must be >= 0, got {position}")
+        with self._lock:
+            self._pos = self._start = position
+            self._peeks_only, self._peek_thread = True, None
+            self._pool.rewind(position)
+
     def __iter__(self):
         """One epoch of batches."""
         self.on_epoch_begin()
@@ -508,8 +525,7 @@ class MultiClassGenerator:
 
     def on_epoch_begin(self):
         with self._lock:
-            n = len(self)
-            offset = self._pos % n
+            offset = self._pos - self._start
             if (
                 offset
                 and self._peeks_only
@@ -517,7 +533,7 @@ class MultiClassGenerator:
                 and self._peek_thread in (None, threading.get_ident())
             ):
                 logger.debug("rewinding %d batch(es) served before the epoch began", offset)
-                self._pos -= offset
+                self._pos = self._start
                 self._pool.rewind(self._pos)
             self._in_epoch = True
 
@@ -526,11 +542,17 @@ class MultiClassGenerator:
         stopped epoch never shift the next one."""
         with self._lock:
             self._in_epoch = False
-            offset = self._pos % len(self)
-            if offset:
-                logger.debug("epoch ended after %d of %d batches: its first batch is served next", offset, len(self))
-                self._pos -= offset
+            n = len(self)
+            end = (self._start // n + 1) * n  # where the epoch being served ends
+            if self._start < self._pos < end:
+                logger.debug("epoch ended after %d of %d batches: its first batch is served next",
+                             self._pos - self._start, end - self._start)
+                self._pos = self._start
                 self._pool.rewind(self._pos)
+            elif self._pos % n:  # batches of the next epoch served ahead (a trainer's prefetch): served again
+                self._pos -= self._pos % n
+                self._pool.rewind(self._pos)
+            self._start = self._pos
 
     # ------------------------------------------------------------------ whole dataset
     def build_cache(self, progress: bool | None = None) -> Path | None:
