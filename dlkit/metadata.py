@@ -81,13 +81,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_pair(directory: str | os.PathLike, write_model, metadata: dict) -> None:
+def save_pair(directory: str | os.PathLike, write_model, metadata: dict, abandon=None) -> bool:
     """Save a model file and its metadata as one: a kill at any moment leaves a consistent pair.
 
     ``write_model(path)`` writes the model; ``metadata`` gets the file's sha256 (:data:`MODEL_HASH`). Both are
     written complete (fsynced) under hidden names, then the model and the metadata are renamed into place.
     Killed before the first rename: the previous pair stands. Killed between the renames: the new model and
     its complete pending metadata are there, and :func:`read_saved_pair` reads that metadata with the model.
+    ``abandon()`` is asked right before the renames (a scan point whose lease was taken over while it wrote):
+    if True, nothing lands and False is returned.
     """
     directory = Path(directory)
     model_tmp, meta_tmp = directory / _PENDING_MODEL, directory / PENDING_METADATA
@@ -97,12 +99,23 @@ def save_pair(directory: str | os.PathLike, write_model, metadata: dict) -> None
         metadata[MODEL_HASH] = file_sha256(model_tmp)
         meta_tmp.write_text(json.dumps(to_jsonable(metadata), indent=1))
         fsync_file(meta_tmp)
+        if abandon is not None and abandon():
+            raise _Abandoned
+    except _Abandoned:
+        model_tmp.unlink(missing_ok=True)
+        meta_tmp.unlink(missing_ok=True)
+        return False
     except BaseException:
         model_tmp.unlink(missing_ok=True)
         meta_tmp.unlink(missing_ok=True)
         raise
     os.replace(model_tmp, directory / MODEL_FILE)
     os.replace(meta_tmp, directory / METADATA_FILE)
+    return True
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def read_saved_pair(directory: str | os.PathLike) -> dict:

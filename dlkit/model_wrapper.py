@@ -597,7 +597,9 @@ class ModelWrapper:
         self._record_optimizer()
         self.MetaData["SaveTime"] = _now()
         self._refresh_metadata()
-        save_pair(self.OutDir, lambda tmp: self.Model.save(str(tmp)), self.MetaData)
+        if not save_pair(self.OutDir, lambda tmp: self.Model.save(str(tmp)), self.MetaData,
+                         abandon=scan_point.fenced):
+            scan_point.guard()  # taken over while writing: nothing landed; stop here, writing nothing more
         return self.OutDir
 
     def Load(self, InDir: str | os.PathLike, MetaDataOnly: bool = False, safe_mode: bool = True,

@@ -44,7 +44,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USER_ERROR", "EXIT_CTRL_C", "EXIT_INTERRUPTED", "EXIT_FENCED", "EXIT_PRUNED", "EXIT_NOT_STARTED",
-           "ENV_DIR", "ENV_POINT", "ENV_TOKEN", "PointLease", "current", "guard", "report", "pruned",
+           "ENV_DIR", "ENV_POINT", "ENV_TOKEN", "PointLease", "current", "guard", "report", "pruned", "fenced",
            "lease_dir", "end_marker", "prune_marker"]
 
 EXIT_OK = 0              #: done
@@ -136,6 +136,12 @@ def guard() -> None:
     lease = current()
     if lease is not None:
         lease.guard()
+
+
+def fenced() -> bool:
+    """:meth:`PointLease.fenced` of the current lease; False outside a scan."""
+    lease = current()
+    return lease is not None and lease.fenced()
 
 
 def pruned() -> bool:

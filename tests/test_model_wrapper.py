@@ -368,3 +368,24 @@ def test_saved_files_honour_the_umask(tmp_path, data, umask):
         os.umask(old)
     for name in ("MetaData.json", "model.keras"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_a_save_taken_over_while_writing_lands_nothing(tmp_path):
+    """A takeover between the holder's fence check and its save's rename: the fenced holder exits 76 and
+    nothing of its second save lands (the first save's pair stands, no pending file is left)."""
+    import hashlib
+
+    from dlkit.protocol import ENV_DIR, ENV_POINT, ENV_TOKEN, EXIT_FENCED
+
+    ledger = tmp_path / "ledger"
+    (ledger / "leases" / "0").mkdir(parents=True)
+    env = dict(os.environ, **{ENV_DIR: str(ledger), ENV_POINT: "0", ENV_TOKEN: "TOKEN"}, TF_CPP_MIN_LOG_LEVEL="3")
+    script = Path(__file__).parent / "scripts" / "fenced_save.py"
+    proc = subprocess.run([sys.executable, str(script), str(ledger), str(tmp_path / "TM")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_FENCED, proc.stderr[-2000:]
+    assert "first save" in proc.stdout and "second save returned" not in proc.stdout
+    run_dir = tmp_path / "TM" / "Fenced"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["MetaData.json", "model.keras"]
+    metadata = json.loads((run_dir / "MetaData.json").read_text())
+    assert metadata["ModelSHA256"] == hashlib.sha256((run_dir / "model.keras").read_bytes()).hexdigest()
