@@ -11,6 +11,7 @@ subset=(
     tests/test_losses.py
     tests/test_callbacks.py
     tests/test_model_wrapper.py
+    tests/test_resume.py::test_signals_mid_epoch_then_resume_reproduce_the_uninterrupted_run   # to 1e-6
     tests/test_calodnn_experiment.py::test_end_to_end_cli_subprocess            # one --Test run per package
     tests/test_lartpcdnn_experiment.py::test_end_to_end_cli_subprocess
     tests/test_lartpcdnn_pid.py::test_tiny_run_without_tensorflow
