@@ -434,6 +434,9 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     with graceful:  # handlers stay installed through the save: a SIGTERM then is recorded, not fatal
         wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
                       InitialEpoch=initial, CheckpointEvery=every or None, **fit_kwargs)
+        mid = wrapper.MetaData.get("MidEpoch")
+        if mid:  # progress inside the epoch counts: a point resumed at the next batch is not stuck
+            protocol.report(epochs=round(wrapper.MetaData["TotalEpochs"] + mid["batch"] / mid["steps"], 4))
         if wrapper.MetaData.get("Status") in ("completed", "stopped"):
             # until finish(): a run killed during its analysis must not look complete (the scan would count it)
             wrapper.MetaData["TrainStatus"] = wrapper.MetaData["Status"]

@@ -441,7 +441,7 @@ def test_running_time_in_a_scan_requeues_the_point_until_its_epochs(tmp_path):
     write_dataset(data, events_per_class=200, events_per_file=200, seed=5, progress=False)
     out = tmp_path / "TrainedModels"
     env = dict(os.environ, DLKIT_CACHE_DIR=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
-    flags = ["--Test", "--data", str(data), "--set", "BatchSize=16", "--set", "Epochs=3", "-r", "0.5"]
+    flags = ["--Test", "--data", str(data), "--set", "BatchSize=16", "--set", "Epochs=3", "-r", "1"]
     alone = subprocess.run([sys.executable, "-m", "calodnn.ClassificationExperiment", "-s", "0",
                             "--OutputBase", str(tmp_path / "alone"), *flags], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=200)
