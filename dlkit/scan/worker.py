@@ -72,13 +72,19 @@ class Slot:
     busy: bool = False
 
 
+#: How many other workers read each lease per quarter lease timeout, together (see Worker._due_leases).
+WATCHERS = 4
+
+
 @dataclass
 class _Sighting:
-    """A foreign lease as this worker last saw it change: its token, heartbeat counter, and when (our clock)."""
+    """A foreign lease as this worker last saw it change: its token, heartbeat counter, and when (our clock);
+    and its holder (host:pid), to count the other workers."""
 
     token: str | None
     seq: object
     since: float
+    holder: str = ""
 
 
 class _Todo:
@@ -483,14 +489,17 @@ class Worker:
                 del self.running[index]
 
     def _due_leases(self, leased: set[int]) -> list[int]:
-        """The foreign leases to read in this loop: each at least every ``lease_timeout / 4`` of our clock (a new
-        one at once), the longest unread first, at most what keeps that pace (so W workers read each other's
-        leases W times per quarter timeout, not W times per loop)."""
+        """The foreign leases to read in this loop: each every ``lease_timeout / 4`` of our clock (a new one at
+        once), the longest unread first, at most what keeps that pace. With more than :data:`WATCHERS` other
+        workers the pace slows in proportion: every lease is still read about :data:`WATCHERS` times per quarter
+        timeout by the workers together, so W workers cost O(W) reads, not O(W^2) (a silent lease is then taken
+        over a little later, by whoever reads it twice a lease timeout apart)."""
         for index in [i for i in self._looked if i not in leased]:
             del self._looked[index]
             self._seen.pop(index, None)
         now = time.monotonic()
-        every = self.lease_timeout / 4
+        others = len({s.holder for s in self._seen.values()})
+        every = self.lease_timeout / 4 * max(1.0, others / WATCHERS)
         elapsed, self._last_due = max(now - self._last_due, self._timeout()), now  # this loop's share of the pace
         foreign = [i for i in leased if i in self._point_set and i not in self.running]
         due = sorted((self._looked.get(i, -math.inf), i) for i in foreign
@@ -516,7 +525,8 @@ class Worker:
             if seen is not None and seen.token == token and seen.seq != beat.get("seq"):
                 self._alive.add(index)  # its heartbeat advanced while we watched: a live holder
             if seen is None or seen.token != token or seen.seq != beat.get("seq"):
-                seen = self._seen[index] = _Sighting(token, beat.get("seq"), now)
+                seen = self._seen[index] = _Sighting(token, beat.get("seq"), now,
+                                                     f"{owner.get('host')}:{owner.get('pid')}")
             dead_here = (owner.get("host") == _HOST and not pid_alive(owner.get("pid"), owner.get("pid_start"))
                          and not pid_alive(beat.get("child_pid"), beat.get("child_start")))
             silent = now - seen.since
