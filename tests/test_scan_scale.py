@@ -152,5 +152,5 @@ def test_ledger_writes_leave_nothing_beside_their_files_and_the_sweep_takes_dead
     assert ledger.sweep_tmp() == 2
     assert not any(p.exists() for p in leftovers) and live.exists()
     with pytest.raises(FileNotFoundError):  # a lease's file never brings back its directory
-        ledger._write(ledger.lease_dir(1) / "heartbeat.json", {"seq": 1}, mkdir=False)
+        ledger.write(ledger.lease_dir(1) / "heartbeat.json", {"seq": 1}, mkdir=False)
     assert not ledger.lease_dir(1).exists() and os.listdir(ledger.path / "tmp") == [live.name]

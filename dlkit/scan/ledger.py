@@ -66,7 +66,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlkit.datasets import atomic_file
 from dlkit.metadata import to_jsonable
 from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK, EXIT_PRUNED, EXIT_USER_ERROR, end_marker, lease_dir, prune_marker
 from dlkit.scan.options import ScanOptions
@@ -101,14 +100,6 @@ _TMP_NAME = re.compile(r"(?:^|[.-])" + re.escape(_HOST) + r"-(\d+)-[0-9a-f]{8,32
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def write_json(path: Path, data: Any, mkdir: bool = True) -> None:
-    """Write JSON atomically (temporary name beside it, fsync, rename). ``mkdir=False``: into a directory that
-    must exist (FileNotFoundError if it is gone; a lease's files must never bring back its directory)."""
-    text = json.dumps(to_jsonable(data), indent=1)
-    with atomic_file(path, mkdir=mkdir) as tmp:
-        Path(tmp).write_text(text)
 
 
 def _final_dir(state: str | None) -> str:
@@ -280,7 +271,7 @@ class Ledger:
         """A unique temporary name under tmp/ that says which process made it (:meth:`sweep_tmp`)."""
         return self._dir("tmp", f".{name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
-    def _write(self, path: Path, data: Any, mkdir: bool = True) -> None:
+    def write(self, path: Path, data: Any, mkdir: bool = True) -> None:
         """Write JSON atomically: prepared under tmp/, fsync'd, renamed into place. No directory is listed, so
         the cost does not grow with the ledger. ``mkdir=False``: into a directory that must exist
         (FileNotFoundError if it is gone; a lease's files must never bring back its directory)."""
@@ -293,7 +284,7 @@ class Ledger:
                 os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         except FileNotFoundError:  # a ledger from before tmp/ was made at creation
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            return self._write(path, data, mkdir)
+            return self.write(path, data, mkdir)
         try:
             try:
                 os.replace(tmp, path)
@@ -389,7 +380,7 @@ class Ledger:
         """Create ``path`` with ``data`` unless it exists; True for exactly one of many concurrent callers.
         link() of a complete file prepared under tmp/: never seen half-written, never replaced."""
         prepared = self._tmp_name(f"{path.name}.once")
-        self._write(prepared, data)
+        self.write(prepared, data)
         try:
             os.link(prepared, path)
         except FileExistsError:
@@ -426,8 +417,8 @@ class Ledger:
             return False
         prepared = self._dir("tmp", token)
         prepared.mkdir(parents=True, exist_ok=True)
-        self._write(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
-        self._write(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
+        self.write(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
+        self.write(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
         try:
             os.rename(prepared, self.lease_dir(index))
         except OSError:  # someone holds it (EEXIST/ENOTEMPTY)
@@ -447,7 +438,7 @@ class Ledger:
         if self.fenced(index, token):
             return False
         try:  # the lease may be taken over and removed right after the check: never create it again
-            self._write(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})},
+            self.write(self.lease_dir(index) / "heartbeat.json", {"seq": seq, "time": time.time(), **(extra or {})},
                         mkdir=False)
         except FileNotFoundError:
             return False
@@ -509,7 +500,7 @@ class Ledger:
     def record_start(self, index: int, token: str, record: Mapping) -> None:
         directory = self._dir("attempts", str(index))
         directory.mkdir(parents=True, exist_ok=True)
-        self._write(directory / f"{token}.start.json", {**record, "token": token, "point": index,
+        self.write(directory / f"{token}.start.json", {**record, "token": token, "point": index,
                                                          "start": now_iso(), "start_ts": time.time()})
 
     def record_end(self, index: int, token: str, record: Mapping) -> dict:
@@ -519,7 +510,7 @@ class Ledger:
         end = {**record, "token": token, "point": index, "end": now_iso(), "end_ts": time.time()}
         if start.get("start_ts"):
             end.setdefault("wall_time", round(end["end_ts"] - start["start_ts"], 3))
-        self._write(directory / f"{token}.end.json", end)
+        self.write(directory / f"{token}.end.json", end)
         return {**start, **end}
 
     def attempts(self, index: int) -> list[dict]:
@@ -611,7 +602,7 @@ class Ledger:
                   **{k: attempt.get(k) for k in ("epochs", "run_dir", "host", "metric", "exit_code", "token",
                                                  "last_error")},
                   "attempts": len(self.attempts(index))}
-        self._write(self._dir(_final_dir(decision.state), f"{index}.json"), marker)
+        self.write(self._dir(_final_dir(decision.state), f"{index}.json"), marker)
         self.append_index([marker])
 
     # -- the index of final markers -------------------------------------------------------------------
@@ -664,7 +655,7 @@ class Ledger:
         requeued = []
         for index, marker in sorted(self.final_states().items()):
             if marker.get("state") in states:
-                self._write(self._dir("retries", f"{index}.json"), {"time": time.time(), "was": marker})
+                self.write(self._dir("retries", f"{index}.json"), {"time": time.time(), "was": marker})
                 self._dir("failed", f"{index}.json").unlink(missing_ok=True)
                 requeued.append(index)
         return requeued
@@ -710,14 +701,14 @@ class Ledger:
     def prune(self, index: int, token: str, record: Mapping) -> None:
         """Mark lease ``token`` of point ``index`` as pruned: its worker stops it gracefully."""
         self._dir("prune").mkdir(exist_ok=True)
-        self._write(self.prune_marker(index, token), {**record, "time": now_iso()})
+        self.write(self.prune_marker(index, token), {**record, "time": now_iso()})
 
     def pruned(self, index: int, token: str) -> bool:
         return self.prune_marker(index, token).exists()
 
     # -- cancel ---------------------------------------------------------------------------------------
     def cancel(self) -> None:
-        self._write(self._dir("cancel.json"), {"time": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
+        self.write(self._dir("cancel.json"), {"time": time.time(), "by": f"{socket.gethostname()}:{os.getpid()}"})
 
     def cancelled_since(self, started: float) -> bool:
         """True if ``cancel`` was asked after a driver that started at ``started`` (time.time())."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK
 from dlkit.scan.engines.base import Engine, Plan
-from dlkit.scan.ledger import Ledger, ScanError, now_iso, read_json, write_json
+from dlkit.scan.ledger import Ledger, ScanError, now_iso, read_json
 from dlkit.scan.options import ScanOptions
 from dlkit.scan.progress import ProgressBar
 
@@ -197,7 +197,7 @@ class ArrayEngine(Engine):
         record["submissions"] = [*record.get("submissions", []),
                                  {"job": job, "script": os.path.relpath(script, ledger.path), "points": list(points),
                                   "time": now_iso()}]
-        write_json(ledger.path / ENGINE_FILE, record)
+        ledger.write(ledger.path / ENGINE_FILE, record)
 
     def _script_path(self, ledger: Ledger) -> Path:
         directory = ledger.path / "scripts"

@@ -42,7 +42,7 @@ from typing import Any
 
 from dlkit.protocol import EXIT_INTERRUPTED, EXIT_OK
 from dlkit.scan.engines.base import Engine, Plan, refuse_options
-from dlkit.scan.ledger import Ledger, ScanError, write_json
+from dlkit.scan.ledger import Ledger, ScanError
 from dlkit.scan.options import ScanOptions
 from dlkit.scan.progress import ProgressBar
 
@@ -160,7 +160,7 @@ class DaskEngine(Engine):
 
         if not log.isEnabledFor(logging.INFO):  # distributed logs every connection at INFO; keep `run` quiet
             logging.getLogger("distributed").setLevel(logging.WARNING)
-        write_json(ledger.path / "engine.json", {"engine": self.name})
+        ledger.write(ledger.path / "engine.json", {"engine": self.name})
         # Retries go through the ledger only: a task whose worker died must not be rerun by Dask behind its back.
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             own = dask_cluster is None or isinstance(dask_cluster, (str, os.PathLike, Mapping))
