@@ -87,11 +87,6 @@ def metric_states(model) -> list:
 
 
 def _assign(variables, values) -> None:
-    variables, values = list(variables), list(values)
-    if len(variables) != len(values):  # another model or compile than the save's: put back nothing, say so
-        log.warning("the interrupted epoch's state has %d values for %d variables; the epoch goes on without it",
-                    len(values), len(variables))
-        return
     for variable, value in zip(variables, values):
         variable.assign(np.asarray(value, dtype=variable.dtype).reshape(variable.shape))
 
