@@ -197,14 +197,17 @@ def _spawned(task, jobs: list, workers: int, desc: str):
 
     main_needed = needs_main((task, jobs))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    done = 0
+    done, processes = 0, []
     try:
         with spawn_environment(hide_main=not main_needed):  # the workers start as the jobs are submitted
             futures = [pool.submit(_run_indexed, (task, k, job)) for k, job in enumerate(jobs)]
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         for future in as_completed(futures):
             yield future.result()
             done += 1
     except BrokenProcessPool:
+        for process in processes:  # the dead workers' own tracebacks are written before our one line
+            process.join(5)
         what = f"a worker process of {desc}"
         if main_needed and done == 0:
             raise RuntimeError(start_failure(what)) from None
