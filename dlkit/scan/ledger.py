@@ -417,7 +417,8 @@ class Ledger:
             return False
         prepared = self._dir("tmp", token)
         prepared.mkdir(parents=True, exist_ok=True)
-        self.write(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso()})
+        self.write(prepared / "owner.json", {**owner, "token": token, "point": index, "acquired": now_iso(),
+                                             "acquired_ts": time.time()})
         self.write(prepared / "heartbeat.json", {"seq": 0, "time": time.time()})
         try:
             os.rename(prepared, self.lease_dir(index))
@@ -507,7 +508,11 @@ class Ledger:
         directory = self._dir("attempts", str(index))
         directory.mkdir(parents=True, exist_ok=True)
         start = read_json(directory / f"{token}.start.json", {}) or {}
-        end = {**record, "token": token, "point": index, "end": now_iso(), "end_ts": time.time()}
+        if not start:  # its holder died between taking the lease and recording the start: the lease's time
+            owner = self.owner(index) or {}
+            if owner.get("token") == token and owner.get("acquired_ts"):
+                start = {"start_ts": owner["acquired_ts"], "start": owner.get("acquired")}
+        end = {**start, **record, "token": token, "point": index, "end": now_iso(), "end_ts": time.time()}
         if start.get("start_ts"):
             end.setdefault("wall_time", round(end["end_ts"] - start["start_ts"], 3))
         self.write(directory / f"{token}.end.json", end)
