@@ -1,4 +1,5 @@
-"""dlkit.generators: the data pipeline - many HDF5 files, several classes, batches ready for Keras.
+"""dlkit.generators: the data pipeline - many HDF5, ROOT or parquet files, several classes, batches ready for
+Keras; fixed-shape arrays (images, scalars) and lists of points per event (:class:`Collection`) side by side.
 
 DLKit's design, rebuilt: a sample specification (:class:`SampleSpec`, built from a directory per class
 with :func:`make_samples_from_dirs` and split by events with :func:`split_samples`) feeds a
@@ -21,7 +22,7 @@ read instead (:mod:`dlkit.generators.cache`).
 ...     data = g.read_all()          # ECAL, HCAL, energy, class_index, onehot: every test event
 
 Main pieces: :class:`SampleSpec`, :func:`make_samples_from_dirs`, :func:`make_samples_from_globs`,
-:func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut` (samples); :class:`MultiClassGenerator`,
+:func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut`, :class:`Collection` (samples); :class:`MultiClassGenerator`,
 :class:`Select` (generator); :class:`Normalize`, :class:`Chain` (pre-processes); :func:`read_cache` (cache files);
 :class:`DataError`, :class:`WorkerDiedError`, :class:`GeneratorTimeoutError`, :class:`GeneratorError`.
 
@@ -38,6 +39,7 @@ _LAZY = {
     "Select": "dlkit.generators.generator",
     "default_workers": "dlkit.generators.generator",
     "SampleSpec": "dlkit.generators.samples",
+    "Collection": "dlkit.generators.samples",
     "as_samples": "dlkit.generators.samples",
     "make_samples_from_dirs": "dlkit.generators.samples",
     "make_samples_from_globs": "dlkit.generators.samples",
@@ -54,6 +56,7 @@ _LAZY = {
 
 __all__ = [
     "Chain",
+    "Collection",
     "DataError",
     "EnergyCut",
     "GeneratorError",

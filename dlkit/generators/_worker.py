@@ -1,7 +1,7 @@
 """Reader process: reads, labels, pre-processes and caches whole batches straight into shared memory.
 
-Imports only numpy (h5py lazily, for datasets that cannot be read raw), never Keras or TensorFlow, so a
-spawned reader starts in a fraction of a second. Each reader opens its own file descriptors and h5py
+Imports only numpy (h5py, uproot or pyarrow lazily, for what cannot be read raw), never Keras or TensorFlow,
+so a spawned reader starts in a fraction of a second. Each reader opens its own file descriptors and file
 handles. The protocol with the consumer is a duplex pipe of small messages:
 
     consumer -> reader: ("attach", name, layout) | ("detach", name) | ("task", id, spec)
@@ -27,6 +27,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from dlkit.generators import sources
+from dlkit.generators.errors import DataError
 from dlkit.generators.sources import hdf5
 
 IOV_MAX = 1024
@@ -121,9 +123,10 @@ class Worker:
         self.entry_class = np.array([e.class_index for e in self.entries], np.int64)
         self.entry_weight = np.array([e.weight for e in self.entries], np.float32)
         self.entry_base = np.concatenate([[0], np.cumsum([e.n for e in self.entries])]).astype(np.int64)
+        self.spec_of = {a.name: a for a in self.inputs}
         self.segments: dict[str, _Segment] = {}
         self.fds: OrderedDict[str, int] = OrderedDict()
-        self.h5: OrderedDict[str, object] = OrderedDict()
+        self.handles: OrderedDict[tuple, object] = OrderedDict()  # (format, path, tree) -> open file
         self.scratch: dict[str, np.ndarray] = {}
         self.disk = None  # (fd, layout, writable)
         self.checker = None  # a finished cache's BlockChecker (read-only stores)
@@ -145,18 +148,21 @@ class Worker:
             os.close(old)
         return fd
 
-    def _h5(self, path):
-        f = self.h5.get(path)
+    def _handle(self, entry):
+        """The entry's file opened by its format's module (HDF5 through h5py, ROOT, parquet), kept open."""
+        key = (entry.format, entry.path, entry.tree)
+        f = self.handles.get(key)
         if f is not None:
-            self.h5.move_to_end(path)
+            self.handles.move_to_end(key)
             return f
         try:
-            f = hdf5.open_file(path)
-        except OSError as exc:
-            raise TaskError(f"cannot open as HDF5 (truncated or corrupt?): {exc}", path) from None
-        self.h5[path] = f
-        while len(self.h5) > 32:
-            _, old = self.h5.popitem(last=False)
+            f = sources.module(entry.format).open_file(entry.path, entry.tree)
+        except Exception as exc:
+            raise TaskError(f"cannot open as {entry.format} (truncated or corrupt?): {type(exc).__name__}: {exc}",
+                            entry.path) from None
+        self.handles[key] = f
+        while len(self.handles) > 32:
+            _, old = self.handles.popitem(last=False)
             old.close()
         return f
 
@@ -174,12 +180,12 @@ class Worker:
             except OSError:
                 pass
         self.fds.clear()
-        for f in self.h5.values():
+        for f in self.handles.values():
             try:
                 f.close()
             except Exception:
                 pass
-        self.h5.clear()
+        self.handles.clear()
         if self.disk is not None:
             try:
                 os.close(self.disk[0])
@@ -315,7 +321,7 @@ class Worker:
                     length -= take
                     j0 += take
             return
-        f = self._h5(entry.path)
+        f = self._handle(entry)
         try:
             hdf5.read_rows(f, path, groups, spec, tgt, rows, start)
         except TaskError:
@@ -324,6 +330,27 @@ class Worker:
             raise TaskError(
                 f"read of events {groups[0][0]}.. failed: {type(exc).__name__}: {exc}", entry.path, path
             ) from None
+
+    def _read_format(self, entry, name, path, pos, cnt, targets, rows, off):
+        """Selected events [pos, pos+cnt) of one key read by the entry's format (ROOT, parquet, a collection),
+        into the rows of each array the key gives."""
+        mod = sources.module(entry.format)
+        try:
+            got = sources.read_key(mod, self._handle(entry), entry, name, path, entry.rows(pos, cnt))
+        except TaskError:
+            raise
+        except DataError as exc:
+            raise TaskError(exc.reason, exc.file, exc.key) from None
+        except Exception as exc:
+            text = " ".join(str(exc).split())  # uproot's messages run over several lines
+            raise TaskError(f"read of events {entry.rows(pos, 1)[0]}.. failed: {type(exc).__name__}: {text}",
+                            entry.path, name) from None
+        for k, x in got.items():
+            tgt = targets[k]
+            if rows is None:
+                tgt.arr[tgt.base + off : tgt.base + off + cnt] = x
+            else:
+                tgt.arr[tgt.base + rows] = x
 
     def run_task(self, spec):
         kind = spec["kind"]
@@ -361,8 +388,11 @@ class Worker:
         for e_idx, pos, cnt, off in spec["runs"].tolist():
             entry = self.entries[e_idx]
             rows = None if perm is None else perm[off : off + cnt]
-            for (name, path), a in zip(entry.keys, self.inputs):
-                self._read_entry(entry, a, path, pos, cnt, targets[name], rows, off)
+            for name, path in entry.keys:
+                if entry.modes[name][0] in ("raw", "h5"):
+                    self._read_entry(entry, self.spec_of[name], path, pos, cnt, targets[name], rows, off)
+                else:
+                    self._read_format(entry, name, path, pos, cnt, targets, rows, off)
         stats = {"read": time.perf_counter() - t0}
         if self.preprocess is not None:
             t1 = time.perf_counter()

@@ -52,8 +52,7 @@ import numpy as np
 from dlkit.generators._pool import ReaderPool
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators._plan import Planner
-from dlkit.generators.sources import inspect_entries
-from dlkit.generators.sources.hdf5 import read_events
+from dlkit.generators.sources import inspect_entries, read_events
 from dlkit.cachedir import cache_location
 from dlkit.generators.cache import cache_key, cache_path
 from dlkit.generators.errors import DataError

@@ -1,8 +1,11 @@
-"""Sample specifications: which events of which HDF5 files feed a generator, and reproducible splits.
+"""Sample specifications: which events of which files feed a generator, and reproducible splits.
 
 A sample specification is a list of :class:`SampleSpec` entries, DLKit's ``[file, [keys], class, rate]``
 made explicit: one entry per file and class, the datasets (keys) to read, an optional mixing rate and
-per-event weight, an optional event filter and an event range. Splits are made by *events*, not by
+per-event weight, an optional event filter and an event range. Files are HDF5, ROOT (TTree or RNTuple) or
+parquet, told apart by their extension (:mod:`dlkit.generators.sources`); a key is a dataset, branch or
+column of fixed shape per event, or a :class:`Collection`: a list of points of a different length in every
+event (hits, deposits, tracks), padded or clipped to a fixed number of points with a mask. Splits are made by *events*, not by
 whole files: each class's files are sorted, their order shuffled with a seed, and the resulting event
 sequence cut by the requested fractions, so a file can be shared by train and test (disjoint ranges).
 
@@ -10,9 +13,13 @@ sequence cut by the requested fractions, so a file can be shared by train and te
 ...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])     # doctest: +SKIP
 >>> train, val, test = split_samples(samples, [0.8, 0.1, 0.1], seed=1)           # doctest: +SKIP
 >>> hot = [s.with_filter(EnergyCut(10.0)) for s in train]                        # doctest: +SKIP
+>>> hits = Collection(["hit_x", "hit_y", "hit_z", "hit_e"], max_points=128, sort_by="hit_e")
+>>> showers = make_samples_from_dirs("/data/calo-hits", {"hits": hits, "energy": "energy"},
+...                                  pattern="*.root")                              # doctest: +SKIP
 
-Filters are callables ``filter(h5py.File) -> bool mask or integer indices`` over the *whole file*
-(absolute event numbers); the generator intersects them with the entry's range.
+Filters are callables ``filter(file) -> bool mask or integer indices`` over the *whole file* (absolute event
+numbers); the generator intersects them with the entry's range. ``file[key]`` gives the dataset (HDF5) or
+the branch or column as a numpy array (ROOT, parquet), so :class:`EnergyCut` works on every format.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dlkit.generators.errors import DataError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Collection",
     "EnergyCut",
     "SampleSpec",
     "as_samples",
@@ -43,24 +51,75 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Collection:
+    """A variable-length list of points per event, served as fixed-shape arrays with a mask.
+
+    ``fields`` are the per-point quantities, one feature each, in order: branches of a ROOT TTree or
+    RNTuple (vector branches such as ``hit_x``), list columns of a parquet file, or in HDF5 per field a
+    group with ``values`` (all events' points, flat) and ``offsets`` (events + 1), or a vlen dataset. An
+    HDF5 field naming a :class:`dlkit.sparse.SparseTensor` group (``C``, ``V``, ``N``, padded layout) gives
+    its coordinates and its value as features. All fields of one collection have the same length in every
+    event (a disagreement is a :class:`DataError` naming file, field and event).
+
+    A collection given the name ``hits`` in a sample's keys arrives in a batch as three arrays:
+
+    - ``hits``: float32 ``(max_points, features)``; padded rows are ``pad_value`` (0.0);
+    - ``hits_mask``: bool ``(max_points,)``, True for real points; they always come first;
+    - ``hits_count``: int32, the event's true number of points, before clipping.
+
+    With ``sort_by`` (a field) the points of every event are ordered by it (``descending`` by default: the
+    most energetic first; ties keep the file's order), so clipping an event with more than ``max_points``
+    points keeps the largest; without it points keep the file's order and clipping keeps the first ones.
+    Padding and clipping run in the reader processes: batches, shared memory and the cache keep fixed
+    shapes.
+    """
+
+    fields: tuple = ()
+    max_points: int = 0
+    sort_by: str | None = None
+    descending: bool = True
+    pad_value: float = 0.0
+
+    def __post_init__(self):
+        fields = (self.fields,) if isinstance(self.fields, str) else tuple(str(f) for f in self.fields)
+        object.__setattr__(self, "fields", fields)
+        if not fields:
+            raise ValueError("a Collection needs at least one field")
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"Collection fields {list(fields)} repeat a name")
+        if isinstance(self.max_points, bool) or not isinstance(self.max_points, int) or self.max_points < 1:
+            raise ValueError(f"Collection {list(fields)}: max_points must be an integer >= 1, got {self.max_points!r}")
+        if self.sort_by is not None and self.sort_by not in fields:
+            raise ValueError(f"Collection sort_by {self.sort_by!r} is not one of its fields {list(fields)}")
+        object.__setattr__(self, "pad_value", float(self.pad_value))
+
+    def array_names(self, name: str) -> tuple[str, str, str]:
+        """The names of the three arrays a collection called ``name`` gives."""
+        return name, f"{name}_mask", f"{name}_count"
+
+
 def _normalize_keys(keys) -> tuple[tuple[str, str], ...]:
-    """Keys as ((array name, dataset path), ...); a mapping renames, e.g. {"ECAL": "ECAL/ECAL"}."""
+    """Keys as ((array name, dataset path or Collection), ...); a mapping renames, e.g. {"ECAL": "ECAL/ECAL"}."""
     if isinstance(keys, str):
         keys = [keys]
     if isinstance(keys, Mapping):
-        pairs = [(str(name), str(path)) for name, path in keys.items()]
+        pairs = [(str(name), path if isinstance(path, Collection) else str(path)) for name, path in keys.items()]
     else:
         pairs = []
         for k in keys:
             if isinstance(k, (tuple, list)) and len(k) == 2:
-                pairs.append((str(k[0]), str(k[1])))
+                pairs.append((str(k[0]), k[1] if isinstance(k[1], Collection) else str(k[1])))
             else:
                 pairs.append((str(k), str(k)))
     if not pairs:
         raise ValueError("a sample needs at least one dataset key")
     names = [n for n, _ in pairs]
+    for name, path in pairs:
+        if isinstance(path, Collection):
+            names += list(path.array_names(name)[1:])
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate array names in keys {names}")
+        raise ValueError(f"duplicate array names in keys {names} (a collection 'x' also makes 'x_mask' and 'x_count')")
     return tuple(pairs)
 
 
@@ -70,15 +129,17 @@ class SampleSpec:
 
     Parameters
     ----------
-    file : path of the HDF5 file.
-    keys : dataset paths to read; a mapping ``{array_name: dataset_path}`` renames (e.g. grouped
-        LCD V4 files: ``{"ECAL": "ECAL/ECAL"}``). All entries of a generator must give the same names.
+    file : path of the HDF5 (``.h5``, ``.hdf5``), ROOT (``.root``) or parquet (``.parquet``, ``.pq``) file.
+    keys : dataset paths (branches, columns) to read; a mapping ``{array_name: dataset_path}`` renames
+        (e.g. grouped LCD V4 files: ``{"ECAL": "ECAL/ECAL"}``), and ``{name: Collection(...)}`` reads a list of
+        points per event. All entries of a generator must give the same names.
     class_name : the label; class indices follow first appearance unless a ``class_index_map`` is given.
     rate : relative mixing rate of this entry's class (all entries of a class must agree); None means
         natural proportions.
     weight : per-event sample weight for this entry's events (emitted as array ``"weight"``).
     filter : ``filter(h5py.File) -> bool mask | int indices`` selecting events by absolute event number.
     start, stop : event range of the file used by this entry (set by :func:`split_samples`).
+    tree : ROOT files: the TTree or RNTuple to read (default: the file's only one).
     """
 
     file: str
@@ -89,6 +150,7 @@ class SampleSpec:
     filter: Callable | None = field(default=None, compare=False)
     start: int = 0
     stop: int | None = None
+    tree: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "file", os.fspath(self.file))
@@ -110,8 +172,8 @@ class SampleSpec:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        """Dataset paths inside the file, in order."""
-        return tuple(p for _, p in self.keys)
+        """Dataset paths (branches, columns) inside the file, in order; a collection gives its fields."""
+        return tuple(q for _, p in self.keys for q in (p.fields if isinstance(p, Collection) else (p,)))
 
     def with_range(self, start: int, stop: int | None) -> SampleSpec:
         """The same entry restricted to events [start, stop)."""
@@ -163,6 +225,7 @@ def make_samples_from_globs(
     rate=None,
     weight=None,
     filter=None,
+    tree: str | None = None,
 ) -> list[SampleSpec]:
     """Samples from glob patterns: ``{class_name: pattern or [patterns]}``, or patterns plus a namer.
 
@@ -201,14 +264,15 @@ def make_samples_from_globs(
         for f in files:
             out.append(
                 SampleSpec(
-                    f, keys, name, rate=pick(rate, name), weight=pick(weight, name), filter=pick(filter, name)
+                    f, keys, name, rate=pick(rate, name), weight=pick(weight, name), filter=pick(filter, name),
+                    tree=tree,
                 )
             )
     return out
 
 
 def make_samples_from_dirs(
-    root, keys, classes=None, pattern: str = "*.h5", *, rate=None, weight=None, filter=None
+    root, keys, classes=None, pattern: str = "*.h5", *, rate=None, weight=None, filter=None, tree=None
 ) -> list[SampleSpec]:
     """Samples from a directory per class: ``root/<class>/<pattern>``.
 
@@ -236,27 +300,14 @@ def make_samples_from_dirs(
         patterns[name] = os.path.join(full, pattern) if os.path.isdir(full) else full
         if not glob.has_magic(sub) and not os.path.isdir(full):
             raise DataError(f"class directory for {name!r} not found", file=full, kind="directory")
-    return make_samples_from_globs(patterns, keys, rate=rate, weight=weight, filter=filter)
+    return make_samples_from_globs(patterns, keys, rate=rate, weight=weight, filter=filter, tree=tree)
 
 
 def count_events(sample: SampleSpec) -> int:
-    """Events in ``sample``'s range (before any filter), from the length of its first dataset."""
-    import h5py
+    """Events in ``sample``'s range (before any filter), from its file's event count (any format)."""
+    from dlkit.generators.sources import count_events as file_events
 
-    if not os.path.exists(sample.file):
-        raise DataError("file not found", file=sample.file)
-    path = sample.paths[0]
-    try:
-        with h5py.File(sample.file, "r") as f:
-            if path not in f:
-                raise DataError(
-                    f"dataset not found (file has {sorted(f.keys())})", file=sample.file, key=path
-                )
-            n = int(f[path].shape[0]) if f[path].shape else 0
-    except DataError:
-        raise
-    except OSError as exc:
-        raise DataError(f"cannot read as HDF5 (truncated or corrupt?): {exc}", file=sample.file) from None
+    n = file_events(sample)
     stop = n if sample.stop is None else min(sample.stop, n)
     return max(0, stop - min(sample.start, stop))
 

@@ -1,6 +1,11 @@
 """HDF5 sources: consumer-side inspection of the sample files (validate once, clearly, and plan raw reads)
 and the readers' h5py reads.
 
+A :class:`~dlkit.generators.samples.Collection`'s field is a group with ``values`` (every event's points,
+flat) and ``offsets`` (events + 1, int), the CSR layout :func:`dlkit.jagged.write_events` writes; a vlen
+dataset (one array per event); or a :class:`dlkit.sparse.SparseTensor` group in its padded layout (``C``
+coordinates, ``V`` values, ``N`` counts), which gives its coordinates and then its value as features.
+
 Every file is opened once with h5py when a generator is built: missing files and keys, event counts
 that differ between keys, per-event shapes or dtypes that differ between files, and truncated data are
 reported here as :class:`DataError` naming file and key. Filters run here too. For datasets stored
@@ -11,46 +16,18 @@ datasets (compressed, non-native byte order, ...) are read through h5py in the w
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators.errors import DataError
+from dlkit.generators.sources.base import check_counts, collection_arrays
 
 logger = logging.getLogger(__name__)
 
 _KINDS = "biufc"
-
-
-@dataclass
-class EntryInfo:
-    """What a reader needs to read one sample entry; picklable, sent to the workers once."""
-
-    index: int
-    path: str
-    class_index: int
-    weight: float
-    keys: tuple  # ((name, dataset path), ...)
-    n_rows: int
-    start: int
-    stop: int
-    selection: np.ndarray | None  # absolute rows; None -> the contiguous range [start, stop)
-    n: int
-    modes: dict = field(default_factory=dict)  # name -> ("raw", extents (m,3) int64) | ("h5", None)
-    size: int = 0
-    mtime_ns: int = 0
-    digest: str = ""
-
-    def rows(self, pos: int, count: int) -> np.ndarray:
-        """Absolute file rows of selected positions [pos, pos+count)."""
-        if self.selection is None:
-            return np.arange(self.start + pos, self.start + pos + count, dtype=np.int64)
-        return self.selection[pos : pos + count]
 
 
 def _raw_extents(ds, n_rows: int, row_bytes: int, file_size: int, path: str, key: str):
@@ -111,70 +88,6 @@ def _raw_extents(ds, n_rows: int, row_bytes: int, file_size: int, path: str, key
     return ext
 
 
-def _apply_filter(spec, f, n_rows: int) -> np.ndarray | None:
-    sel = spec.filter(f)
-    sel = np.asarray(sel)
-    if sel.dtype == bool:
-        if sel.shape != (n_rows,):
-            raise DataError(
-                f"filter {spec.filter!r} returned a mask of shape {sel.shape}, expected ({n_rows},)",
-                file=spec.file,
-            )
-        return np.flatnonzero(sel).astype(np.int64)
-    if sel.dtype.kind not in "iu":
-        raise DataError(
-            f"filter {spec.filter!r} must return a bool mask or integer indices, got {sel.dtype}",
-            file=spec.file,
-        )
-    sel = np.unique(sel.astype(np.int64).ravel())
-    if len(sel) and (sel[0] < 0 or sel[-1] >= n_rows):
-        raise DataError(
-            f"filter {spec.filter!r} returned event numbers outside [0, {n_rows})", file=spec.file
-        )
-    return sel
-
-
-def inspect_entries(specs, class_index_map: dict) -> tuple[list[EntryInfo], list[ArraySpec]]:
-    """Open, validate and describe every entry; returns entry infos and the input array specs."""
-    entries: list[EntryInfo] = []
-    arrays: list[ArraySpec] | None = None
-    first_file = None
-    for i, spec in enumerate(specs):
-        _check_names(spec, specs[0].names)
-        st = _stat(spec.file)
-        with _open(spec.file) as f:
-            this_arrays, modes, n_rows = _describe_datasets(f, spec, st.st_size)
-            if arrays is None:
-                arrays, first_file = this_arrays, spec.file
-            else:
-                _check_like_first(this_arrays, arrays, spec, first_file)
-            start, stop, selection = _select_events(f, spec, n_rows)
-        entries.append(_entry_info(i, spec, class_index_map[spec.class_name], st, n_rows, (start, stop, selection),
-                                   modes))
-    raw = sum(m[0] == "raw" for e in entries for m in e.modes.values())
-    total = sum(len(e.modes) for e in entries)
-    logger.debug("inspected %d entries: %d/%d datasets readable with raw preadv", len(entries), raw, total)
-    return entries, arrays
-
-
-def _check_names(spec, names0) -> None:
-    if spec.names != names0:
-        raise DataError(
-            f"entry gives arrays {list(spec.names)} but the first entry gives {list(names0)}; "
-            "all entries must provide the same names (use keys={name: path} to rename)",
-            file=spec.file,
-        )
-
-
-def _stat(path) -> os.stat_result:
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
-    except OSError as exc:
-        raise DataError(f"cannot stat file: {exc}", file=path) from None
-
-
 def _open(path):
     """The file opened with h5py (a context manager), or a :class:`DataError` saying why not."""
     import h5py
@@ -205,97 +118,135 @@ def _dataset(f, spec, path):
     return obj
 
 
-def _describe_datasets(f, spec, file_size: int):
-    """``(array specs, read modes, events)`` of an entry's datasets: same event count in every one."""
+def _describe_fixed(f, spec, name, path, file_size: int):
+    """``(array specs, read mode, events)`` of one fixed-shape dataset."""
+    obj = _dataset(f, spec, path)
+    dt = obj.dtype
+    a = ArraySpec(name, dt.newbyteorder("=").str if not dt.isnative else dt.str, tuple(obj.shape[1:]))
+    ext = _raw_extents(obj, int(obj.shape[0]), a.row_bytes, file_size, spec.file, path)
+    return [a], (("raw", ext) if ext is not None else ("h5", None)), int(obj.shape[0])
+
+
+def _csr_layout(obj, spec, field):
+    off = obj["offsets"]
+    if off.ndim != 1 or off.dtype.kind not in "iu" or len(off) < 1:
+        raise DataError("offsets must be a 1-d integer dataset of events + 1 entries", file=spec.file,
+                        key=f"{field}/offsets")
+    if int(off[0]) != 0 or int(off[-1]) > len(obj["values"]):
+        raise DataError(f"offsets run from {int(off[0])} to {int(off[-1])} but values has {len(obj['values'])} "
+                        "entries (truncated?)", file=spec.file, key=field)
+    return "csr", len(off) - 1, [field]
+
+
+def _field_layout(f, spec, field):
+    """``(layout, events, feature names)`` of a collection's field: "csr", "vlen" or "padded"."""
+    import h5py
+
+    obj = f.get(field)
+    if obj is None:
+        raise DataError(f"collection field not found (the file has {sorted(f.keys())})", file=spec.file,
+                        key=field)
+    if isinstance(obj, h5py.Group):
+        if "values" in obj and "offsets" in obj:
+            return _csr_layout(obj, spec, field)
+        if obj.attrs.get("layout") == "padded" and {"C", "V", "N"} <= set(obj):
+            dims = obj["C"].shape[-1]
+            return "padded", int(obj["N"].shape[0]), [f"{field}/C{d}" for d in range(dims)] + [field]
+        raise DataError("is a group without values/offsets (CSR) nor a padded SparseTensor (C, V, N)",
+                        file=spec.file, key=field)
+    if obj.ndim == 1 and h5py.check_vlen_dtype(obj.dtype) is not None:
+        return "vlen", int(obj.shape[0]), [field]
+    raise DataError(f"is a dataset of {obj.dtype} {obj.shape}; a collection field must be a CSR group "
+                    "(values, offsets), a vlen dataset or a padded SparseTensor group", file=spec.file, key=field)
+
+
+def _describe_points(f, spec, name, coll):
+    """``(array specs, read mode, events)`` of a collection: its fields' layouts and features."""
+    layouts, features, events = [], [], None
+    for field in coll.fields:
+        layout, n, feats = _field_layout(f, spec, field)
+        if events is not None and n != events:
+            raise DataError(f"has {n} events but {coll.fields[0]!r} has {events}", file=spec.file, key=field)
+        events = n
+        layouts.append(layout)
+        features += feats
+    if coll.sort_by is not None and coll.sort_by not in features:
+        raise DataError(f"sort_by {coll.sort_by!r} is none of the features {features}", file=spec.file, key=name)
+    details = {"layouts": layouts, "features": features}
+    return collection_arrays(name, coll, len(features)), ("points", details), events
+
+
+def describe(f, spec, file_size: int):
+    """``(array specs, read modes, events)`` of an entry's keys: the same event count in every one."""
     arrays, modes, n_rows = [], {}, None
     for name, path in spec.keys:
-        obj = _dataset(f, spec, path)
-        rows = int(obj.shape[0])
-        if n_rows is None:
-            n_rows = rows
-        elif rows != n_rows:
-            raise DataError(f"has {rows} events but {spec.keys[0][1]!r} has {n_rows}", file=spec.file, key=path)
-        dt = obj.dtype
-        a = ArraySpec(name, dt.newbyteorder("=").str if not dt.isnative else dt.str, tuple(obj.shape[1:]))
-        arrays.append(a)
-        ext = _raw_extents(obj, rows, a.row_bytes, file_size, spec.file, path)
-        modes[name] = ("raw", ext) if ext is not None else ("h5", None)
+        if isinstance(path, str):
+            these, modes[name], rows = _describe_fixed(f, spec, name, path, file_size)
+        else:
+            these, modes[name], rows = _describe_points(f, spec, name, path)
+        if n_rows is not None and rows != n_rows:
+            raise DataError(f"has {rows} events but {spec.paths[0]!r} has {n_rows}", file=spec.file, key=name)
+        n_rows = rows
+        arrays += these
     return arrays, modes, n_rows
 
 
-def _check_like_first(arrays, first, spec, first_file) -> None:
-    """Per-event shapes and dtypes must be those of the first entry's arrays."""
-    for a, a0, (_, path) in zip(arrays, first, spec.keys):
-        if a.shape != a0.shape:
-            raise DataError(f"per-event shape {a.shape} differs from {a0.shape} in {first_file!r}",
-                            file=spec.file, key=path)
-        if a.dtype != a0.dtype:
-            raise DataError(f"dtype {np.dtype(a.dtype)} differs from {np.dtype(a0.dtype)} in {first_file!r}",
-                            file=spec.file, key=path)
+def n_events(f, spec) -> int:
+    """Events in the file, from the first key."""
+    name, path = spec.keys[0]
+    if isinstance(path, str):
+        return int(_dataset(f, spec, path).shape[0])
+    return _field_layout(f, spec, path.fields[0])[1]
 
 
-def _select_events(f, spec, n_rows: int):
-    """``(start, stop, selection)``: the entry's event range after its filter; ``selection`` (absolute rows)
-    only when the selected events are not one contiguous range."""
-    stop = n_rows if spec.stop is None else min(spec.stop, n_rows)
-    start = min(spec.start, stop)
-    if spec.filter is None:
-        return start, stop, None
-    try:
-        sel = _apply_filter(spec, f, n_rows)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"filter {spec.filter!r} failed: {type(exc).__name__}: {exc}", file=spec.file) from None
-    sel = sel[(sel >= start) & (sel < stop)]
-    if len(sel) == 0 or sel[-1] - sel[0] + 1 != len(sel):
-        return start, stop, sel
-    return int(sel[0]), int(sel[-1]) + 1, None
+def filter_view(f):
+    """What an event filter is given: the h5py file itself."""
+    return f
 
 
-def _entry_info(index, spec, class_index, st, n_rows, selected, modes) -> EntryInfo:
-    start, stop, selection = selected
-    n = (stop - start) if selection is None else len(selection)
-    h = hashlib.sha1(f"{start}:{stop}".encode())
-    if selection is not None:
-        h.update(np.ascontiguousarray(selection).tobytes())
-    return EntryInfo(
-        index=index,
-        path=os.path.abspath(spec.file),
-        class_index=class_index,
-        weight=1.0 if spec.weight is None else float(spec.weight),
-        keys=spec.keys,
-        n_rows=n_rows,
-        start=start,
-        stop=stop,
-        selection=selection,
-        n=int(n),
-        modes=modes,
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
-        digest=h.hexdigest(),
-    )
-
-
-def read_events(entry, inputs, rows) -> dict:
-    """Rows ``rows`` (absolute, sorted) of every array of ``entry``, read through h5py in this process."""
+def open_file(path, tree=None, consumer=False):
+    """An h5py handle on ``path``; on the consumer side a :class:`DataError` when it cannot be opened (in a
+    reader, the OSError)."""
     import h5py
 
-    arrays = {}
-    try:
-        with h5py.File(entry.path, "r") as f:
-            for (name, path), a in zip(entry.keys, inputs):
-                arrays[name] = np.ascontiguousarray(f[path][rows.tolist()], dtype=a.np_dtype)
-    except OSError as exc:
-        raise DataError(f"cannot read events for probing the pre-process: {exc}", file=entry.path) from None
-    return arrays
-
-
-def open_file(path):
-    """A reader's h5py handle on ``path`` (OSError when it is not HDF5)."""
-    import h5py
-
+    if consumer:
+        return _open(path)
     return h5py.File(path, "r")
+
+
+def read_fixed(f, entry, name, path, r0: int, r1: int) -> np.ndarray:
+    """Rows ``[r0, r1)`` of a fixed-shape dataset."""
+    return f[path][r0:r1]
+
+
+def _read_field(f, layout, field, r0, r1):
+    """``(values per feature, counts)`` of one field for events ``[r0, r1)``."""
+    g = f[field]
+    if layout == "csr":
+        off = np.asarray(g["offsets"][r0 : r1 + 1], dtype=np.int64)
+        counts = np.diff(off)
+        if (counts < 0).any():
+            raise DataError(f"offsets decrease at event {r0 + int(np.flatnonzero(counts < 0)[0])}",
+                            file=f.filename, key=f"{field}/offsets")
+        return [g["values"][off[0] : off[-1]]], counts
+    if layout == "vlen":
+        rows = g[r0:r1]
+        counts = np.array([len(x) for x in rows], dtype=np.int64)
+        return [np.concatenate(rows) if len(rows) else np.zeros(0, np.float32)], counts
+    counts = np.asarray(g["N"][r0:r1], dtype=np.int64)
+    valid = np.arange(g["V"].shape[1]) < counts[:, None]
+    c = g["C"][r0:r1][valid]
+    return [c[:, d] for d in range(c.shape[1])] + [g["V"][r0:r1][valid]], counts
+
+
+def read_points(f, entry, name, coll, r0: int, r1: int):
+    """A collection's points for events ``[r0, r1)``: one flat array per feature, and the counts."""
+    values, counts = [], []
+    for layout, field in zip(entry.modes[name][1]["layouts"], coll.fields):
+        v, c = _read_field(f, layout, field, r0, r1)
+        values += v
+        counts.append(c)
+    return values, check_counts(counts, coll.fields, r0, entry.path)
 
 
 def read_rows(f, key, groups, spec, tgt, rows, start) -> None:
