@@ -13,6 +13,13 @@ created at their final, contiguous size)::
     python -m dlkit.io csv bhcal.csv data/BHCal/bhcal_0.h5
     python -m dlkit.io root sim.root data/Pi/pi_0.h5 --tree events --branch energy=E_truth --branch 'layers=L*'
 
+Files of events with per-event lists (hits, deposits: :mod:`dlkit.jagged`) convert between ROOT (TTree or
+RNTuple), parquet and HDF5, one file or a class-per-directory tree (``<dir>/<Class>/<file>``, the layout
+kept, each file getting the format's extension)::
+
+    python -m dlkit.io convert hits/Ele/Ele_0.root hits/Ele/Ele_0.parquet
+    python -m dlkit.io convert hits-root/ hits-h5/ --format hdf5 --hdf5-layout vlen   # alias: convert-hits
+
 Bad input is a :class:`dlkit.generators.DataError` naming the file and where: the line (and column) of a
 CSV row that is not numbers, has the wrong number of columns or holds NaN/inf; the branch of a ROOT tree that
 is missing or has a variable length per event. Floating-point values are stored as float32 by default.
@@ -42,7 +49,7 @@ from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["convert_csv", "read_csv_header", "convert_root", "main"]
+__all__ = ["convert_csv", "read_csv_header", "convert_root", "main"]  # events with lists: dlkit.jagged
 
 
 def _open_text(path: Path):
@@ -353,7 +360,7 @@ def _branch_arg(items) -> dict | None:
 
 
 def main(argv=None) -> int:
-    """``python -m dlkit.io csv|root SRC DST [options]``; exit 2 with one line for bad input."""
+    """``python -m dlkit.io csv|root|convert SRC DST [options]``; exit 2 with one line for bad input."""
     parser = argparse.ArgumentParser(prog="python -m dlkit.io", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kind", required=True)
     c = sub.add_parser("csv", help="text/CSV: one row per event, layer sums then the true energy")
@@ -378,10 +385,13 @@ def main(argv=None) -> int:
     for p in (c, r):
         p.add_argument("--dtype", default="float32", help="type of floating-point data (default float32)")
         p.add_argument("--no-progress", action="store_true")
+    _add_convert_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        if args.kind == "csv":
+        if args.kind in ("convert", "convert-hits"):
+            _convert_events(args)
+        elif args.kind == "csv":
             delimiter = {"auto": "auto", "whitespace": None}.get(args.delimiter, args.delimiter)
             header = {"auto": "auto", "yes": True, "no": False}[args.header]
             convert_csv(args.src, args.dst, energy_column=None if args.no_energy else args.energy_column,
@@ -395,6 +405,45 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_OK
+
+
+def _add_convert_parser(sub) -> None:
+    from dlkit.jagged import FORMATS, HDF5_LAYOUTS
+
+    v = sub.add_parser("convert", aliases=["convert-hits"],
+                       help="files of events with per-event lists: ROOT TTree/RNTuple, parquet, HDF5 (dlkit.jagged)")
+    v.add_argument("src", help="a file, or a directory tree of files (.root, .parquet, .pq, .h5, .hdf5)")
+    v.add_argument("dst", help="the output file, or directory for a directory (created; the layout is kept)")
+    v.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (default: from DST's extension; needed for a directory and for rntuple)")
+    v.add_argument("--tree", default="events", help="output TTree/RNTuple name (default %(default)s)")
+    v.add_argument("--src-tree", default=None, help="input TTree/RNTuple name (default: the file's only one)")
+    v.add_argument("--hdf5-layout", choices=HDF5_LAYOUTS, default="csr",
+                   help="HDF5 jagged columns: csr (group with values, offsets; default) or vlen")
+    v.add_argument("--chunk-events", type=int, default=1000,
+                   help="events per ROOT basket / RNTuple cluster / parquet row group (default %(default)s)")
+
+
+def _convert_events(args) -> None:
+    """``convert``: one file into another, or every file of a directory tree into ``args.format``."""
+    from dlkit.jagged import EXTENSIONS, convert, convert_dir
+
+    src, dst = Path(args.src), Path(args.dst)
+    common = {"tree": args.tree, "hdf5_layout": args.hdf5_layout, "src_tree": args.src_tree,
+              "chunk_events": args.chunk_events}
+    if src.is_dir():
+        if args.format is None:
+            raise ValueError(f"{str(src)!r} is a directory: give the output --format")
+        paths = convert_dir(src, dst, format=args.format, **common,
+                            progress=lambda a, b: log.info("converted %s -> %s", a, b))
+        log.info("converted %d files from %s into %s", len(paths), src, dst)
+        return
+    if dst.is_dir():
+        if args.format is None:
+            raise ValueError(f"{str(dst)!r} is a directory: give the output file's name or --format")
+        dst = dst / (src.name.rsplit(".", 1)[0] + EXTENSIONS[args.format])
+    convert(src, dst, format=args.format, **common)
+    log.info("converted %s -> %s", src, dst)
 
 
 if __name__ == "__main__":
