@@ -9,7 +9,9 @@ physics parameter lives in :class:`CaloSimConfig`; ``calodnn/README.md`` ("Simul
 
 Layout written by :func:`write_dataset`: ``<out>/<Particle>/<Particle>_<i>.h5`` with datasets ``ECAL``
 (N, X, Y, L), ``HCAL`` (N, X, Y, L) float32 (calibrated deposited energy in GeV per cell), ``energy`` (N,)
-float32 GeV, ``pdgID`` (N,) int32 and the scalar features of :func:`compute_features`.
+float32 GeV, ``pdgID`` (N,) int32 and the scalar features of :func:`compute_features`. With ``hits``
+(``"root"``, ``"rntuple"``, ``"parquet"``, ``"hdf5"``) the same events are written as hit lists instead,
+``<out>/<Particle>/<Particle>_<i>.{root,parquet,h5}`` (:func:`hits_from_images`, :mod:`dlkit.jagged`).
 
 >>> import numpy as np
 >>> ev = simulate_events("Ele", 3, np.random.default_rng(1))
@@ -32,6 +34,7 @@ import numpy as np
 from scipy.special import erf, gammainc, ndtri
 
 from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
+from dlkit.jagged import EXTENSIONS, FORMATS, EventWriter, Jagged
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
 from dlkit.protocol import EXIT_OK
@@ -48,6 +51,8 @@ __all__ = [
     "TRUTH_KEYS",
     "simulate_events",
     "compute_features",
+    "HIT_COLUMNS",
+    "hits_from_images",
     "file_seed_sequence",
     "write_file",
     "write_dataset",
@@ -777,6 +782,66 @@ def file_seed_sequence(seed: int, particle: str, file_index: int) -> np.random.S
     return np.random.SeedSequence(entropy=int(seed), spawn_key=(PDG_IDS[particle], int(file_index)))
 
 
+#: The per-event hit columns of hit files (:func:`hits_from_images`), float32 each.
+HIT_COLUMNS = ("hit_x", "hit_y", "hit_z", "hit_e", "hit_det")
+
+
+@functools.lru_cache(maxsize=8)
+def _cell_centres(cfg: CaloSimConfig):
+    """Per detector: (x, y, z) cell-centre coordinates [mm] along each image axis, float32."""
+    geo = _geometry(cfg)
+
+    def mid(edges):
+        return (0.5 * (edges[1:] + edges[:-1])).astype(np.float32)
+
+    out = ((mid(geo.ecal_edges_mm), mid(geo.ecal_edges_y_mm), geo.depth_mm[:geo.n_ecal].astype(np.float32)),
+            (mid(geo.hcal_edges_mm), mid(geo.hcal_edges_y_mm), geo.depth_mm[geo.hcal].astype(np.float32)))
+    for axes in out:
+        for a in axes:
+            a.setflags(write=False)  # cached and shared
+    return out
+
+
+def hits_from_images(ecal: np.ndarray, hcal: np.ndarray, config: CaloSimConfig | None = None) -> dict:
+    """The cells of images (N, X, Y, L) with nonzero energy (those above the zero suppression) as hit lists.
+
+    Returns :data:`HIT_COLUMNS` as :class:`dlkit.jagged.Jagged` columns of N events, float32: ``hit_x``,
+    ``hit_y`` (transverse, mm, 0 on the grid centre) and ``hit_z`` (depth of the layer centre from the ECAL
+    front face, mm; the HCAL layers lie behind the ECAL and the dead material) of the cell centre,
+    ``hit_e`` (the cell's energy, GeV, as in the image) and ``hit_det`` (0. ECAL, 1. HCAL: float32 like the
+    other features). Per event the ECAL hits come first, then the HCAL's, each in the images' C order
+    (x, then y, then layer). Vectorised over the whole batch: one ``np.flatnonzero`` per detector.
+    """
+    cfg = config or CaloSimConfig()
+    ecal, hcal = np.asarray(ecal), np.asarray(hcal)
+    n = ecal.shape[0]
+    if ecal.shape != (n, *cfg.ecal_shape) or hcal.shape != (n, *cfg.hcal_shape):
+        raise ValueError(f"images of shapes {ecal.shape}, {hcal.shape} do not fit the config's "
+                         f"{cfg.ecal_shape}, {cfg.hcal_shape}")
+    found = []
+    for det, img, centres in ((0, ecal, _cell_centres(cfg)[0]), (1, hcal, _cell_centres(cfg)[1])):
+        cells = int(np.prod(img.shape[1:]))
+        flat = img.reshape(-1)
+        idx = np.flatnonzero(flat)
+        ev, cell = np.divmod(idx, cells)
+        ix, iy, il = np.unravel_index(cell, img.shape[1:])
+        found.append((ev, np.bincount(ev, minlength=n), (centres[0][ix], centres[1][iy], centres[2][il],
+                                                          flat[idx].astype(np.float32), det)))
+    counts = found[0][1] + found[1][1]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    out = {k: np.empty(offsets[-1], np.float32) for k in HIT_COLUMNS}
+    before = np.zeros(n, np.int64)  # hits of the event written before this detector's
+    for ev, det_counts, columns in found:
+        det_offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(det_counts, out=det_offsets[1:])
+        pos = offsets[ev] + before[ev] + (np.arange(ev.size) - det_offsets[ev])
+        for k, v in zip(HIT_COLUMNS, columns):
+            out[k][pos] = v
+        before += det_counts
+    return {k: Jagged(v, offsets) for k, v in out.items()}
+
+
 def _dataset_kwargs(shape, dtype, compression):
     """Uncompressed: contiguous (a slice of events is one read). gzip: chunks of ~1 MiB of whole events,
     which fit h5py's default 1 MiB chunk cache."""
@@ -787,17 +852,41 @@ def _dataset_kwargs(shape, dtype, compression):
     return {"compression": compression, "chunks": (rows, *shape[1:]), "shuffle": True}
 
 
+def _check_hits(hits, compression):
+    if hits is not None and hits not in FORMATS:
+        raise ValueError(f"hits must be None or one of {', '.join(FORMATS)}, got {hits!r}")
+    if hits is not None and compression is not None:
+        raise ValueError("compression is for the HDF5 image files; hit files use their format's own")
+
+
 def write_file(path, particle: str, n: int, seed: int, file_index: int, config: CaloSimConfig | None = None,
-               compression: str | None = None, progress=None) -> Path:
+               compression: str | None = None, progress=None, hits: str | None = None) -> Path:
     """Simulate and write one file atomically (:func:`dlkit.datasets.atomic_file`).
 
-    ``progress``: optional callable(n_events_done) called after each batch.
+    ``progress``: optional callable(n_events_done) called after each batch. ``hits``: write the events as
+    hit lists in this format of :data:`dlkit.jagged.FORMATS` instead of images (the same events: the
+    columns of :func:`hits_from_images`, then ``energy``, ``pdgID`` and the features; the file's metadata
+    holds the config, seed, particle, ...); ``path`` must have the format's extension.
     """
     import dlkit
 
     cfg = config or CaloSimConfig()
     path = Path(path)
+    _check_hits(hits, compression)
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
+    if hits is not None:
+        meta = {"simulation_config": cfg.to_json(), "seed": int(seed), "particle": particle,
+                "file_index": int(file_index), "dlkit_version": dlkit.__version__,
+                "format_version": FORMAT_VERSION, "generator": "calodnn.simulate",
+                "units": "hit_x, hit_y, hit_z: mm (cell centre); hit_e, energy: GeV; hit_det: 0 ECAL, 1 HCAL"}
+        with EventWriter(path, format=hits, metadata=meta, n_events=n) as writer:
+            for chunk in _iter_chunks(particle, n, rng, cfg):
+                columns = hits_from_images(chunk["ECAL"], chunk["HCAL"], cfg)
+                columns.update({k: chunk[k] for k in ("energy", "pdgID", *FEATURE_NAMES)})
+                writer.write(columns)
+                if progress is not None:
+                    progress(len(chunk["energy"]))
+        return path
     shapes = {"ECAL": ((n, *cfg.ecal_shape), np.float32), "HCAL": ((n, *cfg.hcal_shape), np.float32),
               "energy": ((n,), np.float32), "pdgID": ((n,), np.int32)}
     shapes.update({k: ((n,), np.float32) for k in FEATURE_NAMES})
@@ -825,40 +914,44 @@ def write_file(path, particle: str, n: int, seed: int, file_index: int, config: 
 
 def _write_job(job, progress=None):
     """One file of :func:`write_dataset` (module level: :func:`dlkit.datasets.write_files` pickles it)."""
-    path, particle, n, file_index, seed, cfg_dict, compression = job
+    path, particle, n, file_index, seed, cfg_dict, compression, hits = job
     return write_file(path, particle, n, seed, file_index, CaloSimConfig.from_dict(cfg_dict), compression,
-                      progress=progress), n
+                      progress=progress, hits=hits), n
 
 
-def _plan(out_dir, particles, events_per_class, events_per_file):
+def _plan(out_dir, particles, events_per_class, events_per_file, ext=".h5"):
     jobs = []
     for particle in particles:
         if particle not in PDG_IDS:
             raise ValueError(f"unknown particle {particle!r}; expected some of {PARTICLES}")
         for i, start in enumerate(range(0, events_per_class, events_per_file)):
-            jobs.append((Path(out_dir) / particle / f"{particle}_{i}.h5", particle,
+            jobs.append((Path(out_dir) / particle / f"{particle}_{i}{ext}", particle,
                          min(events_per_file, events_per_class - start), i))
     return jobs
 
 
 def write_dataset(out_dir, particles=PARTICLES, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
                   events_per_file: int = 1000, seed: int = 0, config: CaloSimConfig | None = None,
-                  compression: str | None = None, progress: bool = True, workers: int | None = None
-                  ) -> list[Path]:
+                  compression: str | None = None, progress: bool = True, workers: int | None = None,
+                  hits: str | None = None) -> list[Path]:
     """Write ``<out_dir>/<Particle>/<Particle>_<i>.h5`` for each particle; returns the paths written.
 
     Each file is seeded from (seed, particle, file index), so the result does not depend on ``workers``
     or on the order files are made in. ``workers`` processes (spawned, default: the available cores for
-    big datasets, 1 for small ones) each write whole files.
+    big datasets, 1 for small ones) each write whole files. ``hits`` (``"root"``, ``"rntuple"``,
+    ``"parquet"``, ``"hdf5"``): the same events as hit-list files ``<Particle>_<i>.root`` (``.parquet``,
+    ``.h5``) instead of images (:func:`write_file`).
     """
     cfg = config or CaloSimConfig()
     if compression not in (None, "gzip", "lzf"):
         raise ValueError("compression must be None, 'gzip' or 'lzf'")
+    _check_hits(hits, compression)
     if events_per_class < 1 or events_per_file < 1:
         raise ValueError("events_per_class and events_per_file must be >= 1")
     cfg_dict = cfg.to_dict()
-    jobs = [(path, particle, n, i, seed, cfg_dict, compression)
-            for path, particle, n, i in _plan(out_dir, particles, events_per_class, events_per_file)]
+    ext = ".h5" if hits is None else EXTENSIONS[hits]
+    jobs = [(path, particle, n, i, seed, cfg_dict, compression, hits)
+            for path, particle, n, i in _plan(out_dir, particles, events_per_class, events_per_file, ext)]
     return write_files(_write_job, jobs, sum(j[2] for j in jobs), "calodnn.simulate", workers=workers,
                        progress=progress)
 
@@ -871,34 +964,44 @@ _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CaloSimConfig)}
 
 
 def dataset_key(config: CaloSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,
-                compression: str | None = None) -> str:
-    """Hash naming a cached dataset: everything that changes its bytes."""
+                compression: str | None = None, hits: str | None = None) -> str:
+    """Hash naming a cached dataset: everything that changes its bytes (``hits``: its format, if hit files)."""
     cfg = {k: v for k, v in config.to_dict().items()
            if not (k in _KEY_OPTIONAL_FIELDS and v == _FIELD_DEFAULTS[k])}
-    blob = json.dumps({"config": cfg, "seed": int(seed), "particles": list(particles),
-                       "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
-                       "compression": compression, "format": FORMAT_VERSION}, sort_keys=True)
+    record = {"config": cfg, "seed": int(seed), "particles": list(particles),
+              "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
+              "compression": compression, "format": FORMAT_VERSION}
+    if hits is not None:  # image datasets keep the keys they had before hit files existed
+        record["hits"] = hits
+    blob = json.dumps(record, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS, events_per_file: int = 1000,
                     seed: int = 0, config: CaloSimConfig | None = None, particles=PARTICLES,
                     compression: str | None = None, progress: bool = True,
-                    workers: int | None = None) -> Path:
+                    workers: int | None = None, hits: str | None = None) -> Path:
     """Path of a complete simulated dataset, made if missing.
 
     Default location: ``$DLKIT_DATA/calodnn/lcd-<key>`` or ``~/.cache/dlkit/calodnn/lcd-<key>``, the key a
     hash of config, seed and sizes (:func:`dataset_key`); built and marked complete by
     :func:`dlkit.datasets.cached_dataset`, so a killed run never leaves a partial dataset that is reused.
+    ``hits``: the same events as hit-list files of this format (:func:`write_dataset`), cached apart, in
+    ``lcd-hits-<format>-<key>``.
     """
     cfg = config or CaloSimConfig()
-    key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression)
-    path = Path(path) if path is not None else data_root("calodnn") / f"lcd-{key}"
+    _check_hits(hits, compression)
+    key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression, hits)
+    name = f"lcd-{key}" if hits is None else f"lcd-hits-{hits}-{key}"
+    path = Path(path) if path is not None else data_root("calodnn") / name
     meta = {"seed": int(seed), "particles": list(particles), "events_per_class": int(events_per_class),
             "events_per_file": int(events_per_file), "compression": compression, "format": FORMAT_VERSION,
             "config": cfg.to_dict()}
+    if hits is not None:
+        meta["hits"] = hits
     return cached_dataset(path, key, lambda tmp: write_dataset(tmp, particles, events_per_class, events_per_file,
-                                                               seed, cfg, compression, progress, workers), meta)
+                                                               seed, cfg, compression, progress, workers, hits),
+                          meta)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -923,6 +1026,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--emax", type=float, default=None, help="highest energy [GeV] (default 510)")
     parser.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
                         help="HDF5 compression (default none: contiguous, fastest to read)")
+    parser.add_argument("--hits", choices=FORMATS, default=None,
+                        help="write the events as hit lists (hit_x, hit_y, hit_z [mm], hit_e [GeV], hit_det) in "
+                        "this format instead of images: <Particle>_<i>.root/.parquet/.h5")
     return parser
 
 
@@ -931,8 +1037,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = CaloSimConfig.from_cli(parser, args, energy_min_gev=args.emin, energy_max_gev=args.emax)
     compression = None if args.compression == "none" else args.compression
+    if args.hits is not None and compression is not None:
+        parser.error("--compression is for the HDF5 image files; hit files use their format's own")
     paths = write_dataset(args.out, tuple(args.particles), args.events_per_class, args.events_per_file,
-                          args.seed, cfg, compression, progress=not args.no_progress, workers=args.workers)
+                          args.seed, cfg, compression, progress=not args.no_progress, workers=args.workers,
+                          hits=args.hits)
     logger.info("wrote %d files under %s", len(paths), args.out)
     return EXIT_OK
 
