@@ -21,6 +21,11 @@ Layout written by :func:`write_dataset` (one file set per particle, LArIAT's nam
                                             images3D/N (N,) points per event (:class:`dlkit.sparse.SparseTensor`),
                                             plus Energy and pdg
 
+With ``hits`` (``"root"``, ``"rntuple"``, ``"parquet"``, ``"hdf5"``) the same events are written instead as
+one file of deposit lists each, ``<out>/<particle>/<particle>_<i>.{root,parquet,h5}`` (:mod:`dlkit.jagged`):
+``dep_x``, ``dep_y``, ``dep_z`` (cm) and ``dep_q`` (deposited energy, MeV) per event - the points of
+``images3D`` - with ``Energy``, ``px``, ``py``, ``pz``, ``pdg`` and ``Track_length``.
+
 >>> import numpy as np
 >>> ev = simulate_events("muon", 2, np.random.default_rng(1))
 >>> ev["features"].shape, ev["features"].dtype.name, len(ev["truth3d"])
@@ -47,6 +52,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from dlkit.datasets import atomic_file, cached_dataset, data_root, write_files
+from dlkit.jagged import EXTENSIONS, FORMATS, EventWriter, Jagged
 from dlkit.protocol import EXIT_OK
 from dlkit.simconfig import SimConfig
 from dlkit.simconfig import documented as _f
@@ -64,11 +70,14 @@ __all__ = [
     "TEST_EVENTS_PER_CLASS",
     "simulate_events",
     "file_seed_sequence",
+    "DEPOSIT_COLUMNS",
+    "deposit_columns",
     "write_file",
     "write_dataset",
     "dataset_key",
     "default_dataset",
     "wire_coordinate",
+    "hit_file_name",
     "main",
 ]
 
@@ -899,36 +908,78 @@ def _feature_writer(dset, compression):
     return write
 
 
+#: The per-event deposit columns of hit files, float32: position [cm] and deposited energy [MeV].
+DEPOSIT_COLUMNS = ("dep_x", "dep_y", "dep_z", "dep_q")
+#: The per-event scalars written beside them (those of the 2d files).
+_SCALARS = {"Energy": np.float32, "px": np.float32, "py": np.float32, "pz": np.float32, "pdg": np.int32,
+            "Track_length": np.float32}
+
+
+def deposit_columns(truth: SparseTensor) -> dict:
+    """The points of a ``truth3d`` :class:`~dlkit.sparse.SparseTensor` as :data:`DEPOSIT_COLUMNS`, each a
+    :class:`dlkit.jagged.Jagged` (``dep_x`` drift, ``dep_y`` up, ``dep_z`` beam [cm]; ``dep_q`` [MeV])."""
+    coords = np.asarray(truth.coords, np.float32)
+    columns = {k: Jagged(np.ascontiguousarray(coords[:, axis]), truth.offsets)
+               for axis, k in enumerate(DEPOSIT_COLUMNS[:3])}
+    columns["dep_q"] = Jagged(np.asarray(truth.values, np.float32), truth.offsets)
+    return columns
+
+
+def _check_hits(hits):
+    if hits is not None and hits not in FORMATS:
+        raise ValueError(f"hits must be None or one of {', '.join(FORMATS)}, got {hits!r}")
+
+
+def hit_file_name(particle: str, file_index: int, hits: str) -> str:
+    """``<particle>_<i>.root`` (``.parquet``, ``.h5``): the deposit file of a ``hits`` dataset."""
+    return f"{particle}_{file_index}{EXTENSIONS[hits]}"
+
+
 def file_names(particle: str, file_index: int) -> tuple[str, str]:
     """LArIAT's file names: ``<particle>_<i>.2d.h5`` and ``<particle>_<i>.3d.h5``."""
     return f"{particle}_{file_index}.2d.h5", f"{particle}_{file_index}.3d.h5"
 
 
 def write_file(directory, particle: str, n: int, seed: int, file_index: int, config: LArSimConfig | None = None,
-               compression: str | None = "gzip", truth3d: bool = True, progress=None) -> Path:
+               compression: str | None = "gzip", truth3d: bool = True, progress=None, hits: str | None = None) -> Path:
     """Simulate and write one file set (2d, and 3d unless ``truth3d`` is False) atomically; returns the 2d path.
 
     ``features`` is chunked one event per chunk (what the readers decompress at a time); ``compression``
     None, ``"gzip"`` (level 1, with shuffle: the default, ~4.3x smaller), ``"gzipN"`` or ``"lzf"``.
-    ``progress``: optional callable(n_events_done) called after each chunk.
+    ``progress``: optional callable(n_events_done) called after each chunk. ``hits`` (one of
+    :data:`dlkit.jagged.FORMATS`): instead of the file set, the same events' deposits as one file
+    :func:`hit_file_name` (:func:`deposit_columns` and the 2d file's scalars; the file's metadata holds the
+    config, seed, particle, ...), whose path is returned; ``compression`` and ``truth3d`` do not apply.
+    The wire signals are still simulated (the random stream runs through them), only not written.
     """
     import h5py
 
     import dlkit
     cfg = config or LArSimConfig()
     _check_compression(compression)
+    _check_hits(hits)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    name2d, name3d = file_names(particle, file_index)
-    paths = [directory / name2d] + ([directory / name3d] if truth3d else [])
     rng = np.random.default_rng(file_seed_sequence(seed, particle, file_index))
-    opts = _h5_options(compression)
     attrs = {"simulation_config": cfg.to_json(), "seed": int(seed), "particle": particle,
              "file_index": int(file_index), "dlkit_version": dlkit.__version__, "format_version": FORMAT_VERSION,
              "generator": "lartpcdnn.simulate", "views": json.dumps(list(VIEW_NAMES)),
              "features_unit": "ADC counts (deconvolved, pedestal subtracted)"}
-    scalars = {"Energy": np.float32, "px": np.float32, "py": np.float32, "pz": np.float32, "pdg": np.int32,
-               "Track_length": np.float32}
+    if hits is not None:
+        path = directory / hit_file_name(particle, file_index, hits)
+        meta = {**attrs, "units": "dep_x, dep_y, dep_z: cm; dep_q: deposited energy, MeV; Energy: GeV"}
+        with EventWriter(path, format=hits, metadata=meta, n_events=n) as writer:
+            for chunk in _iter_chunks(particle, n, rng, cfg):
+                columns = deposit_columns(chunk["truth3d"])
+                columns.update({k: chunk[k] for k in _SCALARS})
+                writer.write(columns)
+                if progress is not None:
+                    progress(len(chunk["Energy"]))
+        return path
+    name2d, name3d = file_names(particle, file_index)
+    paths = [directory / name2d] + ([directory / name3d] if truth3d else [])
+    opts = _h5_options(compression)
+    scalars = _SCALARS
     truths, energy, pdg = [], [], []
     with contextlib.ExitStack() as files:  # both renamed into place at the end, or neither
         tmps = [files.enter_context(atomic_file(p)) for p in paths]
@@ -965,9 +1016,9 @@ def write_file(directory, particle: str, n: int, seed: int, file_index: int, con
 
 def _write_job(job, progress=None):
     """One file set of :func:`write_dataset` (module level: :func:`dlkit.datasets.write_files` pickles it)."""
-    directory, particle, n, file_index, seed, cfg_dict, compression, truth3d = job
+    directory, particle, n, file_index, seed, cfg_dict, compression, truth3d, hits = job
     return write_file(directory, particle, n, seed, file_index, LArSimConfig.from_dict(cfg_dict), compression,
-                      truth3d, progress), n
+                      truth3d, progress, hits), n
 
 
 def _plan(out_dir, particles, events_per_class, events_per_file):
@@ -983,19 +1034,22 @@ def _plan(out_dir, particles, events_per_class, events_per_file):
 def write_dataset(out_dir, particles=DEFAULT_PARTICLES, events_per_class: int = DEFAULT_EVENTS_PER_CLASS,
                   events_per_file: int = 100, seed: int = 0, config: LArSimConfig | None = None,
                   compression: str | None = "gzip", truth3d: bool = True, progress: bool = True,
-                  workers: int | None = None) -> list[Path]:
+                  workers: int | None = None, hits: str | None = None) -> list[Path]:
     """Write ``<out_dir>/<particle>/<particle>_<i>.{2d,3d}.h5`` for each particle; returns the 2d paths.
 
     Each file is seeded from (seed, particle, file index), so the result does not depend on ``workers``
     (spawned processes each writing whole files; default: the available cores unless the dataset is tiny)
-    or on the order files are made in.
+    or on the order files are made in. ``hits`` (``"root"``, ``"rntuple"``, ``"parquet"``, ``"hdf5"``): the
+    same events' deposits as ``<particle>_<i>.root`` (``.parquet``, ``.h5``) instead (:func:`write_file`);
+    returns those paths.
     """
     cfg = config or LArSimConfig()
     _check_compression(compression)
+    _check_hits(hits)
     if events_per_class < 1 or events_per_file < 1:
         raise ValueError("events_per_class and events_per_file must be >= 1")
     cfg_dict = cfg.to_dict()
-    jobs = [(directory, particle, n, i, seed, cfg_dict, compression, truth3d)
+    jobs = [(directory, particle, n, i, seed, cfg_dict, compression, truth3d, hits)
             for directory, particle, n, i in _plan(out_dir, particles, events_per_class, events_per_file)]
     # a spawned worker costs ~1 s of imports: worth it from ~100 events on
     return write_files(_write_job, jobs, sum(j[2] for j in jobs), "lartpcdnn.simulate", workers=workers,
@@ -1003,39 +1057,47 @@ def write_dataset(out_dir, particles=DEFAULT_PARTICLES, events_per_class: int = 
 
 
 def dataset_key(config: LArSimConfig, seed: int, particles, events_per_class: int, events_per_file: int,
-                compression: str | None = "gzip", truth3d: bool = True) -> str:
-    """Hash naming a cached dataset: everything that changes its bytes."""
-    blob = json.dumps({"config": config.to_dict(), "seed": int(seed), "particles": list(particles),
-                       "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
-                       "compression": compression, "truth3d": bool(truth3d), "format": FORMAT_VERSION},
-                      sort_keys=True)
+                compression: str | None = "gzip", truth3d: bool = True, hits: str | None = None) -> str:
+    """Hash naming a cached dataset: everything that changes its bytes (``hits``: its format, if hit files)."""
+    record = {"config": config.to_dict(), "seed": int(seed), "particles": list(particles),
+              "events_per_class": int(events_per_class), "events_per_file": int(events_per_file),
+              "compression": compression, "truth3d": bool(truth3d), "format": FORMAT_VERSION}
+    if hits is not None:  # image datasets keep the keys they had before hit files existed
+        record.update(hits=hits, compression=None, truth3d=False)
+    blob = json.dumps(record, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def default_dataset(path=None, events_per_class: int = DEFAULT_EVENTS_PER_CLASS, events_per_file: int = 100,
                     seed: int = 0, config: LArSimConfig | None = None, particles=DEFAULT_PARTICLES,
                     compression: str | None = "gzip", truth3d: bool = True, progress: bool = True,
-                    workers: int | None = None) -> Path:
+                    workers: int | None = None, hits: str | None = None) -> Path:
     """Path of a complete simulated dataset, made if missing.
 
     Default location: ``$DLKIT_DATA/lartpcdnn/lariat-<key>`` or ``~/.cache/dlkit/lartpcdnn/...``, the key a
     hash of config, seed and sizes (:func:`dataset_key`); built and marked complete by
     :func:`dlkit.datasets.cached_dataset`, so a killed run never leaves a dataset that a later call would reuse.
+    ``hits``: the same events' deposit files of this format (:func:`write_dataset`), cached apart, in
+    ``lariat-hits-<format>-<key>``.
     """
     cfg = config or LArSimConfig()
     particles = tuple(particles)
-    key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression, truth3d)
-    path = Path(path) if path is not None else data_root("lartpcdnn") / f"lariat-{key}"
+    _check_hits(hits)
+    key = dataset_key(cfg, seed, particles, events_per_class, events_per_file, compression, truth3d, hits)
+    name = f"lariat-{key}" if hits is None else f"lariat-hits-{hits}-{key}"
+    path = Path(path) if path is not None else data_root("lartpcdnn") / name
 
     def build(tmp):
         logger.info("simulating the default LArIAT-layout dataset (%d events x %d classes) into %s; "
                        "done once, then reused", events_per_class, len(particles), path)
         return write_dataset(tmp, particles, events_per_class, events_per_file, seed, cfg, compression, truth3d,
-                             progress, workers)
+                             progress, workers, hits)
 
     meta = {"seed": int(seed), "particles": list(particles), "events_per_class": int(events_per_class),
             "events_per_file": int(events_per_file), "compression": compression, "truth3d": bool(truth3d),
             "format": FORMAT_VERSION, "config": cfg.to_dict()}
+    if hits is not None:
+        meta.update(hits=hits, compression=None, truth3d=False)
     return cached_dataset(path, key, build, meta)
 
 
@@ -1064,6 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression", choices=("none", "gzip", "gzip4", "lzf"), default="gzip",
                         help="HDF5 compression of features (default gzip level 1: ~4.3x smaller, see README)")
     parser.add_argument("--no-3d", action="store_true", help="do not write the .3d.h5 truth files")
+    parser.add_argument("--hits", choices=FORMATS, default=None,
+                        help="write the events' 3D deposits (dep_x, dep_y, dep_z [cm], dep_q [MeV]) in this format "
+                        "instead of the HDF5 file sets: <particle>_<i>.root/.parquet/.h5")
     return parser
 
 
@@ -1074,7 +1139,8 @@ def main(argv=None) -> int:
     compression = None if args.compression == "none" else args.compression
     particles = PARTICLES if args.all_particles else tuple(args.particles)
     paths = write_dataset(args.out, particles, args.events_per_class, args.events_per_file, args.seed, cfg,
-                          compression, truth3d=not args.no_3d, progress=not args.no_progress, workers=args.workers)
+                          compression, truth3d=not args.no_3d, progress=not args.no_progress, workers=args.workers,
+                          hits=args.hits)
     logger.info("wrote %d file sets under %s", len(paths), args.out)
     return EXIT_OK
 
