@@ -420,8 +420,9 @@ def _add_convert_parser(sub) -> None:
     v.add_argument("--src-tree", default=None, help="input TTree/RNTuple name (default: the file's only one)")
     v.add_argument("--hdf5-layout", choices=HDF5_LAYOUTS, default="csr",
                    help="HDF5 jagged columns: csr (group with values, offsets; default) or vlen")
-    v.add_argument("--chunk-events", type=int, default=1000,
-                   help="events per ROOT basket / RNTuple cluster / parquet row group (default %(default)s)")
+    v.add_argument("--chunk-events", type=int, default=None,
+                   help="events per ROOT basket / RNTuple cluster / parquet row group (default 100 for ROOT, "
+                        "1000 for parquet and HDF5)")
 
 
 def _convert_events(args) -> None:

@@ -259,10 +259,18 @@ def _concat(parts):
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: Events per basket (ROOT), cluster (RNTuple) or row group (parquet) unless told otherwise. ROOT's are small
+#: because a reader decompresses every basket a range of events touches: 256 events from baskets of 100 read
+#: at 17.8k events/s, from baskets of 1,000 at 6.6k (calodnn-like hits, one process; BENCHMARKS.md "Point
+#: clouds"), and ROOT's own 32 kB baskets hold a few dozen such events. Parquet readers keep the row groups
+#: they decoded, so larger groups cost nothing there.
+CHUNK_EVENTS = {"root": 100, "rntuple": 100, "parquet": 1000, "hdf5": 1000}
+
+
 class EventWriter:
     """Write one file of events chunk by chunk; the file appears (atomically) when the block ends.
 
-    >>> with EventWriter("hits.root", chunk_events=1000) as w:          # doctest: +SKIP
+    >>> with EventWriter("hits.root", chunk_events=100) as w:          # doctest: +SKIP
     ...     for cols in chunks:                 # dicts of Jagged / arrays, any number of events each
     ...         w.write(cols)
 
@@ -272,11 +280,12 @@ class EventWriter:
     Parameters otherwise as :func:`write_events`.
     """
 
-    def __init__(self, path, *, format=None, tree: str = "events", chunk_events: int = 1000,
+    def __init__(self, path, *, format=None, tree: str = "events", chunk_events: int | None = None,
                  hdf5_layout: str = "csr", metadata: Mapping | None = None, n_events: int | None = None,
                  _sizes: Mapping | None = None):
         self.path = Path(path)
         self.format = _format(self.path, format)
+        chunk_events = CHUNK_EVENTS[self.format] if chunk_events is None else chunk_events
         if int(chunk_events) < 1:
             raise ValueError("chunk_events must be >= 1")
         if hdf5_layout not in HDF5_LAYOUTS:
@@ -360,12 +369,12 @@ class EventWriter:
 
 
 def write_events(path, columns: Mapping, *, format: str | None = None, tree: str = "events",
-                 chunk_events: int = 1000, hdf5_layout: str = "csr", metadata: Mapping | None = None) -> Path:
+                 chunk_events: int | None = None, hdf5_layout: str = "csr", metadata: Mapping | None = None) -> Path:
     """Write ``columns`` ({name: numpy array (n, ...) or :class:`Jagged` of n events}) to ``path``.
 
     ``format``: one of :data:`FORMATS` (default: from the extension; ``"rntuple"`` for an RNTuple in a
     ``.root`` file). ``tree``: the TTree's or RNTuple's name. ``chunk_events``: events per ROOT basket,
-    RNTuple cluster or parquet row group. ``hdf5_layout``: ``"csr"`` or ``"vlen"`` for jagged columns.
+    RNTuple cluster or parquet row group (default :data:`CHUNK_EVENTS`). ``hdf5_layout``: ``"csr"`` or ``"vlen"`` for jagged columns.
     ``metadata``: strings stored with the file (:func:`read_metadata`). Layouts: the module docstring.
     Written under a temporary name and renamed when complete. Returns the path.
     """
@@ -924,7 +933,7 @@ def read_metadata(path, *, format: str | None = None, tree: str | None = None) -
 
 
 def convert(src, dst, *, format: str | None = None, tree: str = "events", hdf5_layout: str = "csr",
-            src_tree: str | None = None, columns=None, chunk_events: int = 1000, step_events: int = 100_000) -> Path:
+            src_tree: str | None = None, columns=None, chunk_events: int | None = None, step_events: int = 100_000) -> Path:
     """Convert a file of events from any of :data:`FORMATS` into any other.
 
     ``format``: the output's (default from ``dst``'s extension; ``"rntuple"`` for an RNTuple); ``tree``:
@@ -959,7 +968,7 @@ def data_files(directory) -> list[Path]:
 
 
 def convert_dir(src, dst, *, format: str, tree: str = "events", hdf5_layout: str = "csr",
-                src_tree: str | None = None, chunk_events: int = 1000, progress=None) -> list[Path]:
+                src_tree: str | None = None, chunk_events: int | None = None, progress=None) -> list[Path]:
     """Convert every file of a directory tree (e.g. ``<src>/<Class>/<Class>_<i>.root``) into ``format``,
     keeping the layout: ``<dst>/<Class>/<Class>_<i><extension of format>``. Returns the paths written.
 

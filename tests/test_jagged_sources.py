@@ -328,3 +328,31 @@ def test_bad_collection_settings():
         Collection(FIELDS, max_points=3, sort_by="e")
     with pytest.raises(DataError, match="unknown file type '.txt'"):
         MultiClassGenerator([SampleSpec("x.txt", {"hits": HITS}, "a")], 8)
+
+
+def test_sparse_tensor_group(tmp_path):
+    """A SparseTensor's padded group (LArIAT's images3D) as a collection: coordinates then the value."""
+    from dlkit.sparse import SparseTensor
+
+    rng = np.random.default_rng(4)
+    paths = []
+    for cls in CLASSES:
+        counts = rng.integers(0, 40, 90)
+        events = [(rng.normal(size=(c, 3)).astype(np.float32), rng.permutation(c).astype(np.float32) + 1)
+                  for c in counts]
+        path = tmp_path / f"{cls}.h5"
+        SparseTensor.from_events(events).write_h5(str(path), "images3D")
+        paths.append((str(path), cls))
+    coll = Collection(["images3D"], max_points=16, sort_by="images3D")
+    samples = [SampleSpec(p, {"deps": coll}, cls) for p, cls in paths]
+    with MultiClassGenerator(samples, 30, n_workers=2, seed=1, provenance=True) as gen:
+        assert gen.shapes["deps"] == (None, 16, 4)
+        for b in gen:
+            for e in np.unique(b["_entry"]):
+                st = SparseTensor.read_h5(samples[e].file, "images3D")
+                for row in np.flatnonzero(b["_entry"] == e):
+                    c, v = st.event(int(b["_event"][row]))
+                    pts = np.column_stack([c, v])[np.argsort(-v, kind="stable")][:16]
+                    np.testing.assert_array_equal(b["deps"][row, :len(pts)], pts)
+                    assert b["deps_mask"][row].sum() == len(pts) and b["deps_count"][row] == len(v)
+                    assert not b["deps"][row, len(pts):].any()
