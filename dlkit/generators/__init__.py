@@ -23,7 +23,10 @@ read instead (:mod:`dlkit.generators.cache`).
 
 Main pieces: :class:`SampleSpec`, :func:`make_samples_from_dirs`, :func:`make_samples_from_globs`,
 :func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut`, :class:`Collection` (samples); :class:`MultiClassGenerator`,
-:class:`Select` (generator); :class:`Normalize`, :class:`Chain` (pre-processes); :func:`read_cache` (cache files);
+:class:`Select` (generator); :class:`Normalize`, :class:`Chain` (pre-processes); :class:`Standardize`,
+:func:`fit_standardize` (constants fitted on training events), :class:`Reweight`, :func:`fit_reweight` (per-event
+weights flattening a variable per class), :func:`fit_transforms`, :func:`sample_batches` (the fits of a run's
+``Standardize``/``Reweight`` config entries, :mod:`.fitting`); :func:`read_cache` (cache files);
 :class:`DataError`, :class:`WorkerDiedError`, :class:`GeneratorTimeoutError`, :class:`GeneratorError`.
 
 Only this package's light modules load eagerly; :class:`MultiClassGenerator` (which imports Keras) loads
@@ -49,6 +52,12 @@ _LAZY = {
     "EnergyCut": "dlkit.generators.samples",
     "Normalize": "dlkit.generators.preprocess",
     "Chain": "dlkit.generators.preprocess",
+    "Standardize": "dlkit.generators.standardize",
+    "fit_standardize": "dlkit.generators.standardize",
+    "Reweight": "dlkit.generators.reweight",
+    "fit_reweight": "dlkit.generators.reweight",
+    "fit_transforms": "dlkit.generators.fitting",
+    "sample_batches": "dlkit.generators.fitting",
     "read_cache": "dlkit.generators.cache",
     "default_cache_dir": "dlkit.generators.cache",
     "callable_identity": "dlkit.generators.cache",
@@ -63,17 +72,23 @@ __all__ = [
     "GeneratorTimeoutError",
     "MultiClassGenerator",
     "Normalize",
+    "Reweight",
     "SampleSpec",
     "Select",
+    "Standardize",
     "WorkerDiedError",
     "as_samples",
     "callable_identity",
     "count_events",
     "default_cache_dir",
     "default_workers",
+    "fit_reweight",
+    "fit_standardize",
+    "fit_transforms",
     "make_samples_from_dirs",
     "make_samples_from_globs",
     "read_cache",
+    "sample_batches",
     "split_fractions",
     "split_samples",
 ]
