@@ -252,7 +252,21 @@ def _read_trial(path: str, index: int | None) -> dict:
 
 class RunData:
     """Base of an experiment's data holder (a dataclass with ``train`` and ``validation`` generators):
-    :meth:`close` stops their reader processes; ``with setup_data(config) as data:`` does it on any exit."""
+    :meth:`close` stops their reader processes; ``with setup_data(config) as data:`` does it on any exit.
+
+    Transforms fitted on the training set (config entries ``Standardize``, ``Reweight``,
+    :mod:`dlkit.generators.fitting`): a data holder that supports them names them in ``fitted_entries`` and
+    implements :meth:`fit_transforms`, which the run calls once after the model is built or loaded and before
+    training (a run setting an entry its experiment does not support is refused before any data is set up).
+    """
+
+    #: The fitted config entries this experiment's data supports (``"Standardize"``, ``"Reweight"``).
+    fitted_entries: tuple[str, ...] = ()
+
+    def fit_transforms(self, metadata: dict, config: dict) -> None:
+        """Fit what ``config`` asks on the training split - or take it from ``metadata``, the loaded run's
+        (:func:`dlkit.generators.fitting.resolve_fitted`) - record it in ``metadata`` and put it to use
+        (typically: build the generators with it). The base fits nothing."""
 
     def read_test_arrays(self, class_names, preprocess=None, batch_size: int = 1024, **options) -> dict:
         """Every event of ``self.test_samples`` in memory, in file order, read with the run's generator options
@@ -292,6 +306,10 @@ RUN_DEFAULTS = {
     "TensorBoard": False,       # Keras' TensorBoard logs in <run dir>/tensorboard (--tensorboard; dlkit[tensorboard])
     "Deterministic": False,     # fixed seeds and deterministic ops: a resumed run reproduces an uninterrupted one
     "CheckpointEvery": None,    # seconds between mid-epoch saves (None: off, or 900 in a scan; 0: off)
+    # fitted once on the training split, stored in MetaData.json ("Fitted"), reused by -p/-L/analysis (never
+    # refitted); only experiments whose data supports them (RunData.fitted_entries); see dlkit.generators.fitting
+    "Standardize": None,        # {"arrays": [...], "method": "standard"|"robust", "events": 100000, "seed": None}
+    "Reweight": None,           # {"variable": "energy", "bins": [edges] or {"n", "low", "high"}, "method": "flat"}
 }
 
 #: ``CheckpointEvery`` of a scan point that sets none: a preempted or killed point loses at most this much.
@@ -640,8 +658,14 @@ class Experiment:
             self.check_config(setup.config)
         log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
         results = None
+        from dlkit.generators.fitting import check_entries
+
+        check_entries(setup.config)  # the fitted entries' values, before any data is set up
         with self.setup_data(setup.config, bool(args.Test)) as data:
+            check_entries(setup.config, getattr(data, "fitted_entries", ()), self.module)
             wrapper = load_or_build(args, setup, lambda name, **kw: self.make_wrapper(name, data, **kw), self.compile)
+            if hasattr(data, "fit_transforms"):  # fitted on the training split, or the loaded run's (MetaData)
+                data.fit_transforms(wrapper.MetaData, setup.config)
             if self.after_build is not None:
                 self.after_build(wrapper, data)
             if not args.NoTrain:
