@@ -10,6 +10,13 @@ Events are split reproducibly by events per class (train / validation / test). T
 
 ECAL/HCAL normalisation runs in the generator's reader processes (:func:`calo_normalize`), so this module
 must stay importable without Keras.
+
+Fitted on the training split (config entries ``Standardize`` and ``Reweight``, :mod:`dlkit.generators.fitting`):
+with either set, the generators are built by :meth:`CaloData.fit_transforms` (the run calls it once the model is
+built or loaded) with the constants fitted then - or stored by the run it continues. ``Standardize`` may name
+the inputs (``ECAL``, ``HCAL``; one center/scale per array, after ``ECALNorm``/``HCALNorm``); ``Reweight``
+flattens ``energy`` per particle in the training batches (sample weights; validation stays unweighted), from
+premixed files too; its ``"resample"`` method filters the per-particle files, so it needs ``Premix=False``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,14 +61,16 @@ def calo_normalize(config: dict) -> Normalize:
 
 
 class OneHotSelect:
-    """Consumer post-process for premixed files: inputs by name, one-hot targets from a stored label."""
+    """Consumer post-process for premixed files: inputs by name, one-hot targets from a stored label (and the
+    array ``weight`` as Keras' sample weights, if given)."""
 
-    def __init__(self, inputs, n_classes: int, label: str = "label"):
-        self.inputs, self.n_classes, self.label = tuple(inputs), n_classes, label
+    def __init__(self, inputs, n_classes: int, label: str = "label", weight: str | None = None):
+        self.inputs, self.n_classes, self.label, self.weight = tuple(inputs), n_classes, label, weight
 
     def __call__(self, arrays):
         labels = np.asarray(arrays[self.label]).astype(np.int64).reshape(-1)
-        return tuple(arrays[k] for k in self.inputs), np.eye(self.n_classes, dtype=np.float32)[labels]
+        x, y = tuple(arrays[k] for k in self.inputs), np.eye(self.n_classes, dtype=np.float32)[labels]
+        return (x, y) if self.weight is None else (x, y, arrays[self.weight])
 
 
 def _samples_identity(samples) -> str:
@@ -140,6 +150,38 @@ class CaloData(RunData):
     normalize: Normalize
     data_dir: Path
     options: dict = field(default_factory=dict)
+    train_samples: list = field(default_factory=list)
+    #: ``build(fitted) -> (train, validation)``: the generators with the fitted transforms (None or a
+    #: :class:`dlkit.generators.fitting.FittedTransforms`)
+    build: Callable | None = None
+    fitted: object = None
+
+    fitted_entries = ("Standardize", "Reweight")
+
+    def fit_transforms(self, metadata: dict, config: dict) -> None:
+        """Standardize/Reweight fitted on ``train_samples`` (after the ECAL/HCAL norms, one pass over a bounded,
+        seeded sample of them) or taken from ``metadata`` (a run resumed, loaded or analysed: never refitted);
+        recorded in ``metadata["Fitted"]``; then the generators are built with them (rebuilt if they were
+        built before, without them)."""
+        from dlkit.generators import Chain
+        from dlkit.generators.fitting import fit_transforms, resolve_fitted
+
+        def fit(standardize, reweight):
+            return fit_transforms(self.train_samples, standardize, reweight, preprocess=self.normalize,
+                                  class_index_map={name: i for i, name in enumerate(self.class_names)},
+                                  seed=config["Seed"], n_workers=self.options.get("n_workers"))
+
+        fitted = resolve_fitted(metadata, config, fit, self.fitted_entries, "calodnn")
+        _check_fitted(fitted, self.inputs, config["Premix"])
+        if fitted is None and self.train is not None:
+            return
+        self.fitted = fitted
+        if fitted is not None and fitted.standardize is not None:
+            self.normalize = Chain(self.normalize, fitted.standardize)  # the analysis' test set too
+        for gen in (self.train, self.validation):
+            if gen is not None:
+                gen.close()
+        self.train, self.validation = self.build(fitted)
 
     def read_test(self):
         """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
@@ -147,18 +189,83 @@ class CaloData(RunData):
         return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
 
 
+def _check_fitted_config(config: dict, inputs: list[str]) -> None:
+    """What calodnn's data can do with the Standardize/Reweight entries (their form is checked by dlkit)."""
+    from dlkit.generators.fitting import check_entries
+
+    entries = check_entries(config)
+    std, rw = entries["Standardize"], entries["Reweight"]
+    if std is not None and set(std["arrays"]) - set(inputs):
+        raise ConfigError(f"config entry 'Standardize': {sorted(set(std['arrays']) - set(inputs))} are not inputs of "
+                          f"this run (its inputs: {', '.join(inputs)})")
+    if std is not None and std["per_feature"]:
+        raise ConfigError("config entry 'Standardize': 'per_feature' does not apply to calodnn's images (one "
+                          "center and scale per array)")
+    if rw is not None and rw["variable"] != "energy":
+        raise ConfigError(f"config entry 'Reweight': variable {rw['variable']!r}; calodnn's one value per event "
+                          "is 'energy'")
+    if rw is not None and rw["method"] == "resample" and config["Premix"]:
+        raise ConfigError("config entry 'Reweight': method 'resample' filters the per-particle files' events, "
+                          "which a premixed file does not see; use --nopremix (config entry Premix=False)")
+
+
+def _check_fitted(fitted, inputs, premixed: bool) -> None:
+    """Fitted transforms a continued run stored must still fit this run's inputs and mixing."""
+    std = None if fitted is None else fitted.standardize
+    rw = None if fitted is None else fitted.reweight
+    if std is not None and set(std.constants) - set(inputs):
+        raise ConfigError(f"config entries 'ECAL'/'HCAL': the run continued here standardises "
+                          f"{sorted(std.constants)}, but this run reads only {inputs}")
+    if rw is not None and rw.method == "resample" and premixed:
+        raise ConfigError("config entry 'Premix': the run continued here resamples its training events "
+                          "(Reweight method 'resample'), which needs --nopremix (Premix=False)")
+
+
+def _input_shapes(samples, inputs) -> dict[str, tuple]:
+    """Per-event shapes of the inputs, from the first sample file (before any generator exists)."""
+    import h5py
+
+    from dlkit.generators import DataError
+
+    s = samples[0]
+    paths = dict(s.keys)
+    try:
+        with h5py.File(s.file, "r") as f:
+            return {k: tuple(f[paths[k]].shape[1:]) for k in inputs}
+    except (OSError, KeyError) as exc:
+        raise DataError(f"cannot read the input shapes: {exc}", file=s.file) from None
+
+
+def _train_postprocess(inputs, n_classes, rw, premixed: bool):
+    """The training generator's consumer step: inputs, one-hot targets and, with a flat Reweight, weights."""
+    from dlkit.generators import Chain, Select
+
+    flat = rw is not None and rw.method == "flat"
+    if premixed:
+        select = OneHotSelect(inputs, n_classes, weight="weight" if flat else None)
+        return Chain(rw.replace(class_key="label"), select) if flat else select
+    select = Select(tuple(inputs), "onehot", "weight" if flat else None)
+    return Chain(rw, select) if flat else select
+
+
+def _resampled(samples, rw, class_map, seed):
+    """``Reweight(method="resample")``: each training file keeps a seeded, flat-making subset of its events."""
+    if rw is None or rw.method != "resample":
+        return samples
+    return [s.with_filter(rw.resample_filter(class_map[s.class_name], seed=seed, base=s.filter)) for s in samples]
+
+
 def setup_data(config: dict) -> CaloData:
-    """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
-    from dlkit.generators import (
-        MultiClassGenerator,
-        make_samples_from_dirs,
-        split_fractions,
-        split_samples,
-    )
+    """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS).
+
+    With ``Standardize`` or ``Reweight`` set the generators are built later, by :meth:`CaloData.fit_transforms`
+    (``train``/``validation`` are None until then)."""
+    from dlkit.generators import make_samples_from_dirs, split_fractions, split_samples
 
     inputs = [k for k in ("ECAL", "HCAL") if config["ECAL" if k == "ECAL" else "HCAL"]]
     if not inputs:
         raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
+    _check_fitted_config(config, inputs)
     normalize = calo_normalize(config)
     if config["DataDir"]:
         data_dir = Path(config["DataDir"])
@@ -171,40 +278,58 @@ def setup_data(config: dict) -> CaloData:
     samples = make_samples_from_dirs(data_dir, keys, classes=particles)
     train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
                                            allow_empty_classes=config["AllowEmptyClasses"])
+    options = dict(n_workers=config["Workers"] or None)
+
+    def build(fitted=None):
+        return _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitted)
+
+    data = CaloData(train=None, validation=None, test_samples=test_s, class_names=particles, input_shapes={},
+                    inputs=inputs, normalize=normalize, data_dir=data_dir, options=options, train_samples=train_s,
+                    build=build)
+    if config.get("Standardize") is None and config.get("Reweight") is None:
+        data.train, data.validation = build()
+        data.input_shapes = {k: tuple(data.train.shapes[k][1:]) for k in inputs}
+    else:
+        data.input_shapes = _input_shapes(train_s, inputs)
+    log.info("data %s: inputs %s", data_dir, data.input_shapes)
+    return data
+
+
+def _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitted=None):
+    """The training and validation generators (with the fitted transforms, if any)."""
+    from dlkit.generators import Chain, MultiClassGenerator, SampleSpec, Select
+
+    std = None if fitted is None else fitted.standardize
+    rw = None if fitted is None else fitted.reweight
+    pre = normalize if std is None else Chain(normalize, std)
     class_map = {name: i for i, name in enumerate(particles)}
-    workers = config["Workers"] or None
-    cache = bool(config["Cache"])
-    options = dict(n_workers=workers)
+    common = dict(seed=config["Seed"], preprocess=pre, cache=bool(config["Cache"]), preload=config["Preload"],
+                  n_workers=config["Workers"] or None)
     batch = config["BatchSize"]
     if config["Premix"]:
-        from dlkit.generators import SampleSpec
-
-        premix_dir = premix_location()
         gens = []
         for part, name in ((train_s, "train"), (val_s, "validation")):
-            path = premix(part, keys, particles, premix_dir, seed=config["Seed"], n_workers=workers)
-            spec = [SampleSpec(str(path), {**{k: k for k in inputs}, "label": "label"}, "mixed")]
-            gens.append(MultiClassGenerator(spec, batch, onehot=False, class_index=False, shuffle=name == "train",
-                                            seed=config["Seed"], preprocess=normalize, cache=cache,
-                                            preload=config["Preload"],
-                                            postprocess=OneHotSelect(inputs, len(particles)), **options))
+            path = premix(part, keys, particles, premix_location(), seed=config["Seed"],
+                          n_workers=common["n_workers"])
+            training = name == "train"
+            extra = {rw.variable: rw.variable} if training and rw is not None else {}
+            spec = [SampleSpec(str(path), {**{k: k for k in inputs}, "label": "label", **extra}, "mixed")]
+            post = (_train_postprocess(inputs, len(particles), rw, premixed=True) if training
+                    else OneHotSelect(inputs, len(particles)))
+            gens.append(MultiClassGenerator(spec, batch, onehot=False, class_index=False, shuffle=training,
+                                            postprocess=post, **common))
         train_gen, val_gen = gens
     else:
-        from dlkit.generators import Select
-
-        select = Select(tuple(inputs), "onehot")
         rates = "balanced" if config["Balanced"] else None
-        train_gen = MultiClassGenerator(train_s, batch, class_index_map=class_map, rates=rates, seed=config["Seed"],
-                                        preprocess=normalize, postprocess=select, cache=cache,
-                                        preload=config["Preload"], **options)
-        val_gen = MultiClassGenerator(val_s, batch, class_index_map=class_map, shuffle=False, seed=config["Seed"],
-                                      preprocess=normalize, postprocess=select, cache=cache,
-                                      preload=config["Preload"], **options)
-    shapes = {k: tuple(train_gen.shapes[k][1:]) for k in inputs}
-    log.info("data %s: %d train / %d validation batches of %d; inputs %s", data_dir, len(train_gen), len(val_gen),
-             batch, shapes)
-    return CaloData(train=train_gen, validation=val_gen, test_samples=test_s, class_names=particles,
-                    input_shapes=shapes, inputs=inputs, normalize=normalize, data_dir=data_dir, options=options)
+        train_gen = MultiClassGenerator(_resampled(train_s, rw, class_map, config["Seed"]), batch,
+                                        class_index_map=class_map, rates=rates,
+                                        postprocess=_train_postprocess(inputs, len(particles), rw, False),
+                                        **common)
+        val_gen = MultiClassGenerator(val_s, batch, class_index_map=class_map, shuffle=False,
+                                      postprocess=Select(tuple(inputs), "onehot"), **common)
+    log.info("generators: %d train / %d validation batches of %d%s", len(train_gen), len(val_gen), batch,
+             "" if fitted is None else f" ({fitted.standardize!r}, {fitted.reweight!r})")
+    return train_gen, val_gen
 
 
 def read_splits(data_dir, particles, keys, fractions=(0.6, 0.1, 0.3), seed: int = 0,
