@@ -373,3 +373,29 @@ def test_calodnn_resampling_on_the_fly_and_an_analysis_of_the_loaded_model(lcd, 
     assert "fitted Standardize" not in caplog.text and "reusing the fit stored in MetaData.json" in caplog.text
     analysed = read_metadata(sorted((tmp_path / "TrainedModels.Test").glob("CaloDNN_*"))[-1])
     assert analysed[FITTED_KEY] == first[FITTED_KEY] and 0.0 <= analysed["Ele_AUC"] <= 1.0
+
+
+def test_a_real_collection_from_csr_hdf5(tmp_path):
+    """The batch contract's collections (dlkit.jagged files read through Collection): fitted over the real
+    points only, clipped points included as served, padded rows untouched."""
+    from dlkit.generators import Collection, SampleSpec
+    from dlkit.jagged import Jagged, write_events
+
+    rng = np.random.default_rng(8)
+    n = 300
+    counts = rng.integers(0, 9, n)
+    x = [rng.normal(2, 3, c) for c in counts]
+    e = [rng.exponential(1.5, c) for c in counts]
+    path = write_events(tmp_path / "pts.h5", {"hit_x": Jagged.from_lists(x, np.float32),
+                                              "hit_e": Jagged.from_lists(e, np.float32),
+                                              "energy": rng.uniform(10, 500, n).astype(np.float32)})
+    spec = [SampleSpec(str(path), {"hits": Collection(("hit_x", "hit_e"), max_points=6), "energy": "energy"}, "A")]
+    std = fit_standardize(sample_batches(spec, events=None, n_workers=1), ["hits"])
+    served = np.concatenate([np.stack([a[:6], b[:6]], -1) for a, b in zip(x, e)])  # clipped to 6 points
+    served = served.astype(np.float32).astype(np.float64)  # as stored
+    np.testing.assert_allclose(std.constants["hits"]["center"], served.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(std.constants["hits"]["scale"], served.std(0), rtol=1e-10)
+    with MultiClassGenerator(spec, 128, shuffle=False, preprocess=std, n_workers=1) as gen:
+        out = gen.read_all()
+    assert (out["hits"][~out["hits_mask"]] == 0.0).all() and out["hits_mask"].sum() == len(served)
+    np.testing.assert_allclose(out["hits"][out["hits_mask"]].mean(0), 0.0, atol=1e-5)
