@@ -356,3 +356,25 @@ def test_sparse_tensor_group(tmp_path):
                     np.testing.assert_array_equal(b["deps"][row, :len(pts)], pts)
                     assert b["deps_mask"][row].sum() == len(pts) and b["deps_count"][row] == len(v)
                     assert not b["deps"][row, len(pts):].any()
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_padding_sorts_like_a_numpy_loop(descending):
+    """pad_points against a per-event numpy loop: ties (stable), negative keys, -0.0, clipping, empty events."""
+    from dlkit.generators.sources.base import pad_points
+
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 12, 300)
+    counts[:3] = [0, 11, 1]
+    total = int(counts.sum())
+    key = rng.integers(-3, 4, total).astype(np.float32)  # many ties
+    key[key == 0] = np.where(rng.random(int((key == 0).sum())) < 0.5, -0.0, 0.0)
+    other = rng.normal(size=total).astype(np.float32)
+    coll = Collection(["k", "o"], max_points=5, sort_by="k", descending=descending)
+    points, mask, count = pad_points([key, other], counts, coll, ["k", "o"])
+    starts = np.cumsum(counts) - counts
+    for i, (a, c) in enumerate(zip(starts, counts)):
+        p = np.column_stack([key[a:a + c], other[a:a + c]])
+        p = p[np.argsort(-p[:, 0] if descending else p[:, 0], kind="stable")][:5]
+        np.testing.assert_array_equal(points[i, :len(p)], p)
+        assert not points[i, len(p):].any() and mask[i].sum() == len(p) and count[i] == c

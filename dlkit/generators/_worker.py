@@ -29,6 +29,7 @@ import numpy as np
 
 from dlkit.generators import sources
 from dlkit.generators.errors import DataError
+from dlkit.generators.samples import Collection
 from dlkit.generators.sources import hdf5
 
 IOV_MAX = 1024
@@ -161,7 +162,7 @@ class Worker:
             raise TaskError(f"cannot open as {entry.format} (truncated or corrupt?): {type(exc).__name__}: {exc}",
                             entry.path) from None
         self.handles[key] = f
-        while len(self.handles) > 32:
+        while len(self.handles) > self.max_open:  # reopening costs ~10 ms (ROOT): keep as many as fds
             _, old = self.handles.popitem(last=False)
             old.close()
         return f
@@ -335,8 +336,13 @@ class Worker:
         """Selected events [pos, pos+cnt) of one key read by the entry's format (ROOT, parquet, a collection),
         into the rows of each array the key gives."""
         mod = sources.module(entry.format)
+        names = path.array_names(name) if isinstance(path, Collection) else (name,)
+        outs = {}
+        for k in names:
+            tgt = targets[k]
+            outs[k] = (tgt.arr, slice(tgt.base + off, tgt.base + off + cnt) if rows is None else tgt.base + rows)
         try:
-            got = sources.read_key(mod, self._handle(entry), entry, name, path, entry.rows(pos, cnt))
+            sources.read_key(mod, self._handle(entry), entry, name, path, entry.rows(pos, cnt), outs)
         except TaskError:
             raise
         except DataError as exc:
@@ -345,12 +351,6 @@ class Worker:
             text = " ".join(str(exc).split())  # uproot's messages run over several lines
             raise TaskError(f"read of events {entry.rows(pos, 1)[0]}.. failed: {type(exc).__name__}: {text}",
                             entry.path, name) from None
-        for k, x in got.items():
-            tgt = targets[k]
-            if rows is None:
-                tgt.arr[tgt.base + off : tgt.base + off + cnt] = x
-            else:
-                tgt.arr[tgt.base + rows] = x
 
     def run_task(self, spec):
         kind = spec["kind"]

@@ -30,7 +30,7 @@ import numpy as np
 
 from dlkit.generators.errors import DataError
 from dlkit.generators.sources.base import (SAMPLE_EVENTS, EntryInfo, check_like_first, entry_info, format_of,
-                                           pad_points, select_events)
+                                           pad_into, pad_points, select_events)
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +137,26 @@ def count_events(sample) -> int:
         return int(mod.n_events(f, sample))
 
 
-def read_key(mod, f, entry, name, path, rows) -> dict:
+def read_key(mod, f, entry, name, path, rows, outs=None) -> dict | None:
     """Rows ``rows`` (absolute, sorted) of one key of ``entry``: ``{name: array}``, or for a collection its
-    three arrays. Reads the span ``[rows[0], rows[-1] + 1)`` once and picks the rows from it."""
+    three arrays; with ``outs`` (``{array name: (target array, target rows)}``) written there instead. Reads
+    the span ``[rows[0], rows[-1] + 1)`` once and picks the rows from it."""
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
     pick = None if r1 - r0 == len(rows) else rows - r0
     if entry.modes[name][0] != "points":
         x = mod.read_fixed(f, entry, name, path, r0, r1)
-        return {name: x if pick is None else x[pick]}
+        x = x if pick is None else x[pick]
+        if outs is None:
+            return {name: x}
+        arr, dst = outs[name]
+        arr[dst] = x
+        return None
     values, counts = mod.read_points(f, entry, name, path, r0, r1)
-    points, mask, count = pad_points(values, counts, path, _fields(entry, name, path))
-    if pick is not None:
-        points, mask, count = points[pick], mask[pick], count[pick]
-    return dict(zip(path.array_names(name), (points, mask, count)))
+    fields = _fields(entry, name, path)
+    if outs is None:
+        return dict(zip(path.array_names(name), pad_points(values, counts, path, fields, pick)))
+    pad_into(values, counts, path, fields, [outs[k] for k in path.array_names(name)], pick)
+    return None
 
 
 def _fields(entry, name, coll) -> list:

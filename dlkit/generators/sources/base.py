@@ -144,26 +144,61 @@ def check_counts(counts: list, fields, first_event: int, file, where: str = "") 
     return ref
 
 
-def pad_points(values: list, counts: np.ndarray, coll, fields) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A collection's points (one flat array per field, events one after the other with ``counts`` points)
-    as ``(points (n, M, F) float32, mask (n, M) bool, count (n,) int32)``, sorted and clipped as ``coll``
-    says."""
+def _sort_within_events(key, counts, descending: bool) -> np.ndarray:
+    """The order of the points sorted by ``key`` (as float32, the points' dtype) within each event, events
+    kept in order; stable, so ties keep the file's order. One sort of 64-bit integers (the event number
+    above the key's order-preserving bits) is 4x faster than ``np.lexsort`` of key and event."""
+    bits = (np.asarray(key, np.float32) + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into 0.0
+    bits = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))  # ascending as unsigned
+    if descending:
+        bits = ~bits
+    event = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
+    return np.argsort((event << np.uint64(32)) | bits.astype(np.uint64), kind="stable")
+
+
+def pad_into(values: list, counts, coll, fields, outs, events=None) -> None:
+    """Write a collection's points into fixed-shape arrays, sorted and clipped as ``coll`` says.
+
+    ``values``: one flat array per field, the events one after the other with ``counts`` points each;
+    ``outs``: ``(points (R, M, F), rows), (mask (R, M), rows), (count (R,), rows)``, where event
+    ``events[i]`` (default: every event in order) goes to row ``rows[i]`` of each array. Work is in the
+    points kept (at most M per event), not in all the points read, except for the sort.
+    """
     counts = np.asarray(counts, dtype=np.int64)
-    n, m, nf = len(counts), coll.max_points, len(values)
-    total = int(counts.sum())
-    event = np.repeat(np.arange(n, dtype=np.int64), counts)
     starts = np.cumsum(counts) - counts
-    rank = np.arange(total, dtype=np.int64) - starts[event]
     order = None
-    if coll.sort_by is not None and total:
-        key = np.asarray(values[fields.index(coll.sort_by)])
-        order = np.lexsort((-key if coll.descending else key, event))  # stable: ties keep the file's order
-    keep = rank < m
-    slot = event[keep] * m + rank[keep]
-    points = np.full((n * m, nf), coll.pad_value, dtype=np.float32)
+    if coll.sort_by is not None and len(values[0]):
+        order = _sort_within_events(np.asarray(values[fields.index(coll.sort_by)]), counts, coll.descending)
+    if events is not None:
+        counts, starts = counts[events], starts[events]
+    m = coll.max_points
+    kept = np.minimum(counts, m)
+    first = np.cumsum(kept) - kept
+    rank = np.arange(int(kept.sum()), dtype=np.int64) - np.repeat(first, kept)
+    src = np.repeat(starts, kept) + rank
+    if order is not None:
+        src = order[src]
+    (points, prow), (mask, mrow), (count, crow) = [(a, _indices(r)) for a, r in outs]
+    points[prow] = coll.pad_value
+    flat = points.reshape(-1, points.shape[-1])
+    slot = np.repeat(prow * m, kept) + rank
     for j, v in enumerate(values):
-        v = np.asarray(v)
-        points[slot, j] = (v if order is None else v[order])[keep]
-    mask = np.zeros(n * m, dtype=bool)
-    mask[slot] = True
-    return points.reshape(n, m, nf), mask.reshape(n, m), counts.astype(np.int32)
+        flat[slot, j] = np.asarray(v)[src]
+    mask[mrow] = False
+    mask.reshape(-1)[np.repeat(mrow * m, kept) + rank] = True
+    count[crow] = counts
+
+
+def _indices(rows) -> np.ndarray:
+    return np.arange(rows.start, rows.stop) if isinstance(rows, slice) else np.asarray(rows, np.int64)
+
+
+def pad_points(values: list, counts, coll, fields, events=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pad_into` new arrays: ``(points (n, M, F) float32, mask (n, M) bool, count (n,) int32)``."""
+    n = len(counts) if events is None else len(events)
+    points = np.empty((n, coll.max_points, len(values)), np.float32)
+    mask = np.empty((n, coll.max_points), bool)
+    count = np.empty(n, np.int32)
+    rows = np.arange(n)
+    pad_into(values, counts, coll, fields, ((points, rows), (mask, rows), (count, rows)), events)
+    return points, mask, count

@@ -24,7 +24,7 @@ class RootFile:
         import uproot
 
         self.path = str(path)
-        self.file = uproot.open(self.path)
+        self.file = uproot.open(self.path, array_cache=None)  # a range is read once an epoch: no copies kept
         try:
             self.tree = self.file[_tree_name(self.file, tree, self.path)]
         except Exception:
