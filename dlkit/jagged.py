@@ -264,7 +264,7 @@ def _concat(parts):
 #: at 17.8k events/s, from baskets of 1,000 at 6.6k (calodnn-like hits, one process; BENCHMARKS.md "Point
 #: clouds"), and ROOT's own 32 kB baskets hold a few dozen such events. Parquet readers keep the row groups
 #: they decoded, so larger groups cost nothing there.
-CHUNK_EVENTS = {"root": 100, "rntuple": 100, "parquet": 1000, "hdf5": 1000}
+CHUNK_EVENTS = {"root": 128, "rntuple": 128, "parquet": 1024, "hdf5": 1024}
 
 
 class EventWriter:
