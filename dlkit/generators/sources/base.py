@@ -52,6 +52,21 @@ class EntryInfo:
         return self.selection[pos : pos + count]
 
 
+def opened(open_, path, consumer: bool, what: str):
+    """``open_()``; on the consumer side a failure is one :class:`DataError` line naming the file (a reader
+    gets the library's exception and reports it with its task)."""
+    try:
+        return open_()
+    except DataError:
+        raise
+    except Exception as exc:
+        if not consumer:
+            raise
+        text = " ".join(str(exc).split())  # uproot's and pyarrow's messages run over several lines
+        raise DataError(f"cannot open as {what} (truncated or corrupt?): {type(exc).__name__}: {text}",
+                        file=path) from None
+
+
 def format_of(path) -> str:
     """The source format of ``path``, from its extension."""
     ext = os.path.splitext(os.fspath(path))[1].lower()

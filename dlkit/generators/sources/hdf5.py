@@ -23,7 +23,7 @@ import numpy as np
 
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators.errors import DataError
-from dlkit.generators.sources.base import check_counts, collection_arrays
+from dlkit.generators.sources.base import check_counts, collection_arrays, opened
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,6 @@ def _raw_extents(ds, n_rows: int, row_bytes: int, file_size: int, path: str, key
                 key=key,
             )
     return ext
-
-
-def _open(path):
-    """The file opened with h5py (a context manager), or a :class:`DataError` saying why not."""
-    import h5py
-
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"cannot open as HDF5 (truncated or corrupt?): {exc}", file=path) from None
 
 
 def _dataset(f, spec, path):
@@ -209,9 +199,7 @@ def open_file(path, tree=None, consumer=False):
     reader, the OSError)."""
     import h5py
 
-    if consumer:
-        return _open(path)
-    return h5py.File(path, "r")
+    return opened(lambda: h5py.File(path, "r"), path, consumer, "HDF5")
 
 
 def read_fixed(f, entry, name, path, r0: int, r1: int) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators.errors import DataError
-from dlkit.generators.sources.base import check_counts, collection_arrays
+from dlkit.generators.sources.base import check_counts, collection_arrays, opened
 
 _KEEP = 8  # row-group tables a reader keeps per file
 
@@ -64,13 +64,8 @@ class ParquetFile:
 
 
 def open_file(path, tree=None, consumer=False) -> ParquetFile:
-    try:
-        return ParquetFile(path)
-    except Exception as exc:
-        if not consumer:
-            raise
-        raise DataError(f"cannot open as parquet (truncated or corrupt?): {type(exc).__name__}: {exc}",
-                        file=path) from None
+    """The file; on the consumer side a :class:`DataError` when it cannot be opened."""
+    return opened(lambda: ParquetFile(path), path, consumer, "parquet")
 
 
 def _field(f, spec, name):

@@ -12,7 +12,7 @@ import numpy as np
 
 from dlkit.generators._layout import ArraySpec
 from dlkit.generators.errors import DataError
-from dlkit.generators.sources.base import check_counts, collection_arrays
+from dlkit.generators.sources.base import check_counts, collection_arrays, opened
 
 _TREES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 
@@ -59,15 +59,7 @@ def _tree_name(f, tree, path) -> str:
 
 def open_file(path, tree=None, consumer=False) -> RootFile:
     """The file and its tree; on the consumer side a :class:`DataError` when it cannot be opened."""
-    try:
-        return RootFile(path, tree)
-    except DataError:
-        raise
-    except Exception as exc:
-        if not consumer:
-            raise
-        raise DataError(f"cannot open as ROOT (truncated or corrupt?): {type(exc).__name__}: {exc}",
-                        file=path) from None
+    return opened(lambda: RootFile(path, tree), path, consumer, "ROOT")
 
 
 def _branch(f, spec, name):
