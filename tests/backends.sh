@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 subset=(
     tests/test_generator_keras.py                 # every event exactly once per Keras epoch, zero-copy batches
     tests/test_losses.py
+    tests/test_point_models.py                    # permutation/padding invariance, k-NN, save/load
     tests/test_callbacks.py
     tests/test_model_wrapper.py
     tests/test_resume.py::test_signals_mid_epoch_then_resume_reproduce_the_uninterrupted_run   # to 1e-6
