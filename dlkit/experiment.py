@@ -42,8 +42,10 @@ from typing import Any
 
 from dlkit.cli import prog
 from dlkit.config import ConfigError, load_config, resolve_config
+from dlkit.distribute import DISTRIBUTE_DEFAULTS
 from dlkit.permutator import Permutator
 from dlkit.protocol import EXIT_OK, EXIT_USER_ERROR
+from dlkit.schedules import SCHEDULE_DEFAULTS, SCHEDULE_RANGES
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ def resolve_run(args: argparse.Namespace, defaults: Mapping[str, Any], prefix: s
         layers.append((f"scan point {index} of {config_path}", point))
     if trial is not None:
         layers.append((f"search trial {args.trial}", trial["params"]))
-    config = resolve_config(defaults, *layers, types=types, ranges=ranges)
+    config = resolve_config(defaults, *layers, types=types, ranges={**RUN_RANGES, **(ranges or {})})
     if getattr(args, "LoadModel", None):  # before any data is set up: a typo in -L must not cost a data setup
         check_model_dir(args.LoadModel)
     if config.get("TensorBoard") and importlib.util.find_spec("tensorboard") is None:
@@ -310,7 +312,17 @@ RUN_DEFAULTS = {
     # refitted); only experiments whose data supports them (RunData.fitted_entries); see dlkit.generators.fitting
     "Standardize": None,        # {"arrays": [...], "method": "standard"|"robust", "events": 100000, "seed": None}
     "Reweight": None,           # {"variable": "energy", "bins": [edges] or {"n", "low", "high"}, "method": "flat"}
+    # the learning-rate schedule (LRSchedule: InverseTime - DLKit's decay, the default -, Step, Cosine,
+    # WarmupCosine, OneCycle, ReduceOnPlateau) and its parameters; see dlkit.schedules
+    **SCHEDULE_DEFAULTS,
+    # DataParallel (the visible devices, BatchSize global) and Precision (float32, mixed_bfloat16,
+    # mixed_float16); see dlkit.distribute
+    **DISTRIBUTE_DEFAULTS,
 }
+
+#: The ranges of RUN_DEFAULTS' numeric entries that :data:`dlkit.config.RANGES` does not hold (checked by
+#: :func:`resolve_run` under the experiment's own).
+RUN_RANGES = dict(SCHEDULE_RANGES)
 
 #: ``CheckpointEvery`` of a scan point that sets none: a preempted or killed point loses at most this much.
 SCAN_CHECKPOINT_SECONDS = 900.0
@@ -324,11 +336,14 @@ FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "Out
 
 
 def compile_model(wrapper, metrics=("accuracy",)) -> None:
-    """Optimizer and loss from the wrapper's Config (``optimizer``, ``lr``, DLKit's ``decay``, ``momentum``
-    for SGD/RMSprop, ``loss``), then compile with ``metrics``."""
+    """Optimizer and loss from the wrapper's Config (``optimizer``, ``lr``, DLKit's ``decay`` or another
+    ``LRSchedule`` (:mod:`dlkit.schedules`), ``momentum`` for SGD/RMSprop, ``loss``), then compile with
+    ``metrics``."""
+    from dlkit.schedules import learning_rate
+
     c = wrapper.Config
     extra = {"momentum": c["momentum"]} if c.get("momentum") and c["optimizer"] in ("SGD", "RMSprop") else {}
-    wrapper.BuildOptimizer(c["optimizer"], lr=c["lr"], decay=c.get("decay", 0.0), **extra)
+    wrapper.BuildOptimizer(c["optimizer"], lr=learning_rate(c), decay=c.get("decay", 0.0), **extra)
     wrapper.Compile(Loss=c["loss"], Metrics=list(metrics))
 
 
@@ -338,11 +353,13 @@ def training_callbacks(wrapper, config) -> list:
     ``EarlyStopping`` (``monitor``, ``EarlyStopping_patience``, ``EarlyStopping_min_delta``; the best
     weights are restored, so the saved model is the best epoch's), ``ModelCheckpoint`` (the best epoch
     also kept as ``Checkpoint.keras`` in the model directory) and ``TensorBoard`` (Keras' logs, per epoch, in
-    ``<run dir>/tensorboard``: ``tensorboard --logdir <OutputBase>`` shows every run of the scan).
+    ``<run dir>/tensorboard``: ``tensorboard --logdir <OutputBase>`` shows every run of the scan) and, with
+    ``LRSchedule="ReduceOnPlateau"``, Keras' ``ReduceLROnPlateau`` (:func:`dlkit.schedules.plateau_callback`).
     """
     import keras
 
     from dlkit.callbacks import AtomicModelCheckpoint
+    from dlkit.schedules import plateau_callback
 
     callbacks = []
     if config.get("EarlyStopping"):
@@ -355,6 +372,9 @@ def training_callbacks(wrapper, config) -> list:
                                                monitor=config["monitor"], save_best_only=True))
     if config.get("TensorBoard"):
         callbacks.append(keras.callbacks.TensorBoard(str(Path(wrapper.OutDir) / TENSORBOARD_DIR), write_graph=False))
+    plateau = plateau_callback(config)
+    if plateau is not None:
+        callbacks.append(plateau)
     return callbacks
 
 
@@ -415,6 +435,9 @@ def load_or_build(args: argparse.Namespace, setup: RunSetup, make_wrapper: Calla
 
             keras.utils.set_random_seed(int(setup.config["Seed"]))
         wrapper.Build()
+        from dlkit.distribute import float32_outputs
+
+        float32_outputs(wrapper.Model)  # under a mixed Precision: predictions and losses stay float32
         compile_model(wrapper)
     wrapper.Config = dict(setup.config)  # what this run resolved, also when continuing a loaded model
     wrapper.set_scan_point(setup.point or None, setup.index, setup.hash)
@@ -658,19 +681,25 @@ class Experiment:
             self.check_config(setup.config)
         log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
         results = None
+        from dlkit import distribute, schedules
         from dlkit.generators.fitting import check_entries
 
         check_entries(setup.config)  # the fitted entries' values, before any data is set up
+        schedules.check_entries(setup.config)
+        devices = distribute.Devices(setup.config)  # DataParallel on torch: refused here
         with self.setup_data(setup.config, bool(args.Test)) as data:
             check_entries(setup.config, getattr(data, "fitted_entries", ()), self.module)
-            wrapper = load_or_build(args, setup, lambda name, **kw: self.make_wrapper(name, data, **kw), self.compile)
-            if hasattr(data, "fit_transforms"):  # fitted on the training split, or the loaded run's (MetaData)
-                data.fit_transforms(wrapper.MetaData, setup.config)
-            if self.after_build is not None:
-                self.after_build(wrapper, data)
-            if not args.NoTrain:
-                train(wrapper, setup, data.train, data.validation, training_callbacks(wrapper, setup.config),
-                      **fit_kwargs)
+            with devices:  # the precision and the devices of building, loading and training the model
+                wrapper = load_or_build(args, setup, lambda name, **kw: self.make_wrapper(name, data, **kw),
+                                        self.compile)
+                wrapper.MetaData["Devices"] = devices.describe()
+                if hasattr(data, "fit_transforms"):  # fitted on the training split, or the loaded run's (MetaData)
+                    data.fit_transforms(wrapper.MetaData, setup.config)
+                if self.after_build is not None:
+                    self.after_build(wrapper, data)
+                if not args.NoTrain:
+                    train(wrapper, setup, devices.feed(data.train), devices.feed(data.validation),
+                          training_callbacks(wrapper, setup.config), **fit_kwargs)
             if not args.NoAnalysis and not wrapper.Interrupted:
                 results = self.analysis(wrapper, data, setup.config)
                 wrapper.MetaData.update(results.metadata)

@@ -50,6 +50,7 @@ import keras
 
 import dlkit
 import dlkit.losses  # noqa: F401 - registers dlkit's losses so saved models load without custom_objects
+import dlkit.schedules
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ from dlkit.training_state import (  # noqa: E402
 )
 from dlkit.saving import load_model  # noqa: E402
 
+dlkit.schedules.register()  # dlkit's learning-rate schedules: saved optimizers with one load
+
 
 def _provenance() -> dict:
     return {
@@ -124,6 +127,17 @@ def _optimizer_names() -> list[str]:
         and issubclass(getattr(keras.optimizers, name), keras.optimizers.Optimizer)
         and name not in ("Optimizer", "LossScaleOptimizer")
     )
+
+
+def _steps_per_epoch(x, batch_size: int | None) -> int | None:
+    """Batches per epoch of ``fit``'s ``x``: a ``PyDataset``'s length, or arrays in batches of ``batch_size``
+    (Keras' 32 by default); None when it cannot tell (a ``tf.data`` dataset, a generator)."""
+    if isinstance(x, keras.utils.PyDataset):
+        return len(x)
+    first = keras.tree.flatten(x)[0] if x is not None else None
+    if hasattr(first, "shape") and len(getattr(first, "shape", ())) > 0:
+        return -(-int(first.shape[0]) // int(batch_size or 32))
+    return None
 
 
 class _Bookkeeping(keras.callbacks.Callback):
@@ -297,7 +311,8 @@ class ModelWrapper:
         """Make an optimizer from its Keras class name and parameters - no eval.
 
         ``decay`` keeps DLKit's (Keras 2) meaning, ``lr_t = lr / (1 + decay * iterations)``, as a
-        :class:`keras.optimizers.schedules.InverseTimeDecay` schedule. Other keyword arguments are the
+        :class:`keras.optimizers.schedules.InverseTimeDecay` schedule. ``lr`` may be a schedule itself
+        (:func:`dlkit.schedules.learning_rate`; then ``decay`` must be 0). Other keyword arguments are the
         optimizer's own (``momentum``, ``rho``, ...); an unknown one is an error naming it.
         """
         if isinstance(optimizer, keras.optimizers.Optimizer):
@@ -314,6 +329,9 @@ class ModelWrapper:
                              f"(valid: {', '.join(names)})")
         if decay is None or decay < 0:
             raise ValueError(f"optimizer decay must be >= 0, got {decay!r}")
+        if decay and isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(f"optimizer decay {decay!r} (DLKit's inverse-time decay) with the learning-rate "
+                             f"schedule {type(lr).__name__}: use one of them")
         kwargs = dict(params)
         if lr is not None:
             kwargs["learning_rate"] = lr
@@ -462,6 +480,9 @@ class ModelWrapper:
         fit_kwargs.setdefault("verbose", "auto" if sys.stdout.isatty() else 2)
         previous, mid = self._continued_run(InitialEpoch, x)
         steps = len(x) if seekable(x) else None
+        per_epoch = fit_kwargs.get("steps_per_epoch") or _steps_per_epoch(x, BatchSize)
+        if per_epoch and getattr(self.Model, "optimizer", None) is not None:
+            dlkit.schedules.bind(self.Model.optimizer, per_epoch)  # an epoch-based schedule learns its length
         bookkeeping = _Bookkeeping(self, [cb for cb in callbacks if getattr(cb, "resumable", False)], steps,
                                    first_batch=mid["batch"] if mid else 0,
                                    seconds_before=mid.get("seconds", 0.0) if mid else 0.0)
