@@ -1,0 +1,111 @@
+"""dlkit.distribute: DataParallel over 2 devices trains the weights one device trains (JAX: 2 virtual CPU devices,
+TensorFlow: 2 logical CPUs; in subprocesses, since the device count is set before the backend starts), also
+with a last batch that does not split evenly; torch is refused in one line (exit 2); each Precision trains a
+--Test run whose saved model loads and predicts in float32.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import keras
+from calodnn.simulate import write_dataset
+from dlkit.distribute import EvenBatches, PRECISIONS, float32_outputs
+
+SCRIPT = Path(__file__).parent / "scripts" / "data_parallel_same_weights.py"
+
+
+@pytest.fixture(scope="module")
+def lcd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lcd")
+    write_dataset(path, events_per_class=300, events_per_file=150, seed=5, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_two_devices_train_the_weights_of_one(backend, lcd, env, tmp_path):
+    """Global batch 26 over 2 devices; 423 training events: the last batch (7) is padded to 8 at weight 0."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (tests/backends.sh runs the jax case)")
+    if backend == "jax" and os.environ.get("KERAS_BACKEND") == "torch":
+        pytest.skip("tests/backends.sh runs it in its jax pass")
+    env = dict(env, KERAS_BACKEND=backend, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    extra = ["BatchSize=26", "MaxEvents=605", 'Particles=["Ele", "Gamma", "Pi0"]']
+    done = subprocess.run([sys.executable, str(SCRIPT), str(lcd), str(tmp_path / "out"), *extra], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = result["devices"]
+    assert one["replicas"] == 1 and two["replicas"] == 2 and two["data_parallel"] and two["backend"] == backend
+    assert result["padded"] == [7, 8]  # (the check is not vacuous: the uneven last batch was trained)
+    assert result["max_abs_diff"] < 1e-5
+
+
+def test_data_parallel_on_torch_is_refused_in_one_line(lcd, tmp_path, monkeypatch, capsys):
+    from calodnn import ClassificationExperiment
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    code = ClassificationExperiment.cli(["--Test", "--data", str(lcd), "--OutputBase", str(tmp_path / "out"),
+                                         "--set", "DataParallel=true"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert "'DataParallel'" in err and "torch" in err and "KERAS_BACKEND=jax" in err
+    assert not (tmp_path / "out").exists()  # refused before any data or run directory
+
+
+def test_even_batches_keep_the_loss_of_the_batch():
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            n = 4 if i == 0 else 3
+            return {"a": np.arange(n * 2, dtype="float32").reshape(n, 2)}, np.arange(n, dtype="float32")
+
+    even = EvenBatches(Batches(), 2)
+    assert len(even) == 2 and isinstance(even, keras.utils.PyDataset)
+    x, y, w = even[0]
+    assert len(y) == 4 and np.all(w == 1)
+    x, y, w = even[1]
+    assert x["a"].shape == (4, 2) and np.array_equal(y, [0, 1, 2, 0]) and np.array_equal(x["a"][3], [0, 1])
+    np.testing.assert_allclose(w, [4 / 3, 4 / 3, 4 / 3, 0])
+    loss = keras.losses.MeanSquaredError()
+    target = np.full(3, 0.5, "float32")
+    padded_target = np.concatenate([target, target[:1]])
+    assert float(loss(y[:, None], padded_target[:, None], sample_weight=w)) == pytest.approx(
+        float(loss(y[:3, None], target[:, None])), rel=1e-6)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_each_precision_trains_a_test_run_and_the_saved_model_predicts_float32(precision, lcd, env, tmp_path):
+    from calodnn import ClassificationExperiment
+    from dlkit.saving import load_model
+
+    result = ClassificationExperiment.run(Test=True, data=lcd, OutputBase=tmp_path / "out", NoAnalysis=True,
+                                          BatchSize=64, Precision=precision)
+    assert result.exit_code == 0
+    assert keras.config.dtype_policy().name == "float32"  # the run put the process' policy back
+    md = json.loads((result.run_dir / "MetaData.json").read_text())
+    assert md["Devices"]["precision"] == precision and md["Configuration"]["Precision"] == precision
+    assert all(isinstance(v, float) and np.isfinite(v) for v in md["History"]["loss"] + md["History"]["val_loss"])
+    model = load_model(result.run_dir / "model.keras")
+    policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
+    assert policies == ({"float32"} if precision == "float32" else {precision, "float32"})
+    assert model.get_layer("classes").dtype_policy.name == "float32"  # the outputs' layer
+    scaled = isinstance(result.wrapper.Model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")  # loss scaling with float16 only
+    x = {i.name: np.random.default_rng(0).random((5, *i.shape[1:]), dtype="float32") for i in model.inputs}
+    predicted = model.predict(x, verbose=0)
+    assert predicted.dtype == np.float32 and np.allclose(predicted.sum(axis=1), 1, atol=1e-3)
+
+
+def test_float32_outputs_leaves_a_float32_model_alone():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert float32_outputs(model) == []
