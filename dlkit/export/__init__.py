@@ -10,7 +10,7 @@
 The command lines are ``dlkit-export`` and ``dlkit-predict`` (:mod:`dlkit.export.cli`). A run directory is read
 by :mod:`dlkit.export.run` (its experiment and :class:`~dlkit.export.recipes.Recipe`: which file arrays are
 the model's inputs, their pre-processing, what the outputs mean); :mod:`.onnx_export` writes ONNX,
-:mod:`.predict` the score files, :mod:`.hls` hls4ml projects. Importing this package imports no Keras.
+:mod:`.prediction` the score files, :mod:`.hls` hls4ml projects. Importing this package imports no Keras.
 """
 
 import importlib
@@ -23,9 +23,9 @@ _LAZY = {
     "export_hls4ml": "dlkit.export.hls",
     "HLSExport": "dlkit.export.hls",
     "firmware_model": "dlkit.export.hls",
-    "predict": "dlkit.export.predict",
-    "Prediction": "dlkit.export.predict",
-    "read_events_of": "dlkit.export.predict",
+    "predict": "dlkit.export.prediction",
+    "Prediction": "dlkit.export.prediction",
+    "read_events_of": "dlkit.export.prediction",
     "load_run": "dlkit.export.run",
     "Run": "dlkit.export.run",
     "ExportError": "dlkit.export.run",

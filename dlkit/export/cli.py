@@ -97,7 +97,7 @@ def _predict(argv) -> int:
 
     args = predict_parser().parse_args(argv)
     _logging(args)
-    from dlkit.export.predict import predict
+    from dlkit.export.prediction import predict
 
     result = predict(args.run_dir, args.data, args.out, onnx=args.onnx, onnx_path=args.onnx_file,
                      batch_size=args.batch_size, split=args.split, experiment=args.experiment,

@@ -14,13 +14,17 @@ The firmware model is the Keras model with two changes hls4ml needs:
   the offset as its bias: the same arithmetic.
 
 Every layer computes in the chosen ``ap_fixed<W,I>`` (``precision``; W bits, I of them integer bits with the
-sign); hls4ml's lookup tables (softmax, sigmoid) keep their defaults.
+sign), except a softmax, whose tables are sized for it (:func:`_softmax_tables`; hls4ml's defaults gave every
+class 0.25 on dlkit's classifier); other lookup tables (sigmoid, tanh) keep hls4ml's defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +130,40 @@ def _apply(layer, args):
     return layer(args if len(args) > 1 else args[0])
 
 
+def _width(precision: str, default: int = 18) -> int:
+    match = re.match(r"\s*ap_u?fixed<\s*(\d+)", precision)
+    return int(match.group(1)) if match else default
+
+
+def _softmax_tables(config: dict, firmware, precision: str) -> None:
+    """A softmax's tables sized for its job (hls4ml's defaults gave every class 0.25 here: its table index is
+    the top bits of the input type, which the preceding layer's automatic precision makes 20 integer bits
+    wide): the input saturated at +-128 (``ap_fixed<W,8>``), max-normalised ("stable") tables of 8192 entries,
+    unsigned exp and inverse tables in [0, 1]. Measured on the calodnn classifier: scores within 0.03 of Keras'."""
+    layers = config.get("LayerName", {})
+    width = _width(precision)
+    keras_layers = {layer.name: layer for layer in firmware.layers}
+    for name, entry in layers.items():
+        if "exp_table" not in entry.get("Precision", {}):
+            continue
+        if name.endswith("_softmax") and name[: -len("_softmax")] in keras_layers:  # Dense(activation="softmax")
+            source = name[: -len("_softmax")]
+            n = int(keras_layers[source].output.shape[-1])
+        else:  # an Activation("softmax") layer: its input comes from the layer before
+            source = None
+            with contextlib.suppress(KeyError, IndexError, AttributeError):
+                source = keras_layers[name]._inbound_nodes[0].input_tensors[0]._keras_history[0].name
+            n = int(keras_layers[name].output.shape[-1]) if name in keras_layers else 8
+        sum_bits = max(1, math.ceil(math.log2(max(n, 2)))) + 1
+        if source in layers:
+            layers[source].setdefault("Precision", {})["result"] = f"ap_fixed<{width},8,RND,SAT>"
+        entry["TableSize"] = 8192
+        entry["Implementation"] = "stable"
+        entry["Precision"].update(exp_table="ap_ufixed<18,1,RND,SAT>", inv_table="ap_ufixed<18,1,RND,SAT>",
+                                  inv_inp=f"ap_ufixed<18,{sum_bits},RND,SAT>", accum=f"ap_ufixed<24,{sum_bits},RND,SAT>",
+                                  result=f"ap_ufixed<{width},1,RND,SAT>")
+
+
 def _convert(firmware, out: Path, precision: str, reuse_factor: int, io_type: str, backend: str, part):
     import hls4ml
 
@@ -136,6 +174,7 @@ def _convert(firmware, out: Path, precision: str, reuse_factor: int, io_type: st
             config = hls4ml.utils.config_from_keras_model(firmware, granularity="name", backend=backend,
                                                           default_precision=precision,
                                                           default_reuse_factor=reuse_factor)
+            _softmax_tables(config, firmware, precision)
             options = {"part": part} if part else {}
             hls_model = hls4ml.converters.convert_from_keras_model(
                 firmware, hls_config=config, output_dir=str(out), backend=backend, io_type=io_type, **options)

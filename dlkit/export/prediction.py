@@ -113,8 +113,12 @@ def _samples(run: Run, data: Path, split: str | None):
 @contextlib.contextmanager
 def event_reader(run: Run, data, *, split: str | None = None, batch_size: int = 256, n_workers: int | None = None,
                  max_events: int | None = None):
-    """A :class:`~dlkit.generators.MultiClassGenerator` over ``data`` in file order, pre-processed as the run
-    was, with provenance; yields ``(generator, samples, classes)``."""
+    """A :class:`~dlkit.generators.MultiClassGenerator` over ``data`` in canonical order - class directories
+    in the run's class order, files in natural order, events in file order - pre-processed as the run was, with
+    provenance; yields ``(generator, samples, entry_class)``: ``entry_class[_entry]`` is an event's true class
+    index (None for a flat directory). The generator sees one class (the classes are not interleaved)."""
+    import dataclasses
+
     from dlkit.generators import MultiClassGenerator
     from dlkit.quiet import import_keras
 
@@ -122,21 +126,28 @@ def event_reader(run: Run, data, *, split: str | None = None, batch_size: int = 
     samples, classes = _samples(run, Path(data), split)
     if not samples:
         raise ExportError(f"--data {data}: no events" + (f" in the {split} split" if split else ""))
-    all_classes = list(run.recipe.classes) if run.recipe is not None and classes else None
-    cmap = {c: i for i, c in enumerate(all_classes)} if all_classes else None
-    with MultiClassGenerator(samples, batch_size, class_index_map=cmap, onehot=False, class_index=bool(classes),
-                             provenance=True, shuffle=False, preprocess=run.preprocess(), cache=False,
-                             n_workers=n_workers, max_events=max_events, allow_empty_classes=True) as gen:
-        yield gen, samples, classes
+    entry_class = None
+    if classes:
+        index = {c: i for i, c in enumerate(run.recipe.classes)}
+        entry_class = np.array([index[s.class_name] for s in samples], np.int32)
+    one_stream = [dataclasses.replace(s, class_name="events", rate=None) for s in samples]
+    with MultiClassGenerator(one_stream, batch_size, onehot=False, class_index=False, provenance=True, shuffle=False,
+                             preprocess=run.preprocess(), cache=False, n_workers=n_workers, max_events=max_events,
+                             allow_empty_classes=True) as gen:
+        yield gen, samples, entry_class
 
 
 def read_events_of(run_dir, data, *, split: str | None = None, experiment: str | None = None,
                    n_workers: int | None = None) -> dict:
-    """Every event of ``data`` (or of its ``split``) in memory, pre-processed as the run's inputs: the arrays
-    of :meth:`MultiClassGenerator.read_all` (``_entry``/``_event`` included), in :func:`predict`'s order."""
+    """Every event of ``data`` (or of its ``split``) in memory, pre-processed as the run's inputs, in
+    :func:`predict`'s order: the arrays of :meth:`MultiClassGenerator.read_all` (``_entry``/``_event``
+    included) and ``class_index``, the true class, where the data has class directories."""
     run = load_run(run_dir, experiment, need_model=False)
-    with event_reader(run, data, split=split, n_workers=n_workers) as (gen, _, _):
-        return gen.read_all()
+    with event_reader(run, data, split=split, n_workers=n_workers) as (gen, _, entry_class):
+        out = gen.read_all()
+    if entry_class is not None:
+        out["class_index"] = entry_class[out["_entry"]]
+    return out
 
 
 def _keras_runner(run: Run):
@@ -185,7 +196,7 @@ def _output_specs(run: Run, model, onnx_path: Path | None):
     return run.describe(model)["outputs"]
 
 
-def _columns(batch, outputs, specs, classes, truth, file_of_entry) -> dict:
+def _columns(batch, outputs, specs, entry_class, truth, file_of_entry) -> dict:
     """One batch's columns (copies: the batch's arrays are views on the generator's shared memory)."""
     cols = {}
     for y, spec in zip(outputs, specs):
@@ -195,18 +206,19 @@ def _columns(batch, outputs, specs, classes, truth, file_of_entry) -> dict:
             names = [f"{spec['name']}_{i}" for i in range(y.shape[1])]
         for i, name in enumerate(names):
             cols[name] = y[:, i].astype(np.float32)
-    if classes:
-        cols["true_class"] = np.array(batch["class_index"], np.int32)
+    entry = np.asarray(batch["_entry"])
+    if entry_class is not None:
+        cols["true_class"] = entry_class[entry]
     for column, key in truth.items():
         if key in batch:
             value = np.array(batch[key])
             cols[column] = value.reshape(len(value), -1)[:, 0] if value.ndim > 1 and value[0].size == 1 else value
-    cols["source_file"] = file_of_entry[np.asarray(batch["_entry"])].astype(np.int32)
+    cols["source_file"] = file_of_entry[entry].astype(np.int32)
     cols["event"] = np.array(batch["_event"], np.int64)
     return cols
 
 
-def _file_metadata(run: Run, data, split, model_file, files, specs, classes) -> dict:
+def _file_metadata(run: Run, data, split, model_file, files, specs, classes: bool) -> dict:
     from dlkit.export.run import config_sha256
 
     import dlkit
@@ -243,15 +255,15 @@ def predict(run_dir, data, out, *, onnx: bool = False, onnx_path=None, batch_siz
     inputs = run.recipe.inputs if run.recipe is not None else [s["name"] for s in run.describe(model)["inputs"]]
     truth = run.recipe.truth if run.recipe is not None else {}
     with event_reader(run, data, split=split, batch_size=batch_size, n_workers=n_workers,
-                      max_events=max_events) as (gen, samples, classes):
+                      max_events=max_events) as (gen, samples, entry_class):
         started = time.perf_counter()  # the rate: from the generator's first batch to the file in place
         files = list(dict.fromkeys(s.file for s in samples))
         file_of_entry = np.array([files.index(s.file) for s in samples], np.int32)
-        meta = _file_metadata(run, data, split, model_file, files, specs, classes)
+        meta = _file_metadata(run, data, split, model_file, files, specs, entry_class is not None)
         with EventWriter(out, format=format, metadata=meta, n_events=gen.events_per_epoch) as writer:
             columns = []
             for batch in gen:
-                cols = _columns(batch, runner([batch[k] for k in inputs]), specs, classes, truth, file_of_entry)
+                cols = _columns(batch, runner([batch[k] for k in inputs]), specs, entry_class, truth, file_of_entry)
                 columns = columns or list(cols)
                 writer.write(cols)
     seconds = time.perf_counter() - started
