@@ -44,8 +44,9 @@ from collections.abc import Mapping
 from dlkit.config import ConfigError, Range, at_least
 
 __all__ = ["SCHEDULES", "SCHEDULE_DEFAULTS", "SCHEDULE_RANGES", "check_entries", "learning_rate", "bind",
-           "plateau_callback", "current_learning_rate", "register", "EpochSchedule", "StepDecay", "WarmupCosine",
-           "OneCycle"]
+           "plateau_callback", "current_learning_rate", "register"]
+# and the Keras schedule classes EpochSchedule, StepDecay, WarmupCosine, OneCycle: made on first use (module
+# __getattr__), so that importing this module imports no backend
 
 #: The values of ``LRSchedule``.
 SCHEDULES = ("InverseTime", "Step", "Cosine", "WarmupCosine", "OneCycle", "ReduceOnPlateau")

@@ -109,3 +109,13 @@ def test_float32_outputs_leaves_a_float32_model_alone():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     assert float32_outputs(model) == []
+
+
+def test_gpu_check_without_a_gpu_stops_in_one_line(env, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], env=dict(env, CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="jax"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gpu_check:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "no GPU" in lines[0] or "JAX is not installed" in lines[0]
+    assert done.stdout == ""
