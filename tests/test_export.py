@@ -337,11 +337,11 @@ def test_an_interrupted_prediction_leaves_no_file(runs, tmp_path, monkeypatch):
     def interrupted_after_one_batch(run):
         run_batch, model_file, model = real(run)
 
-        def once(x):
-            calls.append(len(x[0]))
+        def once(batch):
+            calls.append(len(batch["HCAL"]))
             if len(calls) > 1:
                 raise KeyboardInterrupt
-            return run_batch(x)
+            return run_batch(batch)
 
         return once, model_file, model
 

@@ -160,8 +160,8 @@ def _softmax_tables(config: dict, firmware, precision: str) -> None:
         entry["TableSize"] = 8192
         entry["Implementation"] = "stable"
         entry["Precision"].update(exp_table="ap_ufixed<18,1,RND,SAT>", inv_table="ap_ufixed<18,1,RND,SAT>",
-                                  inv_inp=f"ap_ufixed<18,{sum_bits},RND,SAT>", accum=f"ap_ufixed<24,{sum_bits},RND,SAT>",
-                                  result=f"ap_ufixed<{width},1,RND,SAT>")
+                                  inv_inp=f"ap_ufixed<18,{sum_bits},RND,SAT>",
+                                  accum=f"ap_ufixed<24,{sum_bits},RND,SAT>", result=f"ap_ufixed<{width},1,RND,SAT>")
 
 
 def _convert(firmware, out: Path, precision: str, reuse_factor: int, io_type: str, backend: str, part):

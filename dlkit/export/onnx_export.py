@@ -156,7 +156,7 @@ def _quiet_converter():
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings_off():
+        with contextlib.redirect_stdout(io.StringIO()), _warnings_off():
             yield
     finally:
         for lg, level in zip(loggers, levels):
@@ -164,7 +164,7 @@ def _quiet_converter():
 
 
 @contextlib.contextmanager
-def warnings_off():
+def _warnings_off():
     import warnings
 
     with warnings.catch_warnings():

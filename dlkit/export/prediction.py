@@ -92,8 +92,12 @@ def _samples(run: Run, data: Path, split: str | None):
     optional = set(run.recipe.truth.values()) if run.recipe is not None else set()
     if classes:
         samples = make_samples_from_dirs(data, keys, classes=classes, pattern=pattern)
-    else:
-        samples = make_samples_from_globs({"events": str(data / pattern)}, keys)
+    elif not list(data.glob(pattern)):
+        expected = f" nor the run's class directories {run.recipe.classes}" if run.recipe and run.recipe.classes else ""
+        raise ExportError(f"--data {data}: no {pattern} files in it{expected}")
+    else:  # the experiment's name for a flat directory's class: its split is seeded with it
+        flat = run.recipe.flat_class if run.recipe is not None else "events"
+        samples = make_samples_from_globs({flat: str(data / pattern)}, keys)
     missing = [k for k in keys if k in optional and not _has_key(samples[0], keys[k])]
     if missing:
         import dataclasses
@@ -151,13 +155,16 @@ def read_events_of(run_dir, data, *, split: str | None = None, experiment: str |
 
 
 def _keras_runner(run: Run):
+    """``(run_batch, model file, model)``: ``run_batch(batch)`` feeds the model's inputs by name."""
     from dlkit.quiet import import_keras
     from dlkit.saving import load_model
 
     import_keras()
     model = load_model(run.model_path, compile=False)
+    names = [t.name for t in model.inputs]
 
-    def run_batch(x):
+    def run_batch(batch):
+        x = [batch[n] for n in names]
         y = model.predict_on_batch(x if len(x) > 1 else x[0])
         return [np.asarray(a) for a in (y if isinstance(y, (list, tuple)) else [y])]
 
@@ -165,6 +172,7 @@ def _keras_runner(run: Run):
 
 
 def _onnx_runner(path: Path, threads: int | None):
+    """``(run_batch, model file, None)``: onnxruntime on ``path``, its inputs fed by name as float32."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -181,8 +189,8 @@ def _onnx_runner(path: Path, threads: int | None):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
-    def run_batch(x):
-        return session.run(None, {n: np.ascontiguousarray(a, np.float32) for n, a in zip(names, x)})
+    def run_batch(batch):
+        return session.run(None, {n: np.ascontiguousarray(batch[n], np.float32) for n in names})
 
     return run_batch, str(path), None
 
@@ -252,7 +260,6 @@ def predict(run_dir, data, out, *, onnx: bool = False, onnx_path=None, batch_siz
     onnx_file = Path(onnx_path) if onnx_path is not None else run.directory / "model.onnx"
     runner, model_file, model = _onnx_runner(onnx_file, threads) if onnx else _keras_runner(run)
     specs = _output_specs(run, model, onnx_file if onnx else None)
-    inputs = run.recipe.inputs if run.recipe is not None else [s["name"] for s in run.describe(model)["inputs"]]
     truth = run.recipe.truth if run.recipe is not None else {}
     with event_reader(run, data, split=split, batch_size=batch_size, n_workers=n_workers,
                       max_events=max_events) as (gen, samples, entry_class):
@@ -263,7 +270,7 @@ def predict(run_dir, data, out, *, onnx: bool = False, onnx_path=None, batch_siz
         with EventWriter(out, format=format, metadata=meta, n_events=gen.events_per_epoch) as writer:
             columns = []
             for batch in gen:
-                cols = _columns(batch, runner([batch[k] for k in inputs]), specs, entry_class, truth, file_of_entry)
+                cols = _columns(batch, runner(batch), specs, entry_class, truth, file_of_entry)
                 columns = columns or list(cols)
                 writer.write(cols)
     seconds = time.perf_counter() - started

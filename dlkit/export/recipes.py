@@ -34,7 +34,8 @@ class Recipe:
     ``inputs``: the model's inputs, in its order (arrays of a pre-processed batch); ``keys``: array name ->
     dataset, branch or column read from the files (inputs and truth); ``preprocess``: the readers' fixed
     pre-process (picklable) or None; ``classes``: class names, one sub-directory of the data directory each
-    (None: the files are in the directory itself); ``pattern``: their file names; ``truth``: output column ->
+    (None: the files are in the directory itself, all of class ``flat_class``, the name the experiment gives
+    them: its split of the events is seeded with it); ``pattern``: their file names; ``truth``: output column ->
     batch array (written where the files have it); ``outputs``: per model output, what it is
     (``{"kind": "classification", "classes": [...]}``, ``{"kind": "regression", "target": "energy",
     "unit": "GeV"}``, ...); ``sources``: per input, where it comes from (text); ``firmware_input``: the layer
@@ -50,6 +51,7 @@ class Recipe:
     outputs: list = field(default_factory=list)
     sources: dict = field(default_factory=dict)
     firmware_input: str | None = None
+    flat_class: str = "events"
 
 
 class AsFloat32:
@@ -122,6 +124,7 @@ def _peak_finding(config: dict, metadata: dict) -> Recipe:
     scale = float(config.get("WindowScale", 10.0))
     return Recipe(inputs=["window"], keys={"window": "window", "label": "label"},
                   preprocess=Chain(AsFloat32(["window"]), Normalize({"window": scale})), classes=None,
+                  flat_class="peaks",
                   truth={"true_label": "label"},
                   outputs=[{"kind": "binary classification", "classes": ["noise", "signal"],
                             "meaning": "probability that the candidate peak is an ionisation signal"}],
@@ -132,7 +135,8 @@ def _clusterization(config: dict, metadata: dict) -> Recipe:
     """clustercount clusterization: the derived ``clusters_*.h5`` files (``times`` (N, bins, 1) counts of
     detected peaks per time bin, ``n_clusters``)."""
     return Recipe(inputs=["times"], keys={"times": "times", "n_clusters": "n_clusters"},
-                  preprocess=AsFloat32(["times"]), classes=None, truth={"true_n_clusters": "n_clusters"},
+                  preprocess=AsFloat32(["times"]), classes=None, flat_class="waveforms",
+                  truth={"true_n_clusters": "n_clusters"},
                   outputs=[{"kind": "regression", "target": "n_clusters", "unit": "clusters",
                             "columns": ["n_clusters_pred"]}],
                   sources={"times": "detected peaks per time bin over the waveform window (counts)"})
