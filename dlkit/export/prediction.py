@@ -3,7 +3,8 @@
     dlkit-predict RUN_DIR --data DIR --out scores.root      # or .parquet, .h5 (the extension picks the format)
     dlkit-predict RUN_DIR --data DIR --out scores.h5 --onnx # onnxruntime on <run>/model.onnx instead of Keras
 
-The events are read through :class:`dlkit.generators.MultiClassGenerator` in file order (``shuffle=False``),
+The events are read through :class:`dlkit.generators.MultiClassGenerator` unshuffled, as one stream (class
+directories in the run's class order, files in natural order, events in file order: :func:`event_reader`),
 pre-processed in its reader processes exactly as in training (the run's recipe and fitted standardization,
 :meth:`dlkit.export.run.Run.preprocess`), batch by batch: memory stays that of a few batches however large the
 dataset. Each batch's rows are written through :class:`dlkit.jagged.EventWriter` (ROOT TTree ``events``,
