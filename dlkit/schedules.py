@@ -97,10 +97,12 @@ def learning_rate(config: Mapping):
     """The optimizer's ``learning_rate`` for ``config``: a float (InverseTime - its ``decay`` is made by
     ``ModelWrapper.BuildOptimizer`` - and ReduceOnPlateau) or an unbound :class:`EpochSchedule`."""
     check_entries(config)
-    name, lr = config.get("LRSchedule", "InverseTime"), float(config["lr"])
-    c = {**SCHEDULE_DEFAULTS, **config}
+    name, lr = config.get("LRSchedule", "InverseTime"), config.get("lr")
     if name in ("InverseTime", "ReduceOnPlateau"):
-        return lr
+        return None if lr is None else float(lr)  # None: the optimizer's own default (clustercount's configs)
+    if lr is None:
+        raise ConfigError(f"config entry 'LRSchedule' = {name!r} needs the peak learning rate in entry 'lr'")
+    lr, c = float(lr), {**SCHEDULE_DEFAULTS, **config}
     classes = _classes()
     if name == "Step":
         return classes["StepDecay"](lr, every_epochs=c["LRStepEpochs"], factor=c["LRFactor"])
@@ -120,7 +122,7 @@ def plateau_callback(config: Mapping):
     c = {**SCHEDULE_DEFAULTS, **config}
     return keras.callbacks.ReduceLROnPlateau(monitor=c.get("monitor", "val_loss"), factor=c["LRFactor"],
                                              patience=c["LRPatience"], min_delta=c["LRMinDelta"],
-                                             cooldown=c["LRCooldown"], min_lr=float(c["lr"]) * c["LRMinFraction"])
+                                             cooldown=c["LRCooldown"], min_lr=float(c["lr"] or 0.0) * c["LRMinFraction"])
 
 
 def _schedule_of(optimizer):
