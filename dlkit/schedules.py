@@ -122,7 +122,8 @@ def plateau_callback(config: Mapping):
     c = {**SCHEDULE_DEFAULTS, **config}
     return keras.callbacks.ReduceLROnPlateau(monitor=c.get("monitor", "val_loss"), factor=c["LRFactor"],
                                              patience=c["LRPatience"], min_delta=c["LRMinDelta"],
-                                             cooldown=c["LRCooldown"], min_lr=float(c["lr"] or 0.0) * c["LRMinFraction"])
+                                             cooldown=c["LRCooldown"],
+                                             min_lr=float(c["lr"] or 0.0) * c["LRMinFraction"])
 
 
 def _schedule_of(optimizer):

@@ -54,7 +54,8 @@ def particlenet(n_features: int, outputs: Mapping, *, name: str = "points", coor
         h = EdgeConv(k, widths, name=f"edgeconv_{i}")(h, where, mask)
         where = h
     pooled = MaskedPooling("mean", name="pool")(h, mask)
-    return keras.Model({name: points, f"{name}_mask": mask}, _heads(pooled, outputs, head_widths), name="ParticleNet")
+    return keras.Model({name: points, f"{name}_mask": mask}, _heads(pooled, outputs, head_widths),
+                       name="ParticleNet")
 
 
 def transformer(n_features: int, outputs: Mapping, *, name: str = "points", dim: int = 64, heads: int = 4,
@@ -72,7 +73,8 @@ def transformer(n_features: int, outputs: Mapping, *, name: str = "points", dim:
     for i in range(class_depth):
         token = EncoderBlock(heads, dim, name=f"class_attention_{i}")(h, mask, token)
     event = keras.layers.LayerNormalization(name="final_norm")(token[:, 0])
-    return keras.Model({name: points, f"{name}_mask": mask}, _heads(event, outputs, head_widths), name="PointTransformer")
+    return keras.Model({name: points, f"{name}_mask": mask}, _heads(event, outputs, head_widths),
+                       name="PointTransformer")
 
 
 #: The point models by the name a config's ``Model`` entry gives.

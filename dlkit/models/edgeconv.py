@@ -55,7 +55,8 @@ class EdgeConv(keras.layers.Layer):
         if int(k) < 1:
             raise ValueError(f"EdgeConv k must be >= 1, got {k}")
         self.k, self.widths = int(k), tuple(int(w) for w in widths)
-        self.edge_mlp = [keras.layers.Dense(w, activation="relu", name=f"edge_{i}") for i, w in enumerate(self.widths)]
+        self.edge_mlp = [keras.layers.Dense(w, activation="relu", name=f"edge_{i}")
+                         for i, w in enumerate(self.widths)]
         self.shortcut = keras.layers.Dense(self.widths[-1], use_bias=False, name="shortcut")
 
     def build(self, features_shape, coords_shape=None, mask_shape=None):
