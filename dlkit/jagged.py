@@ -374,7 +374,8 @@ def write_events(path, columns: Mapping, *, format: str | None = None, tree: str
 
     ``format``: one of :data:`FORMATS` (default: from the extension; ``"rntuple"`` for an RNTuple in a
     ``.root`` file). ``tree``: the TTree's or RNTuple's name. ``chunk_events``: events per ROOT basket,
-    RNTuple cluster or parquet row group (default :data:`CHUNK_EVENTS`). ``hdf5_layout``: ``"csr"`` or ``"vlen"`` for jagged columns.
+    RNTuple cluster or parquet row group (default :data:`CHUNK_EVENTS`). ``hdf5_layout``: ``"csr"`` or ``"vlen"``
+    for jagged columns.
     ``metadata``: strings stored with the file (:func:`read_metadata`). Layouts: the module docstring.
     Written under a temporary name and renamed when complete. Returns the path.
     """

@@ -22,7 +22,8 @@ read instead (:mod:`dlkit.generators.cache`).
 ...     data = g.read_all()          # ECAL, HCAL, energy, class_index, onehot: every test event
 
 Main pieces: :class:`SampleSpec`, :func:`make_samples_from_dirs`, :func:`make_samples_from_globs`,
-:func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut`, :class:`Collection` (samples); :class:`MultiClassGenerator`,
+:func:`split_samples`, :func:`split_fractions`, :class:`EnergyCut`, :class:`Collection` (samples);
+:class:`MultiClassGenerator`,
 :class:`Select` (generator); :class:`Normalize`, :class:`Chain` (pre-processes); :class:`Standardize`,
 :func:`fit_standardize` (constants fitted on training events), :class:`Reweight`, :func:`fit_reweight` (per-event
 weights flattening a variable per class), :func:`fit_transforms`, :func:`sample_batches` (the fits of a run's
