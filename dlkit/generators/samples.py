@@ -5,10 +5,11 @@ made explicit: one entry per file and class, the datasets (keys) to read, an opt
 per-event weight, an optional event filter and an event range. Files are HDF5, ROOT (TTree or RNTuple) or
 parquet, told apart by their extension (:mod:`dlkit.generators.sources`); a key is a dataset, branch or
 column of fixed shape per event, or a :class:`Collection`: a list of points of a different length in every
-event (hits, deposits, tracks), padded or clipped to a fixed number of points with a mask. Splits are made by
-*events*, not by
-whole files: each class's files are sorted, their order shuffled with a seed, and the resulting event
-sequence cut by the requested fractions, so a file can be shared by train and test (disjoint ranges).
+event (hits, deposits, tracks), padded or clipped to a fixed number of points with a mask.
+
+Splits are made by *events*, not by whole files: each class's files are sorted, their order shuffled with a
+seed, and the resulting event sequence cut by the requested fractions, so a file can be shared by train and
+test (disjoint ranges).
 
 >>> samples = make_samples_from_dirs("/data/LCD", ["ECAL", "HCAL", "energy"],
 ...                                  classes=["Ele", "Gamma", "Pi0", "ChPi"])     # doctest: +SKIP
