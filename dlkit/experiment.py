@@ -462,7 +462,9 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
     initial = wrapper.PreviousEpochs if getattr(wrapper, "ContinuesPrevious", False) else 0
     graceful = GracefulExit()
     # (ScanProgress runs after the wrapper's save of each epoch: an epoch is reported once saved)
-    all_callbacks = [graceful, *callbacks, ScanProgress(wrapper.OutDir, wrapper.PreviousEpochs)]
+    all_callbacks = [graceful, *callbacks]
+    if getattr(wrapper, "Writes", True):  # (in a job of several processes, the first reports)
+        all_callbacks.append(ScanProgress(wrapper.OutDir, wrapper.PreviousEpochs))
     if setup.config.get("RunningTime"):  # in a scan its budget is an interruption: the point resumes
         all_callbacks.append(TimeStopping(setup.config["RunningTime"], resumable=protocol.current() is not None))
     if initial:
@@ -476,7 +478,8 @@ def train(wrapper, setup: RunSetup, train_data, validation_data=None, callbacks=
         wrapper.Train(train_data, Epochs=epochs, validation_data=validation_data, Callbacks=all_callbacks,
                       InitialEpoch=initial, CheckpointEvery=every or None, **fit_kwargs)
         mid = wrapper.MetaData.get("MidEpoch")
-        if mid:  # progress inside the epoch counts: a point resumed at the next batch is not stuck
+        if mid and getattr(wrapper, "Writes", True):  # progress inside an epoch counts: a point resumed at the next
+            # batch is not stuck
             protocol.report(epochs=round(wrapper.MetaData["TotalEpochs"] + mid["batch"] / mid["steps"], 4))
         if wrapper.MetaData.get("Status") in ("completed", "stopped"):
             # until finish(): a run killed during its analysis must not look complete (the scan would count it)
@@ -676,12 +679,16 @@ class Experiment:
         configure_device(args, configure_logging=cli)
         fit_kwargs = dict(self.fit_kwargs) if cli else {**self.fit_kwargs, "verbose": 0}
         setup = resolve_run(args, self.defaults, prefix=self.prefix, test_overrides=self.test_overrides,
-                            types=self.types, flag_keys=FLAG_KEYS, ranges=self.ranges)
+                            types=self.types, flag_keys=FLAG_KEYS, ranges=self.ranges, import_backend=False)
+        from dlkit import distribute, schedules
+        from dlkit.quiet import import_keras
+
+        distribute.join(setup.config, relaunch=cli)  # several processes (srun): join the job before the backend
+        import_keras()
         if self.check_config is not None:
             self.check_config(setup.config)
         log.info("scan point %s/%d %s -> %s", setup.index, setup.scan_size, setup.point, setup.name)
         results = None
-        from dlkit import distribute, schedules
         from dlkit.generators.fitting import check_entries
 
         check_entries(setup.config)  # the fitted entries' values, before any data is set up
@@ -690,8 +697,8 @@ class Experiment:
         with self.setup_data(setup.config, bool(args.Test)) as data:
             check_entries(setup.config, getattr(data, "fitted_entries", ()), self.module)
             with devices:  # the precision and the devices of building, loading and training the model
-                wrapper = load_or_build(args, setup, lambda name, **kw: self.make_wrapper(name, data, **kw),
-                                        self.compile)
+                wrapper = load_or_build(args, setup, lambda name, **kw: devices.adopt(self.make_wrapper(
+                    name, data, **kw)), self.compile)
                 wrapper.MetaData["Devices"] = devices.describe()
                 if hasattr(data, "fit_transforms"):  # fitted on the training split, or the loaded run's (MetaData)
                     data.fit_transforms(wrapper.MetaData, setup.config)
@@ -700,13 +707,21 @@ class Experiment:
                 if not args.NoTrain:
                     train(wrapper, setup, devices.feed(data.train), devices.feed(data.validation),
                           training_callbacks(wrapper, setup.config), **fit_kwargs)
-            if not args.NoAnalysis and not wrapper.Interrupted:
+            if not args.NoAnalysis and not wrapper.Interrupted and devices.writes:
+                if devices.processes > 1:  # its variables span the job's processes: the analysis reads the save
+                    _reload_for_analysis(wrapper)
                 results = self.analysis(wrapper, data, setup.config)
                 wrapper.MetaData.update(results.metadata)
                 results.save(wrapper.OutDir)
                 if args.NoTrain:
                     wrapper.Save()
             code = finish(wrapper)
+            devices.barrier("the run is over")  # (the other processes wait for rank 0's analysis)
+        if not devices.writes:
+            summary = f"{wrapper.Name}: process {devices.rank} of {devices.processes}; the first writes the run"
+            return ExperimentResult(exit_code=code, run_dir=Path(wrapper.OutDir), wrapper=wrapper,
+                                    config=setup.config, metrics={}, figures={}, tables={}, setup=setup,
+                                    summary=summary)
         summary = self.summary(wrapper, setup.config)
         if args.Test:  # said once here for every experiment: a --Test run's numbers are no physics
             from dlkit.analysis.results import smoke_test_summary
@@ -716,6 +731,16 @@ class Experiment:
                                 metrics=dict(results.metadata) if results else {},
                                 figures=dict(results.figures) if results else {},
                                 tables=dict(results.tables) if results else {}, setup=setup, summary=summary)
+
+
+def _reload_for_analysis(wrapper) -> None:
+    """Rank 0 of a job of several processes, after training: the model again from its save, on this process'
+    devices alone (the trained variables are arrays of the whole job)."""
+    from dlkit.metadata import MODEL_FILE
+    from dlkit.saving import load_model
+
+    saved = Path(wrapper.OutDir) / MODEL_FILE
+    wrapper.Model = load_model(saved if saved.is_file() else Path(wrapper.InDir) / MODEL_FILE)
 
 
 class Interrupted(BaseException):

@@ -153,6 +153,7 @@ class _Bookkeeping(keras.callbacks.Callback):
         self.steps = steps
         self.first_batch = first_batch          # the resumed epoch starts here ...
         self.seconds_before = seconds_before    # ... after this long in the interrupted run
+        self.agreed_reason = None               # a stop another process of the job asked for
         self._t0 = None
         self._epoch = 0
 
@@ -170,9 +171,24 @@ class _Bookkeeping(keras.callbacks.Callback):
         if self.steps is None or not self.model.stop_training:
             return
         done = self.first_batch + batch + 1
-        reason = next((cb.stop_reason for cb in self.stoppers if cb.stop_reason), None)
+        reason = next((cb.stop_reason for cb in self.stoppers if cb.stop_reason), None) or self.agreed_reason
         if reason is not None and done < self.steps:  # (after the epoch's last batch it ends as usual)
             raise MidEpochStop(self._epoch, done, reason)
+
+    def agree(self, agreement) -> None:
+        """In a job of several processes (``agreement``: the largest of a number over them): stop every process
+        after this batch if one must - a signal (3), a time budget or another resumable stop (2), any other (1) -
+        so that they all stop after the same batch, as one."""
+        local = next((cb.stop_reason for cb in self.stoppers if cb.stop_reason), None)
+        code = 0 if not self.model.stop_training and local is None else 1
+        if local is not None:
+            code = 3 if local.startswith("signal") else 2
+        agreed = agreement(code)
+        if agreed >= 2 and local is None:
+            self.agreed_reason = ("signal on another process of the job" if agreed == 3 else
+                                  "stopped on another process of the job (its time budget)")
+        if agreed:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         w = self.wrapper
@@ -192,13 +208,15 @@ class _MidEpochGuard(keras.callbacks.Callback):
     before Keras looks at ``stop_training``, ask the bookkeeping whether this is a mid-epoch stop; and every
     ``every`` seconds, ``checkpoint`` the mid-epoch state without stopping."""
 
-    def __init__(self, bookkeeping: _Bookkeeping, every: float | None = None, checkpoint=None):
+    def __init__(self, bookkeeping: _Bookkeeping, every: float | None = None, checkpoint=None, agreement=None):
         super().__init__()
-        self.bookkeeping, self.every, self.checkpoint = bookkeeping, every, checkpoint
+        self.bookkeeping, self.every, self.checkpoint, self.agreement = bookkeeping, every, checkpoint, agreement
         self._last = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
         b = self.bookkeeping
+        if self.agreement is not None:
+            b.agree(self.agreement)
         b.check_stop(batch)
         if self.every and b.steps and time.monotonic() - self._last >= self.every:
             done = b.first_batch + batch + 1
@@ -208,6 +226,8 @@ class _MidEpochGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._last = time.monotonic()
+        if self.agreement is not None:  # (Keras looks at stop_training after this, the last callback)
+            self.bookkeeping.agree(self.agreement)
 
 
 class _Saver(keras.callbacks.Callback):
@@ -248,6 +268,12 @@ class ModelWrapper:
     ScanPoint, HyperParamSet, HyperParamHash
         The scan point this run trains (stored, with each scanned value also as a top-level key, as
         DLKit's scan tables expect).
+
+    In a job of several processes training one model (:mod:`dlkit.distribute`), ``Writes`` is False on all
+    but the first: that wrapper claims no run directory and reports nothing to a scan; its ``OutDir`` is a
+    private temporary directory, removed when the process exits, where its saves go (gathering a model's arrays
+    to save them takes every process of the job, so every one saves). ``Agreement`` (the largest of a number
+    over the processes) makes every stop happen after the same batch on all of them.
     """
 
     def __init__(
@@ -277,6 +303,8 @@ class ModelWrapper:
         self.Metrics: list = []
         self.History: dict[str, list] = {}
         self.Config = dict(Config or {})
+        self.Writes = True
+        self.Agreement = None
         self.MetaData: dict[str, Any] = {
             "Name": Name,
             "Configuration": to_jsonable(self.Config),
@@ -398,6 +426,12 @@ class ModelWrapper:
                 log.info("%s: no previous save under %s; starting fresh", self.Name, self.OutputBase)
         elif self.InDir is not None and self.Model is None:
             self.Load(self.InDir)
+        if not self.Writes:  # another process of the job writes the run; this one saves where nobody looks
+            from dlkit.distribute import private_directory
+
+            self.OutDir = private_directory(self.Name)
+            self.MetaData.update(OutDir=str(self.OutDir), Status="initialized", Provenance=_provenance())
+            return self.OutDir
         self.OutDir = self.MakeOutputDir()
         self.MetaData["OutDir"] = str(self.OutDir)
         self.MetaData["Status"] = "initialized"
@@ -492,7 +526,11 @@ class ModelWrapper:
             self._record_mid_epoch(at, bookkeeping, callbacks, steps, quiet=True)
             self.Save()
 
-        guard = _MidEpochGuard(bookkeeping, CheckpointEvery if steps else None, checkpoint)
+        guard = _MidEpochGuard(bookkeeping, CheckpointEvery if steps else None, checkpoint, self.Agreement)
+        if self.Agreement is not None:  # signals are acted on where the processes agree, never in the handler
+            for cb in callbacks:
+                if hasattr(cb, "defer"):
+                    cb.defer = True
         states = (previous or {}).get(CALLBACK_STATE)
 
         def fit(epochs, initial, restorer, **extra):

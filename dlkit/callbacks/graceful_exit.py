@@ -51,6 +51,10 @@ class GracefulExit(StoppingCallback):
     Signal handlers can only be installed from the main thread; elsewhere a warning is logged
     and the callback does nothing.
 
+    With ``defer`` (set by ``ModelWrapper.Train`` in a job of several processes training one model), the
+    handler only records the signal: the processes agree after every batch whether one of them got one, and
+    all stop after the same batch (:mod:`dlkit.distribute`).
+
     Parameters
     ----------
     signals : iterable of int, signal.Signals or str, default (SIGTERM, SIGINT, SIGUSR1)
@@ -80,6 +84,7 @@ class GracefulExit(StoppingCallback):
 
     EXIT_CODE = EXIT_INTERRUPTED
     resumable = True
+    defer = False
 
     def __init__(self, signals=None):
         super().__init__()
@@ -156,13 +161,13 @@ class GracefulExit(StoppingCallback):
         logger.warning(
             "GracefulExit: %s received, stopping after the current batch (send it again to force quit)", name
         )
-        if self._model is not None:  # not self.model: no JAX state sync inside a signal handler
+        if self._model is not None and not self.defer:  # not self.model: no JAX state sync in a signal handler
             self._model.stop_training = True
 
     def on_train_begin(self, logs=None):
         if not self._installed:
             self._installed_by_fit = self.install()
-        if self.interrupted:  # a signal arrived before fit (context-manager use)
+        if self.interrupted and not self.defer:  # a signal arrived before fit (context-manager use)
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
