@@ -72,14 +72,15 @@ def job_environment() -> dict:
 def script_body(ledger_path: str, engine: str, index_var: str, python: str, pythonpath: str | None,
                 workdir: str, max_retries: int, lease_timeout: float, threads: str,
                 single_point: int | None = None, selected: Sequence[int] | None = None,
-                requeue: str | None = None) -> str:
+                requeue: str | None = None, exports: Mapping[str, str] | None = None) -> str:
     """The shell part of an array task (after the scheduler's directive lines).
 
     ``index_var`` is the scheduler's array index variable; ``threads`` a shell expression for the CPU threads
     of the point; ``single_point`` the point of a job submitted without an array (its index variable unset);
     ``selected`` the points to run when the array's range holds others (PBS Pro's ``-J`` is one range): other
     indices exit at once; ``requeue`` the command that requeues this task, run when the worker stopped on
-    SIGUSR1 (the scheduler's warning before the time limit) before its point was final.
+    SIGUSR1 (the scheduler's warning before the time limit) before its point was final; ``exports`` environment
+    variables of the point (e.g. ``dlkit.distribute.ENV_TASKS`` for a point of several tasks).
     """
     q = shlex.quote
     default = f":-{single_point}" if single_point is not None else ":?not in a job array (submit this script)"
@@ -96,6 +97,7 @@ def script_body(ledger_path: str, engine: str, index_var: str, python: str, pyth
     lines += [f"cd {q(workdir)} || exit 1"]
     if pythonpath:
         lines += [f"export PYTHONPATH={q(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    lines += [f"export {name}={q(str(value))}" for name, value in (exports or {}).items()]
     lines += [
         "final() { [ -e \"$ledger/done/$point.json\" ] || [ -e \"$ledger/failed/$point.json\" ]; }",
         "# forward the scheduler's signals to the worker: it stops the point, which saves and exits 75",

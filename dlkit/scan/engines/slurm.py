@@ -5,6 +5,13 @@
     dlkit-scan run --engine slurm --experiment calodnn.ClassificationExperiment --slots 8 \\
         --partition gpu --gres gpu:1 --time 4:00:00 --cpus-per-task 4 [--wait] -- --set Epochs=50
 
+A point may train on several GPUs and nodes (``DataParallel``, :mod:`dlkit.distribute`): ``ntasks_per_point``
+(``#SBATCH --ntasks``, one process per task; ``DLKIT_POINT_TASKS`` tells the point, which runs itself under
+``srun``) and ``gpus_per_point`` (``#SBATCH --gpus-per-task``: that many GPUs over the point's tasks)::
+
+    dlkit.scan.api.run("calodnn.ClassificationExperiment", engine="slurm", ntasks_per_point=2, gpus_per_point=8,
+                       flags=["--set", "DataParallel=true"])
+
 writes ``<ledger>/scripts/slurm-<n>.sh`` - ``#SBATCH --array=<points not yet final>%<slots>``,
 ``--signal=B:USR1@<signal seconds>``, ``--requeue``, ``--open-mode=append``, output in ``<ledger>/logs/`` - and
 submits it with ``sbatch --parsable``; the job ids go to ``<ledger>/engine.json``. Each task runs its point
@@ -33,6 +40,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from dlkit.distribute import ENV_TASKS  # (light: no Keras)
 from dlkit.scan.engines.array import ArrayEngine, _run, compress_ranges, script_body
 from dlkit.scan.ledger import Ledger, ScanError
 from dlkit.scan.options import ScanOptions
@@ -54,7 +62,7 @@ class SlurmEngine(ArrayEngine):
     submit_command = "sbatch"
     script_prefix = "slurm"
     OPTIONS = frozenset({"partition", "time", "gres", "mem", "cpus_per_task", "account", "sbatch_extra",
-                         "signal_seconds", "job_name"})
+                         "signal_seconds", "job_name", "ntasks_per_point", "gpus_per_point"})
     DEFAULT_SIGNAL_SECONDS = 300
 
     def write_script(self, ledger: Ledger, points: Sequence[int], slots: int | None = None, *, python: str,
@@ -63,10 +71,12 @@ class SlurmEngine(ArrayEngine):
                      partition: str | None = None, time: str | None = None, gres: str | None = None,
                      mem: str | None = None, cpus_per_task: int | None = None, account: str | None = None,
                      sbatch_extra: Sequence[str] | str | None = None, signal_seconds: int | None = None,
-                     job_name: str | None = None) -> str:
+                     job_name: str | None = None, ntasks_per_point: int | None = None,
+                     gpus_per_point: int | None = None) -> str:
         """The array script for ``points``: deterministic (no time stamps); paths are the arguments'."""
         if not points:
             raise ScanError("no points to submit")
+        per_point, exports = self._point_resources(ntasks_per_point, gpus_per_point, gres)
         if slots is not None and slots < 1:
             raise ScanError(f"--slots must be >= 1, got {slots}")
         ledger_path = str(ledger.path.resolve())
@@ -88,12 +98,33 @@ class SlurmEngine(ArrayEngine):
                             ("cpus-per-task", cpus_per_task), ("account", account)):
             if value not in (None, ""):
                 lines.append(f"#SBATCH --{flag}={value}")
+        lines += [f"#SBATCH {directive}" for directive in per_point]
         for extra in self.directive_extra(sbatch_extra):
             lines.append(f"#SBATCH {extra if extra.startswith('-') else '--' + extra}")
         body = script_body(ledger_path, self.name, "SLURM_ARRAY_TASK_ID", python, pythonpath, workdir,
                            max_retries, lease_timeout, threads='"${SLURM_CPUS_PER_TASK:-1}"',
-                           requeue='scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
+                           requeue='scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"', exports=exports)
         return "\n".join(lines) + "\n\n" + body
+
+    @staticmethod
+    def _point_resources(ntasks: int | None, gpus: int | None, gres: str | None) -> tuple[list[str], dict]:
+        """The directives and the point's environment for ``ntasks_per_point`` and ``gpus_per_point``."""
+        for option, value in (("ntasks-per-point", ntasks), ("gpus-per-point", gpus)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or int(value) < 1):
+                raise ScanError(f"--{option} must be an integer >= 1, got {value!r}")
+        directives, exports = [], {}
+        tasks = int(ntasks or 1)
+        if ntasks is not None:
+            directives.append(f"--ntasks={tasks}")
+            exports[ENV_TASKS] = str(tasks)
+        if gpus is not None:
+            if gres:
+                raise ScanError("--gpus-per-point and --gres both ask for GPUs: use one of them")
+            if int(gpus) % tasks:
+                raise ScanError(f"--gpus-per-point {gpus} does not split over --ntasks-per-point {tasks}: give each "
+                                "task the same number of GPUs")
+            directives.append(f"--gpus-per-task={int(gpus) // tasks}")
+        return directives, exports
 
     def submit_argv(self, script: Path, **options) -> list[str]:
         return ["sbatch", "--parsable", str(script)]
