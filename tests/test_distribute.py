@@ -1,7 +1,9 @@
 """dlkit.distribute: DataParallel over 2 devices trains the weights one device trains (JAX: 2 virtual CPU devices,
 TensorFlow: 2 logical CPUs; in subprocesses, since the device count is set before the backend starts), also
 with a last batch that does not split evenly; torch is refused in one line (exit 2); each Precision trains a
---Test run whose saved model loads and predicts in float32.
+--Test run whose saved model loads and predicts in float32; 2 Slurm tasks (srun -n 2, JAX) train one model:
+every event once per epoch over the two, one run directory, the same weights on both, a SIGTERM to the job
+saves once and both exit 75, -p resumes both; the Slurm engine's --ntasks-per-point/--gpus-per-point.
 """
 
 import importlib.util
@@ -11,12 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+from slurm_fixture import slurm  # noqa: F401  (the session fixture)
 
 import keras
 from calodnn.simulate import write_dataset
 from dlkit.distribute import EvenBatches, PRECISIONS, float32_outputs
+from dlkit.scan.engines.slurm import SlurmEngine
+from dlkit.scan.ledger import ScanError
 
 SCRIPT = Path(__file__).parent / "scripts" / "data_parallel_same_weights.py"
 
@@ -119,3 +125,76 @@ def test_gpu_check_without_a_gpu_stops_in_one_line(env, tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "no GPU" in lines[0] or "JAX is not installed" in lines[0]
     assert done.stdout == ""
+
+
+TWO_TASKS = Path(__file__).parent / "scripts" / "two_tasks.py"
+
+
+def test_two_slurm_tasks_train_one_model_stop_together_and_resume(slurm, env, tmp_path):  # noqa: F811
+    """43 events in batches of 8 (6 per epoch; the last, 3, padded to 4 and split 2 + 2 at weight 0 for one copy)
+    over 2 tasks of one CPU each; SIGTERM to the job (scancel) in epoch 2, then -p."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed (tests/backends.sh runs this test in its jax pass)")
+    if os.environ.get("KERAS_BACKEND") == "torch":
+        pytest.skip("tests/backends.sh runs it in its jax pass")
+    data, out, record = tmp_path / "data", tmp_path / "out", tmp_path / "record"
+    data.mkdir(), record.mkdir()
+    rng = np.random.default_rng(3)
+    ids = []
+    for k, (name, n) in enumerate((("a", 21), ("b", 22))):
+        with h5py.File(data / f"{name}.h5", "w") as f:
+            f["X"] = (rng.normal(size=(n, 4)) + k).astype(np.float32)
+        ids += [k * 1000 + i for i in range(n)]
+    env = dict(env, KERAS_BACKEND="jax", DLKIT_RECORD=str(record))
+    srun = ["srun", "-n", "2", "--time=5", sys.executable, str(TWO_TASKS), "--data", str(data), "--OutputBase",
+            str(out)]
+    stopped = subprocess.run(srun, env=dict(env, DLKIT_SCANCEL_AT="8"), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["Two"]  # one run directory: rank 0's
+    first = json.loads((out / "Two" / "MetaData.json").read_text())
+    assert first["Status"] == "interrupted" and first["TotalEpochs"] == 1 and first["MidEpoch"]["epoch"] == 1
+    assert first["Devices"]["processes"] == 2 and first["Devices"]["replicas"] == 2
+
+    resumed = subprocess.run([*srun, "-p"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count(f"continuing epoch 2 at batch {first['MidEpoch']['batch'] + 1} of 6") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["Two", "Two.1"]
+    last = json.loads((out / "Two.1" / "MetaData.json").read_text())
+    assert last["Status"] == "completed" and last["TotalEpochs"] == 2 and last["InputDir"] == str(out / "Two")
+
+    records = [json.loads(p.read_text()) for p in sorted(record.glob("task*.json"))]
+    assert sorted(r["rank"] for r in records) == [0, 0, 1, 1]
+    trained = {0: {}, 1: {}}  # rank -> stream position -> event ids (both runs)
+    for r in records:
+        trained[r["rank"]].update({int(k): v for k, v in r["trained"].items()})
+    for epoch in range(2):
+        served = [i for rank in (0, 1) for position, batch in trained[rank].items() if position // 6 == epoch
+                  for i in batch]
+        assert sorted(served) == ids, f"epoch {epoch + 1}: not every event exactly once over the two processes"
+        assert all(any(position // 6 == epoch for position in trained[rank]) for rank in (0, 1))
+    final = {r["rank"]: r["weights"] for r in records if r["mid_epoch"] is None}
+    assert final[0] == final[1]  # one model
+    from dlkit.saving import load_model
+
+    saved = load_model(out / "Two.1" / "model.keras").get_weights()
+    assert all(np.array_equal(a, np.asarray(b, np.float32)) for a, b in zip(saved, final[0]))
+
+
+def test_slurm_engine_gives_a_point_tasks_and_gpus(tmp_path):
+    from scan_helpers import write_config
+
+    from dlkit.scan.api import open_scan
+
+    ledger = open_scan("toy", write_config(tmp_path, n=2), name="tasks", output_base=tmp_path / "TrainedModels")
+    where = dict(python="python", pythonpath=None, workdir=str(tmp_path))
+    text = SlurmEngine().write_script(ledger, [0, 1], ntasks_per_point=2, gpus_per_point=8, **where)
+    assert "#SBATCH --ntasks=2\n" in text and "#SBATCH --gpus-per-task=4\n" in text
+    assert "export DLKIT_POINT_TASKS=2\n" in text
+    plain = SlurmEngine().write_script(ledger, [0, 1], **where)
+    assert "--ntasks" not in plain and "DLKIT_POINT_TASKS" not in plain and "gpus-per-task" not in plain
+    for options, message in ((dict(ntasks_per_point=2, gpus_per_point=3), "does not split over"),
+                             (dict(gpus_per_point=1, gres="gpu:1"), "use one of them"),
+                             (dict(ntasks_per_point=0), "must be an integer >= 1")):
+        with pytest.raises(ScanError, match=message):
+            SlurmEngine().write_script(ledger, [0], **where, **options)
