@@ -18,6 +18,7 @@ subset=(
     tests/test_lartpcdnn_pid.py::test_tiny_run_without_tensorflow
     tests/test_clustercount_experiments.py::test_two_step_pipeline_and_scan_table
     tests/test_export.py::test_onnx_of_a_model_trained_on_this_backend   # exported on TensorFlow, to 1e-5
+    tests/test_distribute.py::test_two_slurm_tasks_train_one_model_stop_together_and_resume  # JAX, srun -n 2
 )
 backends=("$@")
 [ ${#backends[@]} -gt 0 ] || backends=(jax torch)
