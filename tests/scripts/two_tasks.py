@@ -12,8 +12,10 @@ the ids of the events it trained on (weight > 0) by the generator's stream posit
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,12 @@ def training_callbacks(wrapper, config):
         def on_train_batch_end(self, batch, logs=None):
             if last and int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == at:
                 subprocess.run(["scancel", "--signal=TERM", os.environ["SLURM_JOB_ID"]], check=True)
+                # Slurm delivers it a moment later: wait for it here (the run's GracefulExit records it), or a
+                # training of a few milliseconds per batch would be over before
+                graceful = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+                deadline = time.monotonic() + 60
+                while graceful is not None and not graceful.interrupted and time.monotonic() < deadline:
+                    time.sleep(0.02)
 
     return [*_training_callbacks(wrapper, config), ScancelAt()]
 
