@@ -100,7 +100,7 @@ def test_each_precision_trains_a_test_run_and_the_saved_model_predicts_float32(p
     md = json.loads((result.run_dir / "MetaData.json").read_text())
     assert md["Devices"]["precision"] == precision and md["Configuration"]["Precision"] == precision
     assert all(isinstance(v, float) and np.isfinite(v) for v in md["History"]["loss"] + md["History"]["val_loss"])
-    model = load_model(result.run_dir / "model.keras")
+    model = load_model(result.run_dir / "model.keras", compile=False)  # (predicting: no optimizer)
     policies = {layer.dtype_policy.name for layer in model.layers if layer.weights}
     assert policies == ({"float32"} if precision == "float32" else {precision, "float32"})
     assert model.get_layer("classes").dtype_policy.name == "float32"  # the outputs' layer
