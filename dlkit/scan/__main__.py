@@ -60,6 +60,10 @@ def _add_engine_options(r: argparse.ArgumentParser) -> None:
     q.add_argument("--partition", default=None, help="partition (PBS: queue)")
     q.add_argument("--time", default=None, help="time limit per point's task, e.g. 4:00:00 (PBS: walltime)")
     q.add_argument("--gres", default=None, help="e.g. gpu:1 (PBS: ngpus / gpus)")
+    q.add_argument("--ntasks-per-point", type=int, default=None, metavar="N",
+                   help="Slurm: processes per point training one model together (DataParallel=True, JAX)")
+    q.add_argument("--gpus-per-point", type=int, default=None, metavar="G",
+                   help="Slurm: GPUs per point, split over its tasks")
     q.add_argument("--mem", default=None, help="memory per task, e.g. 16G")
     q.add_argument("--cpus-per-task", type=int, default=None, metavar="C", help="CPUs per task (PBS: ncpus / ppn)")
     q.add_argument("--account", default=None, help="account to charge (-A)")
@@ -252,7 +256,7 @@ def _launch(args, passthrough: list[str]):
     """``run`` or ``search``: their status frame."""
     cluster = {key: getattr(args, key) for key in ("partition", "time", "gres", "mem", "cpus_per_task", "account",
                                                    "sbatch_extra", "signal_seconds", "pbs_flavor", "wait",
-                                                   "dask_cluster")
+                                                   "dask_cluster", "ntasks_per_point", "gpus_per_point")
                if getattr(args, key) not in (None, False)}
     common = dict(flags=passthrough, points=args.points, name=args.name, output_base=args.OutputBase,
                   engine=args.engine, slots=args.slots, gpus=_gpus(args.gpus),
