@@ -63,12 +63,10 @@ def write_parquet(path, ev, nulls=False):
     counts = np.diff(ev["offsets"])
     offsets = pa.array(ev["offsets"].astype(np.int32))
     if nulls:  # the events without points as null lists, not empty ones
-        mask = pa.array(counts == 0)
         offsets = pa.array(ev["offsets"].astype(np.int32), mask=np.concatenate([counts == 0, [False]]))
     cols = {k: pa.ListArray.from_arrays(offsets, pa.array(v)) for k, v in ev["cols"].items()}
     if nulls:
         assert cols["hit_x"].null_count == int((counts == 0).sum()) > 0
-        del mask
     img = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(ev["img"].ravel()), 4), 3)
     table = pa.table(dict(cols, energy=pa.array(ev["energy"]), img=img))
     pq.write_table(table, path, row_group_size=50)
