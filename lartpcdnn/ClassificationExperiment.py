@@ -4,18 +4,22 @@
     python -m lartpcdnn.ClassificationExperiment --Test        # a quick check: tiny dataset, 2 epochs
     python -m lartpcdnn.ClassificationExperiment -C lartpcdnn/configs/Dense_7Class.py -s 0   # dense baseline
     python -m lartpcdnn.ClassificationExperiment -s 3 --data /data/LArIAT/2D   # real files: <dir>/<class>/*.2d.h5
+    python -m lartpcdnn.ClassificationExperiment --set Model=\"ParticleNet\"   # a point model on the 3D deposits
 
 With no data configured the first run simulates the default dataset into the cache
 (``$DLKIT_DATA/lartpcdnn`` or ``~/.cache/dlkit/lartpcdnn``). Raw events (2 x 240 x 4096) are down-sampled,
 cropped and normalised in the generator's reader processes; the processed events are cached, so epochs
-after the first read 16x fewer bytes and do no processing.
+after the first read 16x fewer bytes and do no processing. A point model (``Model`` DeepSets, ParticleNet or
+Transformer) reads the same events' 3D charge deposits instead (``Hits``: the deposit files' format), the
+``MaxPoints`` largest per event, scaled in the readers.
 Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after saving (resume with -p).
 """
 
 from __future__ import annotations
 
-from dlkit.config import Range, above, at_least
+from dlkit.config import ConfigError, Range, above, at_least
 from dlkit.experiment import RUN_DEFAULTS, Experiment
+from dlkit.models import CONFIG_DEFAULTS as POINT_DEFAULTS
 from lartpcdnn.configs import CONFIG_DIR
 
 DEFAULT_CONFIG = CONFIG_DIR / "SiameseCNN_7Class.py"
@@ -27,6 +31,10 @@ DEFAULTS = {
     "FilePattern": "*.2d.h5",   # the 2D files in each class directory
     "FeaturesKey": "features",  # dataset of the (N, 2, wires, ticks) images (newer LArIAT files: "images")
     "Particles": ["electron", "muon", "pionPlus", "photon", "pion0", "proton", "kaonPlus"],
+    "Hits": "parquet",          # point models: format of the deposit files (parquet, root, rntuple, hdf5)
+    "HitsPattern": None,        # point models: their files in each class directory; None: from Hits (*.parquet)
+    "PointCentre": [23.5, 0.0, 45.0],  # point models: deposit coordinates relative to this (x, y, z) [cm] ...
+    "PointScale": 20.0,         # ... in units of this [cm]; the charge as log(dep_q / 1 MeV)
     "EnergyMin": None,          # keep events with Energy >= EnergyMin [GeV] (DLKit: Energy > 0.61); None: all
     "MaxEvents": 0,             # events used in total (all classes); 0: all
     "ValidationFraction": 0.1,
@@ -45,7 +53,9 @@ DEFAULTS = {
     "Workers": 0,               # reader processes per generator; 0: from the CPU count
     "Seed": 0,
     # model
-    "Model": "CNN",             # "CNN" (two-view siamese) or "Dense" (baseline)
+    "Model": "CNN",             # "CNN" (two-view siamese), "Dense" (baseline), or on the 3D deposits "DeepSets",
+                                # "ParticleNet", "Transformer" (dlkit.models; sized by the entries below)
+    **POINT_DEFAULTS,           # MaxPoints, PointWidth, PointDepth, Neighbours, Heads, PairBias, Pooling
     "Width": 64,
     "Depth": 4,                 # CNN: conv blocks after the stem; Dense: hidden layers per view
     "Filters": 8,
@@ -71,13 +81,31 @@ DEFAULTS = {
 }
 #: Declared types; a declared entry also accepts None (ScanWindowSize, NormScale: None switches them off).
 TYPES = {"DataDir": str, "RunningTime": (int, float), "EnergyMin": (int, float), "ScanWindowSize": int,
-         "NormScale": (int, float)}
+         "NormScale": (int, float), "HitsPattern": str}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
 RANGES = {"AUCBootstrap": at_least(0), "EnergyMin": at_least(0), "DownSampleFactor": at_least(1),
           "ScanWindowSize": at_least(1), "NormScale": above(0), "DensePool": at_least(1),
-          "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True)}
+          "FakeRate": Range(0.0, 1.0, low_open=True, high_open=True), "MaxPoints": at_least(1),
+          "PointWidth": at_least(1), "PointDepth": at_least(1), "Neighbours": at_least(1), "Heads": at_least(1),
+          "PointScale": above(0)}
 #: --Test: a tiny dataset (7 x 40 events, ~20 s to simulate), 2 epochs, output under TrainedModels.Test/.
 TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, "BatchSize": 16}
+
+
+def check_config(config):
+    """The entries a type cannot check, before any data is made: ``Model``, ``Hits``, ``Pooling``."""
+    from lartpcdnn.data import HIT_FORMATS
+    from lartpcdnn.models import check_model_name
+
+    if check_model_name(config["Model"]) is None:
+        return
+    if config["Hits"] not in HIT_FORMATS:
+        raise ConfigError(f"config entry 'Hits' = {config['Hits']!r}; expected one of {list(HIT_FORMATS)}")
+    if config["Pooling"] not in ("mean", "sum", "max"):
+        raise ConfigError(f"config entry 'Pooling' = {config['Pooling']!r}; expected 'mean', 'sum' or 'max'")
+    if check_model_name(config["Model"]) == "transformer" and config["PointWidth"] % config["Heads"]:
+        raise ConfigError(f"config entry 'Heads' = {config['Heads']!r}: the transformer's width PointWidth = "
+                          f"{config['PointWidth']} must be a multiple of it")
 
 
 def setup_data(config, test):
@@ -106,7 +134,8 @@ def summary(wrapper, config):
 
 EXPERIMENT = Experiment("lartpcdnn.ClassificationExperiment", __doc__, prefix="LArTPCDNN", defaults=DEFAULTS,
                         default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
-                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary)
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
+                        check_config=check_config)
 run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":

@@ -22,12 +22,18 @@ import numpy as np
 
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
-from lartpcdnn.preprocess import ProcessWireData
-from lartpcdnn.simulate import VIEW_NAMES
+from lartpcdnn.preprocess import ProcessWireData, ScaleDeposits
+from lartpcdnn.simulate import DEPOSIT_COLUMNS, VIEW_NAMES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LArData", "MirrorDrift", "setup_data", "make_preprocess"]
+__all__ = ["LArData", "MirrorDrift", "MirrorDriftPoints", "setup_data", "make_preprocess", "point_kind",
+           "POINT_INPUT", "HIT_FORMATS"]
+
+#: The name of the deposit collection a point model reads (its inputs: ``deposits``, ``deposits_mask``).
+POINT_INPUT = "deposits"
+#: The formats of deposit files (``Hits``) and their file name patterns in a class directory.
+HIT_FORMATS = {"parquet": "*.parquet", "root": "*.root", "rntuple": "*.root", "hdf5": "*.h5"}
 
 
 class MirrorDrift:
@@ -55,8 +61,39 @@ class MirrorDrift:
         return arrays
 
 
-def make_preprocess(config: dict) -> ProcessWireData:
-    """The worker pre-process of a resolved configuration (config errors name the entry)."""
+class MirrorDriftPoints:
+    """:class:`MirrorDrift` for deposits scaled by :class:`~lartpcdnn.preprocess.ScaleDeposits` (the drift
+    coordinate centred on the TPC): the sign of the first feature of half the events flipped, ``x -> 47 cm - x``
+    for every point of the event; padded points stay 0."""
+
+    def __init__(self, name: str = POINT_INPUT, seed: int = 0):
+        self.name = name
+        self.rng = np.random.default_rng([int(seed), 0x4D49, 1])
+
+    def __call__(self, arrays):
+        x = np.array(arrays[self.name], np.float32)
+        flip = self.rng.random(len(x)) < 0.5
+        x[flip, :, 0] *= -1.0
+        arrays[self.name] = x
+        return arrays
+
+
+def point_kind(config: dict) -> str | None:
+    """The point model a resolved configuration's ``Model`` names (``"deepsets"``, ...), or None (CNN, Dense)."""
+    from dlkit.models import point_model_kind
+
+    return point_model_kind(config["Model"])
+
+
+def make_preprocess(config: dict) -> ProcessWireData | ScaleDeposits:
+    """The worker pre-process of a resolved configuration (config errors name the entry): the wire images'
+    :class:`ProcessWireData`, or for a point model the deposits' :class:`ScaleDeposits`."""
+    if point_kind(config) is not None:
+        centre, length = config["PointCentre"], config["PointScale"]
+        if (not isinstance(centre, (list, tuple)) or len(centre) != 3
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in centre)):
+            raise ConfigError(f"config entry 'PointCentre' = {centre!r}; expected 3 numbers (x, y, z) [cm]")
+        return ScaleDeposits(POINT_INPUT, centre, length)
     factor, window, scale = config["DownSampleFactor"], config["ScanWindowSize"], config["NormScale"]
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ConfigError(f"config entry 'DownSampleFactor' = {factor!r}; expected a positive integer (8)")
@@ -80,14 +117,19 @@ class LArData(RunData):
     class_names: list[str]
     input_shapes: dict[str, tuple]
     inputs: list[str]
-    preprocess: ProcessWireData
+    preprocess: ProcessWireData | ScaleDeposits
     data_dir: Path
     options: dict = field(default_factory=dict)
 
     def read_test(self):
-        """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
+        """The whole test set in memory: ``(inputs, one-hot labels, true energy)``; the inputs are a tuple of
+        the views, or for a point model a dict ``{"deposits": (N, M, 4), "deposits_mask": (N, M)}``."""
         arrays = self.read_test_arrays(self.class_names, self.preprocess, batch_size=64)
-        return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["Energy"]).reshape(-1)
+        if isinstance(self.preprocess, ScaleDeposits):
+            x = {k: arrays[k] for k in self.inputs}
+        else:
+            x = tuple(arrays[k] for k in self.inputs)
+        return x, arrays["onehot"], np.asarray(arrays["Energy"]).reshape(-1)
 
 
 def _check_image_config(sample, config):
@@ -121,6 +163,7 @@ def setup_data(config: dict) -> LArData:
     """Build the run's data from the resolved configuration (see ClassificationExperiment.DEFAULTS)."""
     from dlkit.generators import (
         Chain,
+        Collection,
         EnergyCut,
         MultiClassGenerator,
         Select,
@@ -133,6 +176,10 @@ def setup_data(config: dict) -> LArData:
     if len(particles) < 2 or len(set(particles)) != len(particles):
         raise ConfigError(f"config entry 'Particles' = {particles!r}; expected two or more distinct class names")
     preprocess = make_preprocess(config)
+    points = isinstance(preprocess, ScaleDeposits)
+    hits = config["Hits"] if points else None
+    if hits is not None and hits not in HIT_FORMATS:
+        raise ConfigError(f"config entry 'Hits' = {hits!r}; expected one of {list(HIT_FORMATS)}")
     if config["DataDir"]:
         data_dir = Path(config["DataDir"])
     else:
@@ -144,10 +191,22 @@ def setup_data(config: dict) -> LArData:
                               f"{list(PARTICLES)} (or set DataDir / --data to real files)")
         data_dir = default_dataset(events_per_class=config["SimEventsPerClass"],
                                    events_per_file=config["SimEventsPerFile"], particles=particles,
-                                   seed=config["SimSeed"])
-    keys = {"features": config["FeaturesKey"], "Energy": "Energy"}
-    samples = make_samples_from_dirs(data_dir, keys, classes=particles, pattern=config["FilePattern"])
-    _check_image_config(samples[0], config)
+                                   seed=config["SimSeed"], hits=hits)
+    if points:
+        collection = Collection(DEPOSIT_COLUMNS, max_points=int(config["MaxPoints"]), sort_by="dep_q")
+        keys = {POINT_INPUT: collection, "Energy": "Energy"}
+        pattern = config["HitsPattern"] or HIT_FORMATS[hits]
+        samples = [s for s in make_samples_from_dirs(data_dir, keys, classes=particles, pattern=pattern)
+                   if not s.file.endswith((".2d.h5", ".3d.h5"))]  # LArIAT's image files beside .h5 hit files
+        if not samples:
+            raise ConfigError(f"config entry 'Hits' = {hits!r}: no deposit files {pattern} in the class "
+                              f"directories of {data_dir} (only LArIAT .2d.h5/.3d.h5 files)")
+        inputs = [POINT_INPUT, f"{POINT_INPUT}_mask"]
+    else:
+        keys = {"features": config["FeaturesKey"], "Energy": "Energy"}
+        samples = make_samples_from_dirs(data_dir, keys, classes=particles, pattern=config["FilePattern"])
+        _check_image_config(samples[0], config)
+        inputs = list(VIEW_NAMES)
     if config["EnergyMin"] is not None:
         samples = [s.with_filter(EnergyCut(low=float(config["EnergyMin"]), key="Energy")) for s in samples]
     train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
@@ -155,20 +214,21 @@ def setup_data(config: dict) -> LArData:
     class_map = {name: i for i, name in enumerate(particles)}
     options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"])}
     batch = config["BatchSize"]
-    select = Select(VIEW_NAMES, "onehot")
+    select = Select({k: k for k in inputs} if points else inputs, "onehot")
     rates = "balanced" if config["Balanced"] else None
     common = dict(class_index_map=class_map, seed=config["Seed"], preprocess=preprocess, postprocess=select,
                   preload=config["Preload"], **options)
-    train_post = Chain(MirrorDrift(VIEW_NAMES, config["Seed"]), select) if config["MirrorDrift"] else select
+    mirror = MirrorDriftPoints(POINT_INPUT, config["Seed"]) if points else MirrorDrift(VIEW_NAMES, config["Seed"])
+    train_post = Chain(mirror, select) if config["MirrorDrift"] else select
     train_gen = MultiClassGenerator(train_s, batch, rates=rates, **{**common, "postprocess": train_post})
     try:
         val_gen = MultiClassGenerator(val_s, batch, shuffle=False, **common)
     except BaseException:
         train_gen.close()
         raise
-    shapes = {k: tuple(train_gen.shapes[k][1:]) for k in VIEW_NAMES}
+    shapes = {k: tuple(train_gen.shapes[k][1:]) for k in inputs}
     log.info("data %s: %d train / %d validation batches of %d; inputs %s", data_dir, len(train_gen), len(val_gen),
              batch, shapes)
     return LArData(train=train_gen, validation=val_gen, test_samples=test_s, class_names=particles,
-                   input_shapes=shapes, inputs=list(VIEW_NAMES), preprocess=preprocess, data_dir=data_dir,
+                   input_shapes=shapes, inputs=inputs, preprocess=preprocess, data_dir=data_dir,
                    options=options)

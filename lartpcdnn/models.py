@@ -13,6 +13,10 @@ views in fixed slots, so the head still knows which plane saw what. ``SharedTrun
 plane its own trunk (e.g. for raw bipolar induction signals). The trunk ends in global max and average
 pooling: the particle's topology (track width, Bragg peak, Michel electron, shower) matters, not where in
 the image the beam put it, and it keeps the model small enough for a CPU.
+
+The point models (``Model`` = ``DeepSets``, ``ParticleNet`` or ``Transformer``, :mod:`dlkit.models`) read the
+3D charge deposits instead (inputs ``deposits`` (B, M, 4) and ``deposits_mask``; :func:`build_point_classifier`)
+and end in the same softmax output ``classes``, so training, saving and the analysis treat them alike.
 """
 
 from __future__ import annotations
@@ -25,9 +29,55 @@ from keras import layers
 from dlkit import ModelWrapper
 from dlkit.config import ConfigError
 
-__all__ = ["view_trunk", "dense_view", "build_classifier", "LArClassifier", "MODEL_TYPES"]
+__all__ = ["view_trunk", "dense_view", "build_classifier", "build_point_classifier", "LArClassifier", "MODEL_TYPES",
+           "POINT_MODELS", "check_model_name"]
 
 MODEL_TYPES = ("CNN", "Dense")
+#: The point models a ``Model`` entry may name (any case), on the deposits: :mod:`dlkit.models`.
+POINT_MODELS = ("DeepSets", "ParticleNet", "Transformer")
+
+
+def check_model_name(model) -> str | None:
+    """The point-model kind of a ``Model`` value (``"deepsets"``, ...), None for ``CNN``/``Dense``; else a
+    :class:`ConfigError` naming the entry."""
+    from dlkit.models import point_model_kind
+
+    if model in MODEL_TYPES:
+        return None
+    kind = point_model_kind(model) if isinstance(model, str) else None
+    if kind is None:
+        raise ConfigError(f"config entry 'Model' = {model!r}; expected one of {MODEL_TYPES + POINT_MODELS}")
+    return kind
+
+
+def build_point_classifier(n_features: int, n_classes: int, config: Mapping, name: str = "LArTPCDNN",
+                           input_name: str = "deposits") -> keras.Model:
+    """The point model ``config["Model"]`` sized by the :data:`dlkit.models.CONFIG_DEFAULTS` entries of
+    ``config`` (``PointWidth``, ``PointDepth``, ``Neighbours``, ``Heads``, ``PairBias``, ``Pooling``), on the
+    inputs ``input_name`` (B, M, ``n_features``) and ``input_name_mask``, with one softmax output ``classes``
+    (a single output, like :func:`build_classifier`'s, so loss, metrics and analysis need no dict)."""
+    from dlkit.models import build, params_from_config
+
+    kind = check_model_name(config["Model"])
+    if kind is None:
+        raise ValueError(f"build_point_classifier: Model {config['Model']!r} is not a point model")
+    if n_classes < 2:
+        raise ValueError(f"build_point_classifier needs >= 2 classes, got {n_classes}")
+    for key in ("PointWidth", "PointDepth", "Neighbours", "Heads"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config entry {key!r} = {value!r}; expected a positive integer")
+    if kind == "transformer" and config["PointWidth"] % config["Heads"]:
+        raise ConfigError(f"config entry 'Heads' = {config['Heads']!r}: the transformer's width PointWidth = "
+                          f"{config['PointWidth']} must be a multiple of it")
+    if config["Pooling"] not in ("mean", "sum", "max"):
+        raise ConfigError(f"config entry 'Pooling' = {config['Pooling']!r}; expected 'mean', 'sum' or 'max'")
+    try:
+        model = build(kind, int(n_features), {"classes": (int(n_classes), "softmax")}, name=input_name,
+                      **params_from_config(kind, config))
+    except ValueError as exc:
+        raise ConfigError(f"config entry 'Model' = {config['Model']!r}: {exc}") from None
+    return keras.Model(model.input, model.output["classes"], name=name)
 
 
 def view_trunk(shape, filters: int = 8, depth: int = 4, activation: str = "relu", batch_norm: bool = False,
@@ -122,8 +172,20 @@ class LArClassifier(ModelWrapper):
         self.input_shapes = dict(input_shapes)
         self.n_classes = n_classes
 
+    def Load(self, *args, **kwargs):  # noqa: N802 - DLKit's API
+        """ModelWrapper.Load, with dlkit's point-model layers registered first (a saved point model names them)."""
+        from dlkit.models import build  # noqa: F401 - importing the builders registers the layers
+
+        return super().Load(*args, **kwargs)
+
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
+        if check_model_name(c["Model"]) is not None:
+            points = next(shape for shape in self.input_shapes.values() if len(shape) == 2)
+            self.Model = build_point_classifier(points[-1], self.n_classes, c, name=self.Name.replace(".", "_"))
+            self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+                                  "N_classes": self.n_classes, "Parameters": int(self.Model.count_params())})
+            return self.Model
         self.Model = build_classifier(
             self.input_shapes, self.n_classes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
             Filters=c["Filters"], SharedTrunk=c["SharedTrunk"], DensePool=c["DensePool"],

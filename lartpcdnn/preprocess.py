@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["downsample", "best_window", "crop", "tanh_log", "ProcessWireData"]
+__all__ = ["downsample", "best_window", "crop", "tanh_log", "ProcessWireData", "scale_deposits", "ScaleDeposits",
+           "TPC_CENTRE"]
 
 #: Bumped whenever the processing changes in a way the attributes of ProcessWireData do not show.
 REVISION = 1
@@ -163,3 +164,64 @@ class ProcessWireData:
     def __repr__(self):
         return (f"ProcessWireData(factor={self.factor}, window={self.window}, scale={self.scale}, "
                 f"key={self.key!r}, views={self.views}, dtype={self.dtype!r})")
+
+
+#: The centre of the simulated TPC box (x drift, y up, z beam) [cm]: :class:`ScaleDeposits`' default origin.
+TPC_CENTRE = (23.5, 0.0, 45.0)
+
+
+def scale_deposits(points: np.ndarray, mask: np.ndarray, centre=TPC_CENTRE, length: float = 20.0,
+                   charge: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Deposits ``(..., M, 4)`` (x, y, z [cm], q [MeV]) as network inputs: ``(x - centre) / length`` per
+    coordinate and ``log(q / charge)`` (q floored at 1e-3 ``charge``), padded points (``mask`` False) 0.
+
+    With the defaults the TPC spans about [-1.2, 1.2] x [-1, 1] x [-2.3, 2.3] and a MIP step's 0.6 MeV
+    maps to -0.5; the drift mirror ``x -> 47 cm - x`` is a sign flip of the first feature."""
+    x = np.asarray(points, np.float32)
+    out = np.empty(x.shape, np.float32) if out is None else out
+    np.subtract(x[..., :3], np.asarray(centre, np.float32), out=out[..., :3])
+    out[..., :3] /= np.float32(length)
+    np.maximum(x[..., 3], np.float32(1e-3 * charge), out=out[..., 3])
+    out[..., 3] /= np.float32(charge)
+    np.log(out[..., 3], out=out[..., 3])
+    out *= np.asarray(mask, bool)[..., None]
+    return out
+
+
+class ScaleDeposits:
+    """Picklable worker pre-process of a deposit collection (:class:`dlkit.generators.Collection` of
+    ``dep_x, dep_y, dep_z, dep_q`` called ``name``): :func:`scale_deposits` on ``name``, honouring
+    ``name_mask``; the other arrays pass through.
+
+    >>> pre = ScaleDeposits("deposits")
+    >>> b = pre({"deposits": np.array([[[23.5, 0, 45, 1.0], [0, 0, 0, 0]]], np.float32),
+    ...          "deposits_mask": np.array([[True, False]])})
+    >>> b["deposits"].tolist()
+    [[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]
+    """
+
+    def __init__(self, name: str = "deposits", centre: Sequence[float] = TPC_CENTRE, length: float = 20.0,
+                 charge: float = 1.0):
+        self.name = str(name)
+        self.centre = tuple(float(c) for c in centre)
+        if len(self.centre) != 3:
+            raise ValueError(f"centre must be 3 coordinates (x, y, z) [cm], got {centre!r}")
+        if not float(length) > 0 or not float(charge) > 0:
+            raise ValueError(f"length and charge must be > 0, got {length!r}, {charge!r}")
+        self.length, self.charge = float(length), float(charge)
+        self.revision = REVISION  # part of the generator's cache key (it hashes the attributes)
+
+    def __call__(self, arrays):
+        mask_key = f"{self.name}_mask"
+        if self.name not in arrays or mask_key not in arrays:
+            raise KeyError(f"ScaleDeposits: no arrays {self.name!r} and {mask_key!r} in the batch (has "
+                           f"{sorted(arrays)})")
+        x = arrays[self.name]
+        if x.shape[-1] != 4:
+            raise ValueError(f"ScaleDeposits: {self.name!r} must have 4 features (x, y, z, q), got {x.shape}")
+        arrays[self.name] = scale_deposits(x, arrays[mask_key], self.centre, self.length, self.charge)
+        return arrays
+
+    def __repr__(self):
+        return (f"ScaleDeposits(name={self.name!r}, centre={self.centre}, length={self.length}, "
+                f"charge={self.charge})")
