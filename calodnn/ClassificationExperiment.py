@@ -13,7 +13,8 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-from calodnn.configs import CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, READER_DEFAULTS, TEST_OVERRIDES
+from calodnn.configs import (CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, POINT_RANGES, READER_DEFAULTS,
+                             TEST_OVERRIDES)
 from dlkit.config import above, at_least
 from dlkit.experiment import RUN_DEFAULTS, Experiment
 
@@ -27,8 +28,10 @@ DEFAULTS = {
     "Balanced": False,          # True: equal class counts per batch; False: natural proportions
     **READER_DEFAULTS,
     # model
-    "Model": "Dense",
+    "Model": "Dense",           # Dense, CNN (images) or DeepSets, ParticleNet, Transformer (hit lists)
     **MODEL_DEFAULTS,
+    "MultiTask": 0.0,           # point models: > 0 adds an energy head, this its loss weight (the classes' is 1)
+    "EnergyLoss": "MRSE",       # the energy head's loss (dlkit.losses or Keras)
     # training
     "loss": "categorical_crossentropy",
     "optimizer": "SGD",
@@ -44,7 +47,8 @@ DEFAULTS = {
 }
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
-RANGES = {"AUCBootstrap": at_least(0), "CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0)}
+RANGES = {"AUCBootstrap": at_least(0), "CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0),
+          "MultiTask": at_least(0), **POINT_RANGES}
 
 
 def setup_data(config, test):
@@ -71,9 +75,39 @@ def summary(wrapper, config):
     return summary_table(wrapper)
 
 
+def check_config(config):
+    """Entries a type check cannot validate, before any data is made or read."""
+    from calodnn.models import MODEL_TYPES, POINT_MODELS
+    from dlkit.config import ConfigError
+    from dlkit.losses import get_loss
+
+    if config["Model"] not in MODEL_TYPES:
+        raise ConfigError(f"config entry 'Model' = {config['Model']!r}; expected one of {MODEL_TYPES}")
+    if config["MultiTask"] and config["Model"] not in POINT_MODELS:
+        raise ConfigError(f"config entry 'MultiTask': the energy head is built on the point models {POINT_MODELS}, "
+                          f"not on {config['Model']!r} (whose images are normalised non-linearly)")
+    try:
+        get_loss(config["EnergyLoss"])
+    except ValueError as exc:
+        raise ConfigError(f"config entry 'EnergyLoss': {exc}") from None
+
+
+def compile_model(wrapper):
+    """dlkit's compile step; a multi-task network gets a loss per head, the energy's weighted by ``MultiTask``."""
+    from dlkit.experiment import compile_model as compile_experiment_model
+    from dlkit.losses import get_metric
+
+    c = wrapper.Config
+    if not c["MultiTask"]:
+        return compile_experiment_model(wrapper)
+    compile_experiment_model(wrapper, {"classes": ["accuracy"], "energy": [get_metric("MBE")]},
+                             loss={"classes": c["loss"], "energy": c["EnergyLoss"]}, loss_weights={"classes": 1.0, "energy": float(c["MultiTask"])})
+
+
 EXPERIMENT = Experiment("calodnn.ClassificationExperiment", __doc__, prefix="CaloDNN", defaults=DEFAULTS,
                         default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
-                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary)
+                        setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,
+                        compile=compile_model, check_config=check_config)
 run, cli, main = EXPERIMENT.run, EXPERIMENT.cli, EXPERIMENT.main
 
 if __name__ == "__main__":

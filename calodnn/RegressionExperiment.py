@@ -7,7 +7,8 @@
     python -m calodnn.RegressionExperiment -C my_scan.py -s 3 --data /data/LCD/V2/MLDataset --set ECALNorm=100
 
 Models (config ``Model``): ``Linear`` (sum of cells x fitted scale), ``PerChannel`` (CALICE: one weight per
-cell), ``LayerMLP`` (BHCal: MLP on per-layer sums), ``Dense`` (DNN on the cells, default), ``CNN``. The loss
+cell), ``LayerMLP`` (BHCal: MLP on per-layer sums), ``Dense`` (DNN on the cells, default), ``CNN``, and the point
+models ``DeepSets``, ``ParticleNet``, ``Transformer`` on the hit lists (``--set Model=ParticleNet``). The loss
 is named by config ``loss``: MSE, MAE, MSRE, MRSE, GaussianNLL (2 outputs: mu and log sigma^2), ResolutionChi2
 or any Keras loss (the default scan sets it per point, so choose it with -s or a config file). With no data
 configured the first run simulates the regression dataset (raw visible energies, see
@@ -18,8 +19,8 @@ Exit codes: 0 done, 2 a configuration/data error, 75 stopped by a signal after s
 
 from __future__ import annotations
 
-from calodnn.configs import (CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, READER_DEFAULTS, REGRESSION_SIM_CONFIG,
-                             TEST_OVERRIDES)
+from calodnn.configs import (CONFIG_DIR, DATA_DEFAULTS, MODEL_DEFAULTS, POINT_RANGES, READER_DEFAULTS,
+                             REGRESSION_SIM_CONFIG, TEST_OVERRIDES)
 from dlkit.config import above, at_least
 from dlkit.experiment import RUN_DEFAULTS, Experiment
 from dlkit.experiment import compile_model as compile_experiment_model
@@ -36,7 +37,7 @@ DEFAULTS = {
     "Augment": False,           # flips and rotations in the readers: true (all 8), "flips" or "rotations"
     **READER_DEFAULTS,
     # model
-    "Model": "Dense",           # Linear, PerChannel, LayerMLP, Dense or CNN (calodnn.calibration)
+    "Model": "Dense",           # Linear, PerChannel, LayerMLP, Dense, CNN or a point model (calodnn.calibration)
     **MODEL_DEFAULTS,
     # training
     "loss": "MRSE",
@@ -53,7 +54,8 @@ DEFAULTS = {
 TYPES = {"DataDir": str, "RunningTime": (int, float), "ECALNorm": (str, int, float), "HCALNorm": (str, int, float),
          "Augment": (bool, str)}
 #: Allowed values of this experiment's own numeric entries (dlkit.config.RANGES has the shared ones).
-RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0), "EnergyScale": above(0)}
+RANGES = {"CNNFilters": at_least(1), "ECALNorm": above(0), "HCALNorm": above(0), "EnergyScale": above(0),
+          **POINT_RANGES}
 
 
 def setup_data(config, test):

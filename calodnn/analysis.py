@@ -36,7 +36,11 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
     log.info("%s: analysis of the test sample", wrapper.Name)
     names = list(data.class_names)
     x, y, energy = data.read_test()
-    scores = np.asarray(wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 1024), verbose=0))
+    prediction = wrapper.Model.predict(x, batch_size=max(config["BatchSize"], 1024), verbose=0)
+    energy_pred = None
+    if isinstance(prediction, dict):  # a multi-task network: its classes and its energy
+        prediction, energy_pred = prediction["classes"], prediction["energy"]
+    scores = np.asarray(prediction)
     y_index = y.argmax(axis=1)
     curves, metadata = multiclass_roc(y, scores, names)
     metadata["Accuracy"] = float(np.mean(scores.argmax(axis=1) == y_index))
@@ -68,9 +72,28 @@ def classification_analysis(wrapper, data, config) -> AnalysisResults:
             "Gamma": "GammaPi0_AUC", "Gamma_lower": "GammaPi0_AUC_lower", "Gamma_upper": "GammaPi0_AUC_upper"})
         figures["GammaPi0_AUCvsEnergy"] = plot_binned(tables["GammaPi0_AUCvsEnergy"], ["GammaPi0_AUC"],
                                                       title=f"{wrapper.Name}: gamma vs pi0")
+    if energy_pred is not None:
+        _energy_analysis(wrapper, np.asarray(energy_pred), energy, y_index, names, edges, metadata, tables, figures)
     if chained_history(wrapper.MetaData):  # the loss curves over every resume of this model
         figures["History"] = plot_chained_history(wrapper.MetaData, title=wrapper.Name)
     return AnalysisResults(metadata=metadata, tables=tables, figures=figures)
+
+
+def _energy_analysis(wrapper, pred, energy, y_index, names, edges, metadata, tables, figures) -> None:
+    """A multi-task network's energy head: the regression experiment's resolution fit per particle."""
+    from calodnn.regression import resolution_tables
+    from dlkit.analysis import plot_resolution, resolution_fit_table
+    from dlkit.losses import split_gaussian_prediction
+
+    sigma = None
+    if pred.ndim == 2 and pred.shape[1] == 2:
+        pred, sigma = (np.asarray(v, np.float64) for v in split_gaussian_prediction(pred))
+    res_tables, res_md = resolution_tables(energy, pred.reshape(len(pred), -1)[:, 0], y_index, names, edges, sigma)
+    metadata.update(res_md)
+    tables.update({f"Resolution_{name}": t for name, t in res_tables.items()})
+    if res_tables:
+        tables["ResolutionFit"] = resolution_fit_table({name: t.attrs["fit"] for name, t in res_tables.items()})
+        figures["Resolution"] = plot_resolution(res_tables, title=wrapper.Name)
 
 
 def summary_table(wrapper) -> str:
@@ -87,4 +110,9 @@ def summary_table(wrapper) -> str:
              for key, value in md.items() if key.endswith("_AUC")]  # with its 68 % bootstrap interval
     if "Accuracy" in md:
         rows.append(["test accuracy", md["Accuracy"]])
-    return tabulate(rows, tablefmt="simple", floatfmt=".4f")
+    text = tabulate(rows, tablefmt="simple", floatfmt=".4f")
+    if any(key.endswith("_Resolution_a") for key in md):  # a multi-task network's energy head
+        from calodnn.regression import resolution_summary
+
+        text += "\n\n" + resolution_summary(md)
+    return text

@@ -9,6 +9,8 @@ the plain sum of the cells is about ``E / EnergyScale``) to the energy in GeV:
 - ``LayerMLP``: BHCal's MLP on per-layer sums (seed 000), ``E = C(w1 L1 + w2 L2 + ... + b)`` made deep.
 - ``Dense``: a DNN on the cells: dense branches per calorimeter (as the classifier) on the cells.
 - ``CNN``: as ``Dense`` with a 3D-convolutional ECAL branch.
+- ``DeepSets``, ``ParticleNet``, ``Transformer``: a point model on the hit lists (:func:`calodnn.models.point_network`),
+  whose energy head starts from the ECAL and HCAL hit sums divided by ``ECALNorm``/``HCALNorm``.
 
 The three learned models add their network's output to a trainable weighted sum of the per-layer energies
 started at the plain sum (:func:`regression_head`): training starts from the linear calibration and learns
@@ -35,12 +37,12 @@ from keras import layers
 from dlkit import ModelWrapper
 from dlkit.losses import get_loss, gaussian_nll
 
-from calodnn.models import cnn3d_branch, dense_branch
+from calodnn.models import POINT_MODELS, cnn3d_branch, dense_branch, point_network
 
 __all__ = ["REGRESSION_MODELS", "layer_sums", "regression_head", "build_regressor", "n_outputs",
            "fit_linear_scale", "CaloRegressor"]
 
-REGRESSION_MODELS = ("Linear", "PerChannel", "LayerMLP", "Dense", "CNN")
+REGRESSION_MODELS = ("Linear", "PerChannel", "LayerMLP", "Dense", "CNN", *POINT_MODELS)
 
 
 def n_outputs(loss) -> int:
@@ -106,6 +108,8 @@ def build_regressor(input_shapes: Mapping[str, tuple], Model: str = "Dense", Wid
     """One of :data:`REGRESSION_MODELS` on the given inputs (in ``input_shapes`` order); see the module doc."""
     if Model not in REGRESSION_MODELS:
         raise ValueError(f"config entry 'Model' = {Model!r}; expected one of {REGRESSION_MODELS}")
+    if Model in POINT_MODELS:
+        raise ValueError(f"build_regressor builds the image models; {Model!r} is a point model (point_network)")
     if not input_shapes:
         raise ValueError("build_regressor needs at least one input (config entries ECAL/HCAL both off?)")
     if not EnergyScale > 0:
@@ -169,14 +173,19 @@ class CaloRegressor(ModelWrapper):
 
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
-        self.Model = build_regressor(
-            self.input_shapes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
-            activation=c["activation"], Dropout=c["Dropout"],
-            BatchNormalization=c["BatchNormalization"],
-            WeightInitialization=c["WeightInitialization"],
-            CNNFilters=c["CNNFilters"], EnergyScale=c["EnergyScale"],
-            n_out=n_outputs(c["loss"]), name=self.Name.replace(".", "_"),
-        )
+        if c["Model"] in POINT_MODELS:
+            norms = [c[k] if isinstance(c[k], (int, float)) else c["EnergyScale"] for k in ("ECALNorm", "HCALNorm")]
+            self.Model = point_network(c, n_energy=n_outputs(c["loss"]), energy_scale=c["EnergyScale"],
+                                       energy_norms=norms, name=self.Name.replace(".", "_"))
+        else:
+            self.Model = build_regressor(
+                self.input_shapes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
+                activation=c["activation"], Dropout=c["Dropout"],
+                BatchNormalization=c["BatchNormalization"],
+                WeightInitialization=c["WeightInitialization"],
+                CNNFilters=c["CNNFilters"], EnergyScale=c["EnergyScale"],
+                n_out=n_outputs(c["loss"]), name=self.Name.replace(".", "_"),
+            )
         self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                               "N_outputs": int(self.Model.outputs[0].shape[-1])})
         return self.Model

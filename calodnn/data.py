@@ -11,6 +11,11 @@ Events are split reproducibly by events per class (train / validation / test). T
 ECAL/HCAL normalisation runs in the generator's reader processes (:func:`calo_normalize`), so this module
 must stay importable without Keras.
 
+Point models (config ``Model`` = ``DeepSets``, ``ParticleNet`` or ``Transformer``, :mod:`dlkit.models`) read the
+same events as hit lists instead (:func:`calodnn.simulate.hits_from_images`; files of the format ``Hits``): the
+collection ``hits`` of :data:`HIT_FIELDS`, the ``MaxPoints`` most energetic hits of each event, scaled in the
+readers by :class:`HitFeatures`; premixed like the images (the premixed file holds them padded).
+
 Fitted on the training split (config entries ``Standardize`` and ``Reweight``, :mod:`dlkit.generators.fitting`):
 with either set, the generators are built by :meth:`CaloData.fit_transforms` (the run calls it once the model is
 built or loaded) with the constants fitted then - or stored by the run it continues. ``Standardize`` may name
@@ -38,7 +43,103 @@ from dlkit.generators.preprocess import Normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix", "premix_location"]
+__all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix", "premix_location",
+           "HIT_FIELDS", "HitFeatures", "uses_hits", "model_feed", "feed", "data_arrays", "sample_keys",
+           "dataset_dir"]
+
+#: The per-hit features of the point models, in order (the hit files' columns, :data:`calodnn.simulate.HIT_COLUMNS`).
+HIT_FIELDS = ("hit_x", "hit_y", "hit_z", "hit_e", "hit_det")
+#: The name of the hit collection in a batch (its mask: ``hits_mask``) and of the point models' input.
+HITS = "hits"
+
+
+class HitFeatures:
+    """Reader pre-process of the hit collection: x, y in units of 100 mm, depth z of 1000 mm, the energy as
+    log10(E / GeV) (only on real hits: padded rows stay 0), the detector flag (0 ECAL, 1 HCAL) as it is.
+
+    The scales bring every feature to order 1 (the ECAL front face is 122 mm wide, the HCAL ends 1.8 m deep;
+    cell energies span 3 MeV to tens of GeV). The linear energy is recovered in the model
+    (:func:`calodnn.models.hit_energy_sums`), so a regression head can start from the calibrated sum.
+    """
+
+    SCALES = (100.0, 100.0, 1000.0)   # mm: x, y, z
+
+    def __init__(self, key: str = HITS):
+        self.key = key
+
+    def __call__(self, arrays):
+        x, mask = arrays[self.key], arrays[f"{self.key}_mask"]
+        for i, scale in enumerate(self.SCALES):
+            x[..., i] /= np.float32(scale)
+        e = x[..., 3]
+        np.log10(np.maximum(e, np.float32(1e-6)), out=e, where=mask)
+        return arrays
+
+    def __repr__(self):
+        return f"HitFeatures({self.key!r})"
+
+
+def uses_hits(config: dict) -> bool:
+    """Whether the run trains a point model (config ``Model``), which reads hit lists instead of images."""
+    from dlkit.models.config import point_model_kind
+
+    return point_model_kind(config["Model"]) is not None
+
+
+def data_arrays(inputs) -> list[str]:
+    """The batch arrays the inputs need: ``hits`` comes with its mask."""
+    return [a for k in inputs for a in ((k, f"{k}_mask") if k == HITS else (k,))]
+
+
+def model_feed(inputs):
+    """What :class:`dlkit.generators.Select` gives the model: the images as a tuple, or the point models'
+    named inputs (``{"hits": ..., "hits_mask": ...}``)."""
+    return {a: a for a in data_arrays(inputs)} if HITS in inputs else tuple(inputs)
+
+
+def feed(arrays, inputs):
+    """The model's input from a dict of arrays (a tuple of images, or the point models' dict)."""
+    names = model_feed(inputs)
+    return {k: arrays[v] for k, v in names.items()} if isinstance(names, dict) else tuple(arrays[k] for k in names)
+
+
+def sample_keys(config: dict, inputs) -> dict:
+    """The sample keys of a run: the image datasets by name, or the hit collection; and ``energy``."""
+    from dlkit.generators import Collection
+
+    if HITS in inputs:
+        return {HITS: Collection(HIT_FIELDS, max_points=int(config["MaxPoints"]), sort_by="hit_e"),
+                "energy": "energy"}
+    return {**{k: k for k in inputs}, "energy": "energy"}
+
+
+def run_inputs(config: dict) -> list[str]:
+    """The model's inputs: ``["hits"]`` for a point model, else the images the ECAL/HCAL entries switch on."""
+    if uses_hits(config):
+        if not (config["ECAL"] and config["HCAL"]):
+            raise ConfigError(f"config entries 'ECAL'/'HCAL' pick images; the point model {config['Model']!r} "
+                              "reads every hit (hit_det tells the calorimeters apart): leave both True")
+        return [HITS]
+    inputs = [k for k in ("ECAL", "HCAL") if config[k]]
+    if not inputs:
+        raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
+    return inputs
+
+
+def dataset_dir(config: dict, inputs, sim_config=None) -> tuple[Path, str]:
+    """The data directory and its files' glob: ``DataDir``, or the simulated default dataset (as images, or
+    as hit files of the format ``Hits``), made on first use."""
+    from dlkit.jagged import EXTENSIONS
+
+    hits = config["Hits"] if HITS in inputs else None
+    if hits is not None and hits not in EXTENSIONS:
+        raise ConfigError(f"config entry 'Hits' = {hits!r}; expected one of {', '.join(EXTENSIONS)}")
+    pattern = "*.h5" if hits is None else f"*{EXTENSIONS[hits]}"
+    if config["DataDir"]:
+        return Path(config["DataDir"]), pattern
+    from calodnn.simulate import default_dataset
+
+    return default_dataset(events_per_class=config["SimEventsPerClass"], config=sim_config, hits=hits), pattern
 
 
 def _check_norm(key, norm):
@@ -61,15 +162,20 @@ def calo_normalize(config: dict) -> Normalize:
 
 
 class OneHotSelect:
-    """Consumer post-process for premixed files: inputs by name, one-hot targets from a stored label (and the
-    array ``weight`` as Keras' sample weights, if given)."""
+    """Consumer post-process for premixed files: inputs by name (:func:`feed`), one-hot targets from a stored
+    label (and the array ``weight`` as Keras' sample weights, if given). With ``energy`` (a multi-task
+    network) the targets are ``{"classes": one-hot, "energy": energy}``."""
 
-    def __init__(self, inputs, n_classes: int, label: str = "label", weight: str | None = None):
+    def __init__(self, inputs, n_classes: int, label: str = "label", weight: str | None = None,
+                 energy: str | None = None):
         self.inputs, self.n_classes, self.label, self.weight = tuple(inputs), n_classes, label, weight
+        self.energy = energy
 
     def __call__(self, arrays):
         labels = np.asarray(arrays[self.label]).astype(np.int64).reshape(-1)
-        x, y = tuple(arrays[k] for k in self.inputs), np.eye(self.n_classes, dtype=np.float32)[labels]
+        x, y = feed(arrays, self.inputs), np.eye(self.n_classes, dtype=np.float32)[labels]
+        if self.energy is not None:
+            y = {"classes": y, "energy": arrays[self.energy]}
         return (x, y) if self.weight is None else (x, y, arrays[self.weight])
 
 
@@ -79,7 +185,7 @@ def _samples_identity(samples) -> str:
     for s in samples:
         st = os.stat(s.file)
         items.append([os.path.abspath(s.file), st.st_size, st.st_mtime_ns, s.start, s.stop, s.class_name,
-                      list(s.paths)])
+                      [p if isinstance(p, str) else repr(p) for _, p in s.keys]])  # a Collection: its clipping
     return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:16]
 
 
@@ -184,9 +290,9 @@ class CaloData(RunData):
         self.train, self.validation = self.build(fitted)
 
     def read_test(self):
-        """The whole test set in memory: ``(inputs tuple, one-hot labels, true energy)``."""
+        """The whole test set in memory: ``(model inputs, one-hot labels, true energy)``."""
         arrays = self.read_test_arrays(self.class_names, self.normalize)
-        return tuple(arrays[k] for k in self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
+        return feed(arrays, self.inputs), arrays["onehot"], np.asarray(arrays["energy"]).reshape(-1)
 
 
 def _check_fitted_config(config: dict, inputs: list[str]) -> None:
@@ -195,6 +301,9 @@ def _check_fitted_config(config: dict, inputs: list[str]) -> None:
 
     entries = check_entries(config)
     std, rw = entries["Standardize"], entries["Reweight"]
+    if std is not None and HITS in inputs:
+        raise ConfigError(f"config entry 'Standardize': the point model {config['Model']!r} gets its hit features "
+                          "scaled in the readers (calodnn.data.HitFeatures); drop Standardize")
     if std is not None and set(std["arrays"]) - set(inputs):
         raise ConfigError(f"config entry 'Standardize': {sorted(set(std['arrays']) - set(inputs))} are not inputs of "
                           f"this run (its inputs: {', '.join(inputs)})")
@@ -236,15 +345,18 @@ def _input_shapes(samples, inputs) -> dict[str, tuple]:
         raise DataError(f"cannot read the input shapes: {exc}", file=s.file) from None
 
 
-def _train_postprocess(inputs, n_classes, rw, premixed: bool):
-    """The training generator's consumer step: inputs, one-hot targets and, with a flat Reweight, weights."""
+def _postprocess(inputs, n_classes, rw, premixed: bool, multitask: bool):
+    """A generator's consumer step: inputs, one-hot targets (with the energy for a multi-task network) and,
+    with a flat Reweight (training only), weights."""
     from dlkit.generators import Chain, Select
 
     flat = rw is not None and rw.method == "flat"
+    energy = "energy" if multitask else None
     if premixed:
-        select = OneHotSelect(inputs, n_classes, weight="weight" if flat else None)
+        select = OneHotSelect(inputs, n_classes, weight="weight" if flat else None, energy=energy)
         return Chain(rw.replace(class_key="label"), select) if flat else select
-    select = Select(tuple(inputs), "onehot", "weight" if flat else None)
+    targets = {"classes": "onehot", "energy": "energy"} if multitask else "onehot"
+    select = Select(model_feed(inputs), targets, "weight" if flat else None)
     return Chain(rw, select) if flat else select
 
 
@@ -262,26 +374,18 @@ def setup_data(config: dict) -> CaloData:
     (``train``/``validation`` are None until then)."""
     from dlkit.generators import make_samples_from_dirs, split_fractions, split_samples
 
-    inputs = [k for k in ("ECAL", "HCAL") if config["ECAL" if k == "ECAL" else "HCAL"]]
-    if not inputs:
-        raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
+    inputs = run_inputs(config)
     _check_fitted_config(config, inputs)
-    normalize = calo_normalize(config)
-    if config["DataDir"]:
-        data_dir = Path(config["DataDir"])
-    else:
-        from calodnn.simulate import default_dataset
-
-        data_dir = default_dataset(events_per_class=config["SimEventsPerClass"])
+    normalize = HitFeatures() if HITS in inputs else calo_normalize(config)
+    data_dir, pattern = dataset_dir(config, inputs)
     particles = list(config["Particles"])
-    keys = [*inputs, "energy"]
-    samples = make_samples_from_dirs(data_dir, keys, classes=particles)
+    samples = make_samples_from_dirs(data_dir, sample_keys(config, inputs), classes=particles, pattern=pattern)
     train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
                                            allow_empty_classes=config["AllowEmptyClasses"])
     options = dict(n_workers=config["Workers"] or None)
 
     def build(fitted=None):
-        return _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitted)
+        return _generators(config, train_s, val_s, inputs, particles, normalize, fitted)
 
     data = CaloData(train=None, validation=None, test_samples=test_s, class_names=particles, input_shapes={},
                     inputs=inputs, normalize=normalize, data_dir=data_dir, options=options, train_samples=train_s,
@@ -289,15 +393,17 @@ def setup_data(config: dict) -> CaloData:
     if config.get("Standardize") is None and config.get("Reweight") is None:
         data.train, data.validation = build()
         data.input_shapes = {k: tuple(data.train.shapes[k][1:]) for k in inputs}
+    elif HITS in inputs:
+        data.input_shapes = {HITS: (int(config["MaxPoints"]), len(HIT_FIELDS))}
     else:
         data.input_shapes = _input_shapes(train_s, inputs)
     log.info("data %s: inputs %s", data_dir, data.input_shapes)
     return data
 
 
-def _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitted=None):
+def _generators(config, train_s, val_s, inputs, particles, normalize, fitted=None):
     """The training and validation generators (with the fitted transforms, if any)."""
-    from dlkit.generators import Chain, MultiClassGenerator, SampleSpec, Select
+    from dlkit.generators import Chain, MultiClassGenerator, SampleSpec
 
     std = None if fitted is None else fitted.standardize
     rw = None if fitted is None else fitted.reweight
@@ -306,16 +412,19 @@ def _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitt
     common = dict(seed=config["Seed"], preprocess=pre, cache=bool(config["Cache"]), preload=config["Preload"],
                   n_workers=config["Workers"] or None)
     batch = config["BatchSize"]
+    multitask = bool(config.get("MultiTask"))
+    arrays = data_arrays(inputs)
     if config["Premix"]:
         gens = []
         for part, name in ((train_s, "train"), (val_s, "validation")):
-            path = premix(part, keys, particles, premix_location(), seed=config["Seed"],
+            path = premix(part, [*arrays, "energy"], particles, premix_location(), seed=config["Seed"],
                           n_workers=common["n_workers"])
             training = name == "train"
             extra = {rw.variable: rw.variable} if training and rw is not None else {}
-            spec = [SampleSpec(str(path), {**{k: k for k in inputs}, "label": "label", **extra}, "mixed")]
-            post = (_train_postprocess(inputs, len(particles), rw, premixed=True) if training
-                    else OneHotSelect(inputs, len(particles)))
+            if multitask:
+                extra["energy"] = "energy"
+            spec = [SampleSpec(str(path), {**{k: k for k in arrays}, "label": "label", **extra}, "mixed")]
+            post = _postprocess(inputs, len(particles), rw if training else None, True, multitask)
             gens.append(MultiClassGenerator(spec, batch, onehot=False, class_index=False, shuffle=training,
                                             postprocess=post, **common))
         train_gen, val_gen = gens
@@ -323,10 +432,11 @@ def _generators(config, train_s, val_s, inputs, keys, particles, normalize, fitt
         rates = "balanced" if config["Balanced"] else None
         train_gen = MultiClassGenerator(_resampled(train_s, rw, class_map, config["Seed"]), batch,
                                         class_index_map=class_map, rates=rates,
-                                        postprocess=_train_postprocess(inputs, len(particles), rw, False),
+                                        postprocess=_postprocess(inputs, len(particles), rw, False, multitask),
                                         **common)
         val_gen = MultiClassGenerator(val_s, batch, class_index_map=class_map, shuffle=False,
-                                      postprocess=Select(tuple(inputs), "onehot"), **common)
+                                      postprocess=_postprocess(inputs, len(particles), None, False, multitask),
+                                      **common)
     log.info("generators: %d train / %d validation batches of %d%s", len(train_gen), len(val_gen), batch,
              "" if fitted is None else f" ({fitted.standardize!r}, {fitted.reweight!r})")
     return train_gen, val_gen

@@ -1,4 +1,6 @@
-"""calodnn models: dense branches per calorimeter merged into a softmax, and a 3D-CNN ECAL branch.
+"""calodnn models: dense branches per calorimeter merged into a softmax, a 3D-CNN ECAL branch, and the point
+models of :mod:`dlkit.models` on the hit lists (``Model`` = ``DeepSets``, ``ParticleNet``, ``Transformer``), alone
+or as one multi-task network with a class head and an energy head (config ``MultiTask``).
 
 Built with the Keras functional API and ``keras.layers`` only, so any backend works. Every
 hyperparameter comes from the resolved configuration and really changes the model (DLKit's HEAD
@@ -17,9 +19,59 @@ from keras import layers
 
 from dlkit import ModelWrapper
 
-__all__ = ["dense_branch", "cnn3d_branch", "build_classifier", "CaloClassifier", "MODEL_TYPES"]
+__all__ = ["dense_branch", "cnn3d_branch", "build_classifier", "CaloClassifier", "MODEL_TYPES", "POINT_MODELS",
+           "hit_energy_sums", "point_network", "ENERGY_SCALE"]
 
-MODEL_TYPES = ("Dense", "CNN")
+#: The point models a ``Model`` entry may name (:mod:`dlkit.models`, read from hit lists).
+POINT_MODELS = ("DeepSets", "ParticleNet", "Transformer")
+MODEL_TYPES = ("Dense", "CNN", *POINT_MODELS)
+#: GeV per unit of a multi-task network's energy output (as the regression's ``EnergyScale``).
+ENERGY_SCALE = 100.0
+
+
+def hit_energy_sums(points, mask, scales=(ENERGY_SCALE, ENERGY_SCALE)):
+    """``(B, 2)``: the ECAL and HCAL hit energies' sums, each divided by its scale, from the features of
+    :class:`calodnn.data.HitFeatures` (``log10 E`` in column 3, the detector flag in column 4); padded
+    points count nothing. The linear start of a point model's energy head (``keras.ops``: any backend)."""
+    from keras import ops
+
+    energy = ops.power(10.0, points[..., 3]) * ops.cast(mask, points.dtype)
+    det = points[..., 4]
+    return ops.stack([ops.sum(energy * (1.0 - det), axis=1) / float(scales[0]),
+                      ops.sum(energy * det, axis=1) / float(scales[1])], axis=-1)
+
+
+def point_network(config: Mapping, n_classes: int | None = None, n_energy: int = 0, energy_scale: float = ENERGY_SCALE,
+                  energy_norms=(ENERGY_SCALE, ENERGY_SCALE), name: str = "CaloPoints") -> keras.Model:
+    """A :mod:`dlkit.models` encoder (config ``Model`` and the ``Point*`` entries) on the ``hits`` collection,
+    with a softmax head ``classes`` (``n_classes``) and/or an energy head ``energy`` (``n_energy`` = 1, or 2 for
+    a Gaussian NLL's ``(mu, log sigma^2)``) that starts from the per-calorimeter hit sums divided by
+    ``energy_norms`` (hit energy / norm in units of ``energy_scale``, as the regression's ``ECALNorm``/``HCALNorm``;
+    :func:`calodnn.calibration.regression_head`). One head: its tensor is the output; two:
+    ``{"classes": ..., "energy": ...}``."""
+    from calodnn.calibration import regression_head
+    from calodnn.data import HIT_FIELDS, HITS
+    from dlkit.models import ENCODERS, params_from_config, point_model_kind
+    from dlkit.models.base import head, inputs
+
+    kind = point_model_kind(config["Model"])
+    params = params_from_config(kind, config)
+    widths = params.pop("head_widths")
+    points, mask = inputs(HITS, len(HIT_FIELDS))
+    event = ENCODERS[kind][0](points, mask, **params)
+    outputs = {}
+    if n_classes:
+        outputs["classes"] = head(event, widths, n_classes, "softmax", "classes")
+    if n_energy:
+        h = event
+        for i, width in enumerate(widths):
+            h = layers.Dense(width, activation="relu", name=f"energy_hidden{i}")(h)
+        sums = hit_energy_sums(points, mask, energy_norms)
+        outputs["energy"] = regression_head(h, n_energy, energy_scale, linear=sums, name="energy")
+    if not outputs:
+        raise ValueError("point_network needs a class head, an energy head or both")
+    out = next(iter(outputs.values())) if len(outputs) == 1 else outputs
+    return keras.Model({HITS: points, f"{HITS}_mask": mask}, out, name=name)
 
 
 def dense_branch(x, width: int, depth: int, activation: str = "relu", dropout: float = 0.0,
@@ -67,6 +119,8 @@ def build_classifier(input_shapes: Mapping[str, tuple], n_classes: int, Model: s
     """
     if Model not in MODEL_TYPES:
         raise ValueError(f"config entry 'Model' = {Model!r}; expected one of {MODEL_TYPES}")
+    if Model in POINT_MODELS:
+        raise ValueError(f"build_classifier builds the image models; {Model!r} is a point model (point_network)")
     if not input_shapes:
         raise ValueError("build_classifier needs at least one input (config entries ECAL/HCAL both off?)")
     if n_classes < 2:
@@ -96,13 +150,17 @@ class CaloClassifier(ModelWrapper):
 
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
-        self.Model = build_classifier(
-            self.input_shapes, self.n_classes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
-            activation=c["activation"], Dropout=c["Dropout"],
-            BatchNormalization=c["BatchNormalization"],
-            WeightInitialization=c["WeightInitialization"],
-            CNNFilters=c["CNNFilters"], name=self.Name.replace(".", "_"),
-        )
+        if c["Model"] in POINT_MODELS:
+            self.Model = point_network(c, self.n_classes, n_energy=1 if c.get("MultiTask") else 0,
+                                       name=self.Name.replace(".", "_"))
+        else:
+            self.Model = build_classifier(
+                self.input_shapes, self.n_classes, Model=c["Model"], Width=c["Width"], Depth=c["Depth"],
+                activation=c["activation"], Dropout=c["Dropout"],
+                BatchNormalization=c["BatchNormalization"],
+                WeightInitialization=c["WeightInitialization"],
+                CNNFilters=c["CNNFilters"], name=self.Name.replace(".", "_"),
+            )
         self.MetaData.update({"input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                               "N_classes": self.n_classes})
         return self.Model

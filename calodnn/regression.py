@@ -28,7 +28,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from calodnn.configs import REGRESSION_SIM_CONFIG
-from calodnn.data import Normalize, calo_normalize, premix, premix_location
+from calodnn.data import (HITS, HitFeatures, Normalize, calo_normalize, data_arrays, dataset_dir, feed, model_feed,
+                          premix, premix_location, run_inputs, sample_keys)
 from dlkit.config import ConfigError
 from dlkit.experiment import RunData
 
@@ -82,9 +83,9 @@ class RegressionData(RunData):
     options: dict = field(default_factory=dict)
 
     def read_test(self):
-        """The whole test set in memory (no augmentation): ``(inputs tuple, true energy, particle index)``."""
+        """The whole test set in memory (no augmentation): ``(model inputs, true energy, particle index)``."""
         arrays = self.read_test_arrays(self.particles, self.normalize, onehot=False)
-        return (tuple(arrays[k] for k in self.inputs), np.asarray(arrays["energy"], np.float64).reshape(-1),
+        return (feed(arrays, self.inputs), np.asarray(arrays["energy"], np.float64).reshape(-1),
                 np.asarray(arrays["class_index"]).reshape(-1))
 
 
@@ -99,22 +100,21 @@ def setup_regression_data(config: dict) -> RegressionData:
         split_samples,
     )
 
-    inputs = [k for k in ("ECAL", "HCAL") if config[k]]
-    if not inputs:
-        raise ConfigError("config entries 'ECAL' and 'HCAL' are both False: the model needs an input")
-    normalize = make_preprocess(config, augment=False)
-    train_preprocess = make_preprocess(config, augment=True)
-    if config["DataDir"]:
-        data_dir = Path(config["DataDir"])
+    inputs = run_inputs(config)
+    if HITS in inputs:
+        if config["Augment"]:
+            raise ConfigError(f"config entry 'Augment' flips and rotates images; the point model {config['Model']!r} "
+                              "reads hit lists: set Augment=False")
+        normalize = train_preprocess = HitFeatures()
     else:
-        from calodnn.simulate import default_dataset
-
-        data_dir = default_dataset(events_per_class=config["SimEventsPerClass"], config=_sim_config(config))
+        normalize = make_preprocess(config, augment=False)
+        train_preprocess = make_preprocess(config, augment=True)
+    data_dir, pattern = dataset_dir(config, inputs, _sim_config(config))
     particles = list(config["Particles"])
     if not particles:
         raise ConfigError("config entry 'Particles' is empty; expected e.g. ['Ele'] or ['Ele', 'Gamma']")
-    keys = [*inputs, "energy"]
-    samples = make_samples_from_dirs(data_dir, keys, classes=particles)
+    keys = data_arrays(inputs) + ["energy"]
+    samples = make_samples_from_dirs(data_dir, sample_keys(config, inputs), classes=particles, pattern=pattern)
     train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
                                            allow_empty_classes=config["AllowEmptyClasses"])
     augmenting = train_preprocess is not normalize
@@ -124,7 +124,7 @@ def setup_regression_data(config: dict) -> RegressionData:
         log.warning("Augment is on: the training generator runs without cache and preload (they would "
                     "store one fixed set of flips)")
     options = dict(n_workers=config["Workers"] or None)
-    select = Select(tuple(inputs), "energy")
+    select = Select(model_feed(inputs), "energy")
     batch = config["BatchSize"]
     gens = []
     for part, name in ((train_s, "train"), (val_s, "validation")):
@@ -244,12 +244,18 @@ def regression_summary(wrapper) -> str:
         if history.get(key):
             rows.append([f"final {key}", history[key][-1]])
     text = tabulate(rows, tablefmt="simple", floatfmt=".4g")
+    resolution = resolution_summary(md)
+    return text + "\n\n" + resolution if resolution else text
+
+
+def resolution_summary(md) -> str:
+    """The resolution fit per particle in a run's metadata (``<P>_Resolution_a`` ...), as a text table."""
     particles = [k[:-len("_Resolution_a")] for k in md if k.endswith("_Resolution_a")]
-    if particles:
-        frame = pd.DataFrame(
-            [[p, *(_parameter_text(md, f"{p}_Resolution_{k}") for k in "abc"), md.get(f"{p}_MeanRelativeBias")]
-             for p in particles],
-            columns=["particle", "a [GeV^1/2]", "b [GeV]", "c", "mean (E_pred-E)/E"])
-        text += "\n\nsigma/E = a/sqrt(E) (+) b/E (+) c\n" + tabulate(frame, headers="keys", tablefmt="simple",
-                                                                      floatfmt=".4f", showindex=False)
-    return text
+    if not particles:
+        return ""
+    frame = pd.DataFrame(
+        [[p, *(_parameter_text(md, f"{p}_Resolution_{k}") for k in "abc"), md.get(f"{p}_MeanRelativeBias")]
+         for p in particles],
+        columns=["particle", "a [GeV^1/2]", "b [GeV]", "c", "mean (E_pred-E)/E"])
+    return "sigma/E = a/sqrt(E) (+) b/E (+) c\n" + tabulate(frame, headers="keys", tablefmt="simple", floatfmt=".4f",
+                                                             showindex=False)

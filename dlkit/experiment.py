@@ -335,16 +335,18 @@ FLAG_KEYS = {"runningtime": "RunningTime", "data": "DataDir", "OutputBase": "Out
              "LoadPrevious": "LoadPreviousModel", "tensorboard": "TensorBoard"}
 
 
-def compile_model(wrapper, metrics=("accuracy",)) -> None:
+def compile_model(wrapper, metrics=("accuracy",), loss=None, **compile_kwargs) -> None:
     """Optimizer and loss from the wrapper's Config (``optimizer``, ``lr``, DLKit's ``decay`` or another
     ``LRSchedule`` (:mod:`dlkit.schedules`), ``momentum`` for SGD/RMSprop, ``loss``), then compile with
-    ``metrics``."""
+    ``metrics``. A network of several outputs passes ``loss`` and ``metrics`` per output name (dicts) and
+    e.g. ``loss_weights`` (``compile_kwargs`` go to Keras' ``compile``)."""
     from dlkit.schedules import learning_rate
 
     c = wrapper.Config
     extra = {"momentum": c["momentum"]} if c.get("momentum") and c["optimizer"] in ("SGD", "RMSprop") else {}
     wrapper.BuildOptimizer(c["optimizer"], lr=learning_rate(c), decay=c.get("decay", 0.0), **extra)
-    wrapper.Compile(Loss=c["loss"], Metrics=list(metrics))
+    wrapper.Compile(Loss=c["loss"] if loss is None else loss,
+                    Metrics=dict(metrics) if isinstance(metrics, Mapping) else list(metrics), **compile_kwargs)
 
 
 def training_callbacks(wrapper, config) -> list:

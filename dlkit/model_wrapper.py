@@ -376,8 +376,15 @@ class ModelWrapper:
 
     def Compile(self, Loss: Any = None, Optimizer: Any = None, Metrics: Sequence | None = None,
                 **compile_kwargs) -> None:  # noqa: N802
-        """Compile ``self.Model``; a loss name may be one of dlkit's physics losses."""
+        """Compile ``self.Model``; a loss name may be one of dlkit's physics losses. A model of several named
+        outputs may take ``Loss`` and ``Metrics`` as dicts by output name."""
         from dlkit.losses import get_loss
+
+        def resolve(loss):
+            return get_loss(loss) if isinstance(loss, str) else loss
+
+        def name(item):
+            return item if isinstance(item, str) else getattr(item, "name", item)
 
         if self.Model is None:
             raise RuntimeError(f"{self.Name}: Compile() before Build() set self.Model")
@@ -390,13 +397,15 @@ class ModelWrapper:
         if self.Loss is None:
             raise ValueError(f"{self.Name}: no loss given to Compile()")
         if Metrics is not None:
-            self.Metrics = list(Metrics)
-        loss = get_loss(self.Loss) if isinstance(self.Loss, str) else self.Loss
+            self.Metrics = dict(Metrics) if isinstance(Metrics, Mapping) else list(Metrics)
+        per_output = isinstance(self.Loss, Mapping)
+        loss = {k: resolve(v) for k, v in self.Loss.items()} if per_output else resolve(self.Loss)
         self.Model.compile(optimizer=self.Optimizer, loss=loss, metrics=self.Metrics, **compile_kwargs)
-        self.MetaData["Loss"] = to_jsonable(self.Loss if isinstance(self.Loss, str) else getattr(
-            self.Loss, "name", self.Loss))
-        self.MetaData["Metrics"] = to_jsonable([m if isinstance(m, str) else getattr(m, "name", m)
-                                                for m in self.Metrics])
+        self.MetaData["Loss"] = to_jsonable({k: name(v) for k, v in self.Loss.items()} if per_output
+                                            else name(self.Loss))
+        metrics = self.Metrics
+        self.MetaData["Metrics"] = to_jsonable({k: [name(m) for m in v] for k, v in metrics.items()}
+                                               if isinstance(metrics, Mapping) else [name(m) for m in metrics])
         self._record_optimizer()
 
     def _record_optimizer(self):

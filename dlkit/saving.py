@@ -76,9 +76,11 @@ def load_model(path: str | os.PathLike, compile: bool = True, safe_mode: bool = 
     (see the module docstring); ``compile=False`` skips the optimizer anyway."""
     import keras
 
+    from dlkit.models import register as register_point_layers
     from dlkit.schedules import register
 
     register()  # a model saved with a dlkit learning-rate schedule in its optimizer
+    register_point_layers()  # a point model (dlkit.models)
     path = Path(path)
     config = _config(path) if compile else None
     foreign = _foreign(config, keras.backend.backend()) if config is not None else []

@@ -2,6 +2,12 @@
 
 from pathlib import Path
 
+from dlkit.models.config import CONFIG_DEFAULTS as POINT_DEFAULTS
+from dlkit.models.config import RANGES as POINT_RANGES
+
+__all__ = ["CONFIG_DIR", "DATA_DEFAULTS", "MODEL_DEFAULTS", "POINT_DEFAULTS", "POINT_RANGES", "READER_DEFAULTS",
+           "REGRESSION_SIM_CONFIG", "TEST_OVERRIDES"]
+
 CONFIG_DIR = Path(__file__).parent
 
 #: CaloSimConfig overrides of the simulated regression dataset: the same showers and fluctuations as the
@@ -20,6 +26,7 @@ DATA_DEFAULTS = {
     "SimEventsPerClass": 5000,  # size of the simulated default dataset
     "ECAL": True,
     "HCAL": True,
+    "Hits": "parquet",          # point models: format of the hit files (root, rntuple, parquet, hdf5)
 }
 #: How the readers deliver it (dlkit.generators).
 READER_DEFAULTS = {
@@ -38,6 +45,9 @@ MODEL_DEFAULTS = {
     "BatchNormalization": False,
     "WeightInitialization": "glorot_uniform",
     "CNNFilters": 8,
+    # point models (Model = DeepSets, ParticleNet, Transformer; dlkit.models) on the hit lists
+    **POINT_DEFAULTS,
 }
-#: --Test: a few thousand events, 2 epochs, output under TrainedModels.Test/.
-TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2}
+#: --Test: a few thousand events, 2 epochs, small point models; output under TrainedModels.Test/.
+TEST_OVERRIDES = {"SimEventsPerClass": 1000, "MaxEvents": 4000, "Epochs": 2,
+                  "MaxPoints": 32, "PointWidth": 16, "PointDepth": 2, "Neighbours": 8}   # point models: small too
