@@ -164,6 +164,7 @@ def setup_data(config: dict) -> LArData:
     from dlkit.generators import (
         Chain,
         Collection,
+        DataError,
         EnergyCut,
         MultiClassGenerator,
         Select,
@@ -196,8 +197,14 @@ def setup_data(config: dict) -> LArData:
         collection = Collection(DEPOSIT_COLUMNS, max_points=int(config["MaxPoints"]), sort_by="dep_q")
         keys = {POINT_INPUT: collection, "Energy": "Energy"}
         pattern = config["HitsPattern"] or HIT_FORMATS[hits]
-        samples = [s for s in make_samples_from_dirs(data_dir, keys, classes=particles, pattern=pattern)
-                   if not s.file.endswith((".2d.h5", ".3d.h5"))]  # LArIAT's image files beside .h5 hit files
+        try:
+            samples = [s for s in make_samples_from_dirs(data_dir, keys, classes=particles, pattern=pattern)
+                       if not s.file.endswith((".2d.h5", ".3d.h5"))]  # LArIAT's image files beside .h5 hit files
+        except DataError as exc:
+            if "no files match" not in str(exc):
+                raise
+            raise ConfigError(f"config entry 'Hits' = {hits!r}: {exc} (the deposit files' format; or set "
+                              "HitsPattern)") from None
         if not samples:
             raise ConfigError(f"config entry 'Hits' = {hits!r}: no deposit files {pattern} in the class "
                               f"directories of {data_dir} (only LArIAT .2d.h5/.3d.h5 files)")
@@ -212,7 +219,8 @@ def setup_data(config: dict) -> LArData:
     train_s, val_s, test_s = split_samples(samples, split_fractions(config, samples), seed=config["Seed"],
                                            allow_empty_classes=config["AllowEmptyClasses"])
     class_map = {name: i for i, name in enumerate(particles)}
-    options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"])}
+    options = {"n_workers": config["Workers"] or None, "cache": bool(config["Cache"]),
+               "allow_empty_classes": bool(config["AllowEmptyClasses"])}
     batch = config["BatchSize"]
     select = Select({k: k for k in inputs} if points else inputs, "onehot")
     rates = "balanced" if config["Balanced"] else None
