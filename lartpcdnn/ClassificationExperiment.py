@@ -132,6 +132,32 @@ def summary(wrapper, config):
     return summary_table(wrapper, config["FakeRate"])
 
 
+def prediction_inputs(config, metadata):
+    """dlkit.export's recipe of a run (the hook :mod:`dlkit.export.run` looks for): dlkit's built-in one for the
+    CNN and the dense baseline; for a point model the deposit files (``Hits``, ``HitsPattern``) of each particle
+    directory, read as the run read them: the collection ``deposits`` of ``dep_x, dep_y, dep_z, dep_q`` sorted by
+    ``dep_q``, ``MaxPoints`` per event, scaled by :class:`lartpcdnn.preprocess.ScaleDeposits`."""
+    from dlkit.export.recipes import BUILTIN, Recipe
+    from dlkit.generators import Collection
+    from lartpcdnn.data import HIT_FORMATS, POINT_INPUT, make_preprocess
+    from lartpcdnn.models import check_model_name
+    from lartpcdnn.simulate import DEPOSIT_COLUMNS
+
+    config = {**DEFAULTS, **dict(config)}  # a run saved before an entry existed has its default
+    if check_model_name(config["Model"]) is None:
+        return BUILTIN[EXPERIMENT.module](config, metadata)
+    pre = make_preprocess(config)
+    particles = [str(p) for p in config["Particles"]]
+    keys = {POINT_INPUT: Collection(DEPOSIT_COLUMNS, max_points=int(config["MaxPoints"]), sort_by="dep_q"),
+            "Energy": "Energy"}
+    source = (f"the {config['MaxPoints']} largest deposits (dep_q) of the event: (x, y, z - {list(pre.centre)} cm) "
+              f"/ {pre.length:g} cm, log(dep_q / {pre.charge:g} MeV); zero-padded")
+    return Recipe(inputs=[POINT_INPUT, f"{POINT_INPUT}_mask"], keys=keys, preprocess=pre, classes=particles,
+                  pattern=config["HitsPattern"] or HIT_FORMATS[config["Hits"]], truth={"true_energy": "Energy"},
+                  outputs=[{"kind": "classification", "classes": particles}],
+                  sources={POINT_INPUT: source, f"{POINT_INPUT}_mask": "True for the real points"})
+
+
 EXPERIMENT = Experiment("lartpcdnn.ClassificationExperiment", __doc__, prefix="LArTPCDNN", defaults=DEFAULTS,
                         default_config=DEFAULT_CONFIG, types=TYPES, ranges=RANGES, test_overrides=TEST_OVERRIDES,
                         setup_data=setup_data, make_wrapper=make_wrapper, analysis=analysis, summary=summary,

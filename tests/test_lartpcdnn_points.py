@@ -112,6 +112,20 @@ def test_resume_and_load(hits, env, tmp_path):
          "deposits_mask": np.arange(32) < np.array([[32], [7], [1], [16]])}
     np.testing.assert_allclose(loaded.wrapper.Model.predict(x, verbose=0), resumed.wrapper.Model.predict(x, verbose=0),
                                atol=1e-6)
+    # dlkit-predict (the prediction_inputs hook) reads the deposits as the run did: the test split's scores
+    import pyarrow.parquet as pq
+
+    from dlkit.export.prediction import predict
+    from lartpcdnn.data import setup_data
+
+    predict(resumed.run_dir, hits, tmp_path / "scores.parquet", split="test", n_workers=1)
+    table = pq.read_table(tmp_path / "scores.parquet").to_pydict()
+    with setup_data(resumed.config) as data:
+        x_test, y_test, _ = data.read_test()
+    expected = resumed.wrapper.Model.predict(x_test, verbose=0)
+    np.testing.assert_array_equal(table["true_class"], y_test.argmax(1))  # both in class, file, event order
+    scores = np.stack([table[f"score_{c}"] for c in DEFAULT_PARTICLES], 1)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("entries, message", [
