@@ -44,13 +44,16 @@ from dlkit.generators.preprocess import Normalize
 log = logging.getLogger(__name__)
 
 __all__ = ["Normalize", "calo_normalize", "OneHotSelect", "CaloData", "setup_data", "premix", "premix_location",
-           "HIT_FIELDS", "HitFeatures", "uses_hits", "model_feed", "feed", "data_arrays", "sample_keys",
+           "HIT_FIELDS", "HIT_SUMS", "HitFeatures", "uses_hits", "model_feed", "feed", "data_arrays", "sample_keys",
            "dataset_dir"]
 
 #: The per-hit features of the point models, in order (the hit files' columns, :data:`calodnn.simulate.HIT_COLUMNS`).
 HIT_FIELDS = ("hit_x", "hit_y", "hit_z", "hit_e", "hit_det")
 #: The name of the hit collection in a batch (its mask: ``hits_mask``) and of the point models' input.
 HITS = "hits"
+#: Per event, the energy of all hits of each calorimeter (GeV; the hit files' scalars): the point models' global
+#: inputs, and the start of their energy head (the clipped hit list misses the least energetic hits' share).
+HIT_SUMS = ("ECAL_E", "HCAL_E")
 
 
 class HitFeatures:
@@ -58,8 +61,7 @@ class HitFeatures:
     log10(E / GeV) (only on real hits: padded rows stay 0), the detector flag (0 ECAL, 1 HCAL) as it is.
 
     The scales bring every feature to order 1 (the ECAL front face is 122 mm wide, the HCAL ends 1.8 m deep;
-    cell energies span 3 MeV to tens of GeV). The linear energy is recovered in the model
-    (:func:`calodnn.models.hit_energy_sums`), so a regression head can start from the calibrated sum.
+    cell energies span 3 MeV to tens of GeV). The per-calorimeter sums (:data:`HIT_SUMS`) stay in GeV.
     """
 
     SCALES = (100.0, 100.0, 1000.0)   # mm: x, y, z
@@ -87,8 +89,8 @@ def uses_hits(config: dict) -> bool:
 
 
 def data_arrays(inputs) -> list[str]:
-    """The batch arrays the inputs need: ``hits`` comes with its mask."""
-    return [a for k in inputs for a in ((k, f"{k}_mask") if k == HITS else (k,))]
+    """The batch arrays the inputs need: ``hits`` comes with its mask and the calorimeters' sums."""
+    return [a for k in inputs for a in ((k, f"{k}_mask", *HIT_SUMS) if k == HITS else (k,))]
 
 
 def model_feed(inputs):
@@ -104,12 +106,13 @@ def feed(arrays, inputs):
 
 
 def sample_keys(config: dict, inputs) -> dict:
-    """The sample keys of a run: the image datasets by name, or the hit collection; and ``energy``."""
+    """The sample keys of a run: the image datasets by name, or the hit collection and the calorimeters' sums;
+    and ``energy``."""
     from dlkit.generators import Collection
 
     if HITS in inputs:
         return {HITS: Collection(HIT_FIELDS, max_points=int(config["MaxPoints"]), sort_by="hit_e"),
-                "energy": "energy"}
+                **{k: k for k in HIT_SUMS}, "energy": "energy"}
     return {**{k: k for k in inputs}, "energy": "energy"}
 
 

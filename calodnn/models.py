@@ -20,7 +20,7 @@ from keras import layers
 from dlkit import ModelWrapper
 
 __all__ = ["dense_branch", "cnn3d_branch", "build_classifier", "CaloClassifier", "MODEL_TYPES", "POINT_MODELS",
-           "hit_energy_sums", "point_network", "ENERGY_SCALE"]
+           "point_network", "ENERGY_SCALE"]
 
 #: The point models a ``Model`` entry may name (:mod:`dlkit.models`, read from hit lists).
 POINT_MODELS = ("DeepSets", "ParticleNet", "Transformer")
@@ -29,28 +29,19 @@ MODEL_TYPES = ("Dense", "CNN", *POINT_MODELS)
 ENERGY_SCALE = 100.0
 
 
-def hit_energy_sums(points, mask, scales=(ENERGY_SCALE, ENERGY_SCALE)):
-    """``(B, 2)``: the ECAL and HCAL hit energies' sums, each divided by its scale, from the features of
-    :class:`calodnn.data.HitFeatures` (``log10 E`` in column 3, the detector flag in column 4); padded
-    points count nothing. The linear start of a point model's energy head (``keras.ops``: any backend)."""
-    from keras import ops
-
-    energy = ops.power(10.0, points[..., 3]) * ops.cast(mask, points.dtype)
-    det = points[..., 4]
-    return ops.stack([ops.sum(energy * (1.0 - det), axis=1) / float(scales[0]),
-                      ops.sum(energy * det, axis=1) / float(scales[1])], axis=-1)
-
-
 def point_network(config: Mapping, n_classes: int | None = None, n_energy: int = 0, energy_scale: float = ENERGY_SCALE,
                   energy_norms=(ENERGY_SCALE, ENERGY_SCALE), name: str = "CaloPoints") -> keras.Model:
     """A :mod:`dlkit.models` encoder (config ``Model`` and the ``Point*`` entries) on the ``hits`` collection,
-    with a softmax head ``classes`` (``n_classes``) and/or an energy head ``energy`` (``n_energy`` = 1, or 2 for
-    a Gaussian NLL's ``(mu, log sigma^2)``) that starts from the per-calorimeter hit sums divided by
-    ``energy_norms`` (hit energy / norm in units of ``energy_scale``, as the regression's ``ECALNorm``/``HCALNorm``;
+    its event vector joined by the log of the calorimeters' energies (:data:`calodnn.data.HIT_SUMS`, global
+    inputs), with a softmax head ``classes`` (``n_classes``) and/or an energy head ``energy`` (``n_energy`` = 1,
+    or 2 for a Gaussian NLL's ``(mu, log sigma^2)``) that starts from those energies divided by ``energy_norms``
+    (in units of ``energy_scale``, as the regression's ``ECALNorm``/``HCALNorm``;
     :func:`calodnn.calibration.regression_head`). One head: its tensor is the output; two:
     ``{"classes": ..., "energy": ...}``."""
+    from keras import ops
+
     from calodnn.calibration import regression_head
-    from calodnn.data import HIT_FIELDS, HITS
+    from calodnn.data import HIT_FIELDS, HIT_SUMS, HITS
     from dlkit.models import ENCODERS, params_from_config, point_model_kind
     from dlkit.models.base import head, inputs
 
@@ -58,7 +49,10 @@ def point_network(config: Mapping, n_classes: int | None = None, n_energy: int =
     params = params_from_config(kind, config)
     widths = params.pop("head_widths")
     points, mask = inputs(HITS, len(HIT_FIELDS))
+    totals = {k: keras.Input((), name=k, dtype="float32") for k in HIT_SUMS}
+    energies = ops.stack([totals[k] for k in HIT_SUMS], axis=-1)                       # (B, 2) GeV
     event = ENCODERS[kind][0](points, mask, **params)
+    event = layers.Concatenate(name="event_and_totals")([event, ops.log10(ops.maximum(energies, 1e-3))])
     outputs = {}
     if n_classes:
         outputs["classes"] = head(event, widths, n_classes, "softmax", "classes")
@@ -66,12 +60,12 @@ def point_network(config: Mapping, n_classes: int | None = None, n_energy: int =
         h = event
         for i, width in enumerate(widths):
             h = layers.Dense(width, activation="relu", name=f"energy_hidden{i}")(h)
-        sums = hit_energy_sums(points, mask, energy_norms)
-        outputs["energy"] = regression_head(h, n_energy, energy_scale, linear=sums, name="energy")
+        linear = energies / ops.convert_to_tensor([float(n) for n in energy_norms])
+        outputs["energy"] = regression_head(h, n_energy, energy_scale, linear=linear, name="energy")
     if not outputs:
         raise ValueError("point_network needs a class head, an energy head or both")
     out = next(iter(outputs.values())) if len(outputs) == 1 else outputs
-    return keras.Model({HITS: points, f"{HITS}_mask": mask}, out, name=name)
+    return keras.Model({HITS: points, f"{HITS}_mask": mask, **totals}, out, name=name)
 
 
 def dense_branch(x, width: int, depth: int, activation: str = "relu", dropout: float = 0.0,
