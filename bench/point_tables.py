@@ -1,0 +1,243 @@
+"""The point models (dlkit.models) against the image models, at equal epochs, on calodnn's and lartpcdnn's
+simulated data; the tables of issue 31 in BENCHMARKS.md ("Point models").
+
+1. calodnn gamma/pi0: the AUC with its bootstrap 68 % interval and the training time per epoch of the dense
+   network and the 3D CNN on the cell images, and of DeepSets, ParticleNet (EdgeConv) and the transformer on
+   the same events' hit lists;
+2. the multi-task network (classes and energy, one point model) against the single-task classifier and the
+   single-task regression of the same model: the AUC, and sigma/E at fixed energies;
+3. lartpcdnn: efficiency at 1 % fake per class (Clopper-Pearson) of the two-view CNN and the point models on
+   the 3D deposits (:func:`lartpcdnn.point_study.compare_models`).
+
+Every network trains through the experiments' Python API (``ClassificationExperiment.run``), so what is
+measured is what a user runs::
+
+    python bench/point_tables.py                       # writes bench/results/point_tables.md and BENCHMARKS.md
+    python bench/point_tables.py --events-per-class 1000 --epochs 3 --out /tmp/p.md --no-benchmarks   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from paper_tables import SIGMA_AT, machine, replace_section, sigma_at_fixed_energies  # noqa: E402
+
+log = logging.getLogger("point_tables")
+
+IMAGE_MODELS = ("Dense", "CNN")
+POINT_MODELS = ("DeepSets", "ParticleNet", "Transformer")
+#: Per-model sizes where a model differs from the common ones: EdgeConv's edge MLPs cost k x the points' MLPs,
+#: so ParticleNet runs at half the width (blocks of 32 and 64) to train about as fast as the 3D CNN on the CPU.
+SIZES = {"ParticleNet": {"PointWidth": 32}}
+LABELS = {"Dense": "dense (cells)", "CNN": "3D CNN (ECAL cells)", "DeepSets": "DeepSets (hits)",
+          "ParticleNet": "ParticleNet / EdgeConv (hits)", "Transformer": "transformer (hits)"}
+
+
+def _config_file(directory: Path) -> Path:
+    """A scan-free config: every run here sets its entries as keywords."""
+    path = directory / "point_tables_config.py"
+    path.write_text("Config = {}\n")
+    return path
+
+
+def train(experiment, config_file, out, **entries):
+    """One run of a calodnn experiment; returns its ExperimentResult."""
+    result = experiment.run(config=config_file, OutputBase=str(out), **entries)
+    if result.exit_code != 0:
+        raise RuntimeError(f"{experiment.__name__ if hasattr(experiment, '__name__') else experiment} "
+                           f"{entries.get('Model')}: exit code {result.exit_code}")
+    return result
+
+
+def _auc(md, key="GammaPi0_AUC"):
+    return md[key], 0.5 * (md[f"{key}_upper"] - md[f"{key}_lower"])
+
+
+def _epoch_time(md):
+    times = md.get("EpochTime") or []
+    return float(np.median(times[1:] if len(times) > 2 else times)) if times else float("nan")
+
+
+def calodnn_tables(args, work: Path) -> dict:
+    from calodnn import ClassificationExperiment, RegressionExperiment
+
+    cfg = _config_file(work)
+    common = dict(Particles=["Gamma", "Pi0"], SimEventsPerClass=args.events_per_class, Epochs=args.epochs,
+                  BatchSize=128, optimizer="Adam", lr=1e-3, Width=64, Depth=2, CNNFilters=8, Seed=args.seed,
+                  MaxPoints=args.max_points, PointWidth=64, PointDepth=2, Neighbours=args.k, AUCBootstrap=200,
+                  TestFraction=0.3)
+    rows, results = [], {}
+    for model in (*IMAGE_MODELS, *POINT_MODELS):
+        t0 = time.time()
+        res = train(ClassificationExperiment, cfg, work / "cls", **{**common, "Model": model, **SIZES.get(model, {})})
+        md = res.wrapper.MetaData
+        auc, err = _auc(md)
+        results[model] = res
+        rows.append({"model": LABELS[model], "gamma/pi0 AUC": auc, "error (68 %)": err,
+                     "s/epoch": _epoch_time(md), "parameters": int(res.wrapper.Model.count_params()),
+                     "wall s": time.time() - t0})
+        log.info("%s: AUC %.4f +- %.4f, %.1f s/epoch", model, auc, err, rows[-1]["s/epoch"])
+    table = pd.DataFrame(rows)
+    best = max(POINT_MODELS, key=lambda m: _auc(results[m].wrapper.MetaData)[0])
+    # the multi-task network, and the regression of the same point model on the same events
+    sizes = {**common, "Model": best, **SIZES.get(best, {})}
+    multi = train(ClassificationExperiment, cfg, work / "multi", MultiTask=args.energy_weight, EnergyLoss="MRSE",
+                  **sizes)
+    regression = train(RegressionExperiment, cfg, work / "reg", loss="MRSE", SimConfig={}, ECALNorm=100.0,
+                       HCALNorm=100.0, EnergyScale=100.0, Augment=False,
+                       **{k: v for k, v in sizes.items() if k != "AUCBootstrap"})
+    fixed = fixed_energy_resolution({"single-task regression": regression.wrapper.Model,
+                                     "multi-task": multi.wrapper.Model}, args)
+    return {"table": table, "results": results, "best": best, "multi": multi, "regression": regression,
+            "fixed": fixed}
+
+
+def fixed_energy_inputs(particle: str, n: int, seed: int, max_points: int):
+    """Events at each energy of SIGMA_AT as the point models' inputs (the readers' clipping and scaling)."""
+    from calodnn.data import HIT_FIELDS, HitFeatures
+    from calodnn.simulate import PDG_IDS, CaloSimConfig, hits_from_images, simulate_events
+    from dlkit.generators import Collection
+    from dlkit.generators.sources.base import pad_points
+
+    cfg = CaloSimConfig()
+    parts = []
+    for i, e in enumerate(SIGMA_AT):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(31, PDG_IDS[particle], i)))
+        ev = simulate_events(particle, n, rng, cfg, energies=np.full(n, e))
+        hits = hits_from_images(ev["ECAL"], ev["HCAL"], cfg)
+        counts = np.diff(hits["hit_e"].offsets)
+        coll = Collection(HIT_FIELDS, max_points=max_points, sort_by="hit_e")
+        points, mask, count = pad_points([hits[f].values for f in HIT_FIELDS], counts, coll, HIT_FIELDS)
+        arrays = HitFeatures()({"hits": points, "hits_mask": mask})
+        parts.append({"hits": arrays["hits"], "hits_mask": mask,
+                      "ECAL_E": ev["ECAL"].sum(axis=(1, 2, 3)).astype(np.float32),
+                      "HCAL_E": ev["HCAL"].sum(axis=(1, 2, 3)).astype(np.float32),
+                      "energy": np.full(n, e, np.float32)})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def fixed_energy_resolution(models: dict, args) -> pd.DataFrame:
+    rows = []
+    for particle in ("Gamma", "Pi0"):
+        data = fixed_energy_inputs(particle, args.n_fixed, args.seed, args.max_points)
+        x = {k: data[k] for k in ("hits", "hits_mask", "ECAL_E", "HCAL_E")}
+        for name, model in models.items():
+            pred = model.predict(x, batch_size=1024, verbose=0)
+            pred = pred["energy"] if isinstance(pred, dict) else pred
+            sig = sigma_at_fixed_energies(data["energy"], np.asarray(pred).reshape(len(pred), -1)[:, 0])
+            for e, (s, ds) in zip(SIGMA_AT, sig):
+                rows.append({"particle": particle, "model": name, "E [GeV]": e, "sigma/E": s, "error": ds})
+    return pd.DataFrame(rows)
+
+
+def lartpcdnn_table(args) -> pd.DataFrame | None:
+    try:
+        from lartpcdnn.point_study import compare_models
+    except ImportError as exc:
+        log.warning("lartpcdnn's point study is not there (%s): no lartpcdnn table", exc)
+        return None
+    return compare_models(events_per_class=args.lar_events_per_class, epochs=args.epochs, seed=args.seed)
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def markdown(cal, lar, args, seconds: float) -> str:
+    t = cal["table"]
+    lines = [f"Machine: {machine()}. Command: `python bench/point_tables.py --events-per-class "
+             f"{args.events_per_class} --epochs {args.epochs}` ({seconds / 60:.0f} min, "
+             f"{datetime.date.today().isoformat()}). Every model {args.epochs} epochs, Adam 1e-3, batch 128, "
+             f"{args.events_per_class} simulated events per class (60/10/30 % train/validation/test), point models "
+             f"on the {args.max_points} most energetic hits, width 64 (ParticleNet 32), depth 2, k = {args.k}.", "",
+             "### calodnn gamma/pi0", "",
+             tabulate(t, headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
+    res = cal["results"]
+    cnn_auc, cnn_err = _auc(res["CNN"].wrapper.MetaData)
+    best = cal["best"]
+    best_auc, best_err = _auc(res[best].wrapper.MetaData)
+    t_cnn = _epoch_time(res["CNN"].wrapper.MetaData)
+    times = {m: _epoch_time(res[m].wrapper.MetaData) for m in POINT_MODELS}
+    fastest_ok = [m for m in POINT_MODELS if times[m] <= 2 * t_cnn]
+    multi_md = cal["multi"].wrapper.MetaData
+    m_auc, m_err = _auc(multi_md)
+    lines += ["### Multi-task (" + best + "): classes and energy in one network", "",
+              f"gamma/pi0 AUC: multi-task {m_auc:.4f} +- {m_err:.4f}, single-task classifier {best_auc:.4f} +- "
+              f"{best_err:.4f}.", ""]
+    fixed = cal["fixed"].pivot_table(index=["particle", "E [GeV]"], columns="model", values="sigma/E")
+    fixed["ratio"] = fixed["multi-task"] / fixed["single-task regression"]
+    lines += ["sigma/E (Gaussian core) at fixed energies, " + str(args.n_fixed) + " events per point:", "",
+              tabulate(fixed.reset_index(), headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
+    if lar is not None:
+        lines += ["### lartpcdnn: efficiency at 1 % fake (Clopper-Pearson 68 %)", "",
+                  tabulate(lar, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False), ""]
+    within = abs(m_auc - best_auc) <= np.hypot(m_err, best_err)
+    ratio_ok = bool((fixed["ratio"] <= 1.10).all())
+    lines += ["### Targets", "",
+              f"- best point model ({best}) AUC >= 3D CNN's or within 1 sigma: {best_auc:.4f} +- {best_err:.4f} vs "
+              f"{cnn_auc:.4f} +- {cnn_err:.4f}: {_verdict(best_auc >= cnn_auc - cnn_err)}",
+              f"- multi-task AUC within errors of the single-task classifier: {m_auc:.4f} vs {best_auc:.4f} "
+              f"(combined error {np.hypot(m_err, best_err):.4f}): {_verdict(within)}",
+              f"- multi-task sigma/E within 10 % of the single-task regression at each fixed energy: worst ratio "
+              f"{fixed['ratio'].max():.3f}: {_verdict(ratio_ok)}",
+              f"- epoch time of the best point model <= 2x the 3D CNN's: {best} {times[best]:.1f} s vs CNN "
+              f"{t_cnn:.1f} s (x{times[best] / t_cnn:.2f}): {_verdict(times[best] <= 2 * t_cnn)}"
+              + (f"; within 2x: {', '.join(fastest_ok)}" if fastest_ok else ""), ""]
+    if lar is not None and "target" in lar.attrs:
+        lines.append(f"- lartpcdnn: {lar.attrs['target']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events-per-class", type=int, default=3000)
+    parser.add_argument("--lar-events-per-class", type=int, default=None,
+                        help="lartpcdnn events per class (default: the point study's)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--max-points", type=int, default=64)
+    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--energy-weight", type=float, default=1.0)
+    parser.add_argument("--n-fixed", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-lartpcdnn", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "point_tables.md"))
+    parser.add_argument("--no-benchmarks", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="dlkit-point-tables-") as tmp:
+        os.environ.setdefault("DLKIT_CACHE_DIR", str(Path(tmp) / "cache"))
+        cal = calodnn_tables(args, Path(tmp))
+        lar = None
+        if not args.no_lartpcdnn:
+            if args.lar_events_per_class is None:
+                args.lar_events_per_class = 300
+            lar = lartpcdnn_table(args)
+        md = markdown(cal, lar, args, time.time() - t0)
+    Path(args.out).write_text("# Point models\n\n" + md)
+    print(md)
+    if not args.no_benchmarks:
+        path = Path(__file__).parent.parent / "BENCHMARKS.md"
+        if "\n## Point models" not in path.read_text():
+            path.write_text(path.read_text().rstrip("\n") + "\n\n## Point models\n")
+        replace_section(path, "## Point models\n\n" + md, heading="## Point models")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
