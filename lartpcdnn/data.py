@@ -10,6 +10,11 @@ already holds the processed 0.25 MB events in one file that later epochs and run
 The heavy per-event work, :class:`lartpcdnn.preprocess.ProcessWireData` (down-sample, crop, normalise,
 split views), runs in the generator's reader processes; this module therefore stays importable without
 Keras.
+
+A point model (``Model`` DeepSets, ParticleNet, Transformer) reads the deposit files instead
+(``<DataDir>/<particle>/*.parquet``, format ``Hits``): the :class:`dlkit.generators.Collection` ``deposits`` of
+``dep_x, dep_y, dep_z, dep_q`` sorted by ``dep_q`` (``MaxPoints`` per event) with its mask, scaled in the readers
+by :class:`lartpcdnn.preprocess.ScaleDeposits`; :class:`MirrorDriftPoints` is its drift mirror.
 """
 
 from __future__ import annotations
