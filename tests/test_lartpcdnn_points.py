@@ -187,3 +187,14 @@ def test_compare_models_tiny(env, tmp_path):
     assert count.tolist() == [4, 0, 1]
     assert pts[0, :, 3].tolist() == [3, 3, 2] and pts[0, 0, 0] == 3 and pts[0, 1, 0] == 9  # ties: file order
     assert not pts[1].any() and pts[2, 0].tolist() == [12, 13, 14, 5]
+
+
+def test_points_config_has_one_point_per_model():
+    from dlkit.config import load_config
+    from lartpcdnn.ClassificationExperiment import DEFAULTS
+    from lartpcdnn.configs import CONFIG_DIR
+    from lartpcdnn.models import check_model_name
+
+    config, params = load_config(CONFIG_DIR / "Points_7Class.py")
+    assert [check_model_name(m) for m in params["Model"]] == ["transformer", "particlenet", "deepsets"]
+    assert set(config) <= set(DEFAULTS) and config["PointWidth"] % config["Heads"] == 0
