@@ -80,9 +80,12 @@ def check_config(config):
     from calodnn.models import MODEL_TYPES, POINT_MODELS
     from dlkit.config import ConfigError
     from dlkit.losses import get_loss
+    from dlkit.models.config import check_entries
 
     if config["Model"] not in MODEL_TYPES:
         raise ConfigError(f"config entry 'Model' = {config['Model']!r}; expected one of {MODEL_TYPES}")
+    if config["Model"] in POINT_MODELS:
+        check_entries(config)
     if config["MultiTask"] and config["Model"] not in POINT_MODELS:
         raise ConfigError(f"config entry 'MultiTask': the energy head is built on the point models {POINT_MODELS}, "
                           f"not on {config['Model']!r} (whose images are normalised non-linearly)")
@@ -102,6 +105,15 @@ def compile_model(wrapper):
         return compile_experiment_model(wrapper)
     compile_experiment_model(wrapper, {"classes": ["accuracy"], "energy": [get_metric("MBE")]},
                              loss={"classes": c["loss"], "energy": c["EnergyLoss"]}, loss_weights={"classes": 1.0, "energy": float(c["MultiTask"])})
+
+
+
+def prediction_inputs(config, metadata):
+    """dlkit.export's recipe of a run (the hook :mod:`dlkit.export.run` looks for); see
+    :func:`calodnn.data.prediction_recipe`."""
+    from calodnn.data import prediction_recipe
+
+    return prediction_recipe({**DEFAULTS, **dict(config)}, metadata, regression=False)
 
 
 EXPERIMENT = Experiment("calodnn.ClassificationExperiment", __doc__, prefix="CaloDNN", defaults=DEFAULTS,

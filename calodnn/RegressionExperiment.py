@@ -85,11 +85,15 @@ def summary(wrapper, config):
 def check_config(config):
     """Entries a type check cannot validate, before any data is made or read."""
     from calodnn.calibration import REGRESSION_MODELS
+    from calodnn.models import POINT_MODELS
+    from dlkit.models.config import check_entries
     from dlkit.config import ConfigError
     from dlkit.losses import get_loss
 
     if config["Model"] not in REGRESSION_MODELS:
         raise ConfigError(f"config entry 'Model' = {config['Model']!r}; expected one of {REGRESSION_MODELS}")
+    if config["Model"] in POINT_MODELS:
+        check_entries(config)
     try:
         get_loss(config["loss"])
     except ValueError as exc:
@@ -104,6 +108,15 @@ def compile_model(wrapper):
     from dlkit.losses import get_metric
 
     compile_experiment_model(wrapper, [] if wrapper.Model.outputs[0].shape[-1] == 2 else [get_metric("MBE")])
+
+
+
+def prediction_inputs(config, metadata):
+    """dlkit.export's recipe of a run (the hook :mod:`dlkit.export.run` looks for); see
+    :func:`calodnn.data.prediction_recipe`."""
+    from calodnn.data import prediction_recipe
+
+    return prediction_recipe({**DEFAULTS, **dict(config)}, metadata, regression=True)
 
 
 EXPERIMENT = Experiment("calodnn.RegressionExperiment", __doc__, prefix="CaloReg", defaults=DEFAULTS,

@@ -487,3 +487,30 @@ def read_splits(data_dir, particles, keys, fractions=(0.6, 0.1, 0.3), seed: int 
         split["particle"] = np.concatenate(index) if index else np.zeros(0, np.int32)
         out[name] = split
     return out
+
+
+def prediction_recipe(config: dict, metadata: dict, regression: bool):
+    """:mod:`dlkit.export`'s recipe of a calodnn run (the experiments' ``prediction_inputs`` hook): dlkit's
+    built-in one for the image models; for a point model the hit files of each particle directory, read as the
+    run read them (:func:`sample_keys`, :class:`HitFeatures`), and its heads' meaning (a multi-task network: the
+    classes, then the energy)."""
+    from dlkit.export.recipes import BUILTIN, Recipe
+
+    module = "calodnn.RegressionExperiment" if regression else "calodnn.ClassificationExperiment"
+    if not uses_hits(config):
+        return BUILTIN[module](config, metadata)
+    from dlkit.jagged import EXTENSIONS
+
+    particles = [str(p) for p in config["Particles"]]
+    energy = {"kind": "regression", "target": "energy", "unit": "GeV", "columns": ["energy_pred"]}
+    if int(metadata.get("N_outputs") or 1) == 2:
+        energy.update(columns=["energy_pred", "energy_log_var"], units=["GeV", "log(GeV^2)"])
+    outputs = [{"kind": "classification", "classes": particles}] if not regression else []
+    if regression or config.get("MultiTask"):
+        outputs.append(energy)
+    sources = {HITS: f"the {config['MaxPoints']} most energetic hits ({', '.join(HIT_FIELDS)}): x, y / 100 mm, "
+                     "z / 1000 mm, log10(E / GeV), detector flag; zero-padded",
+               f"{HITS}_mask": "True for the real hits", **{k: f"{k} of the file [GeV]" for k in HIT_SUMS}}
+    return Recipe(inputs=data_arrays([HITS]), keys=sample_keys(config, [HITS]), preprocess=HitFeatures(),
+                  classes=particles, pattern=f"*{EXTENSIONS[config['Hits']]}", truth={"true_energy": "energy"},
+                  outputs=outputs, sources=sources)

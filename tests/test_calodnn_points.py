@@ -96,6 +96,23 @@ def test_multi_task_network_reports_aucs_and_the_resolution_fit(hits, env, tmp_p
     # the energy head starts from the calibrated hit sum: the electrons' energy is within 20 % already
     assert abs(md["Ele_MeanRelativeBias"]) < 0.2
     assert (out / "ResolutionFit.csv").exists() and (out / "Resolution.png").exists()
+    # dlkit-predict (calodnn's prediction_inputs hook) reads the hits as the run did: both heads' test scores
+    import pyarrow.parquet as pq
+
+    from calodnn.data import setup_data
+    from dlkit.export.prediction import predict
+
+    predict(out, hits, tmp_path / "scores.parquet", split="test", n_workers=1)
+    table = pq.read_table(tmp_path / "scores.parquet").to_pydict()
+    with setup_data(md["Configuration"]) as data:
+        x_test, y_test, _ = data.read_test()
+    from dlkit.saving import load_model
+
+    expected = load_model(out / "model.keras", compile=False).predict(x_test, verbose=0)
+    np.testing.assert_array_equal(table["true_class"], y_test.argmax(1))
+    scores = np.stack([table[f"score_{c}"] for c in ("Ele", "Gamma", "Pi0", "ChPi")], 1)
+    np.testing.assert_allclose(scores, expected["classes"], atol=1e-5)
+    np.testing.assert_allclose(table["energy_pred"], expected["energy"][:, 0], rtol=1e-5)
     assert cli(points(hits, "DeepSets", True, "--set", "Epochs=1", "-L", str(out))) == 0  # loaded, trained on
     loaded = read_metadata(runs(tmp_path)[-1])
     assert loaded["TotalEpochs"] == 4 and "Ele_Resolution_a" in loaded
@@ -123,6 +140,8 @@ def test_bad_point_model_entries_are_one_line_errors(hits, env, capsys):
     assert "MaxPoints" in capsys.readouterr().err
     assert cli(small(hits, "--set", "Model=Dense", "--set", "MultiTask=1")) == 2
     assert "MultiTask" in capsys.readouterr().err
+    assert cli(points(hits, "Transformer", False, "--set", "Heads=3")) == 2
+    assert "'Heads' = 3" in capsys.readouterr().err
     assert cli(points(hits, "DeepSets", False, "--set", "Hits=csv")) == 2
     assert "'Hits'" in capsys.readouterr().err
     assert cli(small(hits, "--set", "Model=PointNet")) == 2

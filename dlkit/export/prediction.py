@@ -163,10 +163,16 @@ def _keras_runner(run: Run):
     import_keras()
     model = load_model(run.model_path, compile=False)
     names = [t.name for t in model.inputs]
+    structure = getattr(model, "_inputs_struct", None)  # a model built on a dict of inputs takes a dict
 
     def run_batch(batch):
-        x = [batch[n] for n in names]
-        y = model.predict_on_batch(x if len(x) > 1 else x[0])
+        if isinstance(structure, dict):
+            y = model.predict_on_batch({k: batch[k] for k in structure})
+        else:
+            x = [batch[n] for n in names]
+            y = model.predict_on_batch(x if len(x) > 1 else x[0])
+        if isinstance(y, dict):  # named outputs, in the model's order
+            y = [y[k] for k in model.output_names] if set(getattr(model, "output_names", [])) == set(y) else                 list(y.values())
         return [np.asarray(a) for a in (y if isinstance(y, (list, tuple)) else [y])]
 
     return run_batch, str(run.model_path), model

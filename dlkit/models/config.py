@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dlkit.config import at_least
+from dlkit.config import ConfigError, at_least
 
-__all__ = ["CONFIG_DEFAULTS", "NAMES", "RANGES", "params_from_config", "point_model_kind"]
+__all__ = ["CONFIG_DEFAULTS", "NAMES", "RANGES", "check_entries", "params_from_config", "point_model_kind"]
 
 #: The point models' names (:data:`dlkit.models.MODELS`' keys); a config's ``Model`` entry may use any case.
 NAMES = ("deepsets", "particlenet", "transformer")
+
+#: The masked poolings (:class:`dlkit.models.MaskedPooling`).
+POOLING_MODES = ("mean", "sum", "max")
 
 #: The config entries that size a point model, shared by the experiments, with their defaults.
 CONFIG_DEFAULTS = {
@@ -30,6 +33,17 @@ def point_model_kind(model: str) -> str | None:
     """The key in :data:`MODELS` of a ``Model`` config value, or None when it names no point model."""
     kind = str(model).lower()
     return kind if kind in NAMES else None
+
+
+def check_entries(config: Mapping) -> None:
+    """What a type and range check cannot see in the :data:`CONFIG_DEFAULTS` entries: a :class:`ConfigError`
+    naming the entry (for a run that trains a point model)."""
+    if config["Pooling"] not in POOLING_MODES:
+        raise ConfigError(f"config entry 'Pooling' = {config['Pooling']!r}; expected one of "
+                          f"{', '.join(POOLING_MODES)}")
+    if point_model_kind(config["Model"]) == "transformer" and int(config["PointWidth"]) % int(config["Heads"]):
+        raise ConfigError(f"config entry 'Heads' = {config['Heads']!r} does not divide 'PointWidth' = "
+                          f"{config['PointWidth']!r} (each head gets PointWidth / Heads features)")
 
 
 def params_from_config(kind: str, config: Mapping) -> dict:

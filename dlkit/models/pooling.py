@@ -14,8 +14,7 @@ import keras
 from keras import ops
 
 from dlkit.models.base import register, weights
-
-MODES = ("mean", "sum", "max")
+from dlkit.models.config import POOLING_MODES as MODES
 
 
 @register
