@@ -1,4 +1,4 @@
-"""A session fixture for the tests that need a running Slurm: ``slurm`` (import it into the test module).
+"""A fixture for the tests that need a running Slurm: ``slurm`` (import it into the test module).
 
 It asks ``sinfo`` whether a node is up. If not, it starts one only where CI asks for system-level setup
 (``DLKIT_CI=1``, which ``.ci/run`` sets) and this is root: ``.ci/start-slurm`` (installs and starts a one-node
@@ -8,6 +8,7 @@ print skip reasons. Under CI they skip only when Slurm truly cannot start there 
 root, no apt-get, the packages cannot be installed); any other failure to start it fails them.
 """
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -52,14 +53,26 @@ def ensure_slurm() -> tuple[bool, str]:
     raise RuntimeError(f".ci/start-slurm failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+#: Held by the test that uses the one-node Slurm: under pytest-xdist the tests of other workers wait for it (the
+#: node's CPUs are few, and a job of one test queued behind another's would eat its time limit).
+LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / f"dlkit-tests-slurm-{os.getuid()}.lock"
+_STATE: dict = {}
+
+
+@pytest.fixture
 def slurm():
-    """Skip (saying why) where Slurm cannot run; otherwise make sure it runs."""
-    try:
-        ok, why = ensure_slurm()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    if not ok:
-        warnings.warn(f"Slurm tests skipped: {why}", stacklevel=1)
-        pytest.skip(f"Slurm cannot start here: {why}")
-    return why
+    """Skip (saying why) where Slurm cannot run; otherwise make sure it runs, and hold it for this test alone."""
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, after the test
+        if "result" not in _STATE:
+            try:
+                _STATE["result"] = ensure_slurm()
+            except RuntimeError as exc:
+                _STATE["result"] = (None, str(exc))
+        ok, why = _STATE["result"]
+        if ok is None:
+            pytest.fail(why)
+        if not ok:
+            warnings.warn(f"Slurm tests skipped: {why}", stacklevel=1)
+            pytest.skip(f"Slurm cannot start here: {why}")
+        yield why

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from slurm_fixture import slurm  # noqa: F401  (the session fixture)
+from slurm_fixture import slurm  # noqa: F401  (the fixture)
 
 import keras
 from calodnn.simulate import write_dataset

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dlkit[dask]')")
 
-from slurm_fixture import slurm  # noqa: E402,F401  (the session fixture)
+from slurm_fixture import slurm  # noqa: E402,F401  (the fixture)
 from scan_helpers import (assert_each_done_once, ended_attempts, ledger_of, running_points,  # noqa: E402
                           scan_processes, wait_for, write_config)
 

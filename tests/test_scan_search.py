@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import slurm  # noqa: F401  (the session fixture)
+from slurm_fixture import slurm  # noqa: F401  (the fixture)
 
 pytest.importorskip("optuna")
 

@@ -18,7 +18,7 @@ import pytest
 from scan_helpers import assert_each_done_once, ledger_of, write_config
 from scan_helpers import ended_attempts as ended
 from scan_helpers import wait_for as _wait_for
-from slurm_fixture import slurm  # noqa: F401  (the session fixture)
+from slurm_fixture import slurm  # noqa: F401  (the fixture)
 
 from dlkit.scan import Ledger
 from dlkit.scan.api import open_scan

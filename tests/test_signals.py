@@ -73,4 +73,5 @@ def test_a_signal_at_any_phase_exits_75_and_leaves_nothing(lcd, tmp_path, phase,
     while tagged_processes(tag.split("=")[1]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not tagged_processes(tag.split("=")[1]), f"processes left after the {phase} phase's signal"
-    assert not {s for s in shm_segments() - shm_before if "dlkit" in s or s.startswith("psm_")}
+    # the run's own segments (named after its pid: other test processes may hold theirs meanwhile)
+    assert not {s for s in shm_segments() - shm_before if s.startswith(f"dlkit_{proc.pid}_") or s.startswith("psm_")}
