@@ -57,20 +57,29 @@ HIT_SUMS = ("ECAL_E", "HCAL_E")
 
 
 class HitFeatures:
-    """Reader pre-process of the hit collection: x, y in units of 100 mm, depth z of 1000 mm, the energy as
-    log10(E / GeV) (only on real hits: padded rows stay 0), the detector flag (0 ECAL, 1 HCAL) as it is.
+    """Reader pre-process of the hit collection: x, y from the event's energy-weighted centroid (of the kept
+    hits) in units of 10 mm, depth z in units of 250 mm, the energy as log10(E / GeV) (only on real hits: padded
+    rows stay 0), the detector flag (0 ECAL, 1 HCAL) as it is.
 
-    The scales bring every feature to order 1 (the ECAL front face is 122 mm wide, the HCAL ends 1.8 m deep;
-    cell energies span 3 MeV to tens of GeV). The per-calorimeter sums (:data:`HIT_SUMS`) stay in GeV.
+    Centred, the transverse positions describe the shower's shape, not where it hit (what a CNN gets from its
+    translation equivariance; ParticleNet's and ParT's inputs are relative to the jet axis likewise). The scales
+    bring the features to order 1: ECAL cells are ~5 mm wide, the ECAL ~250 mm deep, cell energies span 3 MeV to
+    tens of GeV. The per-calorimeter sums (:data:`HIT_SUMS`) stay in GeV.
     """
 
-    SCALES = (100.0, 100.0, 1000.0)   # mm: x, y, z
+    SCALES = (10.0, 10.0, 250.0)   # mm: x, y, z
 
     def __init__(self, key: str = HITS):
         self.key = key
 
     def __call__(self, arrays):
         x, mask = arrays[self.key], arrays[f"{self.key}_mask"]
+        w = np.where(mask, x[..., 3], np.float32(0))
+        total = np.maximum(w.sum(axis=1), np.float32(1e-12))
+        for i in (0, 1):  # transverse positions from the event's energy-weighted centroid: the shower's shape
+            centre = (w * x[..., i]).sum(axis=1) / total
+            x[..., i] -= centre[:, None]
+            x[..., i] *= mask
         for i, scale in enumerate(self.SCALES):
             x[..., i] /= np.float32(scale)
         e = x[..., 3]
@@ -508,8 +517,8 @@ def prediction_recipe(config: dict, metadata: dict, regression: bool):
     outputs = [{"kind": "classification", "classes": particles}] if not regression else []
     if regression or config.get("MultiTask"):
         outputs.append(energy)
-    sources = {HITS: f"the {config['MaxPoints']} most energetic hits ({', '.join(HIT_FIELDS)}): x, y / 100 mm, "
-                     "z / 1000 mm, log10(E / GeV), detector flag; zero-padded",
+    sources = {HITS: f"the {config['MaxPoints']} most energetic hits ({', '.join(HIT_FIELDS)}): x, y from their "
+                     "energy-weighted centroid / 10 mm, z / 250 mm, log10(E / GeV), detector flag; zero-padded",
                f"{HITS}_mask": "True for the real hits", **{k: f"{k} of the file [GeV]" for k in HIT_SUMS}}
     return Recipe(inputs=data_arrays([HITS]), keys=sample_keys(config, [HITS]), preprocess=HitFeatures(),
                   classes=particles, pattern=f"*{EXTENSIONS[config['Hits']]}", truth={"true_energy": "energy"},

@@ -57,13 +57,14 @@ def test_the_readers_serve_the_most_energetic_hits_scaled(hits, env):
     for i in range(5):
         e = np.asarray(table["hit_e"][i], np.float32)
         order = np.argsort(-e, kind="stable")[:24]
-        expect = np.stack([np.asarray(table["hit_x"][i], np.float32)[order] / 100,
-                           np.asarray(table["hit_y"][i], np.float32)[order] / 100,
-                           np.asarray(table["hit_z"][i], np.float32)[order] / 1000,
+        x, y = (np.asarray(table[k][i], np.float64)[order] for k in ("hit_x", "hit_y"))
+        w = e[order] / e[order].sum()  # positions from the kept hits' energy-weighted centroid
+        expect = np.stack([(x - w @ x) / 10, (y - w @ y) / 10,
+                           np.asarray(table["hit_z"][i], np.float32)[order] / 250,
                            np.log10(e[order]), np.asarray(table["hit_det"][i], np.float32)[order]], axis=1)
         n = len(order)
         assert arrays["hits_count"][i] == len(e) and arrays["hits_mask"][i].sum() == n
-        np.testing.assert_allclose(arrays["hits"][i, :n], expect, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(arrays["hits"][i, :n], expect, rtol=1e-5, atol=1e-5)
         assert not arrays["hits"][i, n:].any()  # padding stays 0
     assert arrays["energy"][0] == pytest.approx(table["energy"][0])
 
