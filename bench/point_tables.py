@@ -12,7 +12,8 @@ simulated data; the tables of issue 31 in BENCHMARKS.md ("Point models").
 Every network trains through the experiments' Python API (``ClassificationExperiment.run``), so what is
 measured is what a user runs::
 
-    python bench/point_tables.py                       # writes bench/results/point_tables.md and BENCHMARKS.md
+    python bench/point_tables.py                   # both parts: bench/results/point_tables.md and BENCHMARKS.md
+    python bench/point_tables.py --only calodnn    # one part (its subsection of BENCHMARKS.md "Point models")
     python bench/point_tables.py --events-per-class 1000 --epochs 3 --out /tmp/p.md --no-benchmarks   # quick
 """
 
@@ -35,7 +36,7 @@ import pandas as pd  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_tables import SIGMA_AT, machine, replace_section, sigma_at_fixed_energies  # noqa: E402
+from paper_tables import SIGMA_AT, machine, sigma_at_fixed_energies  # noqa: E402
 
 log = logging.getLogger("point_tables")
 
@@ -158,14 +159,19 @@ def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def markdown(cal, lar, args, seconds: float) -> str:
+def header(args, seconds: float, part: str) -> str:
+    return (f"Machine: {machine()}. Command: `python bench/point_tables.py --only {part} --events-per-class "
+            f"{args.events_per_class if part == 'calodnn' else args.lar_events_per_class} --epochs {args.epochs}` "
+            f"({seconds / 60:.0f} min, {datetime.date.today().isoformat()}).")
+
+
+def calodnn_markdown(cal, args, seconds: float) -> str:
     t = cal["table"]
-    lines = [f"Machine: {machine()}. Command: `python bench/point_tables.py --events-per-class "
-             f"{args.events_per_class} --epochs {args.epochs}` ({seconds / 60:.0f} min, "
-             f"{datetime.date.today().isoformat()}). Every model {args.epochs} epochs, Adam 1e-3, batch 128, "
-             f"{args.events_per_class} simulated events per class (60/10/30 % train/validation/test), point models "
-             f"on the {args.max_points} most energetic hits, width 64 (ParticleNet 32), depth 2, k = {args.k}.", "",
-             "### calodnn gamma/pi0", "",
+    lines = [header(args, seconds, "calodnn") + f" Every model {args.epochs} epochs, Adam 1e-3, batch 128, "
+             f"{args.events_per_class} simulated events per class (60/10/30 % train/validation/test), point models on "
+             f"the {args.max_points} most energetic hits, width 64 (ParticleNet 32), depth 2, k = {args.k}; "
+             "s/epoch: the median over the epochs after the first.", "",
+             "**gamma/pi0** (AUC with its bootstrap 68 % half-width):", "",
              tabulate(t, headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
     res = cal["results"]
     cnn_auc, cnn_err = _auc(res["CNN"].wrapper.MetaData)
@@ -173,69 +179,87 @@ def markdown(cal, lar, args, seconds: float) -> str:
     best_auc, best_err = _auc(res[best].wrapper.MetaData)
     t_cnn = _epoch_time(res["CNN"].wrapper.MetaData)
     times = {m: _epoch_time(res[m].wrapper.MetaData) for m in POINT_MODELS}
-    fastest_ok = [m for m in POINT_MODELS if times[m] <= 2 * t_cnn]
-    multi_md = cal["multi"].wrapper.MetaData
-    m_auc, m_err = _auc(multi_md)
-    lines += ["### Multi-task (" + best + "): classes and energy in one network", "",
-              f"gamma/pi0 AUC: multi-task {m_auc:.4f} +- {m_err:.4f}, single-task classifier {best_auc:.4f} +- "
-              f"{best_err:.4f}.", ""]
+    m_auc, m_err = _auc(cal["multi"].wrapper.MetaData)
+    lines += [f"**Multi-task** ({best}, classes and energy in one network, energy weight {args.energy_weight}): "
+              f"gamma/pi0 AUC {m_auc:.4f} +- {m_err:.4f}; the single-task classifier above: {best_auc:.4f} +- "
+              f"{best_err:.4f}. sigma/E (Gaussian core) at fixed energies, {args.n_fixed} events per point, against "
+              f"the single-task regression of the same model (RegressionExperiment, MRSE) on the same events:", ""]
     fixed = cal["fixed"].pivot_table(index=["particle", "E [GeV]"], columns="model", values="sigma/E")
     fixed["ratio"] = fixed["multi-task"] / fixed["single-task regression"]
-    lines += ["sigma/E (Gaussian core) at fixed energies, " + str(args.n_fixed) + " events per point:", "",
-              tabulate(fixed.reset_index(), headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
-    if lar is not None:
-        lines += ["### lartpcdnn: efficiency at 1 % fake (Clopper-Pearson 68 %)", "",
-                  tabulate(lar, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False), ""]
+    lines += [tabulate(fixed.reset_index(), headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
     within = abs(m_auc - best_auc) <= np.hypot(m_err, best_err)
     ratio_ok = bool((fixed["ratio"] <= 1.10).all())
-    lines += ["### Targets", "",
-              f"- best point model ({best}) AUC >= 3D CNN's or within 1 sigma: {best_auc:.4f} +- {best_err:.4f} vs "
-              f"{cnn_auc:.4f} +- {cnn_err:.4f}: {_verdict(best_auc >= cnn_auc - cnn_err)}",
+    fast = [m for m in POINT_MODELS if times[m] <= 2 * t_cnn]
+    lines += ["**Targets**", "",
+              f"- the best point model's AUC ({best}) >= the 3D CNN's, or within its 1-sigma error: {best_auc:.4f} "
+              f"+- {best_err:.4f} vs {cnn_auc:.4f} +- {cnn_err:.4f}: {_verdict(best_auc >= cnn_auc - cnn_err)}",
               f"- multi-task AUC within errors of the single-task classifier: {m_auc:.4f} vs {best_auc:.4f} "
               f"(combined error {np.hypot(m_err, best_err):.4f}): {_verdict(within)}",
-              f"- multi-task sigma/E within 10 % of the single-task regression at each fixed energy: worst ratio "
-              f"{fixed['ratio'].max():.3f}: {_verdict(ratio_ok)}",
-              f"- epoch time of the best point model <= 2x the 3D CNN's: {best} {times[best]:.1f} s vs CNN "
-              f"{t_cnn:.1f} s (x{times[best] / t_cnn:.2f}): {_verdict(times[best] <= 2 * t_cnn)}"
-              + (f"; within 2x: {', '.join(fastest_ok)}" if fastest_ok else ""), ""]
-    if lar is not None and "target" in lar.attrs:
-        lines.append(f"- lartpcdnn: {lar.attrs['target']}")
+              f"- multi-task sigma/E within 10 % of the single-task regression at each fixed energy: ratio "
+              f"{fixed['ratio'].min():.3f} to {fixed['ratio'].max():.3f}: {_verdict(ratio_ok)}",
+              f"- epoch time of the best point model <= 2x the 3D CNN's: {best} {times[best]:.1f} s vs {t_cnn:.1f} s "
+              f"(x{times[best] / t_cnn:.2f}): {_verdict(times[best] <= 2 * t_cnn)}; within 2x: "
+              f"{', '.join(fast) or 'none'}", ""]
     return "\n".join(lines) + "\n"
+
+
+def lartpcdnn_markdown(lar, args, seconds: float) -> str:
+    lines = [header(args, seconds, "lartpcdnn"), "",
+             tabulate(lar, headers="keys", tablefmt="github", floatfmt=".3f", showindex=False), ""]
+    for key in ("target", "note"):
+        if key in lar.attrs:
+            lines += [f"{lar.attrs[key]}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def replace_subsection(path: Path, heading: str, text: str) -> None:
+    """Replace (or add at the end of "## Point models") the part of ``path`` under ``heading`` (a ### line), up to
+    the next ## or ### heading."""
+    lines = path.read_text().splitlines(keepends=True)
+    if not any(line.startswith("## Point models") for line in lines):
+        lines += ["\n", "## Point models\n", "\n", "Written by `python bench/point_tables.py` (both parts).\n", "\n"]
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
+    if start is None:
+        top = next(i for i, line in enumerate(lines) if line.startswith("## Point models"))
+        start = end = next((i for i in range(top + 1, len(lines)) if lines[i].startswith(("# ", "## "))), len(lines))
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## ", "### "))), len(lines))
+    path.write_text("".join(lines[:start]) + heading + "\n\n" + text.rstrip("\n") + "\n\n" + "".join(lines[end:]))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=("calodnn", "lartpcdnn"), help="one part (default: both)")
     parser.add_argument("--events-per-class", type=int, default=3000)
-    parser.add_argument("--lar-events-per-class", type=int, default=None,
-                        help="lartpcdnn events per class (default: the point study's)")
+    parser.add_argument("--lar-events-per-class", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--max-points", type=int, default=64)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--energy-weight", type=float, default=1.0)
     parser.add_argument("--n-fixed", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-lartpcdnn", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "point_tables.md"))
     parser.add_argument("--no-benchmarks", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    t0 = time.time()
+    parts = {}
     with tempfile.TemporaryDirectory(prefix="dlkit-point-tables-") as tmp:
         os.environ.setdefault("DLKIT_CACHE_DIR", str(Path(tmp) / "cache"))
-        cal = calodnn_tables(args, Path(tmp))
-        lar = None
-        if not args.no_lartpcdnn:
-            if args.lar_events_per_class is None:
-                args.lar_events_per_class = 300
+        if args.only in (None, "calodnn"):
+            t0 = time.time()
+            cal = calodnn_tables(args, Path(tmp))
+            parts["### calodnn: gamma/pi0, multi-task"] = calodnn_markdown(cal, args, time.time() - t0)
+        if args.only in (None, "lartpcdnn"):
+            t0 = time.time()
             lar = lartpcdnn_table(args)
-        md = markdown(cal, lar, args, time.time() - t0)
-    Path(args.out).write_text("# Point models\n\n" + md)
-    print(md)
+            if lar is not None:
+                parts["### lartpcdnn: efficiency at 1 % fake"] = lartpcdnn_markdown(lar, args, time.time() - t0)
+    text = "".join(f"{heading}\n\n{md}\n" for heading, md in parts.items())
+    Path(args.out).write_text("# Point models\n\n" + text)
+    print(text)
     if not args.no_benchmarks:
-        path = Path(__file__).parent.parent / "BENCHMARKS.md"
-        if "\n## Point models" not in path.read_text():
-            path.write_text(path.read_text().rstrip("\n") + "\n\n## Point models\n")
-        replace_section(path, "## Point models\n\n" + md, heading="## Point models")
+        for heading, md in parts.items():
+            replace_subsection(Path(__file__).parent.parent / "BENCHMARKS.md", heading, md)
     return 0
 
 
