@@ -93,7 +93,9 @@ TEST_OVERRIDES = {"SimEventsPerClass": 40, "SimEventsPerFile": 20, "Epochs": 2, 
 
 
 def check_config(config):
-    """The entries a type cannot check, before any data is made: ``Model``, ``Hits``, ``Pooling``."""
+    """The entries a type cannot check, before any data is made: ``Model``, and for a point model ``Hits`` and
+    the shared point-model entries (:func:`dlkit.models.config.check_entries`: ``Pooling``, ``Heads``)."""
+    from dlkit.models.config import check_entries
     from lartpcdnn.data import HIT_FORMATS
     from lartpcdnn.models import check_model_name
 
@@ -101,11 +103,7 @@ def check_config(config):
         return
     if config["Hits"] not in HIT_FORMATS:
         raise ConfigError(f"config entry 'Hits' = {config['Hits']!r}; expected one of {list(HIT_FORMATS)}")
-    if config["Pooling"] not in ("mean", "sum", "max"):
-        raise ConfigError(f"config entry 'Pooling' = {config['Pooling']!r}; expected 'mean', 'sum' or 'max'")
-    if check_model_name(config["Model"]) == "transformer" and config["PointWidth"] % config["Heads"]:
-        raise ConfigError(f"config entry 'Heads' = {config['Heads']!r}: the transformer's width PointWidth = "
-                          f"{config['PointWidth']} must be a multiple of it")
+    check_entries(config)
 
 
 def setup_data(config, test):

@@ -179,6 +179,7 @@ def test_compare_models_tiny(env, tmp_path):
         assert ((table[f"{c}_eff_lower"] <= table[f"{c}_eff"]) & (table[f"{c}_eff"] <= table[f"{c}_eff_upper"])).all()
     assert (table["seconds_per_epoch"] > 0).all() and (table["parameters"] > 0).all()
     assert "| CNN |" in markdown(table)
+    assert "the two-view CNN's for electron, photon, pion0" in table.attrs["target"]
 
     from dlkit.sparse import SparseTensor  # sorted_points: the Collection's order, clipping and count
     st = SparseTensor(np.arange(15, dtype=np.float32).reshape(5, 3), np.array([1, 3, 2, 3, 5], np.float32),
