@@ -152,7 +152,7 @@ def lartpcdnn_table(args) -> pd.DataFrame | None:
     except ImportError as exc:
         log.warning("lartpcdnn's point study is not there (%s): no lartpcdnn table", exc)
         return None
-    return compare_models(events_per_class=args.lar_events_per_class, epochs=args.epochs, seed=args.seed)
+    return compare_models(events_per_class=args.lar_events_per_class, epochs=args.lar_epochs, seed=args.seed)
 
 
 def _verdict(ok: bool) -> str:
@@ -160,8 +160,9 @@ def _verdict(ok: bool) -> str:
 
 
 def header(args, seconds: float, part: str) -> str:
-    return (f"Machine: {machine()}. Command: `python bench/point_tables.py --only {part} --events-per-class "
-            f"{args.events_per_class if part == 'calodnn' else args.lar_events_per_class} --epochs {args.epochs}` "
+    sizes = (f"--events-per-class {args.events_per_class} --epochs {args.epochs}" if part == "calodnn" else
+             f"--lar-events-per-class {args.lar_events_per_class} --lar-epochs {args.lar_epochs}")
+    return (f"Machine: {machine()}. Command: `python bench/point_tables.py --only {part} {sizes} --seed {args.seed}` "
             f"({seconds / 60:.0f} min, {datetime.date.today().isoformat()}).")
 
 
@@ -231,7 +232,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("calodnn", "lartpcdnn"), help="one part (default: both)")
     parser.add_argument("--events-per-class", type=int, default=3000)
-    parser.add_argument("--lar-events-per-class", type=int, default=300)
+    parser.add_argument("--lar-events-per-class", type=int, default=400)
+    parser.add_argument("--lar-epochs", type=int, default=12, help="lartpcdnn: every model's epochs")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--max-points", type=int, default=64)
     parser.add_argument("--k", type=int, default=16)
