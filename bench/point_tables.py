@@ -97,14 +97,19 @@ def calodnn_tables(args, work: Path) -> dict:
     best = max(POINT_MODELS, key=lambda m: _auc(results[m].wrapper.MetaData)[0])
     # the multi-task network, and the regression of the same point model on the same events
     sizes = {**common, "Model": best, **SIZES.get(best, {})}
-    multi = {w: train(ClassificationExperiment, cfg, work / f"multi{w}", MultiTask=w, EnergyLoss="MRSE", **sizes)
+    # the AUC's spread from one training seed to the next is as large as its test-sample error: the single- and the
+    # multi-task networks are compared over several seeds (each seed also draws its own split of the events)
+    single = {args.seed: results[best], **{s: train(ClassificationExperiment, cfg, work / f"single{s}", **{**sizes,
+                                                     "Seed": s}) for s in args.seeds if s != args.seed}}
+    multi = {w: {s: train(ClassificationExperiment, cfg, work / f"multi{w}-{s}", MultiTask=w, EnergyLoss="MRSE",
+                          **{**sizes, "Seed": s}) for s in dict.fromkeys([args.seed, *args.seeds])}
              for w in args.energy_weight}
     regression = train(RegressionExperiment, cfg, work / "reg", loss="MRSE", SimConfig={}, ECALNorm=100.0,
                        HCALNorm=100.0, EnergyScale=100.0, Augment=False,
                        **{k: v for k, v in sizes.items() if k != "AUCBootstrap"})
     fixed = fixed_energy_resolution({"single-task regression": regression.wrapper.Model,
-                                     **{_multi(w): m.wrapper.Model for w, m in multi.items()}}, args)
-    return {"table": table, "results": results, "best": best, "multi": multi, "regression": regression,
+                                     **{_multi(w): m[args.seed].wrapper.Model for w, m in multi.items()}}, args)
+    return {"table": table, "results": results, "best": best, "single": single, "multi": multi, "regression": regression,
             "fixed": fixed}
 
 
@@ -164,7 +169,8 @@ def _verdict(ok: bool) -> str:
 
 
 def header(args, seconds: float, part: str) -> str:
-    sizes = (f"--events-per-class {args.events_per_class} --epochs {args.epochs}" if part == "calodnn" else
+    sizes = (f"--events-per-class {args.events_per_class} --epochs {args.epochs} --seeds "
+             + " ".join(map(str, args.seeds)) if part == "calodnn" else
              f"--lar-events-per-class {args.lar_events_per_class} --lar-epochs {args.lar_epochs}")
     return (f"Machine: {machine()}. Command: `python bench/point_tables.py --only {part} {sizes} --seed {args.seed}` "
             f"({seconds / 60:.0f} min, {datetime.date.today().isoformat()}).")
@@ -184,25 +190,34 @@ def calodnn_markdown(cal, args, seconds: float) -> str:
     best_auc, best_err = _auc(res[best].wrapper.MetaData)
     t_cnn = _epoch_time(res["CNN"].wrapper.MetaData)
     times = {m: _epoch_time(res[m].wrapper.MetaData) for m in POINT_MODELS}
-    multi = {w: _auc(m.wrapper.MetaData) for w, m in cal["multi"].items()}
-    lines += [f"**Multi-task** ({best}: the classes and the energy in one network, the energy's loss weight w): "
-              "gamma/pi0 AUC " + ", ".join(f"{a:.4f} +- {e:.4f} (w={w:g})" for w, (a, e) in multi.items())
-              + f"; the single-task classifier above: {best_auc:.4f} +- {best_err:.4f}. sigma/E (Gaussian core) at "
-              f"fixed energies, {args.n_fixed} events per point, against the single-task regression of the same "
-              "model (RegressionExperiment, MRSE) on the same events:", ""]
+    seeds = list(cal["single"])
+    per_seed = pd.DataFrame({"seed": seeds, "single-task": [_auc(cal["single"][s].wrapper.MetaData)[0] for s in seeds],
+                             **{_multi(w): [_auc(m[s].wrapper.MetaData)[0] for s in seeds]
+                                for w, m in cal["multi"].items()}})
+    mean = {c: (per_seed[c].mean(), per_seed[c].std(ddof=1) / np.sqrt(len(seeds))) for c in per_seed.columns[1:]}
+    lines += [f"**Multi-task** ({best}: the classes and the energy in one network, the energy's loss weight w, MRSE) "
+              f"against the single-task classifier, gamma/pi0 AUC at {len(seeds)} training seeds (a seed also draws "
+              "its own split of the events; the spread between seeds is larger than one run's bootstrap error):", "",
+              tabulate(per_seed, headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), "",
+              "Mean +- its standard error: " + ", ".join(f"{c} {m:.4f} +- {e:.4f}" for c, (m, e) in mean.items())
+              + f". sigma/E (Gaussian core) at fixed energies (seed {args.seed}), {args.n_fixed} events per point, "
+              "against the single-task regression of the same model (RegressionExperiment, MRSE) on the same events:",
+              ""]
     fixed = cal["fixed"].pivot_table(index=["particle", "E [GeV]"], columns="model", values="sigma/E")
-    for w in multi:
+    for w in cal["multi"]:
         fixed[f"ratio w={w:g}"] = fixed[_multi(w)] / fixed["single-task regression"]
     lines += [tabulate(fixed.reset_index(), headers="keys", tablefmt="github", floatfmt=".4f", showindex=False), ""]
     fast = [m for m in POINT_MODELS if times[m] <= 2 * t_cnn]
     lines += ["**Targets**", "",
               f"- the best point model's AUC ({best}) >= the 3D CNN's, or within its 1-sigma error: {best_auc:.4f} "
               f"+- {best_err:.4f} vs {cnn_auc:.4f} +- {cnn_err:.4f}: {_verdict(best_auc >= cnn_auc - cnn_err)}"]
-    for w, (m_auc, m_err) in multi.items():
+    s_auc, s_err = mean["single-task"]
+    for w in cal["multi"]:
         ratio = fixed[f"ratio w={w:g}"]
-        lines += [f"- multi-task (w={w:g}) AUC within errors of the single-task classifier: {m_auc:.4f} vs "
-                  f"{best_auc:.4f} (combined error {np.hypot(m_err, best_err):.4f}): "
-                  f"{_verdict(abs(m_auc - best_auc) <= np.hypot(m_err, best_err))}; sigma/E within 10 % of the "
+        m_auc, m_err = mean[_multi(w)]
+        lines += [f"- multi-task (w={w:g}) AUC within errors of the single-task classifier ({len(seeds)}-seed means): "
+                  f"{m_auc:.4f} vs {s_auc:.4f} (combined error {np.hypot(m_err, s_err):.4f}): "
+                  f"{_verdict(abs(m_auc - s_auc) <= np.hypot(m_err, s_err))}; sigma/E within 10 % of the "
                   f"single-task regression at each fixed energy: ratio {ratio.min():.3f} to {ratio.max():.3f}: "
                   f"{_verdict(bool((ratio <= 1.10).all()))}"]
     lines += [f"- epoch time of the best point model <= 2x the 3D CNN's: {best} {times[best]:.1f} s vs {t_cnn:.1f} s "
@@ -251,7 +266,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--max-points", type=int, default=64)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--energy-weight", type=float, nargs="+", default=[1.0, 0.2],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of the single- against multi-task comparison")
+    parser.add_argument("--energy-weight", type=float, nargs="+", default=[1.0],
                         help="the multi-task network's energy loss weights (one network each)")
     parser.add_argument("--n-fixed", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
