@@ -226,7 +226,8 @@ def test_garbage_collection_cleans_up(samples):
 
 
 SCRIPT = textwrap.dedent("""
-    import os, signal, sys, time
+    import faulthandler, os, signal, sys, time
+    faulthandler.dump_traceback_later(25, exit=True)  # a hang prints where every thread is (the test shows it)
     from dlkit.generators import MultiClassGenerator, make_samples_from_dirs
     data, mode, cache = sys.argv[1], sys.argv[2], sys.argv[3]
     gen = MultiClassGenerator(make_samples_from_dirs(data, ["X", "id"]), 8, n_workers=2,
@@ -270,7 +271,11 @@ def test_no_leftovers_after_exit_ctrl_c_or_killed_consumer(data, mode):
         assert proc.stdout.readline().strip() == "looping"
         time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no exit 30 s after {mode}: {proc.stderr.read()[-6000:]}")
     err = proc.stderr.read()
     if mode == "exit":
         assert proc.returncode == 0, err
