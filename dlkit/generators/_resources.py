@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 
@@ -54,7 +55,10 @@ class Resources:
                 return
             for c in self.conns:
                 try:
-                    c.send(("stop",))
+                    # a reader that is itself blocked sending (its consumer stopped reading, e.g. on Ctrl-C)
+                    # reads nothing: a send into its full pipe would block this cleanup for ever; it is killed below
+                    if select.select([], [c], [], 0.5)[1]:
+                        c.send(("stop",))
                 except Exception:
                     pass
             for c in self.conns:
