@@ -191,7 +191,7 @@ def calodnn_markdown(cal, args, seconds: float) -> str:
     t_cnn = _epoch_time(res["CNN"].wrapper.MetaData)
     times = {m: _epoch_time(res[m].wrapper.MetaData) for m in POINT_MODELS}
     seeds = list(cal["single"])
-    per_seed = pd.DataFrame({"seed": seeds, "single-task": [_auc(cal["single"][s].wrapper.MetaData)[0] for s in seeds],
+    per_seed = pd.DataFrame({"seed": [str(s) for s in seeds], "single-task": [_auc(cal["single"][s].wrapper.MetaData)[0] for s in seeds],
                              **{_multi(w): [_auc(m[s].wrapper.MetaData)[0] for s in seeds]
                                 for w, m in cal["multi"].items()}})
     mean = {c: (per_seed[c].mean(), per_seed[c].std(ddof=1) / np.sqrt(len(seeds))) for c in per_seed.columns[1:]}
@@ -272,7 +272,8 @@ def main(argv=None) -> int:
                         help="the multi-task network's energy loss weights (one network each)")
     parser.add_argument("--n-fixed", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "point_tables.md"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "point_tables.md"),
+                        help="where both parts go (with --only: BENCHMARKS.md only)")
     parser.add_argument("--no-benchmarks", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
             if lar is not None:
                 parts["### lartpcdnn: efficiency at 1 % fake"] = lartpcdnn_markdown(lar, args, time.time() - t0)
     text = "".join(f"{heading}\n\n{md}\n" for heading, md in parts.items())
-    Path(args.out).write_text("# Point models\n\n" + text)
+    if args.only is None:
+        Path(args.out).write_text("# Point models\n\n" + text)
     print(text)
     if not args.no_benchmarks:
         for heading, md in parts.items():
