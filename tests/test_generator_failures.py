@@ -228,6 +228,13 @@ def test_garbage_collection_cleans_up(samples):
 SCRIPT = textwrap.dedent("""
     import faulthandler, os, signal, sys, time
     faulthandler.dump_traceback_later(25, exit=True)  # a hang prints where every thread is (the test shows it)
+    # a terminal's Python: SIGINT raises KeyboardInterrupt and is not blocked. A test process may hand its
+    # children SIGINT ignored or blocked (both are inherited through exec): once under two pytest-xdist
+    # workers the Ctrl-C below never arrived
+    print(f"SIGINT was {signal.getsignal(signal.SIGINT)}, blocked {sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}",
+          file=sys.stderr, flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     from dlkit.generators import MultiClassGenerator, make_samples_from_dirs
     data, mode, cache = sys.argv[1], sys.argv[2], sys.argv[3]
     gen = MultiClassGenerator(make_samples_from_dirs(data, ["X", "id"]), 8, n_workers=2,
