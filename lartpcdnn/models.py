@@ -172,12 +172,6 @@ class LArClassifier(ModelWrapper):
         self.input_shapes = dict(input_shapes)
         self.n_classes = n_classes
 
-    def Load(self, *args, **kwargs):  # noqa: N802 - DLKit's API
-        """ModelWrapper.Load, with dlkit's point-model layers registered first (a saved point model names them)."""
-        from dlkit.models import build  # noqa: F401 - importing the builders registers the layers
-
-        return super().Load(*args, **kwargs)
-
     def Build(self):  # noqa: N802 - DLKit's API
         c = self.Config
         if check_model_name(c["Model"]) is not None:

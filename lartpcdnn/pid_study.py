@@ -107,6 +107,14 @@ def simulate_processed(particles=DEFAULT_PARTICLES, events_per_class: int = 2000
             if not (out / f"{p}_{i}.npz").exists()]
     if not todo:
         return out
+    write_chunks(out, todo, _chunk_task, chunk, workers, progress)
+    return out
+
+
+def write_chunks(out: Path, todo: list, task, chunk: int, workers: int, progress: bool = True) -> None:
+    """Run ``task`` on each of ``todo`` (in ``workers`` spawned processes) and write each result
+    ``(particle, index, arrays)`` atomically as ``<out>/<particle>_<index>.npz``; the timing goes to
+    ``last_simulation.json``. Shared by the PID and point studies."""
     log.info("simulating %d chunks of %d events into %s with %d workers", len(todo), chunk, out, workers)
     t0 = time.perf_counter()
     bar = None
@@ -123,13 +131,13 @@ def simulate_processed(particles=DEFAULT_PARTICLES, events_per_class: int = 2000
             bar.update(chunk)
 
     if workers <= 1:
-        for task in todo:
-            save(_chunk_task(task))
+        for item in todo:
+            save(task(item))
     else:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(_chunk_task, todo):
+            for result in pool.imap_unordered(task, todo):
                 save(result)
     if bar is not None:
         bar.close()
@@ -137,7 +145,6 @@ def simulate_processed(particles=DEFAULT_PARTICLES, events_per_class: int = 2000
     log.info("simulated %d events in %.0f s (%.1f events/s)", len(todo) * chunk, dt, len(todo) * chunk / dt)
     (out / "last_simulation.json").write_text(json.dumps({"events": len(todo) * chunk, "seconds": dt,
                                                           "workers": workers}))
-    return out
 
 
 def load_processed(directory, particles=DEFAULT_PARTICLES, events_per_class: int = 2000, chunk: int = 50) -> dict:

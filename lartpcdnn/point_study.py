@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlkit.datasets import atomic_file, data_root
+from dlkit.datasets import data_root
 from dlkit.protocol import EXIT_OK
-from lartpcdnn.pid_study import split_indices
+from lartpcdnn.pid_study import split_indices, write_chunks
 from lartpcdnn.preprocess import TPC_CENTRE, ProcessWireData, scale_deposits
 from lartpcdnn.simulate import DEFAULT_PARTICLES, VIEW_NAMES, LArSimConfig, file_seed_sequence, simulate_events
 
@@ -112,24 +112,7 @@ def simulate_both(particles=DEFAULT_PARTICLES, events_per_class: int = 400, chun
             for p in particles if not (out / f"{p}_{i}.npz").exists()]
     if not todo:
         return out
-    log.info("simulating %d chunks of %d events into %s with %d workers", len(todo), chunk, out, workers)
-    t0 = time.perf_counter()
-
-    def save(result):
-        particle, index, arrays = result
-        with atomic_file(out / f"{particle}_{index}.npz", suffix=".npz") as tmp:  # np.savez wants the suffix
-            np.savez(tmp, **arrays)
-
-    if workers <= 1:
-        for task in todo:
-            save(_chunk_task(task))
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(_chunk_task, todo):
-                save(result)
-    log.info("simulated %d events in %.0f s", len(todo) * chunk, time.perf_counter() - t0)
+    write_chunks(out, todo, _chunk_task, chunk, workers, progress=False)
     return out
 
 
