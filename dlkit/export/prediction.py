@@ -171,8 +171,9 @@ def _keras_runner(run: Run):
         else:
             x = [batch[n] for n in names]
             y = model.predict_on_batch(x if len(x) > 1 else x[0])
-        if isinstance(y, dict):  # named outputs, in the model's order
-            y = [y[k] for k in model.output_names] if set(getattr(model, "output_names", [])) == set(y) else                 list(y.values())
+        if isinstance(y, dict):  # named outputs, in the model's order (as its recipe describes them)
+            order = [k for k in getattr(model, "output_names", None) or [] if k in y] or list(y)
+            y = [y[k] for k in order]
         return [np.asarray(a) for a in (y if isinstance(y, (list, tuple)) else [y])]
 
     return run_batch, str(run.model_path), model
